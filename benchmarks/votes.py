@@ -1,0 +1,218 @@
+"""Vote throughput and integrity of the volunteer endpoint, against a live Daphne on loopback with
+PostgreSQL.
+
+    python benchmarks/votes.py [--participants 60] [--trials 20] [--replays 0.1] [--servers 1]
+
+A scratch database (``vpo_bench`` on the PostgreSQL of ``BENCH_POSTGRES``, default the local
+server) gets a study; ``--participants`` volunteers join through the consent form at the same
+time and each votes on ``--trials`` trials over keep-alive connections, a ``--replays`` share of
+the votes sent twice (half at once, as a double click; half later with the other choice, as a
+replay). Checks afterwards: no vote lost, none counted twice, every replay answered like the
+original. Prints throughput and latency percentiles (goal >= 300 votes/s, 2 cores, client and
+server on the same machine). Rate limits are raised for the run: everyone comes from 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+ADMIN_URL = os.environ.get("BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres")
+BENCH_URL = ADMIN_URL.rsplit("/", 1)[0] + "/vpo_bench"
+os.environ["DATABASE_URL"] = BENCH_URL
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+SERVER_ENV = {**os.environ, "DATABASE_URL": BENCH_URL, "DEBUG": "0", "SECRET_KEY": "bench-" + "k" * 50,
+              "ALLOWED_HOSTS": "127.0.0.1", "SECURE_SSL_REDIRECT": "0", "VPO_VOTES_PER_MINUTE_PER_PARTICIPANT": "100000",
+              "VPO_VOTES_PER_MINUTE_PER_IP": "1000000", "VPO_JOINS_PER_HOUR_PER_IP": "100000"}
+
+
+def recreate_database() -> None:
+    import psycopg
+
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS vpo_bench WITH (FORCE)")
+        conn.execute("CREATE DATABASE vpo_bench")
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=SERVER_ENV, check=True)
+
+
+def make_study(n_trials: int):
+    """A study with enough pairwise trials for every volunteer (clip rows only: votes never read files)."""
+    from django.contrib.auth import get_user_model
+
+    from webapp.studies.models import Clip, Study, StudyStatus, System
+
+    owner = get_user_model().objects.create_user("bench-owner")
+    prompts = [f"prompt {i}" for i in range(n_trials)]
+    study = Study.objects.create(owner=owner, name="bench", prompts="\n".join(prompts), status=StudyStatus.OPEN,
+                                 trials_per_participant=n_trials, gold_rate=0.0)
+    for label in ("base", "tuned"):
+        system = System.objects.create(study=study, label=label)
+        Clip.objects.bulk_create([Clip(study=study, system=system, prompt=p, seed=0, degraded=d)
+                                  for p in prompts for d in (False, True)])
+    study.build_trials()
+    return study
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Volunteer:
+    """One keep-alive connection, the study's cookies, and the CSRF token."""
+
+    def __init__(self, port: int, study_token: str):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.study_token = study_token
+        self.cookies: dict[str, str] = {}
+
+    def request(self, method, path, body=None, headers=None):
+        headers = {**(headers or {}), "Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
+        self.conn.request(method, path, body=body, headers=headers)
+        r = self.conn.getresponse()
+        data = r.read()
+        for header, value in r.getheaders():
+            if header.lower() == "set-cookie":
+                name, val = value.split(";", 1)[0].split("=", 1)
+                self.cookies[name] = val
+        return r.status, r.getheader("Location"), data
+
+    def join(self) -> str:
+        self.request("GET", f"/s/{self.study_token}/")
+        status, location, _ = self.request(
+            "POST", f"/s/{self.study_token}/", urlencode({"consent": "1", "csrfmiddlewaretoken": self.cookies["csrftoken"]}),
+            {"Content-Type": "application/x-www-form-urlencoded"})
+        assert status == 302, status
+        return re.search(r"/p/([^/]+)/", location).group(1)
+
+    def vote(self, ptoken: str, trial: int, choice: str) -> tuple[int, bytes, float]:
+        t = time.perf_counter()
+        status, _, body = self.request("POST", f"/s/{self.study_token}/p/{ptoken}/vote",
+                                       json.dumps({"trial": trial, "choice": choice}),
+                                       {"Content-Type": "application/json", "X-CSRFToken": self.cookies["csrftoken"]})
+        return status, body, time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--participants", type=int, default=60)
+    ap.add_argument("--trials", type=int, default=20, help="votes per participant")
+    ap.add_argument("--replays", type=float, default=0.1, help="share of votes sent twice")
+    args = ap.parse_args()
+    recreate_database()
+    import django
+
+    django.setup()
+    from webapp.studies.models import Participant, Vote
+
+    study = make_study(args.trials)
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port),
+                               "webapp.asgi:application"], cwd=ROOT, env=SERVER_ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in server.stderr:
+        if "Listening on" in line:
+            break
+    threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
+
+    latencies, failures, replays_checked, lock = [], [], [0], threading.Lock()
+    first_answer: dict[tuple[str, int], tuple[str, bytes]] = {}
+
+    def run_threads(target, n):
+        def guarded(i):
+            try:
+                target(i)
+            except Exception as e:  # counted, and the run fails
+                with lock:
+                    failures.append((f"volunteer {i}", repr(e)))
+        threads = [threading.Thread(target=guarded, args=(i,)) for i in range(n)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return time.perf_counter() - t0
+
+    # 1. everyone joins through the consent form (concurrently)
+    volunteers = [Volunteer(port, study.token) for _ in range(args.participants)]
+    ptokens = [None] * args.participants
+
+    def join(i):
+        ptokens[i] = volunteers[i].join()
+    run_threads(join, args.participants)
+    plans = dict(Participant.objects.filter(study=study).values_list("token", "plan"))
+    django.db.connections.close_all()  # the harness holds no connection while the server works
+
+    # 2. everyone votes at once; some votes are sent twice
+    def vote_as(i: int):
+        rng, v, ptoken = random.Random(i), volunteers[i], ptokens[i]
+        later = []
+        for item in plans[ptoken]:
+            choice = rng.choice(("left", "right", "tie"))
+            status, body, dt = v.vote(ptoken, item["trial"], choice)
+            with lock:
+                latencies.append(dt)
+                first_answer[(ptoken, item["trial"])] = (choice, body)
+                if status != 200:
+                    failures.append((status, body[:200]))
+            if rng.random() < args.replays:
+                if rng.random() < 0.5:  # a double click: the same vote again at once
+                    status2, body2, dt = v.vote(ptoken, item["trial"], choice)
+                    with lock:
+                        latencies.append(dt)
+                        replays_checked[0] += 1
+                        if (status2, body2) != (status, body):
+                            failures.append(("double click answered differently", body2[:200]))
+                else:
+                    later.append(item["trial"])
+        for trial in later:  # replays after the end, with the other choice
+            choice, _ = first_answer[(ptoken, trial)]
+            status2, body2, dt = v.vote(ptoken, trial, "right" if choice == "left" else "left")
+            with lock:
+                latencies.append(dt)
+                replays_checked[0] += 1
+                if status2 != 200 or json.loads(body2)["stored"] is not True:
+                    failures.append(("replay refused", body2[:200]))
+
+    wall = run_threads(vote_as, args.participants)
+    server.terminate()
+
+    expected = args.participants * args.trials
+    stored = Vote.objects.filter(trial__study=study).count()
+    kept = {(p, t): c for p, t, c in Vote.objects.filter(trial__study=study)
+            .values_list("participant__token", "trial_id", "choice")}
+    wrong_choice = sum(kept.get(key) != c for key, (c, _) in first_answer.items())
+    ms = sorted(1000 * x for x in latencies) or [float("nan")]
+    for f in failures[:3]:
+        print("  failure:", f)
+    print(f"{args.participants} concurrent volunteers x {args.trials} votes, {replays_checked[0]} replays or "
+          f"double clicks ({len(ms)} requests) on Daphne + PostgreSQL, {os.cpu_count()} CPUs:")
+    print(f"  stored {stored} of {expected} votes: lost {expected - stored}, counted twice "
+          f"{max(0, stored - expected)}, first choice kept: {expected - wrong_choice}/{expected}; failures {len(failures)}")
+    print(f"  throughput {len(ms) / wall:.0f} requests/s, {expected / wall:.0f} stored votes/s ({wall:.2f} s)")
+    print(f"  latency p50 {statistics.median(ms):.1f} ms, p95 {ms[int(0.95 * (len(ms) - 1))]:.1f} ms, "
+          f"p99 {ms[int(0.99 * (len(ms) - 1))]:.1f} ms, max {ms[-1]:.1f} ms")
+    print(f"  goal >= 300 votes/s: {'met' if len(ms) / wall >= 300 else 'NOT met'}")
+    for f in failures[:3]:
+        print("  failure:", f)
+    if failures or stored != expected or wrong_choice:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

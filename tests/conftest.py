@@ -1,0 +1,105 @@
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a model hub: everything they load ships with the packages or this repo.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The shipped tiny backbone, loaded once per test session."""
+    from vpo.backbones import load_backbone
+
+    return load_backbone("tiny")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_database_url() -> str:
+    """The URL of the database pytest-django made, for the processes the tests start."""
+    from django.db import connection
+
+    s = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{s['NAME']}"
+    auth = s["USER"] + (f":{s['PASSWORD']}" if s["PASSWORD"] else "")
+    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+class Process:
+    """A subprocess whose output is kept (and shown when a test fails)."""
+
+    def __init__(self, name, cmd, env, ready: str, timeout: float = 120):
+        self.name, self.lines = name, []
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.time() + timeout
+        while not any(ready in line for line in self.lines):
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"{name} did not start:\n" + "".join(self.lines[-40:]))
+            time.sleep(0.1)
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def live_stack(django_db_setup, django_db_blocker, tmp_path_factory):
+    """A real Daphne (HTTP + websockets) and a real Celery worker process on the test database, the
+    Redis of REDIS_URL as broker and channel layer. Yields the server's base URL."""
+    media = tmp_path_factory.mktemp("media")
+    with django_db_blocker.unblock():
+        env = {**os.environ, "DATABASE_URL": subprocess_database_url(), "MEDIA_ROOT": str(media), "DEBUG": "1",
+               "PYTHONUNBUFFERED": "1"}
+    port = free_port()
+    worker = Process("celery worker", [str(BIN / "celery"), "-A", "worker.celery", "worker", "-Q", "gpu,cpu",
+                                       "--pool=solo", "--without-gossip", "--without-mingle", "-l", "info",
+                                       "-n", f"test-{port}@%h"], env, ready="ready.")
+    server = Process("daphne", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "webapp.asgi:application"],
+                     env, ready="Listening on")
+    from django.conf import settings
+
+    old_media = settings.MEDIA_ROOT
+    settings.MEDIA_ROOT = media
+    try:
+        yield type("Stack", (), {"url": f"http://127.0.0.1:{port}", "port": port, "worker": worker,
+                                 "server": server, "media": media})
+    finally:
+        settings.MEDIA_ROOT = old_media
+        server.stop()
+        worker.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On failure, attach the live stack's process output to the report."""
+    report = yield
+    stack = item.funcargs.get("live_stack") if hasattr(item, "funcargs") else None
+    if report.failed and stack is not None:
+        for proc in (stack.worker, stack.server):
+            report.sections.append((f"{proc.name} output", "".join(proc.lines[-60:])))
+    return report

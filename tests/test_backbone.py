@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from vpo.backbones import BACKBONES, load_backbone
+from vpo.backbones.tiny import TinyBackbone, TinyConfig
+
+PROMPTS = ["a red ball moving right", "a blue square falling"]
+
+
+def test_same_seed_gives_the_identical_video(tiny):
+    a = tiny.sample(PROMPTS, [1, 2], steps=4)
+    b = tiny.sample(PROMPTS, [1, 2], steps=4)
+    assert a.dtype == torch.uint8 and tuple(a.shape) == (2, 16, 32, 32, 3)
+    assert torch.equal(a, b)
+
+
+def test_different_seeds_give_different_videos(tiny):
+    a = tiny.sample(PROMPTS[:1] * 2, [1, 2], steps=4)
+    assert (a[0].float() - a[1].float()).abs().mean() > 5
+
+
+def test_a_video_depends_on_its_own_seed_not_on_its_batch(tiny):
+    alone = tiny.sample(PROMPTS[:1], [5], steps=4)[0].float()
+    batched = tiny.sample(PROMPTS, [5, 9], steps=4)[0].float()
+    # bf16 kernels may block a batch of 2 differently from a batch of 4: allow rounding, not change
+    assert (alone - batched).abs().mean() < 1.0
+
+
+def test_predict_velocity_keeps_the_latent_shape(tiny):
+    x = torch.randn(2, *tiny.latent_shape())
+    v = tiny.predict_velocity(x, torch.tensor([0.3, 0.9]), tiny.encode_prompts(PROMPTS))
+    assert v.shape == x.shape
+
+
+def test_lora_targets_name_real_modules(tiny):
+    names = [n for n, _ in tiny.transformer.named_modules()]
+    for target in tiny.lora_target_modules:
+        assert any(n.endswith(target) for n in names), target
+
+
+def test_unknown_backbone_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown backbone 'nope'; valid: tiny"):
+        load_backbone("nope")
+    assert "tiny" in BACKBONES
+
+
+def test_empty_prompt_list_is_a_clear_error(tiny):
+    with pytest.raises(ValueError, match="at least one prompt"):
+        tiny.sample([], [])
+
+
+def test_save_then_load_round_trips(tmp_path, tiny):
+    path = tmp_path / "w.safetensors"
+    tiny.save(path)
+    again = TinyBackbone.load(path, text_encoder=tiny.text_encoder)
+    for (k, a), b in zip(tiny.transformer.state_dict().items(), again.transformer.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_a_checkpoint_of_the_wrong_shape_is_a_clear_error(tmp_path, tiny):
+    small = TinyBackbone(TinyConfig(dim=64), text_encoder=tiny.text_encoder)
+    path = tmp_path / "small.safetensors"
+    small.save(path)
+    # claim the default architecture in the metadata while the tensors are the small model's
+    from safetensors.torch import load_file, save_file
+    import json
+    from dataclasses import asdict
+
+    save_file(load_file(path), str(path), metadata={"backbone": "tiny", "config": json.dumps(asdict(TinyConfig()))})
+    with pytest.raises(ValueError, match=r"does not fit this backbone: shape of .* is \(\d+.*expected"):
+        load_backbone("tiny", path)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not safetensors at all")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        load_backbone("tiny", junk)
+    with pytest.raises(FileNotFoundError, match="no tiny backbone weights"):
+        load_backbone("tiny", tmp_path / "missing.safetensors")
+
+
+def test_config_rejects_indivisible_sizes():
+    with pytest.raises(ValueError, match="divisible"):
+        TinyConfig(dim=130, heads=4)
+    with pytest.raises(ValueError, match="height=30 is not divisible by its patch size 4"):
+        TinyConfig(height=30)

@@ -1,0 +1,90 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+
+def vpo(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "vpo", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_sample_writes_frames_mp4s_and_a_manifest(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("# two prompts\na red ball moving right\n\na green square rising\n")
+    r = vpo("sample", "--backbone", "tiny", "--prompts", str(prompts), "--out", str(tmp_path / "out"),
+            "--seed", "3", "--num-per-prompt", "2", "--steps", "3", "--guidance", "3")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["backbone"] == "tiny" and manifest["frames"] == 16 and manifest["fps"] == 8
+    assert [v["seed"] for v in manifest["videos"]] == [3, 4, 5, 6]
+    assert [v["prompt"] for v in manifest["videos"]] == ["a red ball moving right"] * 2 + ["a green square rising"] * 2
+    for v in manifest["videos"]:
+        assert np.load(tmp_path / "out" / v["frames"]).shape == (16, 32, 32, 3)
+        assert (tmp_path / "out" / v["mp4"]).stat().st_size > 1000
+
+
+def test_an_empty_prompt_file_is_a_message_not_a_traceback(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing here\n\n")
+    r = vpo("sample", "--prompts", str(empty), "--out", str(tmp_path / "o"), "--seed", "0")
+    assert r.returncode == 2
+    assert "no prompts in" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_unknown_backbone_names_the_valid_ones(tmp_path):
+    r = vpo("sample", "--backbone", "sora", "--prompt", "x", "--out", str(tmp_path), "--seed", "0")
+    assert r.returncode == 2
+    assert "unknown backbone 'sora'; valid: tiny" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_bad_checkpoint_is_a_message_not_a_traceback(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    r = vpo("sample", "--prompt", "a red ball", "--out", str(tmp_path / "o"), "--seed", "0", "--checkpoint", str(bad))
+    assert r.returncode == 2
+    assert "not a readable safetensors file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_prompt_and_prompts_are_exclusive(tmp_path):
+    r = vpo("sample", "--prompt", "a", "--prompts", "demo", "--out", str(tmp_path), "--seed", "0")
+    assert r.returncode == 2 and "not allowed with argument" in r.stderr
+
+
+def test_score_prints_json_per_video_with_unavailable_alignment(tmp_path):
+    from vpo import video as video_io
+    from vpo.data import world
+
+    scene = world.sample_scene(5, two_objects=0.0)
+    video_io.save_video(scene.render(), tmp_path, "v", fps=8)
+    ok = vpo("score", "--json", "--prompt", scene.caption, str(tmp_path / "v.npy"))
+    assert ok.returncode == 0, ok.stderr
+    row = json.loads(ok.stdout)["videos"][0]
+    assert set(row["scores"]) == {"visual", "temporal", "dynamic", "alignment", "global"}
+    assert row["scores"]["alignment"] == 1.0
+    off = vpo("score", "--json", "--prompt", "a cat on a sofa", str(tmp_path / "v.npy"))
+    row = json.loads(off.stdout)["videos"][0]
+    assert row["scores"]["alignment"] is None and "unavailable" in row["unavailable"]
+    bad = vpo("score", "--dimension", "physics", "--prompt", "x", str(tmp_path / "v.npy"))
+    assert bad.returncode == 2 and "valid: visual, temporal, dynamic, alignment, global" in bad.stderr
+
+
+def test_feedback_reports_mrr_per_available_source(tmp_path):
+    from vpo import video as video_io
+    from vpo.data import world
+
+    groups = []
+    for s in range(3):
+        scene = world.sample_scene(20 + s, two_objects=0.0)
+        clean = scene.render()
+        rng = np.random.default_rng(s)
+        flicker = np.clip(clean.astype(int) + rng.integers(-60, 60, clean.shape), 0, 255).astype(np.uint8)
+        paths = [str(tmp_path / video_io.save_video(v, tmp_path, f"{s}_{i}", 8)["frames"]) for i, v in enumerate([flicker, clean])]
+        groups.append({"prompt": scene.caption, "videos": paths, "chosen": 1})
+    (tmp_path / "groups.json").write_text(json.dumps(groups))
+    r = vpo("feedback", str(tmp_path / "groups.json"), "--dimension", "temporal", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    by_source = {row["source"]: row for row in out["results"]}
+    assert by_source["metrics"]["mrr"] == 1.0 and by_source["metrics"]["groups"] == 3
+    assert "videoscore" in out["skipped"]  # no weights directory here: said, not silently dropped

@@ -1,0 +1,168 @@
+import json
+import math
+
+import pytest
+import torch
+
+from vpo.backbones.tiny import MiniLM, TinyBackbone, TinyConfig
+from vpo.train import ALGORITHMS, train
+from vpo.train.config import TrainConfig
+from vpo.train.loss import flow_dpo_loss, per_video_mse
+from vpo.train.runner import POLICY, REF, Run, TrainingDiverged, load_policy
+from vpo.train.sinks import JsonlSink, read_metrics
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    return MiniLM()
+
+
+@pytest.fixture
+def small(text_encoder):
+    """A small random backbone of the real classes: fast, and fresh for each test (adapters)."""
+    def make():
+        torch.manual_seed(0)
+        bb = TinyBackbone(TinyConfig(dim=32, heads=2, depth=1, mlp_ratio=2), text_encoder=text_encoder).eval()
+        with torch.no_grad():  # a fresh model outputs 0 (zero-initialised gates); as if pretrained, make every path count
+            for p in bb.transformer.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        return bb
+    return make
+
+
+def cfg_for(tmp_path, **kw):
+    base = dict(steps=2, num_candidates=3, sampling_steps=3, heldout_count=2, heldout_every=0, checkpoint_every=1,
+                tie_tolerance=0.0, lr=1e-2, out=str(tmp_path / "run"))
+    return TrainConfig.from_dict({**base, **kw})
+
+
+def run_train(cfg, backbone, stop=None, resume=False):
+    sink = JsonlSink(cfg.out, cfg.steps, progress=False)
+    try:
+        return train(cfg, sink, stop=stop, resume=resume, backbone=backbone)
+    finally:
+        sink.close()
+
+
+def test_the_loss_equals_a_hand_computed_value():
+    loss, stats = flow_dpo_loss(torch.tensor([0.5]), torch.tensor([0.7]), torch.tensor([0.6]), torch.tensor([0.6]), beta=10)
+    # bracket = (0.5 - 0.6) - (0.7 - 0.6) = -0.2; L = -log sigmoid(-10 / 2 * -0.2) = log(1 + e^-1)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
+    assert stats["dpo/implicit_acc"] == 1.0
+    loss2, stats2 = flow_dpo_loss(torch.tensor([0.7]), torch.tensor([0.5]), torch.tensor([0.6]), torch.tensor([0.6]), beta=10)
+    assert loss2.item() == pytest.approx(math.log(1 + math.exp(1)), rel=1e-6) and stats2["dpo/implicit_acc"] == 0.0
+    assert per_video_mse(torch.ones(2, 3, 4), torch.zeros(2, 3, 4)).tolist() == [1.0, 1.0]
+
+
+def test_the_reference_is_the_base_before_updates_and_the_policy_after_a_curriculum_update(tmp_path, small):
+    bb = small()
+    x = torch.randn(2, *bb.latent_shape())
+    sigma, text = torch.tensor([0.3, 0.8]), bb.encode_prompts(["a red ball moving left", "a blue box rising"])
+    with torch.no_grad():
+        base = bb.predict_velocity(x, sigma, text)
+    cfg = cfg_for(tmp_path, steps=1)
+    run = Run(cfg, JsonlSink(cfg.out, 1, progress=False), backbone=bb)
+    with torch.no_grad(), run.reference():
+        assert torch.allclose(bb.predict_velocity(x, sigma, text), base, atol=1e-6)
+    with torch.no_grad():  # move the policy away from the base
+        for p in run.adapter_params(POLICY).values():
+            p.add_(0.05 * torch.randn_like(p))
+        policy = bb.predict_velocity(x, sigma, text)
+    assert not torch.allclose(policy, base, atol=1e-4)
+    run.update_reference()
+    with torch.no_grad(), run.reference():
+        assert torch.allclose(bb.predict_velocity(x, sigma, text), policy, atol=1e-6)
+    assert all(p.requires_grad for p in run.adapter_params(POLICY).values())
+    assert not any(p.requires_grad for p in run.adapter_params(REF).values())
+
+
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+def test_a_step_changes_the_adapter_and_leaves_the_base_untouched(tmp_path, small, algorithm):
+    bb = small()
+    base_before = {k: v.clone() for k, v in bb.transformer.state_dict().items()}
+    cfg = cfg_for(tmp_path, algorithm=algorithm, steps=1, prompts="demo")
+    run_train(cfg, bb)
+    after = dict(bb.transformer.named_parameters())
+    policy = {k: v for k, v in after.items() if f".{POLICY}." in k}
+    assert any(v.abs().sum() > 0 for k, v in policy.items() if "lora_B" in k)  # B starts at zero
+    base_after = {k.replace(".base_layer", ""): v for k, v in bb.transformer.state_dict().items() if "lora_" not in k}
+    assert base_after.keys() == base_before.keys()
+    for k, v in base_before.items():
+        assert torch.equal(v, base_after[k]), k
+    rows = read_metrics(cfg.out)
+    assert rows[-1]["step"] == 1 and "perf/step_s" in rows[-1]
+    assert any(k.startswith("reward/") for k in rows[-1])  # offline-dpo logs the fixed pairs' margin only
+
+
+def test_online_dpo_logs_namespaced_metrics_and_held_out_measures(tmp_path, small):
+    cfg = cfg_for(tmp_path, steps=2, heldout_every=2, ref_update_every=1)
+    run_train(cfg, small())
+    row = read_metrics(cfg.out)[-1]
+    for key in ("reward/mean", "reward/max", "reward/min", "reward/margin", "dpo/loss", "dpo/implicit_acc",
+                "dpo/mse_w", "dpo/mse_l", "dpo/mse_ref_w", "dpo/mse_ref_l", "perf/step_s", "perf/peak_mem_mb",
+                "heldout/dynamic", "heldout/alignment", "heldout/temporal", "train/ref_updated"):
+        assert key in row, key
+    samples = json.loads((tmp_path / "run" / "samples" / "step_000002_candidates" / "samples.json").read_text())
+    assert sorted(v["label"] for v in samples["videos"]) == ["", "loser", "winner"]
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, small):
+    straight = cfg_for(tmp_path / "a", steps=4, checkpoint_every=2)
+    run_train(straight, small())
+    split = cfg_for(tmp_path / "b", steps=4, checkpoint_every=2)
+    calls = iter(range(100))
+    run_train(split, small(), stop=lambda: next(calls) >= 2)  # stops before step 3, saving step 2
+    assert (tmp_path / "b" / "run" / "checkpoints" / "latest").read_text() == "step_000002"
+    run_train(split, small(), resume=True)
+    a, b = read_metrics(straight.out), read_metrics(split.out)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        for key in ("reward/mean", "reward/margin", "dpo/loss", "dpo/mse_w", "dpo/mse_ref_l"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-6), (ra["step"], key)
+
+
+def test_a_nan_reward_stops_with_a_clear_error_and_the_last_checkpoint_loads(tmp_path, small):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red ball moving left\n")
+    cfg = cfg_for(tmp_path, steps=4, dimension="alignment", prompts=str(prompts))
+    calls = iter(range(100))
+    run_train(cfg, small(), stop=lambda: next(calls) >= 2)
+    prompts.write_text("a photo of a cat\n")  # alignment is unavailable (NaN) for this prompt
+    with pytest.raises(TrainingDiverged, match=r"step 3: reward metrics/alignment is nan for prompt 'a photo of a cat'.*last good checkpoint is .*step_000002"):
+        run_train(cfg, small(), resume=True)
+    bb = small()
+    assert load_policy(bb, tmp_path / "run" / "checkpoints" / "step_000002")["dimension"] == "alignment"
+
+
+def test_a_misspelt_config_field_fails_at_creation():
+    with pytest.raises(ValueError, match="unknown config field.*'num_candidate'.*valid:.*num_candidates"):
+        TrainConfig.from_dict({"num_candidate": 6})
+    with pytest.raises(ValueError, match="unknown dimension 'speed' for reward source 'metrics'; valid: visual, temporal, dynamic, alignment, global"):
+        TrainConfig(dimension="speed")
+    with pytest.raises(ValueError, match="unknown dimension 'dynamic' for reward source 'image-metrics'; valid: visual, temporal, global"):
+        TrainConfig(reward="image-metrics", dimension="dynamic")
+    with pytest.raises(ValueError, match="refl needs a differentiable reward source; 'videoscore' is not"):
+        TrainConfig(algorithm="refl", reward="videoscore")
+    with pytest.raises(ValueError, match=r"unknown dimension 'global' \(refl needs a differentiable one of 'metrics'\); valid: visual, temporal"):
+        TrainConfig(algorithm="refl", dimension="global")
+    with pytest.raises(ValueError, match="unknown algorithm 'ppo'; valid: online-dpo, offline-dpo, refl"):
+        TrainConfig(algorithm="ppo")
+    with pytest.raises(ValueError, match="num_candidates must be >= 2"):
+        TrainConfig(num_candidates=1)
+    with pytest.raises(ValueError, match="steps must be int, got 'many'"):
+        TrainConfig.from_dict({"steps": "many"})
+
+
+def test_config_round_trips_through_toml(tmp_path):
+    cfg = TrainConfig(num_candidates=4, beta=50.0, prompts='my "quoted" prompts.txt')
+    path = tmp_path / "c.toml"
+    path.write_text(cfg.to_toml())
+    assert TrainConfig.from_toml(path) == cfg
+
+
+def test_checkpoints_store_the_config(tmp_path, small):
+    cfg = cfg_for(tmp_path, steps=1)
+    last = run_train(cfg, small())
+    state = torch.load(last / "state.pt", weights_only=False)
+    assert state["config"] == cfg.to_dict() and state["step"] == 1
+    assert TrainConfig.from_toml(last / "config.toml") == cfg

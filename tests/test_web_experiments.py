@@ -1,0 +1,154 @@
+"""The experiments app on the real database: access control, forms, exports, media."""
+
+import io
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+from django.urls import reverse
+
+from webapp.experiments.forms import validated_config
+from webapp.experiments.models import Experiment, MetricPoint, Sample
+
+
+@pytest.fixture
+def owner(db):
+    return get_user_model().objects.create_user("alice", password="pw-alice")
+
+
+@pytest.fixture
+def outsider(db):
+    return get_user_model().objects.create_user("bob", password="pw-bob")
+
+
+@pytest.fixture
+def experiment(owner, tmp_path, settings):
+    settings.MEDIA_ROOT = tmp_path
+    e = Experiment.objects.create(owner=owner, name="a run", config=validated_config({"steps": 3}))
+    MetricPoint.objects.create(experiment=e, step=1, wall=1.0, values={"reward/mean": 0.5})
+    (e.run_dir / "samples").mkdir(parents=True)
+    (e.run_dir / "samples" / "v.mp4").write_bytes(b"\x00" * 1000)
+    Sample.objects.create(experiment=e, step=0, kind="heldout", index=0, prompt="p", score=0.1, path="samples/v.mp4")
+    return e
+
+
+def urls_of(e):
+    return [reverse("experiments:detail", args=[e.pk]), reverse("experiments:metrics", args=[e.pk]),
+            reverse("experiments:samples", args=[e.pk]), reverse("experiments:export", args=[e.pk]),
+            reverse("experiments:media", args=[e.pk, "samples/v.mp4"]),
+            reverse("experiments:compare") + f"?ids={e.pk}&ids={e.pk + 1}"]
+
+
+def logged_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_anonymous_users_are_sent_to_login_from_every_experiment_url(client, experiment):
+    for url in [reverse("experiments:list"), reverse("experiments:new"), *urls_of(experiment)]:
+        r = client.get(url)
+        assert r.status_code == 302 and r["Location"].startswith(reverse("login")), url
+    for url in (reverse("experiments:cancel", args=[experiment.pk]), reverse("experiments:demo")):
+        assert client.post(url)["Location"].startswith(reverse("login"))
+
+
+def test_another_user_gets_404_on_every_url_of_an_experiment_and_cannot_cancel_it(outsider, experiment):
+    client = logged_in(outsider)
+    for url in urls_of(experiment):
+        assert client.get(url).status_code == 404, url
+    assert client.post(reverse("experiments:cancel", args=[experiment.pk])).status_code == 404
+    experiment.refresh_from_db()
+    assert not experiment.cancel_requested
+    assert b"a run" not in client.get(reverse("experiments:list")).content
+
+
+def test_staff_see_everyone_s_experiments(experiment):
+    staff = get_user_model().objects.create_user("carol", is_staff=True)
+    assert logged_in(staff).get(reverse("experiments:detail", args=[experiment.pk])).status_code == 200
+
+
+def test_the_owner_gets_the_dashboard_data_and_a_ranged_video(owner, experiment):
+    client = logged_in(owner)
+    assert client.get(reverse("experiments:detail", args=[experiment.pk])).status_code == 200
+    data = client.get(reverse("experiments:metrics", args=[experiment.pk])).json()
+    assert data == {"steps": [1], "wall": [1.0], "series": {"reward/mean": [0.5]}}
+    assert client.get(reverse("experiments:metrics", args=[experiment.pk]) + "?after=1").json()["steps"] == []
+    media = reverse("experiments:media", args=[experiment.pk, "samples/v.mp4"])
+    part = client.get(media, HTTP_RANGE="bytes=100-199")
+    assert part.status_code == 206 and part["Content-Range"] == "bytes 100-199/1000" and len(part.content) == 100
+    assert client.get(media, HTTP_RANGE="bytes=5000-").status_code == 416
+    assert client.get(reverse("experiments:media", args=[experiment.pk, "../../etc/passwd"])).status_code == 404
+
+
+def form_data(**overrides):
+    data = {"name": "x", **validated_config({}), **overrides}
+    return {k: v for k, v in data.items()}
+
+
+def test_bad_hyperparameters_show_a_clear_error_next_to_the_field(owner):
+    client = logged_in(owner)
+    r = client.post(reverse("experiments:new"), form_data(num_candidates=1))
+    assert r.status_code == 400
+    assert "num_candidates must be &gt;= 2 to form a pair" in r.content.decode()
+    assert r.context["form"].errors["num_candidates"]
+    r = client.post(reverse("experiments:new"), form_data(reward="image-metrics", dimension="dynamic"))
+    assert "unknown dimension &#x27;dynamic&#x27; for reward source &#x27;image-metrics&#x27;" in r.content.decode()
+    assert "dimension" in r.context["form"].errors
+    r = client.post(reverse("experiments:new"), form_data(beta="lots"))
+    assert "beta" in r.context["form"].errors
+    assert not Experiment.objects.exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"a red ball\n" * 10_000, "the limit is 65,536"),
+    (b"\xff\xfe\x00garbage", "not UTF-8 text"),
+    (b"ok\x00binary", "binary"),
+    (b"# only a comment\n\n", "has no prompts"),
+    (("x" * 400 + "\n").encode(), "a prompt has 400 characters"),
+])
+def test_oversize_or_garbled_prompt_files_are_form_errors(owner, content, message):
+    client = logged_in(owner)
+    upload = io.BytesIO(content)
+    upload.name = "prompts.txt"
+    r = client.post(reverse("experiments:new"), {**form_data(prompts="uploaded"), "prompts_file": upload})
+    assert r.status_code == 400
+    assert any(message in e for e in r.context["form"].errors["prompts_file"]), r.context["form"].errors
+    assert not Experiment.objects.exists()
+
+
+def test_csrf_is_enforced(owner):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(owner)
+    assert client.post(reverse("experiments:new"), form_data()).status_code == 403
+    assert client.post(reverse("experiments:demo")).status_code == 403
+
+
+def test_export_is_toml_that_vpo_train_accepts(owner, experiment, tmp_path):
+    from vpo.train.config import TrainConfig
+
+    toml = logged_in(owner).get(reverse("experiments:export", args=[experiment.pk])).content.decode()
+    path = tmp_path / "exported.toml"
+    path.write_text(toml)
+    assert TrainConfig.from_toml(path).to_dict() == {**experiment.config, "out": f"runs/experiment-{experiment.pk}"}
+
+
+def test_clone_prefills_the_form_with_the_source_config(owner, experiment):
+    experiment.config["beta"] = 42.0
+    experiment.save()
+    r = logged_in(owner).get(reverse("experiments:new") + f"?clone={experiment.pk}")
+    form = r.context["form"]
+    assert form["beta"].initial == 42.0 and form["name"].initial == "a run (copy)"
+
+
+def test_compare_shows_only_the_fields_that_differ(owner, experiment):
+    other = Experiment.objects.create(owner=owner, name="b", config={**experiment.config, "beta": 7.0})
+    r = logged_in(owner).get(reverse("experiments:compare") + f"?ids={experiment.pk}&ids={other.pk}")
+    assert r.status_code == 200
+    assert [k for k, _ in r.context["differing"]] == ["beta"]
+
+
+def test_cancelling_a_queued_experiment_cancels_it_at_once(owner, experiment):
+    logged_in(owner).post(reverse("experiments:cancel", args=[experiment.pk]))
+    experiment.refresh_from_db()
+    assert experiment.status == "cancelled" and experiment.cancel_requested

@@ -1,0 +1,246 @@
+"""2AFC studies on the real database and Redis: the volunteer flow, its integrity, the results,
+and who may see what."""
+
+import json
+
+import numpy as np
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+from django.test import Client
+from django.urls import reverse
+
+from webapp.studies.models import Clip, Participant, Study, StudyStatus, System, Vote
+from webapp.studies.results import summarise, votes_csv
+
+PROMPTS = ["a red ball moving right", "a blue square falling"]
+
+
+def make_study(owner, media, systems=("base", "tuned"), **kw) -> Study:
+    """A study whose clips are written directly (the render task is tested with the real worker)."""
+    from vpo.data import world
+    from vpo.studies import degrade
+
+    study = Study.objects.create(owner=owner, name="s", prompts="\n".join(PROMPTS), status=StudyStatus.OPEN,
+                                 trials_per_participant=kw.pop("trials_per_participant", 4), gold_rate=0.25, **kw)
+    for label in systems:
+        system = System.objects.create(study=study, label=label)
+        for i, prompt in enumerate(PROMPTS):
+            video = world.sample_scene(i).render()
+            Clip(study=study, system=system, prompt=prompt, seed=i).save_video(video, 8)
+            Clip(study=study, system=system, prompt=prompt, seed=i, degraded=True).save_video(degrade(video, i), 8)
+    study.build_trials()
+    return study
+
+
+@pytest.fixture
+def owner(db):
+    return get_user_model().objects.create_user("researcher")
+
+
+@pytest.fixture
+def study(owner, tmp_path, settings):
+    settings.MEDIA_ROOT = tmp_path
+    return make_study(owner, tmp_path)
+
+
+def join(client, study, **prolific) -> Participant:
+    query = "&".join(f"{k}={v}" for k, v in prolific.items())
+    client.get(reverse("studies:welcome", args=[study.token]) + (f"?{query}" if query else ""))
+    fields = {"prolific_pid": prolific.get("PROLIFIC_PID", ""), "prolific_study_id": prolific.get("STUDY_ID", ""),
+              "prolific_session_id": prolific.get("SESSION_ID", "")}
+    r = client.post(reverse("studies:welcome", args=[study.token]), {"consent": "1", **fields})
+    assert r.status_code == 302, r.content
+    return Participant.objects.get(token=r["Location"].rstrip("/").split("/")[-1])
+
+
+def cast(client, study, participant, trial, choice):
+    return client.post(reverse("studies:vote", args=[study.token, participant.token]),
+                       json.dumps({"trial": trial, "choice": choice}), content_type="application/json")
+
+
+def answer_all(client, study, participant, good=True, side="left"):
+    """Vote through the plan: gold trials right (or wrong), the rest on ``side``."""
+    last = None
+    for item in participant.plan:
+        if item["gold"]:
+            choice = ("left" if item["left"] == item["good"] else "right") if good else \
+                     ("right" if item["left"] == item["good"] else "left")
+        else:
+            choice = side
+        last = cast(client, study, participant, item["trial"], choice)
+        assert last.status_code == 200, last.content
+    return last
+
+
+def test_a_volunteer_votes_through_every_trial_and_gets_the_code_only_at_the_end(study):
+    client = Client()
+    p = join(client, study, PROLIFIC_PID="pid1", STUDY_ID="st", SESSION_ID="se")
+    assert (p.prolific_pid, p.prolific_study_id, p.prolific_session_id) == ("pid1", "st", "se")
+    assert len(p.plan) == 3 and sum(i["gold"] for i in p.plan) == 1  # 2 pairwise trials + 1 gold
+    done = reverse("studies:done", args=[study.token, p.token])
+    assert client.get(done)["Location"].endswith(f"/p/{p.token}/")  # no code before the last vote
+    page = client.get(reverse("studies:trial", args=[study.token, p.token])).content.decode()
+    assert "disabled" in page and ".mp4" in page
+    assert "base" not in page and "tuned" not in page  # nothing on the page names a system
+    last = answer_all(client, study, p)
+    assert last.json()["done"] and last.json()["next"] == done
+    assert study.completion_code in client.get(done).content.decode()
+    p.refresh_from_db()
+    assert p.completed is not None and not p.excluded
+
+
+def test_a_double_click_or_replay_stores_one_vote_and_gets_the_same_answer(study):
+    client = Client()
+    p = join(client, study)
+    trial = p.plan[0]["trial"]
+    first = cast(client, study, p, trial, "left").json()
+    again = cast(client, study, p, trial, "right").json()  # a replay with another choice
+    assert first == again
+    assert Vote.objects.filter(participant=p).count() == 1
+    assert Vote.objects.get(participant=p).choice == "left"  # the first vote stands
+
+
+def test_one_vote_per_participant_and_trial_is_a_database_constraint(study):
+    p = join(Client(), study)
+    item = p.plan[0]
+    Vote.objects.create(participant=p, trial_id=item["trial"], choice="left", left_id=item["left"], chosen_id=item["left"])
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Vote.objects.create(participant=p, trial_id=item["trial"], choice="tie", left_id=item["left"])
+
+
+def test_sides_are_randomised_per_trial_and_stored_with_the_vote(study):
+    lefts = set()
+    for _ in range(12):
+        p = join(Client(), study)
+        lefts |= {(i["trial"], i["left"]) for i in p.plan if not i["gold"]}
+    trials = {t for t, _ in lefts}
+    assert len(lefts) == 2 * len(trials)  # each trial was shown both ways round
+    client = Client()
+    p = join(client, study)
+    cast(client, study, p, p.plan[0]["trial"], "right")
+    vote = Vote.objects.get(participant=p)
+    assert vote.left_id == p.plan[0]["left"] and vote.chosen_id == p.plan[0]["right"]
+
+
+def test_failing_a_gold_trial_excludes_the_volunteer_who_is_kept_not_deleted(study):
+    client = Client()
+    p = join(client, study)
+    answer_all(client, study, p, good=False)
+    p.refresh_from_db()
+    assert p.excluded and "failed gold trial" in p.exclusion_reason
+    summary = summarise(study)
+    assert summary["votes"] == 0 and len(summary["excluded"]) == 1  # their votes do not count...
+    assert Vote.objects.filter(participant=p).count() == 3  # ...but are kept
+    assert votes_csv(study).count("\n") == 1 + 3  # and exported, flagged
+
+
+def test_leaving_and_coming_back_resumes_where_the_volunteer_stopped(study):
+    client = Client()
+    p = join(client, study)
+    cast(client, study, p, p.plan[0]["trial"], "left")
+    again = client.get(reverse("studies:welcome", args=[study.token]))  # the same browser (cookie)
+    assert again["Location"].endswith(f"/p/{p.token}/")
+    page = client.get(again["Location"])
+    assert page.context["trial_id"] == p.plan[1]["trial"] and page.context["answered"] == 1
+    other_browser = join(Client(), study, PROLIFIC_PID="pid9")
+    assert join(Client(), study, PROLIFIC_PID="pid9") == other_browser  # the same Prolific id: the same plan
+
+
+def test_ip_and_user_agent_are_stored_only_hashed(study):
+    client = Client(HTTP_USER_AGENT="Mozilla/5.0 test-agent", REMOTE_ADDR="10.1.2.3")
+    p = join(client, study)
+    assert "10.1.2.3" not in p.ip_hash and len(p.ip_hash) == 64
+    assert p.ip_hash == study.hashed("10.1.2.3") and p.ua_hash == study.hashed("Mozilla/5.0 test-agent")
+
+
+def test_rate_limits_per_participant_answer_429(study, settings):
+    import redis
+
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    settings.STUDY_RATE_LIMITS = {**settings.STUDY_RATE_LIMITS, "vote_participant": (2, 60)}
+    client = Client()
+    p = join(client, study)
+    assert cast(client, study, p, p.plan[0]["trial"], "left").status_code == 200
+    assert cast(client, study, p, p.plan[1]["trial"], "left").status_code == 200
+    r = cast(client, study, p, p.plan[2]["trial"], "left")
+    assert r.status_code == 429 and "slow down" in r.json()["error"]
+    assert Vote.objects.filter(participant=p).count() == 2
+
+
+def test_results_count_votes_per_pair_with_the_statistics(owner, tmp_path, settings):
+    settings.MEDIA_ROOT = tmp_path
+    study = make_study(owner, tmp_path, systems=("base", "a", "b"), trials_per_participant=8)
+    for _ in range(5):
+        client = Client()
+        answer_all(client, study, join(client, study), side="left")
+    summary = summarise(study, bootstrap=50)
+    assert summary["participants"] == summary["completed"] == 5
+    counted = Vote.objects.filter(trial__is_gold=False).count()
+    assert summary["votes"] == counted == sum(p["votes"] for p in summary["pairs"])
+    assert summary["bias"]["left"] == counted and summary["bias"]["biased"]  # always-left voters
+    assert [r["system"] for r in summary["ratings"]] and summary["anchor"] == "base"
+    assert {r["system"]: r["rating"] for r in summary["ratings"]}["base"] == 0.0
+
+
+def test_a_closed_study_says_so(study):
+    client = Client()
+    p = join(client, study)
+    study.status = StudyStatus.CLOSED
+    study.save()
+    r = Client().get(reverse("studies:welcome", args=[study.token]))
+    assert r.status_code == 410 and "closed" in r.content.decode()
+    assert client.get(reverse("studies:trial", args=[study.token, p.token])).status_code == 410
+    assert cast(client, study, p, p.plan[0]["trial"], "left").status_code == 410
+
+
+def test_guessed_or_altered_tokens_get_404(study):
+    client = Client()
+    p = join(client, study)
+    clip = Clip.objects.filter(study=study).first()
+    other = make_study(study.owner, None)
+    for url in (reverse("studies:welcome", args=[study.token[:-1] + "x"]),
+                reverse("studies:trial", args=[study.token, p.token[:-1] + "x"]),
+                reverse("studies:trial", args=[other.token, p.token]),  # a real participant, another study
+                reverse("studies:clip", args=[study.token, clip.token[:-1] + "x"]),
+                reverse("studies:clip", args=[other.token, clip.token])):
+        assert client.get(url).status_code == 404, url
+    assert client.get(reverse("studies:clip", args=[study.token, clip.token])).status_code == 200
+
+
+def test_volunteers_cannot_reach_results_and_researchers_see_only_their_own(study):
+    volunteer = Client()
+    join(volunteer, study)
+    for name in ("detail", "results", "results_json", "csv"):
+        r = volunteer.get(reverse(f"studies:{name}", args=[study.pk]))
+        assert r.status_code == 302 and "/accounts/login/" in r["Location"], name
+    stranger = Client()
+    stranger.force_login(get_user_model().objects.create_user("other-researcher"))
+    for name in ("detail", "results", "results_json", "csv", "progress"):
+        assert stranger.get(reverse(f"studies:{name}", args=[study.pk])).status_code == 404, name
+    assert stranger.post(reverse("studies:manage", args=[study.pk]), {"action": "close"}).status_code == 404
+    assert reverse("studies:detail", args=[study.pk]) not in stranger.get(reverse("studies:list")).content.decode()
+
+
+def test_the_owner_closes_and_reopens_and_changes_the_plan_size(study, owner):
+    client = Client()
+    client.force_login(owner)
+    client.post(reverse("studies:manage", args=[study.pk]), {"action": "close"})
+    study.refresh_from_db()
+    assert study.status == "closed"
+    client.post(reverse("studies:manage", args=[study.pk]), {"action": "reopen"})
+    client.post(reverse("studies:manage", args=[study.pk]), {"action": "settings", "trials_per_participant": 2,
+                                                             "votes_per_trial": 9})
+    study.refresh_from_db()
+    assert (study.status, study.trials_per_participant, study.votes_per_trial) == ("open", 2, 9)
+    assert len(join(Client(), study).plan) == 2
+
+
+def test_degraded_gold_clips_are_visibly_worse():
+    from vpo.data import world
+    from vpo.rewards import load_reward
+    from vpo.studies import degrade
+
+    clean = world.sample_scene(3).render()
+    scores = load_reward("metrics").score(np.stack([clean, degrade(clean, 0)]), ["x", "x"]).scores
+    assert scores["temporal"][0] > scores["temporal"][1] + 0.2 and scores["visual"][0] > scores["visual"][1]

@@ -1,0 +1,5 @@
+import sys
+
+from vpo.cli import main
+
+sys.exit(main())

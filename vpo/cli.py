@@ -1,0 +1,305 @@
+"""The ``vpo`` command line (also ``python -m vpo``).
+
+Every command turns bad input into one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _add_sample(sub):
+    p = sub.add_parser("sample", help="sample videos to a folder with a manifest")
+    p.add_argument("--backbone", default="tiny", help="registered backbone (default: tiny)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="one prompt")
+    src.add_argument("--prompts", help="a text file, one prompt per line, or a built-in set name")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, required=True, help="seed of the first video; the i-th gets seed + i")
+    p.add_argument("--num-per-prompt", type=int, default=1)
+    p.add_argument("--steps", type=int, default=20, help="sampling steps")
+    p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--checkpoint", help="a training checkpoint folder (its adapter is applied) or backbone weights (.safetensors)")
+    p.set_defaults(run=cmd_sample)
+
+
+def cmd_sample(args) -> int:
+    from vpo.backbones import load_backbone
+    from vpo.data.prompts import read_prompts
+    from vpo.sample import sample_to_dir
+
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
+    # a training checkpoint (folder) adds its adapter to the base; a .safetensors replaces the weights
+    adapter = args.checkpoint and Path(args.checkpoint).is_dir()
+    backbone = load_backbone(args.backbone, None if adapter else args.checkpoint)
+    if adapter:
+        from vpo.train.runner import load_policy
+
+        load_policy(backbone, args.checkpoint)
+    t0 = time.perf_counter()
+    manifest = sample_to_dir(backbone, prompts, args.out, seed=args.seed, num_per_prompt=args.num_per_prompt,
+                             steps=args.steps, guidance=args.guidance, checkpoint=args.checkpoint)
+    n = len(json.loads(manifest.read_text())["videos"])
+    print(f"{n} videos in {time.perf_counter() - t0:.1f} s -> {manifest}")
+    return 0
+
+
+def _add_pretrain(sub):
+    from vpo.pretrain import PretrainConfig
+
+    d = PretrainConfig()
+    p = sub.add_parser("pretrain", help="pretrain the tiny backbone on the synthetic world")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--out", default=d.out, help="run folder: checkpoint.pt, loss.csv, tiny.safetensors")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.set_defaults(run=cmd_pretrain)
+
+
+def cmd_pretrain(args) -> int:
+    from vpo.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         checkpoint_every=args.checkpoint_every, out=args.out)
+    t0 = time.perf_counter()
+    weights = pretrain(cfg, resume=args.resume)
+    print(f"weights -> {weights} ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def _add_demo(sub):
+    p = sub.add_parser("demo", help="sample the demo prompts from the default backbone")
+    p.add_argument("--out", default="runs/demo")
+    p.set_defaults(run=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    args = argparse.Namespace(backbone="tiny", prompt=None, prompts="demo", out=args.out, seed=0,
+                              num_per_prompt=2, steps=20, guidance=4.0, checkpoint=None)
+    cmd_sample(args)
+    for mp4 in sorted(Path(args.out).glob("*.mp4")):
+        print(f"  {mp4.resolve()}")
+    return 0
+
+
+def _add_score(sub):
+    p = sub.add_parser("score", help="score videos with a reward source")
+    p.add_argument("--reward", default="metrics", help="reward source (default: metrics)")
+    p.add_argument("--dimension", help="one dimension (default: all the source has, and global)")
+    p.add_argument("--prompt", help="prompt for .npy/.mp4 inputs (manifests carry their own)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("inputs", nargs="+", metavar="VIDEO|MANIFEST", help=".npy frames, .mp4 or manifest.json")
+    p.set_defaults(run=cmd_score)
+
+
+def _load_inputs(inputs, prompt):
+    from vpo import video as video_io
+
+    items = []  # (name, prompt, frames)
+    for arg in inputs:
+        path = Path(arg)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+        if path.suffix == ".json":
+            manifest = json.loads(path.read_text())
+            for v in manifest["videos"]:
+                items.append((str(path.parent / v["frames"]), v["prompt"], video_io.load_frames(path.parent / v["frames"])))
+        elif path.suffix in (".npy", ".mp4"):
+            if prompt is None:
+                raise ValueError(f"{path} carries no prompt: pass --prompt (or score a manifest.json)")
+            frames = np.load(path) if path.suffix == ".npy" else video_io.read_mp4(path)
+            items.append((str(path), prompt, frames))
+        else:
+            raise ValueError(f"cannot score {path}: expected .npy, .mp4 or manifest.json")
+    shapes = {f.shape for _, _, f in items}
+    if len(shapes) > 1:
+        raise ValueError(f"videos of different shapes cannot be scored as one batch: {sorted(shapes)}")
+    return items
+
+
+def cmd_score(args) -> int:
+    from vpo.rewards import load_reward
+
+    source = load_reward(args.reward)
+    dims = [source.check_dimension(args.dimension)] if args.dimension else [*source.dimensions, "global"]
+    items = _load_inputs(args.inputs, args.prompt)
+    result = source.score(np.stack([f for _, _, f in items]), [p for _, p, _ in items])
+    rows = []
+    for i, (name, prompt, _) in enumerate(items):
+        scores = {d: float(result.scores[d][i]) for d in dims}
+        rows.append({"video": name, "prompt": prompt,
+                     "scores": {d: (None if np.isnan(s) else round(s, 4)) for d, s in scores.items()},
+                     **({"unavailable": result.unavailable[i]} if i in result.unavailable else {})})
+    if args.json:
+        print(json.dumps({"reward": source.name, "videos": rows}, indent=2))
+        return 0
+    width = max(len(r["video"]) for r in rows)
+    print(f"{'video':<{width}}  " + "  ".join(f"{d:>9}" for d in dims))
+    for r in rows:
+        cells = ("unavailable" if r["scores"][d] is None else f"{r['scores'][d]:.4f}" for d in dims)
+        print(f"{r['video']:<{width}}  " + "  ".join(f"{c:>9}" for c in cells))
+    for r in rows:
+        if "unavailable" in r:
+            print(f"note: {r['video']}: {r['unavailable']}")
+    return 0
+
+
+def _add_feedback(sub):
+    p = sub.add_parser("feedback", help="MRR / Recall@k of reward sources against human choices (OnlineVPO Eq. 5)")
+    p.add_argument("groups", help='JSON: [{"prompt": ..., "videos": [".npy or .mp4", ...], "chosen": index}, ...]')
+    p.add_argument("--reward", action="append", help="reward source (repeatable; default: all)")
+    p.add_argument("--dimension", default="global")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_feedback)
+
+
+def cmd_feedback(args) -> int:
+    from vpo.feedback import Group, analyse
+    from vpo.rewards import available_sources, load_reward
+
+    path = Path(args.groups)
+    try:
+        raw = json.loads(path.read_text())
+        groups = [Group(g["prompt"], np.stack([f for _, _, f in _load_inputs(g["videos"], g["prompt"])]), int(g["chosen"]))
+                  for g in raw]
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: expected a list of {{prompt, videos, chosen}} objects ({e})") from None
+    if args.reward:
+        sources, missing = [load_reward(name) for name in args.reward], {}
+    else:
+        sources, missing = available_sources()
+    rows = []
+    for source in sources:
+        if args.dimension not in (*source.dimensions, "global"):
+            continue  # a source without this dimension has nothing to say about it
+        rows.append(analyse(source, args.dimension, groups))
+    if not rows:
+        raise ValueError(f"no reward source has dimension {args.dimension!r}")
+    if args.json:
+        print(json.dumps({"results": rows, "skipped": missing}, indent=2))
+        return 0
+    print(f"{'source':<15} {'dimension':<10} {'groups':>6} {'MRR':>7} {'R@1':>6} {'R@2':>6} {'R@4':>6}")
+    for r in rows:
+        print(f"{r['source']:<15} {r['dimension']:<10} {r['groups']:>6} {r['mrr']:>7.4f} "
+              f"{r['recall@1']:>6.3f} {r['recall@2']:>6.3f} {r['recall@4']:>6.3f}")
+    for name, why in missing.items():
+        print(f"skipped {name}: {why}")
+    return 0
+
+
+def _add_train(sub):
+    from dataclasses import fields
+
+    from vpo.train.config import TrainConfig
+
+    p = sub.add_parser("train", help="preference-optimise a backbone (online-dpo, offline-dpo, refl)")
+    p.add_argument("--config", help="TOML file of TrainConfig fields; flags below override it")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+    for f in fields(TrainConfig):
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg_{f.name}", type=type(f.default),
+                       help=f"{f.metadata['help']} (default: {f.default})")
+    p.set_defaults(run=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from vpo.train import train
+    from vpo.train.config import TrainConfig
+    from vpo.train.sinks import JsonlSink
+
+    data = {}
+    if args.config:
+        data = TrainConfig.from_toml(args.config).to_dict()
+    data.update({k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None})
+    cfg = TrainConfig.from_dict(data)
+    if args.print_config:
+        print(cfg.to_toml(), end="")
+        return 0
+    sink = JsonlSink(cfg.out, cfg.steps)
+    t0 = time.perf_counter()
+    try:
+        last = train(cfg, sink, resume=args.resume)
+    finally:
+        sink.close()
+    print(f"done in {time.perf_counter() - t0:.0f} s; last checkpoint: {last}; metrics: {Path(cfg.out) / 'metrics.jsonl'}")
+    return 0
+
+
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="base vs checkpoint on fixed-seed prompts, VBench-style (Table 3 layout)")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint folder")
+    p.add_argument("--prompts", default="heldout64", help="prompt file or built-in set (default: heldout64)")
+    p.add_argument("--backbone", default="tiny")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    from vpo.data.prompts import read_prompts
+    from vpo.eval import compare, format_table
+
+    result = compare(args.backbone, args.checkpoint, read_prompts(args.prompts), seed=args.seed, steps=args.steps,
+                     guidance=args.guidance)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
+def _add_ablate(sub):
+    p = sub.add_parser("ablate", help="reproduce OnlineVPO's ablations on the tiny backbone -> docs/results.md")
+    p.add_argument("--seeds", default="0,1", help="comma-separated seeds (default: 0,1)")
+    p.add_argument("--steps", type=int, default=60, help="training steps of every run (default: 60)")
+    p.add_argument("--config", help="TOML of TrainConfig fields shared by all runs (defaults otherwise)")
+    p.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts each final model is evaluated on")
+    p.add_argument("--out", default="runs/ablations", help="run folders (finished runs are reused)")
+    p.add_argument("--results", default="docs/results.md", help="markdown report; plots go to a folder beside it")
+    p.set_defaults(run=cmd_ablate)
+
+
+def cmd_ablate(args) -> int:
+    from vpo.ablations import ablate
+    from vpo.train.config import TrainConfig
+
+    base = TrainConfig.from_toml(args.config) if args.config else TrainConfig()
+    base = TrainConfig.from_dict({**base.to_dict(), "steps": args.steps})
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    t0 = time.perf_counter()
+    path = ablate(base, seeds, args.out, args.results, eval_prompts=args.eval_prompts)
+    print(f"results -> {path} ({(time.perf_counter() - t0) / 60:.0f} min)")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="vpo", description="VPO Studio: online video preference optimisation")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_sample(sub)
+    _add_pretrain(sub)
+    _add_demo(sub)
+    _add_score(sub)
+    _add_feedback(sub)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_ablate(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"vpo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vpo {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,55 @@
+"""Reward sources behind one interface (``vpo.rewards.base.RewardSource``) and one registry.
+
+The registry says what each source offers without importing it (the sources import torch, and
+the web form and config validation must not): its class as ``"module:Class"``, its dimensions,
+and which of them it can differentiate (what ReFL needs).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+DIMENSIONS = ("visual", "temporal", "dynamic", "alignment")
+GLOBAL = "global"  # the mean of a source's dimensions, each normalised to [0, 1]
+
+
+@dataclass(frozen=True)
+class Source:
+    path: str  # "module:Class"
+    dimensions: tuple[str, ...]
+    differentiable: tuple[str, ...]  # dimensions with a torch-differentiable score
+    description: str
+
+
+REWARD_SOURCES: dict[str, Source] = {
+    "metrics": Source("vpo.rewards.metrics:MetricsSource", ("visual", "temporal", "dynamic", "alignment"),
+                      ("visual", "temporal"), "weight-free VBench-style measures (CPU); visual is a proxy"),
+    "image-metrics": Source("vpo.rewards.image_metrics:ImageMetricsSource", ("visual", "temporal"),
+                            ("visual", "temporal"), "per-frame measures averaged over frames: the image-level baseline"),
+    "videoscore": Source("vpo.rewards.videoscore:VideoScoreSource", ("visual", "temporal", "dynamic", "alignment"),
+                         (), "VideoScore (Idefics2 regression) from a local weights directory"),
+}
+
+
+def source_info(name: str) -> Source:
+    if name not in REWARD_SOURCES:
+        raise ValueError(f"unknown reward source {name!r}; valid: {', '.join(REWARD_SOURCES)}")
+    return REWARD_SOURCES[name]
+
+
+def load_reward(name: str, **kwargs):
+    """An instance of the source ``name``; ``kwargs`` go to its constructor (e.g. ``directory``)."""
+    module, cls = source_info(name).path.split(":")
+    return getattr(importlib.import_module(module), cls)(**kwargs)
+
+
+def available_sources() -> tuple[list, dict[str, str]]:
+    """Every source that loads here, and for each one that does not, why (e.g. no weights dir)."""
+    loaded, missing = [], {}
+    for name in REWARD_SOURCES:
+        try:
+            loaded.append(load_reward(name))
+        except ValueError as e:
+            missing[name] = str(e)
+    return loaded, missing

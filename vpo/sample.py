@@ -1,0 +1,53 @@
+"""Sample videos to a folder with a manifest (``vpo sample``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vpo import video as video_io
+from vpo.data import prompts as prompt_sets
+
+# Videos per forward batch (x2 with CFG); bounds memory for long prompt lists.
+CHUNK = 6
+
+
+def sample_to_dir(
+    backbone,
+    prompts: list[str],
+    out,
+    seed: int = 0,
+    num_per_prompt: int = 1,
+    steps: int = 20,
+    guidance: float = 4.0,
+    checkpoint: str | None = None,
+) -> Path:
+    """Sample ``num_per_prompt`` videos per prompt (seeds ``seed``, ``seed + 1``, ... in order) and
+    write ``<i>.npy`` + ``<i>.mp4`` per video and ``manifest.json``; returns the manifest path."""
+    prompts = prompt_sets.check_prompts(prompts)
+    if num_per_prompt < 1:
+        raise ValueError(f"num_per_prompt must be >= 1, got {num_per_prompt}")
+    out = Path(out)
+    jobs = [(p, seed + i) for i, p in enumerate(p for p in prompts for _ in range(num_per_prompt))]
+    spec = backbone.spec
+    entries = []
+    for start in range(0, len(jobs), CHUNK):
+        chunk = jobs[start:start + CHUNK]
+        videos = backbone.sample([p for p, _ in chunk], [s for _, s in chunk], steps=steps, guidance=guidance)
+        for j, ((prompt, s), v) in enumerate(zip(chunk, videos.numpy())):
+            files = video_io.save_video(v, out, f"{start + j:04d}", spec.fps)
+            entries.append({"prompt": prompt, "seed": s, **files})
+    manifest = {
+        "backbone": backbone.name,
+        "checkpoint": checkpoint,
+        "steps": steps,
+        "guidance": guidance,
+        "frames": spec.frames,
+        "height": spec.height,
+        "width": spec.width,
+        "fps": spec.fps,
+        "videos": entries,
+    }
+    path = out / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2))
+    return path

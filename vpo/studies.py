@@ -1,0 +1,43 @@
+"""What a 2AFC study needs from the library: rendering a system's clips with paired seeds, and the
+visibly degraded copies gold trials compare against."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+CHUNK = 6  # videos per sampling batch
+
+
+def render_system(backbone_name: str, checkpoint: Path | None, jobs: list[tuple[str, int]],
+                  saved: Callable[[int, np.ndarray, int], None], steps: int = 20, guidance: float = 4.0,
+                  device: str | None = None) -> None:
+    """Sample ``(prompt, seed)`` jobs from a backbone (with a training checkpoint's adapter, if
+    given), calling ``saved(job index, uint8 video (F, H, W, C), fps)`` as each video is ready.
+    Every system samples the same jobs, so the clips of one trial share prompt and seed."""
+    import torch
+
+    from vpo.backbones import load_backbone
+    from vpo.train.runner import load_policy
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    backbone = load_backbone(backbone_name, device=device)
+    if checkpoint is not None:
+        load_policy(backbone, checkpoint)
+    for start in range(0, len(jobs), CHUNK):
+        chunk = jobs[start:start + CHUNK]
+        videos = backbone.sample([p for p, _ in chunk], [s for _, s in chunk], steps=steps, guidance=guidance)
+        for i, video in enumerate(videos.numpy()):
+            saved(start + i, video, backbone.spec.fps)
+
+
+def degrade(video: np.ndarray, seed: int) -> np.ndarray:
+    """A visibly worse copy for a gold trial: strong per-pixel noise and frame-to-frame brightness
+    flicker, so that an attentive volunteer never prefers it."""
+    rng = np.random.default_rng(seed)
+    v = video.astype(np.float32)
+    flicker = rng.uniform(-60, 60, size=(len(v), 1, 1, 1))
+    noise = rng.normal(0, 45, size=v.shape)
+    return np.clip(v + flicker + noise, 0, 255).astype(np.uint8)

@@ -1,0 +1,61 @@
+"""``offline-dpo``: the paper's offline baseline (OnlineVPO Table 4d). Preference pairs are sampled
+and scored *once*, from the base model, before training — one pair per training prompt, N
+candidates each — and then the same Flow-DPO loss is applied to that fixed set. Compared with
+``online-dpo`` at equal steps, the difference is only where the pairs come from.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+
+from vpo.train.online_dpo import dpo_update, pick_pairs
+from vpo.train.runner import Run, _mix
+
+
+def build_pairs(run: Run) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
+    """Winner latents, loser latents, prompts and margins of the fixed set, from the base model
+    (the policy adapter is still zero when this runs). Deterministic in the seed, so a resumed run
+    rebuilds exactly the same set."""
+    cfg, n = run.cfg, run.cfg.num_candidates
+    winners, losers, prompts, margins = [], [], [], []
+    for i, prompt in enumerate(run.prompts):
+        seeds = run.candidate_seeds(-1, i, n)  # step -1: before training
+        videos, latents = run.backbone.sample([prompt] * n, seeds, steps=cfg.sampling_steps, guidance=cfg.guidance,
+                                              return_latents=True)
+        scores = run.score(videos, [prompt] * n)
+        for _, w, l in pick_pairs(scores[None], cfg.tie_tolerance):
+            winners.append(latents[w])
+            losers.append(latents[l])
+            prompts.append(prompt)
+            margins.append(float(scores[w] - scores[l]))
+    if not prompts:
+        raise ValueError("offline-dpo found no pair: every prompt's candidates tied within tie_tolerance")
+    return torch.stack(winners), torch.stack(losers), prompts, torch.tensor(margins)
+
+
+def train(cfg, sink, stop=None, resume: bool = False, device: str = "cpu", backbone=None):
+    run = Run(cfg, sink, device, backbone)
+    # the pairs come from the base model: build them before loading any trained adapter
+    winners, losers, pair_prompts, margins = build_pairs(run)
+    start = run.begin(resume, {"train/offline_pairs": len(pair_prompts), "train/offline_margin": margins.mean().item()})
+    for step in range(start, cfg.steps):
+        if stop is not None and stop():
+            break
+        run.step = step
+        t0 = time.perf_counter()
+        # 1.-3. take this step's pairs from the fixed set (no sampling, no scoring)
+        rng = random.Random(_mix(cfg.seed, step, "offline-pairs"))
+        idx = [rng.randrange(len(pair_prompts)) for _ in range(cfg.prompts_per_step)]
+        # 4. the same Flow-DPO update as online-dpo
+        values = dpo_update(run, winners[idx], losers[idx], [pair_prompts[i] for i in idx], step)
+        values["reward/margin"] = margins[idx].mean().item()
+        done = step + 1
+        # 5. curriculum reference update every K steps
+        run.maybe_update_reference(done, values)
+        # 6. log, held-out monitor, checkpoint
+        values["perf/step_s"] = time.perf_counter() - t0
+        run.end_step(done, values)
+    return run.finish()

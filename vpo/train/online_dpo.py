@@ -1,0 +1,106 @@
+"""``online-dpo``: OnlineVPO (Zhang et al., "OnlineVPO", Sec. 2.3, Fig. 2).
+
+Each step, for each prompt: sample N candidates from the *current* policy, score them on the
+chosen dimension, take the best as winner and the worst as loser (skip the prompt if their scores
+differ by less than ``tie_tolerance`` — a tie teaches nothing), and update the policy with the
+Flow-DPO loss (``loss.py``). Every K steps the reference becomes the current policy (the paper's
+curriculum reference update; K = 0 keeps it fixed at the base).
+
+Deviation from the paper: the reward is whatever source and dimension the config names (the
+paper uses VideoScore); N, K and the sampling steps are smaller defaults sized for a CPU.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from vpo.train.loss import flow_dpo_loss, per_video_mse
+from vpo.train.runner import Run
+
+
+def dpo_update(run: Run, winners: torch.Tensor, losers: torch.Tensor, prompts: list[str], step: int) -> dict:
+    """One Flow-DPO optimizer step on latent pairs (P, ...) with their prompts."""
+    p = len(prompts)
+    g = run.generator(step, "dpo")
+    # the same sigma and the same eps for a pair's winner and loser (DESIGN.md)
+    sigma = torch.rand(p, generator=g).to(winners.device)
+    eps = torch.randn(winners.shape, generator=g).to(winners.device)
+    x0 = torch.cat([winners, losers])
+    noise, s = torch.cat([eps, eps]), torch.cat([sigma, sigma])
+    s5 = s.view(-1, *[1] * (x0.ndim - 1))
+    x_t = (1 - s5) * x0 + s5 * noise
+    target = noise - x0
+    text = run.backbone.encode_prompts(prompts)
+    text = torch.cat([text, text])
+    with run.backbone.autocast():
+        mse_w, mse_l = per_video_mse(run.backbone.predict_velocity(x_t, s, text), target).chunk(2)
+        with run.reference():
+            ref_w, ref_l = per_video_mse(run.backbone.predict_velocity(x_t, s, text), target).chunk(2)
+    loss, stats = flow_dpo_loss(mse_w, mse_l, ref_w, ref_l, run.cfg.beta)
+    run.check_finite("the DPO loss", loss)
+    stats["dpo/grad_norm"] = run.optimizer_step(loss)
+    return stats
+
+
+def pick_pairs(scores: torch.Tensor, tolerance: float) -> list[tuple[int, int, int]]:
+    """(prompt index, winner, loser) for every prompt whose score spread reaches ``tolerance``."""
+    pairs = []
+    for i, row in enumerate(scores):
+        w, l = int(row.argmax()), int(row.argmin())
+        if row[w] - row[l] >= tolerance:
+            pairs.append((i, w, l))
+    return pairs
+
+
+def train(cfg, sink, stop=None, resume: bool = False, device: str = "cpu", backbone=None):
+    """Run ``cfg`` (algorithm ``online-dpo``); returns the folder of the last checkpoint."""
+    run = Run(cfg, sink, device, backbone)
+    start = run.begin(resume)
+    n, bb = cfg.num_candidates, run.backbone
+    for step in range(start, cfg.steps):
+        if stop is not None and stop():
+            break
+        run.step = step
+        t0 = time.perf_counter()
+        prompts = run.pick_prompts(step)
+
+        # 1. sample N candidates per prompt from the current policy, all in one batch
+        flat_prompts = [p for p in prompts for _ in range(n)]
+        seeds = [s for i in range(len(prompts)) for s in run.candidate_seeds(step, i, n)]
+        videos, latents = bb.sample(flat_prompts, seeds, steps=cfg.sampling_steps, guidance=cfg.guidance,
+                                    return_latents=True)
+        t_sample = time.perf_counter()
+
+        # 2. score them on the chosen dimension
+        scores = run.score(videos, flat_prompts).view(len(prompts), n)
+        t_score = time.perf_counter()
+
+        # 3. winner = argmax, loser = argmin; prompts whose spread is under the tolerance are skipped
+        pairs = pick_pairs(scores, cfg.tie_tolerance)
+        values = {"reward/mean": scores.mean().item(), "reward/max": scores.max().item(),
+                  "reward/min": scores.min().item(), "train/skipped_prompts": len(prompts) - len(pairs)}
+
+        # 4. Flow-DPO update on the pairs
+        if pairs:
+            lat = latents.view(len(prompts), n, *latents.shape[1:])
+            winners = torch.stack([lat[i, w] for i, w, _ in pairs])
+            losers = torch.stack([lat[i, l] for i, _, l in pairs])
+            values["reward/margin"] = float(sum(scores[i, w] - scores[i, l] for i, w, l in pairs) / len(pairs))
+            values.update(dpo_update(run, winners, losers, [prompts[i] for i, _, _ in pairs], step))
+        done = step + 1
+
+        # 5. curriculum reference update every K steps
+        run.maybe_update_reference(done, values)
+
+        # 6. log, held-out monitor, sample videos, checkpoint
+        values.update({"perf/sample_s": t_sample - t0, "perf/score_s": t_score - t_sample,
+                       "perf/update_s": time.perf_counter() - t_score, "perf/step_s": time.perf_counter() - t0})
+        if cfg.heldout_every and done % cfg.heldout_every == 0:
+            labels = ["" for _ in flat_prompts]
+            for i, w, l in pairs:
+                labels[i * n + w], labels[i * n + l] = "winner", "loser"
+            sink.samples(done, "candidates", videos.numpy(), flat_prompts, scores.flatten().tolist(), labels, bb.spec.fps)
+        run.end_step(done, values)
+    return run.finish()

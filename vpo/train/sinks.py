@@ -1,0 +1,60 @@
+"""Where a training run reports to. The loop calls a sink; it never prints or writes files itself.
+
+``JsonlSink`` (the CLI's): a progress bar, ``metrics.jsonl`` (one line per step) and sample videos
+under ``samples/``. The web worker's sink (database first, then a websocket push) implements the
+same two methods.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from vpo import video as video_io
+
+
+class Sink(Protocol):
+    def metrics(self, step: int, values: dict[str, float]) -> None: ...
+
+    def samples(self, step: int, kind: str, videos: np.ndarray, prompts: list[str], scores: list[float],
+                labels: list[str], fps: int) -> None: ...
+
+
+class JsonlSink:
+    def __init__(self, out, total_steps: int, progress: bool = True, start_step: int = 0):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.out / "metrics.jsonl", "a")
+        self.bar = tqdm(total=total_steps, initial=start_step, disable=not progress, desc="train")
+        self.t0 = time.time()
+
+    def metrics(self, step, values):
+        self.file.write(json.dumps({"step": step, "time": round(time.time() - self.t0, 3), **values}) + "\n")
+        self.file.flush()
+        if "reward/mean" in values:
+            self.bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in values.items()
+                                  if k in ("reward/mean", "reward/margin", "dpo/loss", "dpo/implicit_acc")})
+            self.bar.n = step
+            self.bar.refresh()
+
+    def samples(self, step, kind, videos, prompts, scores, labels, fps):
+        folder = self.out / "samples" / f"step_{step:06d}_{kind}"
+        entries = []
+        for i, (v, p, s, label) in enumerate(zip(videos, prompts, scores, labels)):
+            files = video_io.save_video(v, folder, f"{i:02d}", fps)
+            entries.append({"prompt": p, "score": s, "label": label, **files})
+        (folder / "samples.json").write_text(json.dumps({"step": step, "kind": kind, "videos": entries}, indent=1))
+
+    def close(self):
+        self.bar.close()
+        self.file.close()
+
+
+def read_metrics(out) -> list[dict]:
+    path = Path(out) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

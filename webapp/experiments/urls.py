@@ -1,0 +1,19 @@
+from django.urls import path
+
+from webapp.experiments import views
+
+app_name = "experiments"
+urlpatterns = [
+    path("", views.experiment_list, name="list"),
+    path("new/", views.experiment_new, name="new"),
+    path("demo/", views.demo, name="demo"),
+    path("compare/", views.compare, name="compare"),
+    path("<int:pk>/", views.experiment_detail, name="detail"),
+    path("<int:pk>/metrics.json", views.metrics_json, name="metrics"),
+    path("<int:pk>/samples.json", views.samples_json, name="samples"),
+    path("<int:pk>/cancel/", views.cancel, name="cancel"),
+    path("<int:pk>/evaluate/", views.evaluate, name="evaluate"),
+    path("<int:pk>/config.toml", views.export_config, name="export"),
+    path("<int:pk>/prompts.txt", views.export_prompts, name="prompts"),
+    path("<int:pk>/media/<path:path>", views.media, name="media"),
+]

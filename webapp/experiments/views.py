@@ -1,0 +1,160 @@
+"""Experiment pages: list, new / clone / demo, dashboard, data endpoints, cancel, export, compare,
+evaluate, and the run's media. Every view goes through ``visible_or_404``: another user's
+experiment is indistinguishable from one that does not exist."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from webapp.experiments.forms import EvaluationForm, ExperimentForm, validated_config
+from webapp.experiments.models import Evaluation, Experiment
+from webapp.media import ranged_file_response
+
+# the demo on the list page: small enough to finish in a few minutes on a 2-core CPU
+DEMO_CONFIG = {"backbone": "tiny", "reward": "metrics", "dimension": "temporal", "algorithm": "online-dpo",
+               "prompts": "train", "steps": 30, "num_candidates": 6, "heldout_every": 5, "checkpoint_every": 10}
+
+
+def visible_or_404(request, pk) -> Experiment:
+    return get_object_or_404(Experiment.objects.visible_to(request.user), pk=pk)
+
+
+@login_required
+def experiment_list(request):
+    experiments = Experiment.objects.visible_to(request.user).select_related("owner")[:200]
+    return render(request, "experiments/list.html", {"experiments": experiments})
+
+
+@login_required
+def experiment_new(request):
+    source = None
+    if "clone" in request.GET:
+        source = visible_or_404(request, request.GET["clone"])
+    if request.method == "POST":
+        form = ExperimentForm(request.POST, request.FILES)
+        if form.is_valid():
+            experiment = Experiment.objects.create(owner=request.user, name=form.cleaned_data["name"],
+                                                   config=form.config, prompts_text=form.prompts_text)
+            experiment.launch()
+            return redirect(experiment)
+    else:
+        initial = {"name": f"{source.name} (copy)"} if source else {}
+        form = ExperimentForm(initial=initial, config=source.config if source else None)
+    return render(request, "experiments/new.html", {"form": form, "source": source}, status=400 if form.errors else 200)
+
+
+@login_required
+@require_POST
+def demo(request):
+    experiment = Experiment.objects.create(owner=request.user, name="Demo: online DPO on temporal (tiny)",
+                                           config=validated_config(DEMO_CONFIG))
+    experiment.launch()
+    return redirect(experiment)
+
+
+@login_required
+def experiment_detail(request, pk):
+    experiment = visible_or_404(request, pk)
+    checkpoints = experiment.checkpoints()
+    return render(request, "experiments/detail.html", {
+        "experiment": experiment,
+        "config_rows": sorted(experiment.config.items()),
+        "evaluations": experiment.evaluations.all(),
+        "evaluation_form": EvaluationForm(checkpoints=checkpoints) if checkpoints else None,
+    })
+
+
+@login_required
+def metrics_json(request, pk):
+    """Columnar metric points after ``?after=STEP``: {steps, wall, series: {name: [...]}}."""
+    experiment = visible_or_404(request, pk)
+    try:
+        after = int(request.GET.get("after", -1))
+    except ValueError:
+        return JsonResponse({"error": "after must be an integer step"}, status=400)
+    points = list(experiment.points.filter(step__gt=after).values_list("step", "wall", "values"))
+    names = sorted({k for _, _, values in points for k in values})
+    return JsonResponse({
+        "steps": [p[0] for p in points],
+        "wall": [round(p[1], 3) for p in points],
+        "series": {name: [p[2].get(name) for p in points] for name in names},
+    })
+
+
+@login_required
+def samples_json(request, pk):
+    experiment = visible_or_404(request, pk)
+    return JsonResponse({"samples": [s.as_event() for s in experiment.samples.all()]})
+
+
+@login_required
+@require_POST
+def cancel(request, pk):
+    experiment = visible_or_404(request, pk)
+    experiment.request_cancel()
+    if request.headers.get("Accept") == "application/json":  # the dashboard's fetch: stay on the page
+        return JsonResponse(experiment.status_payload())
+    return redirect(experiment)
+
+
+@login_required
+def export_config(request, pk):
+    experiment = visible_or_404(request, pk)
+    response = HttpResponse(experiment.export_toml(), content_type="application/toml; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="experiment-{experiment.pk}.toml"'
+    return response
+
+
+@login_required
+def export_prompts(request, pk):
+    experiment = visible_or_404(request, pk)
+    if not experiment.prompts_text:
+        raise Http404("this experiment uses a built-in prompt set")
+    response = HttpResponse(experiment.prompts_text, content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="prompts.txt"'
+    return response
+
+
+@login_required
+def compare(request):
+    try:
+        ids = sorted({int(i) for i in request.GET.getlist("ids")})
+    except ValueError:
+        return HttpResponse("ids must be experiment numbers", status=400)
+    experiments = list(Experiment.objects.visible_to(request.user).filter(pk__in=ids))
+    if len(experiments) != len(ids):
+        raise Http404("no such experiment")
+    if len(experiments) < 2:
+        return render(request, "experiments/compare.html", {"error": "pick two or more experiments to compare"},
+                      status=400)
+    keys = sorted({k for e in experiments for k in e.config})
+    differing = [(k, [e.config.get(k) for e in experiments]) for k in keys
+                 if len({repr(e.config.get(k)) for e in experiments}) > 1]
+    return render(request, "experiments/compare.html",
+                  {"experiments": experiments, "differing": differing, "ids": [e.pk for e in experiments]})
+
+
+@login_required
+@require_POST
+def evaluate(request, pk):
+    experiment = visible_or_404(request, pk)
+    form = EvaluationForm(request.POST, checkpoints=experiment.checkpoints())
+    if not form.is_valid():
+        return HttpResponse(f"cannot evaluate: {form.errors.as_text()}", status=400)
+    evaluation = Evaluation.objects.create(experiment=experiment, **form.cleaned_data)
+    evaluation.launch()
+    return redirect(experiment)
+
+
+@login_required
+def media(request, pk, path):
+    """A file of the run (a sample's mp4), to its owner only, with HTTP Range for seeking."""
+    experiment = visible_or_404(request, pk)
+    root = experiment.run_dir.resolve()
+    file = (root / path).resolve()
+    if not file.is_relative_to(root) or not file.is_file():
+        raise Http404("no such file")
+    return ranged_file_response(request, file)

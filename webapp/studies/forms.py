@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from django import forms
+
+from vpo.data.prompts import BUILTIN, parse_prompts, read_prompts
+from webapp.experiments.forms import read_prompt_file
+from webapp.experiments.models import Experiment, Status
+
+BASE = "base"
+MAX_CLIPS = 2000  # systems x prompts x videos per prompt: what one study may ask the worker to render
+
+
+def system_choices(user) -> list[tuple[str, str]]:
+    """"base" and every checkpoint of the user's finished or cancelled experiments."""
+    choices = [(BASE, "base model (tiny, untuned)")]
+    for e in Experiment.objects.visible_to(user).filter(status__in=(Status.FINISHED, Status.CANCELLED)):
+        for ckpt in reversed(e.checkpoints()):
+            choices.append((f"{e.pk}:{ckpt}", f"#{e.pk} {e.name} · {ckpt}"))
+    return choices
+
+
+class StudyForm(forms.Form):
+    name = forms.CharField(max_length=120)
+    systems = forms.MultipleChoiceField(widget=forms.CheckboxSelectMultiple, help_text="two or more")
+    prompt_set = forms.ChoiceField(choices=[(p, p) for p in BUILTIN] + [("file", "uploaded file")], initial="heldout64")
+    prompts_file = forms.FileField(required=False)
+    prompt_limit = forms.IntegerField(min_value=1, max_value=1000, initial=16, help_text="use the first N prompts")
+    videos_per_prompt = forms.IntegerField(min_value=1, max_value=8, initial=1)
+    seed = forms.IntegerField(initial=0)
+    question = forms.CharField(max_length=200, initial="Which video looks better?")
+    instructions = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
+                                   initial="Watch both clips to the end, then choose the one that looks better: "
+                                           "smoother, steadier, and closer to its description.")
+    allow_tie = forms.BooleanField(required=False, initial=True, label='offer "Can\'t tell"')
+    gold_rate = forms.FloatField(min_value=0, max_value=0.5, initial=0.1,
+                                 help_text="share of a volunteer's trials that are gold (one clip visibly degraded)")
+    votes_per_trial = forms.IntegerField(min_value=1, max_value=1000, initial=5)
+    trials_per_participant = forms.IntegerField(min_value=1, max_value=500, initial=10)
+    completion_url = forms.URLField(required=False, assume_scheme="https", help_text="optional: where volunteers go after their last vote "
+                                                              "(e.g. Prolific's completion link)")
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["systems"].choices = system_choices(user)
+        self.user = user
+
+    def clean_systems(self):
+        systems = self.cleaned_data["systems"]
+        if len(systems) < 2:
+            raise forms.ValidationError("choose two or more systems to compare")
+        return systems
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        if data["prompt_set"] == "file":
+            upload = data.get("prompts_file")
+            if not upload:
+                self.add_error("prompts_file", "choose a prompt file, or a built-in prompt set")
+                return data
+            try:
+                text = read_prompt_file(upload)
+            except forms.ValidationError as e:
+                self.add_error("prompts_file", e)
+                return data
+            prompts = parse_prompts(text)
+        else:
+            prompts = read_prompts(data["prompt_set"])
+        data["prompts"] = prompts[: data["prompt_limit"]]
+        clips = len(data["prompts"]) * data["videos_per_prompt"] * len(data["systems"])
+        if clips > MAX_CLIPS:
+            self.add_error("prompt_limit", f"that is {clips:,} clips to render; the limit is {MAX_CLIPS:,}")
+        return data
+
+
+class ManageForm(forms.Form):
+    action = forms.ChoiceField(choices=[("close", "close"), ("reopen", "reopen"), ("settings", "settings")])
+    votes_per_trial = forms.IntegerField(min_value=1, max_value=1000, required=False)
+    trials_per_participant = forms.IntegerField(min_value=1, max_value=500, required=False)
+
+
+class ChoiceForm(forms.Form):
+    """A volunteer's vote."""
+
+    trial = forms.IntegerField()
+    choice = forms.ChoiceField(choices=[("left", "left"), ("right", "right"), ("tie", "tie")])

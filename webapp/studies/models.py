@@ -1,0 +1,305 @@
+"""2AFC user studies: systems, rendered clips, trials, volunteers and their votes.
+
+A researcher creates a ``Study`` over two or more ``System``s (the base backbone or experiment
+checkpoints). A Celery task renders every system's videos with paired seeds (same prompt and seed
+for every system) plus degraded copies for gold trials, then builds the ``Trial``s and opens the
+study. Volunteers arrive at an unguessable link; each becomes a ``Participant`` with a plan of
+trials and, per trial, which clip is on the left (randomised, stored). One ``Vote`` per
+(participant, trial), enforced by the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import random
+import secrets
+from pathlib import Path
+
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import Count, Q
+from django.urls import reverse
+from django.utils import timezone
+
+log = logging.getLogger(__name__)
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(18)  # 144 random bits: not guessable
+
+
+def new_completion_code() -> str:
+    return secrets.token_hex(4).upper()
+
+
+class StudyStatus(models.TextChoices):
+    RENDERING = "rendering"
+    OPEN = "open"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+class StudyQuerySet(models.QuerySet):
+    def visible_to(self, user):
+        return self if user.is_staff else self.filter(owner=user)
+
+
+class Study(models.Model):
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="studies")
+    name = models.CharField(max_length=120)
+    token = models.CharField(max_length=40, unique=True, default=new_token)
+    status = models.CharField(max_length=10, choices=StudyStatus.choices, default=StudyStatus.RENDERING)
+    error = models.TextField(blank=True)
+    question = models.CharField(max_length=200, default="Which video looks better?")
+    instructions = models.TextField(blank=True)
+    prompts = models.TextField(help_text="one prompt per line")
+    videos_per_prompt = models.PositiveIntegerField(default=1)
+    seed = models.IntegerField(default=0)
+    allow_tie = models.BooleanField(default=True, help_text='offer "Can\'t tell"')
+    gold_rate = models.FloatField(default=0.1, help_text="share of each volunteer's trials that are gold trials")
+    votes_per_trial = models.PositiveIntegerField(default=5, help_text="votes wanted per trial")
+    trials_per_participant = models.PositiveIntegerField(default=10)
+    completion_code = models.CharField(max_length=20, default=new_completion_code)
+    completion_url = models.URLField(blank=True, help_text="e.g. Prolific's completion link; volunteers go there "
+                                                           "once their last vote is stored")
+    rendered = models.PositiveIntegerField(default=0)
+    to_render = models.PositiveIntegerField(default=0)
+    feedback = models.JSONField(null=True, blank=True)  # feedback-source analysis (MRR, Recall@k) of the votes
+    created = models.DateTimeField(auto_now_add=True)
+
+    objects = StudyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self):
+        return self.name
+
+    def get_absolute_url(self):
+        return reverse("studies:detail", args=[self.pk])
+
+    def public_url(self):
+        return reverse("studies:welcome", args=[self.token])
+
+    @property
+    def media_dir(self) -> Path:
+        return Path(settings.MEDIA_ROOT) / "studies" / str(self.pk)
+
+    @property
+    def group(self) -> str:
+        return f"study-{self.pk}"
+
+    def prompt_list(self) -> list[str]:
+        from vpo.data.prompts import parse_prompts
+
+        return parse_prompts(self.prompts)
+
+    def base_system(self) -> "System":
+        """The anchor of the ratings: the base model if it is one of the systems, else the first."""
+        systems = list(self.systems.all())
+        return next((s for s in systems if s.experiment_id is None), systems[0])
+
+    def launch(self) -> None:
+        from worker.tasks import render_study
+
+        render_study.delay_on_commit(self.pk)
+
+    # --- rendering (the worker) ----------------------------------------------------------------
+    def render(self) -> None:
+        """Sample every system's clips with paired seeds, make the gold copies, build the trials,
+        open the study. Progress is kept in ``rendered`` / ``to_render``."""
+        from vpo.studies import degrade, render_system
+
+        systems = list(self.systems.all())
+        prompts = self.prompt_list()
+        jobs = [(p, self.seed + k) for p in prompts for k in range(self.videos_per_prompt)]
+        Study.objects.filter(pk=self.pk).update(to_render=len(jobs) * len(systems), rendered=0)
+        self.media_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            for system in systems:
+                def saved(job_index, video, fps, system=system):
+                    prompt, seed = jobs[job_index]
+                    clip = Clip(study=self, system=system, prompt=prompt, seed=seed)
+                    clip.save_video(video, fps)
+                    gold = Clip(study=self, system=system, prompt=prompt, seed=seed, degraded=True)
+                    gold.save_video(degrade(video, seed), fps)
+                    Study.objects.filter(pk=self.pk).update(rendered=models.F("rendered") + 1)
+
+                render_system(self.backbone_of(system), system.checkpoint_path(), jobs, saved)
+            self.build_trials()
+        except Exception as e:  # shown on the study page
+            log.exception("study %s failed to render", self.pk)
+            Study.objects.filter(pk=self.pk).update(status=StudyStatus.FAILED, error=f"{type(e).__name__}: {e}")
+            return
+        Study.objects.filter(pk=self.pk).update(status=StudyStatus.OPEN)
+
+    def analyse_feedback(self) -> None:
+        """OnlineVPO Table 2 on this study: how often each reward source ranks first the clip
+        people preferred (MRR, Recall@k), per dimension. Stored in ``feedback``."""
+        import numpy as np
+
+        from vpo.feedback import Group, analyse
+        from vpo.rewards import GLOBAL, available_sources
+        from webapp.studies.results import human_groups
+
+        groups = [Group(prompt, np.stack([c.frames() for c in clips]), chosen)
+                  for prompt, clips, chosen in human_groups(self)]
+        sources, skipped = available_sources()
+        rows = []
+        if groups:
+            for source in sources:
+                for dimension in (*source.dimensions, GLOBAL):
+                    try:
+                        row = analyse(source, dimension, groups)
+                        rows.append({k.replace("@", "_at_"): v for k, v in row.items()})  # template-friendly keys
+                    except ValueError as e:  # e.g. alignment unavailable for a prompt outside the world
+                        rows.append({"source": source.name, "dimension": dimension, "error": str(e)})
+        self.feedback = {"groups": len(groups), "rows": rows, "skipped": skipped, "at": timezone.now().isoformat()}
+        self.save(update_fields=["feedback"])
+
+    def backbone_of(self, system) -> str:
+        return system.experiment.config["backbone"] if system.experiment_id else system.backbone
+
+    @transaction.atomic
+    def build_trials(self) -> None:
+        """Every pair of systems on every (prompt, seed), and gold trials: a clip against its
+        degraded copy (the right answer is the clean one)."""
+        clips = {}
+        for clip in self.clips.all():
+            clips[(clip.system_id, clip.prompt, clip.seed, clip.degraded)] = clip
+        systems = list(self.systems.order_by("pk"))
+        keys = sorted({(p, s) for (_, p, s, _) in clips})
+        trials = []
+        for prompt, seed in keys:
+            for i, a in enumerate(systems):
+                for b in systems[i + 1:]:
+                    trials.append(Trial(study=self, clip_a=clips[(a.pk, prompt, seed, False)],
+                                        clip_b=clips[(b.pk, prompt, seed, False)]))
+                trials.append(Trial(study=self, clip_a=clips[(a.pk, prompt, seed, False)],
+                                    clip_b=clips[(a.pk, prompt, seed, True)], is_gold=True))
+        Trial.objects.bulk_create(trials)
+
+    # --- volunteers ----------------------------------------------------------------------------
+    def plan_for(self, rng: random.Random) -> list[dict]:
+        """A volunteer's trials: the regular trials with the fewest votes so far (balanced
+        coverage), gold trials mixed in at ``gold_rate``, in random order, each with a random side."""
+        n_gold = round(self.trials_per_participant * self.gold_rate)
+        regular = list(self.trials.filter(is_gold=False).annotate(
+            n=Count("votes", filter=Q(votes__participant__excluded=False))).order_by("n", "?")
+            .values_list("pk", "clip_a_id", "clip_b_id")[: self.trials_per_participant - n_gold])
+        gold = list(self.trials.filter(is_gold=True).order_by("?").values_list("pk", "clip_a_id", "clip_b_id")[:n_gold])
+        plan = []
+        for (t, a, b), is_gold in [(t, False) for t in regular] + [(t, True) for t in gold]:
+            left, right = (a, b) if rng.random() < 0.5 else (b, a)
+            # "good": the clean clip of a gold trial (clip_a); the plan never leaves the server
+            plan.append({"trial": t, "left": left, "right": right, "gold": is_gold, "good": a if is_gold else None})
+        rng.shuffle(plan)
+        return plan
+
+    def hashed(self, value: str) -> str:
+        """IPs and user agents are kept only as keyed hashes, salted per study (tell repeats
+        apart, never recover the value)."""
+        key = f"{settings.SECRET_KEY}:study:{self.pk}".encode()
+        return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+
+
+class System(models.Model):
+    """One of the things compared: the base backbone, or an experiment's checkpoint."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="systems")
+    label = models.CharField(max_length=80)
+    backbone = models.CharField(max_length=40, default="tiny")
+    experiment = models.ForeignKey("experiments.Experiment", null=True, blank=True, on_delete=models.PROTECT)
+    checkpoint = models.CharField(max_length=40, blank=True)
+
+    class Meta:
+        ordering = ["pk"]
+
+    def __str__(self):
+        return self.label
+
+    def checkpoint_path(self) -> Path | None:
+        if self.experiment_id is None:
+            return None
+        return self.experiment.run_dir / "run" / "checkpoints" / self.checkpoint
+
+
+class Clip(models.Model):
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="clips")
+    system = models.ForeignKey(System, on_delete=models.CASCADE, related_name="clips")
+    prompt = models.TextField()
+    seed = models.IntegerField()
+    degraded = models.BooleanField(default=False)  # a gold trial's visibly damaged copy
+    token = models.CharField(max_length=40, unique=True, default=new_token)  # the opaque file name
+
+    def save_video(self, video, fps: int) -> None:
+        """The mp4 volunteers see and the native frames the reward sources score (never served)."""
+        from vpo import video as video_io
+
+        video_io.save_video(video, self.study.media_dir, self.token, fps)
+        self.save()
+
+    @property
+    def path(self) -> Path:
+        return self.study.media_dir / f"{self.token}.mp4"
+
+    def frames(self):
+        from vpo import video as video_io
+
+        return video_io.load_frames(self.study.media_dir / f"{self.token}.npy")
+
+    def url(self) -> str:
+        return reverse("studies:clip", args=[self.study.token, self.token])
+
+
+class Trial(models.Model):
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="trials")
+    clip_a = models.ForeignKey(Clip, on_delete=models.CASCADE, related_name="+")
+    clip_b = models.ForeignKey(Clip, on_delete=models.CASCADE, related_name="+")
+    is_gold = models.BooleanField(default=False)  # clip_b is clip_a degraded: choosing it fails
+
+
+class Participant(models.Model):
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="participants")
+    token = models.CharField(max_length=40, unique=True, default=new_token)
+    plan = models.JSONField(default=list)  # [{"trial", "left", "right", "gold", "good"}, ...] in order
+    prolific_pid = models.CharField(max_length=64, blank=True)
+    prolific_study_id = models.CharField(max_length=64, blank=True)
+    prolific_session_id = models.CharField(max_length=64, blank=True)
+    ip_hash = models.CharField(max_length=64)
+    ua_hash = models.CharField(max_length=64)
+    created = models.DateTimeField(auto_now_add=True)
+    completed = models.DateTimeField(null=True, blank=True)
+    excluded = models.BooleanField(default=False)  # failed a gold trial: kept, never deleted
+    exclusion_reason = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["study", "prolific_pid"], condition=~Q(prolific_pid=""),
+                                               name="one_participant_per_prolific_pid")]
+
+    def next_item(self, answered: set[int]) -> dict | None:
+        return next((item for item in self.plan if item["trial"] not in answered), None)
+
+    def mark_completed(self) -> None:
+        if self.completed is None:
+            Participant.objects.filter(pk=self.pk, completed__isnull=True).update(completed=timezone.now())
+
+
+class Choice(models.TextChoices):
+    LEFT = "left"
+    RIGHT = "right"
+    TIE = "tie"
+
+
+class Vote(models.Model):
+    participant = models.ForeignKey(Participant, on_delete=models.CASCADE, related_name="votes")
+    trial = models.ForeignKey(Trial, on_delete=models.CASCADE, related_name="votes")
+    choice = models.CharField(max_length=5, choices=Choice.choices)
+    left = models.ForeignKey(Clip, on_delete=models.CASCADE, related_name="+")  # what was shown on the left
+    chosen = models.ForeignKey(Clip, null=True, on_delete=models.CASCADE, related_name="+")  # None for a tie
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["participant", "trial"], name="one_vote_per_trial")]

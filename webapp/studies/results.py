@@ -1,0 +1,113 @@
+"""A study's results: per pair of systems, the votes of participants who were not excluded, with
+``vpo.stats`` (Wilson interval, exact binomial test, tie rate, left-side bias, Bradley–Terry)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter, defaultdict
+from dataclasses import asdict
+from itertools import combinations
+
+from vpo.stats import bradley_terry_bootstrap, pairwise, side_bias
+from webapp.studies.models import Participant, Study, Vote
+
+
+def vote_rows(study: Study):
+    """Every vote with what it compared, oldest first."""
+    return (Vote.objects.filter(trial__study=study)
+            .select_related("participant", "trial__clip_a__system", "trial__clip_b__system", "left", "chosen")
+            .order_by("created", "pk"))
+
+
+def summarise(study: Study, bootstrap: int = 500) -> dict:
+    systems = list(study.systems.all())
+    label = {s.pk: s.label for s in systems}
+    counts = defaultdict(Counter)  # (a, b) with a < b by pk -> {"a": wins, "b": wins, "tie": n}
+    left = right = gold_votes = gold_passed = 0
+    bt_votes = []
+    for v in vote_rows(study):
+        trial = v.trial
+        if trial.is_gold:
+            gold_votes += 1
+            gold_passed += v.chosen_id == trial.clip_a_id
+            continue
+        if v.participant.excluded:
+            continue
+        a, b = sorted((trial.clip_a.system_id, trial.clip_b.system_id))
+        if v.chosen_id is None:
+            counts[(a, b)]["tie"] += 1
+            bt_votes.append((label[a], label[b], 0.5))
+        else:
+            winner = v.chosen.system_id
+            counts[(a, b)]["a" if winner == a else "b"] += 1
+            bt_votes.append((label[a], label[b], 1.0 if winner == a else 0.0))
+            if v.chosen_id == v.left_id:
+                left += 1
+            else:
+                right += 1
+    pairs = []
+    for x, y in combinations(sorted(label), 2):
+        c = counts[(x, y)]
+        pairs.append(asdict(pairwise(label[x], label[y], c["a"], c["b"], c["tie"])))
+    anchor = study.base_system().label
+    ratings = None
+    if len(systems) >= 3 and bt_votes:
+        fit = bradley_terry_bootstrap([s.label for s in systems], bt_votes, anchor, samples=bootstrap)
+        ratings = [{"system": s, "rating": r, "low": lo, "high": hi} for s, (r, lo, hi) in
+                   sorted(fit.items(), key=lambda kv: -kv[1][0])]
+    participants = Participant.objects.filter(study=study)
+    return {
+        "systems": [s.label for s in systems],
+        "anchor": anchor,
+        "pairs": pairs,
+        "bias": asdict(side_bias(left, right)),
+        "ratings": ratings,
+        "participants": participants.count(),
+        "completed": participants.filter(completed__isnull=False).count(),
+        "votes": sum(sum(c.values()) for c in counts.values()),
+        "gold": {"votes": gold_votes, "passed": gold_passed},
+        "excluded": [{"participant": p.token[:8], "prolific_pid": p.prolific_pid, "reason": p.exclusion_reason}
+                     for p in participants.filter(excluded=True).order_by("created")],
+    }
+
+
+CSV_HEADER = ["vote_id", "created", "participant", "prolific_pid", "prolific_study_id", "prolific_session_id",
+              "excluded", "trial", "gold", "prompt", "seed", "left_system", "right_system", "choice", "chosen_system"]
+
+
+def votes_csv(study: Study) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_HEADER)
+    for v in vote_rows(study):
+        a, b = v.trial.clip_a, v.trial.clip_b
+        right = b if v.left_id == a.pk else a
+        left_label = f"{v.left.system.label}{' (degraded)' if v.left.degraded else ''}"
+        right_label = f"{right.system.label}{' (degraded)' if right.degraded else ''}"
+        chosen = "" if v.chosen_id is None else (left_label if v.chosen_id == v.left_id else right_label)
+        p = v.participant
+        writer.writerow([v.pk, v.created.isoformat(), p.token, p.prolific_pid, p.prolific_study_id,
+                         p.prolific_session_id, int(p.excluded), v.trial_id, int(v.trial.is_gold), a.prompt, a.seed,
+                         left_label, right_label, v.choice, chosen])
+    return out.getvalue()
+
+
+def human_groups(study: Study) -> list[tuple[str, list, int]]:
+    """For the feedback-source analysis: per (prompt, seed), the clean clips of every system and
+    the one people preferred most (most decisive wins; groups without a single favourite are
+    left out). Returns (prompt, clips, index of the favourite)."""
+    wins = Counter()
+    clips_of = defaultdict(dict)
+    for clip in study.clips.filter(degraded=False).select_related("system"):
+        clips_of[(clip.prompt, clip.seed)][clip.pk] = clip
+    for v in vote_rows(study).filter(trial__is_gold=False, participant__excluded=False, chosen__isnull=False):
+        wins[v.chosen_id] += 1
+    groups = []
+    for (prompt, _), clips in sorted(clips_of.items()):
+        ordered = sorted(clips.values(), key=lambda c: c.system_id)
+        tally = [wins[c.pk] for c in ordered]
+        best = max(tally)
+        if best > 0 and tally.count(best) == 1:
+            groups.append((prompt, ordered, tally.index(best)))
+    return groups

@@ -1,0 +1,23 @@
+from django.urls import path
+
+from webapp.studies import views, volunteer
+
+app_name = "studies"
+urlpatterns = [
+    # researchers (login required)
+    path("studies/", views.study_list, name="list"),
+    path("studies/new/", views.study_new, name="new"),
+    path("studies/<int:pk>/", views.study_detail, name="detail"),
+    path("studies/<int:pk>/progress.json", views.progress, name="progress"),
+    path("studies/<int:pk>/manage/", views.manage, name="manage"),
+    path("studies/<int:pk>/results/", views.results, name="results"),
+    path("studies/<int:pk>/results.json", views.results_json, name="results_json"),
+    path("studies/<int:pk>/votes.csv", views.export_csv, name="csv"),
+    path("studies/<int:pk>/feedback/", views.feedback, name="feedback"),
+    # volunteers (no account; unguessable tokens)
+    path("s/<str:token>/", volunteer.welcome, name="welcome"),
+    path("s/<str:token>/p/<str:ptoken>/", volunteer.trial, name="trial"),
+    path("s/<str:token>/p/<str:ptoken>/vote", volunteer.vote, name="vote"),
+    path("s/<str:token>/p/<str:ptoken>/done", volunteer.done, name="done"),
+    path("s/<str:token>/c/<str:clip_token>.mp4", volunteer.clip, name="clip"),
+]

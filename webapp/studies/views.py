@@ -1,0 +1,120 @@
+"""Researcher pages of studies: create, watch rendering, manage, results (live), CSV, feedback
+analysis. Another researcher's study is indistinguishable from one that does not exist."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.db import transaction
+from django.http import HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from webapp.experiments.models import Experiment
+from webapp.studies.forms import BASE, ManageForm, StudyForm
+from webapp.studies.models import Study, StudyStatus, System
+from webapp.studies.results import summarise, votes_csv
+
+
+def visible_or_404(request, pk) -> Study:
+    return get_object_or_404(Study.objects.visible_to(request.user), pk=pk)
+
+
+@login_required
+def study_list(request):
+    return render(request, "studies/list.html", {"studies": Study.objects.visible_to(request.user)})
+
+
+@login_required
+def study_new(request):
+    form = StudyForm(request.POST or None, request.FILES or None, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        d = form.cleaned_data
+        with transaction.atomic():
+            study = Study.objects.create(
+                owner=request.user, name=d["name"], prompts="\n".join(d["prompts"]),
+                videos_per_prompt=d["videos_per_prompt"], seed=d["seed"], question=d["question"],
+                instructions=d["instructions"], allow_tie=d["allow_tie"], gold_rate=d["gold_rate"],
+                votes_per_trial=d["votes_per_trial"], trials_per_participant=d["trials_per_participant"],
+                completion_url=d["completion_url"])
+            for choice in d["systems"]:
+                if choice == BASE:
+                    System.objects.create(study=study, label="base")
+                else:
+                    pk, checkpoint = choice.split(":")
+                    experiment = Experiment.objects.visible_to(request.user).get(pk=pk)
+                    System.objects.create(study=study, label=f"#{pk} {checkpoint}", experiment=experiment,
+                                          backbone=experiment.config["backbone"], checkpoint=checkpoint)
+            study.launch()
+        return redirect(study)
+    return render(request, "studies/new.html", {"form": form}, status=400 if form.errors else 200)
+
+
+@login_required
+def study_detail(request, pk):
+    study = visible_or_404(request, pk)
+    link = request.build_absolute_uri(study.public_url())
+    return render(request, "studies/detail.html", {
+        "study": study, "link": link,
+        # Prolific fills these placeholders in with each volunteer's ids
+        "prolific_link": link + "?PROLIFIC_PID={{%PROLIFIC_PID%}}&STUDY_ID={{%STUDY_ID%}}&SESSION_ID={{%SESSION_ID%}}",
+        "trials": study.trials.filter(is_gold=False).count(), "systems": study.systems.all(),
+        "manage": ManageForm(initial={"votes_per_trial": study.votes_per_trial,
+                                      "trials_per_participant": study.trials_per_participant}),
+    })
+
+
+@login_required
+def progress(request, pk):
+    study = visible_or_404(request, pk)
+    return JsonResponse({"status": study.status, "rendered": study.rendered, "to_render": study.to_render,
+                         "error": study.error})
+
+
+@login_required
+@require_POST
+def manage(request, pk):
+    study = visible_or_404(request, pk)
+    form = ManageForm(request.POST)
+    if not form.is_valid():
+        return HttpResponse(f"bad request: {form.errors.as_text()}", status=400)
+    action = form.cleaned_data["action"]
+    if action in ("close", "reopen"):
+        if study.status not in (StudyStatus.OPEN, StudyStatus.CLOSED):
+            return HttpResponse(f"a {study.status} study cannot be {action}d", status=409)
+        study.status = StudyStatus.CLOSED if action == "close" else StudyStatus.OPEN
+        study.save(update_fields=["status"])
+    else:
+        for field in ("votes_per_trial", "trials_per_participant"):
+            if form.cleaned_data[field]:
+                setattr(study, field, form.cleaned_data[field])
+        study.save(update_fields=["votes_per_trial", "trials_per_participant"])
+    return redirect(study)
+
+
+@login_required
+def results(request, pk):
+    study = visible_or_404(request, pk)
+    return render(request, "studies/results.html", {"study": study, "summary": summarise(study)})
+
+
+@login_required
+def results_json(request, pk):
+    return JsonResponse(summarise(visible_or_404(request, pk)))
+
+
+@login_required
+def export_csv(request, pk):
+    study = visible_or_404(request, pk)
+    response = HttpResponse(votes_csv(study), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="study-{study.pk}-votes.csv"'
+    return response
+
+
+@login_required
+@require_POST
+def feedback(request, pk):
+    from worker.tasks import analyse_study_feedback
+
+    study = visible_or_404(request, pk)
+    analyse_study_feedback.delay(study.pk)
+    return redirect("studies:results", pk=study.pk)

@@ -1,0 +1,181 @@
+"""The volunteer flow: no account, an unguessable study link, a participant token in a cookie.
+
+welcome (instructions, consent, Prolific ids) -> trials (two clips, sides randomised and stored,
+voting enabled once both played through) -> completion code or the configured completion URL,
+only once the last vote is stored. Leaving and coming back resumes where the volunteer stopped.
+A wrong or altered token is a 404; a closed study says so.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.http import Http404, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.csrf import ensure_csrf_cookie
+from django.views.decorators.http import require_POST
+
+from webapp.experiments.sink import push
+from webapp.media import ranged_file_response
+from webapp.ratelimit import exceeded, first_in_window
+from webapp.studies.forms import ChoiceForm
+from webapp.studies.models import Clip, Participant, Study, StudyStatus, Vote
+
+PROLIFIC = {"PROLIFIC_PID": "prolific_pid", "STUDY_ID": "prolific_study_id", "SESSION_ID": "prolific_session_id"}
+
+
+def cookie_name(study: Study) -> str:
+    return f"vpo-study-{study.pk}"
+
+
+def client_ip(request) -> str:
+    return request.META.get("REMOTE_ADDR", "")
+
+
+def study_or_404(token) -> Study:
+    return get_object_or_404(Study, token=token)
+
+
+def participant_or_404(token, ptoken) -> Participant:
+    return get_object_or_404(Participant.objects.select_related("study"), token=ptoken, study__token=token)
+
+
+def closed(request, study):
+    return render(request, "studies/closed.html", {"study": study}, status=410)
+
+
+@ensure_csrf_cookie
+def welcome(request, token):
+    study = study_or_404(token)
+    if study.status != StudyStatus.OPEN:
+        return closed(request, study)
+    returning = Participant.objects.filter(study=study, token=request.COOKIES.get(cookie_name(study), "")).first()
+    prolific = {field: request.GET.get(param, "")[:64] for param, field in PROLIFIC.items()}
+    if request.method == "POST":
+        if not request.POST.get("consent"):
+            return render(request, "studies/welcome.html", {"study": study, "prolific": prolific, "need_consent": True},
+                          status=400)
+        prolific = {field: request.POST.get(field, "")[:64] for field in PROLIFIC.values()}
+        participant = returning or join(request, study, prolific)
+        if participant is None:
+            return render(request, "studies/busy.html", {"study": study}, status=429)
+        response = redirect("studies:trial", token=study.token, ptoken=participant.token)
+        response.set_cookie(cookie_name(study), participant.token, max_age=30 * 86400, httponly=True,
+                            samesite="Lax", secure=request.is_secure())
+        return response
+    if returning is not None:  # came back: carry on where they stopped
+        return redirect("studies:trial", token=study.token, ptoken=returning.token)
+    return render(request, "studies/welcome.html", {"study": study, "prolific": prolific})
+
+
+def join(request, study: Study, prolific: dict) -> Participant | None:
+    """A new participant with a plan, or the one a Prolific id already has (a second tab, a
+    returning volunteer without the cookie). None when this address joined too often."""
+    if prolific["prolific_pid"]:
+        existing = Participant.objects.filter(study=study, prolific_pid=prolific["prolific_pid"]).first()
+        if existing is not None:
+            return existing
+    limit, window = settings.STUDY_RATE_LIMITS["join_ip"]
+    if exceeded([(f"join:{study.pk}:{study.hashed(client_ip(request))}", limit, window)]):
+        return None
+    try:
+        with transaction.atomic():
+            return Participant.objects.create(
+                study=study, plan=study.plan_for(random.Random()), ip_hash=study.hashed(client_ip(request)),
+                ua_hash=study.hashed(request.headers.get("User-Agent", "")), **prolific)
+    except IntegrityError:  # the same Prolific id joined in another request just now
+        return Participant.objects.get(study=study, prolific_pid=prolific["prolific_pid"])
+
+
+@ensure_csrf_cookie
+def trial(request, token, ptoken):
+    participant = participant_or_404(token, ptoken)
+    study = participant.study
+    if study.status != StudyStatus.OPEN:
+        return closed(request, study)
+    answered = set(participant.votes.values_list("trial_id", flat=True))
+    item = participant.next_item(answered)
+    if item is None:
+        return redirect("studies:done", token=token, ptoken=ptoken)
+    right = item["right"]
+    clips = {c.pk: c for c in Clip.objects.filter(pk__in=(item["left"], right))}
+    return render(request, "studies/trial.html", {
+        "study": study, "participant": participant, "trial_id": item["trial"],
+        "left": clips[item["left"]], "right": clips[right], "prompt": clips[right].prompt,
+        "answered": len(answered), "total": len(participant.plan),
+        "percent": round(100 * len(answered) / max(1, len(participant.plan))),
+        "vote_url": reverse("studies:vote", args=[token, ptoken]),
+    })
+
+
+@require_POST
+def vote(request, token, ptoken):
+    """Store one vote. Idempotent: a double click or a replay stores nothing more and gets the same
+    answer. One vote per (participant, trial) is a database constraint, not just this check."""
+    participant = participant_or_404(token, ptoken)
+    study = participant.study
+    if study.status != StudyStatus.OPEN:
+        return JsonResponse({"error": "this study is closed"}, status=410)
+    try:
+        data = json.loads(request.body) if request.content_type == "application/json" else request.POST
+    except ValueError:
+        return JsonResponse({"error": "the body is not JSON"}, status=400)
+    form = ChoiceForm(data)
+    if not form.is_valid():
+        return JsonResponse({"error": form.errors.get_json_data()}, status=400)
+    item = next((i for i in participant.plan if i["trial"] == form.cleaned_data["trial"]), None)
+    if item is None:
+        return JsonResponse({"error": "that trial is not one of yours"}, status=400)
+    choice = form.cleaned_data["choice"]
+    if choice == "tie" and not study.allow_tie:
+        return JsonResponse({"error": "this study has no \"can't tell\" option"}, status=400)
+    limits = settings.STUDY_RATE_LIMITS
+    over = exceeded([(f"vote:p:{participant.pk}", *limits["vote_participant"]),
+                     (f"vote:ip:{study.hashed(client_ip(request))}", *limits["vote_ip"])])
+    if over:
+        return JsonResponse({"error": "too many votes too fast: please slow down", "limit": over.split(":")[1]},
+                            status=429)
+    chosen = {"left": item["left"], "right": item["right"], "tie": None}[choice]
+    try:  # one INSERT in autocommit mode: atomic by itself, and a refusal leaves nothing half done
+        Vote.objects.create(participant=participant, trial_id=item["trial"], choice=choice,
+                            left_id=item["left"], chosen_id=chosen)
+        new = True
+    except IntegrityError:  # already voted on this trial: keep the first vote
+        new = False
+    if new and item["gold"] and chosen != item["good"]:
+        Participant.objects.filter(pk=participant.pk, excluded=False).update(
+            excluded=True, exclusion_reason=f"failed gold trial {item['trial']}: "
+                                            f"{'chose the degraded clip' if chosen else 'could not tell'}")
+    answered = participant.votes.count()
+    done = answered >= len(participant.plan)
+    if done:
+        participant.mark_completed()
+    if new and first_in_window(f"study-notify:{study.pk}", seconds=1):
+        # the results page refetches a moment after a notice, so one notice a second is enough
+        push(study.group, {"type": "vote.event"})
+    nxt = reverse("studies:done" if done else "studies:trial", args=[token, ptoken])
+    return JsonResponse({"stored": True, "next": nxt, "done": done, "answered": answered, "total": len(participant.plan)})
+
+
+def done(request, token, ptoken):
+    participant = participant_or_404(token, ptoken)
+    study = participant.study
+    answered = participant.votes.count()
+    if answered < len(participant.plan):  # the code comes only after the last vote is stored
+        return redirect("studies:trial", token=token, ptoken=ptoken)
+    participant.mark_completed()
+    if study.completion_url:
+        return redirect(study.completion_url)
+    return render(request, "studies/done.html", {"study": study, "code": study.completion_code})
+
+
+def clip(request, token, clip_token):
+    """A clip by its opaque name: nothing in the URL says which system made it."""
+    c = get_object_or_404(Clip.objects.select_related("study"), token=clip_token, study__token=token)
+    if not c.path.is_file():
+        raise Http404("no such clip")
+    return ranged_file_response(request, c.path)
