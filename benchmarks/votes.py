@@ -67,12 +67,6 @@ def make_study(n_trials: int):
     return study
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Volunteer:
     """One keep-alive connection, the study's cookies, and the CSRF token."""
 
@@ -113,6 +107,7 @@ def main() -> None:
     ap.add_argument("--participants", type=int, default=60)
     ap.add_argument("--trials", type=int, default=20, help="votes per participant")
     ap.add_argument("--replays", type=float, default=0.1, help="share of votes sent twice")
+    ap.add_argument("--servers", type=int, default=1, help="Daphne processes sharing the listening socket")
     args = ap.parse_args()
     recreate_database()
     import django
@@ -121,14 +116,21 @@ def main() -> None:
     from webapp.studies.models import Participant, Vote
 
     study = make_study(args.trials)
-    port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port),
-                               "webapp.asgi:application"], cwd=ROOT, env=SERVER_ENV,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    for line in server.stderr:
-        if "Listening on" in line:
-            break
-    threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
+    # one listening socket shared by --servers Daphne processes (the kernel spreads accepts over them)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    port = listener.getsockname()[1]
+    servers = [subprocess.Popen([str(Path(sys.executable).parent / "daphne"), "--fd", str(listener.fileno()),
+                                 "webapp.asgi:application"], cwd=ROOT, env=SERVER_ENV, pass_fds=[listener.fileno()],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for _ in range(args.servers)]
+    for server in servers:
+        for line in server.stderr:
+            if "Listening on" in line or "Configuring endpoint" in line:
+                break
+        threading.Thread(target=lambda s=server: [None for _ in s.stderr], daemon=True).start()
 
     latencies, failures, replays_checked, lock = [], [], [0], threading.Lock()
     first_answer: dict[tuple[str, int], tuple[str, bytes]] = {}
@@ -190,7 +192,8 @@ def main() -> None:
                     failures.append(("replay refused", body2[:200]))
 
     wall = run_threads(vote_as, args.participants)
-    server.terminate()
+    for server in servers:
+        server.terminate()
 
     expected = args.participants * args.trials
     stored = Vote.objects.filter(trial__study=study).count()
@@ -201,7 +204,8 @@ def main() -> None:
     for f in failures[:3]:
         print("  failure:", f)
     print(f"{args.participants} concurrent volunteers x {args.trials} votes, {replays_checked[0]} replays or "
-          f"double clicks ({len(ms)} requests) on Daphne + PostgreSQL, {os.cpu_count()} CPUs:")
+          f"double clicks ({len(ms)} requests) on {args.servers} Daphne process(es) + PostgreSQL, "
+          f"{os.cpu_count()} CPUs:")
     print(f"  stored {stored} of {expected} votes: lost {expected - stored}, counted twice "
           f"{max(0, stored - expected)}, first choice kept: {expected - wrong_choice}/{expected}; failures {len(failures)}")
     print(f"  throughput {len(ms) / wall:.0f} requests/s, {expected / wall:.0f} stored votes/s ({wall:.2f} s)")

@@ -69,30 +69,17 @@ def run_variant(base: TrainConfig, name: str, seed: int, out: Path, progress: bo
     return folder
 
 
-def evaluate_run(folder: Path, prompts: list[str], steps: int, guidance: float) -> dict:
-    """``vpo eval`` columns of a run's final checkpoint (cached in the run folder)."""
+def evaluated(path: Path, prompts: list[str], steps: int, guidance: float, checkpoint: Path | None = None) -> dict:
+    """``vpo eval`` columns of the base (``checkpoint`` None) or of a checkpoint, cached at ``path``."""
     from vpo.backbones import load_backbone
     from vpo.eval import evaluate_videos, sample_all
-    from vpo.train.runner import latest_checkpoint, load_policy
+    from vpo.train.runner import load_policy
 
-    path = folder / "eval.json"
     if path.exists():
         return json.loads(path.read_text())
     backbone = load_backbone("tiny")
-    load_policy(backbone, latest_checkpoint(folder))
-    row = evaluate_videos(sample_all(backbone, prompts, 0, steps, guidance), prompts, backbone.spec.fps)
-    path.write_text(json.dumps(row, indent=1))
-    return row
-
-
-def base_row(out: Path, prompts: list[str], steps: int, guidance: float) -> dict:
-    from vpo.backbones import load_backbone
-    from vpo.eval import evaluate_videos, sample_all
-
-    path = out / "base-eval.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    backbone = load_backbone("tiny")
+    if checkpoint is not None:
+        load_policy(backbone, checkpoint)
     row = evaluate_videos(sample_all(backbone, prompts, 0, steps, guidance), prompts, backbone.spec.fps)
     path.write_text(json.dumps(row, indent=1))
     return row
@@ -102,6 +89,7 @@ def ablate(base: TrainConfig, seeds: list[int], out, results, eval_prompts: int 
     """Run every variant for every seed, evaluate, and write ``results`` (markdown) with plots
     beside it in ``<results stem>/``. Returns the path of the markdown file."""
     from vpo.data.prompts import read_prompts
+    from vpo.train.runner import latest_checkpoint
     from vpo.train.sinks import read_metrics
 
     out, results = Path(out), Path(results)
@@ -110,8 +98,9 @@ def ablate(base: TrainConfig, seeds: list[int], out, results, eval_prompts: int 
     t0 = time.perf_counter()
     runs = {(name, s): run_variant(base, name, s, out, progress) for name in VARIANTS for s in seeds}
     train_s = time.perf_counter() - t0
-    evals = {key: evaluate_run(folder, prompts, base.sampling_steps, base.guidance) for key, folder in runs.items()}
-    base_eval = base_row(out, prompts, base.sampling_steps, base.guidance)
+    evals = {key: evaluated(folder / "eval.json", prompts, base.sampling_steps, base.guidance, latest_checkpoint(folder))
+             for key, folder in runs.items()}
+    base_eval = evaluated(out / "base-eval.json", prompts, base.sampling_steps, base.guidance)
     wall = time.perf_counter() - t0
     curves = {key: read_metrics(folder) for key, folder in runs.items()}
     figures = results.parent / results.stem

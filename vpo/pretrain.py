@@ -35,7 +35,7 @@ from vpo.data import world
 
 @dataclass
 class PretrainConfig:
-    steps: int = 2400
+    steps: int = 3000
     batch_size: int = 32
     lr: float = 2e-3
     warmup: int = 100
