@@ -11,6 +11,18 @@ import pytest
 # Tests never reach a model hub: everything they load ships with the packages or this repo.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# This session's own Redis namespace (queues, channel layer, rate limits), inherited by the worker
+# and server processes it starts: a running app or another test session on the same Redis is
+# neither disturbed nor able to take this session's tasks.
+REDIS_PREFIX = os.environ["VPO_REDIS_PREFIX"] = f"vpo-test-{os.getpid()}"
+
+
+def pytest_configure(config):
+    # pytest-django imported the settings before this file: give them the namespace too
+    from django.conf import settings
+
+    settings.REDIS_PREFIX = REDIS_PREFIX
+    settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"{REDIS_PREFIX}:asgi"
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -103,3 +115,18 @@ def pytest_runtest_makereport(item, call):
         for proc in (stack.worker, stack.server):
             report.sections.append((f"{proc.name} output", "".join(proc.lines[-60:])))
     return report
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_namespace():
+    """Deletes this session's Redis keys at the end (queued tasks, rate-limit counters)."""
+    prefix = REDIS_PREFIX
+    yield prefix
+    import redis
+
+    try:
+        r = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), socket_connect_timeout=1)
+        for key in r.scan_iter(f"{prefix}:*", count=1000):
+            r.delete(key)
+    except redis.RedisError:
+        pass  # no Redis, nothing written

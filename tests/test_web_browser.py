@@ -14,7 +14,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
 
@@ -22,11 +22,15 @@ def browser():
         pytest.fail(f"{CHROMIUM} is missing: scripts/setup.sh installs Debian's chromium package (as root)")
     # Playwright's sync API keeps an event loop in this thread; the test's own ORM calls (and the
     # database flush after it) are plain synchronous code all the same
+    # (this module only: the loop and the flag go when it ends, before other modules' async tests)
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield browser
-        browser.close()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            yield browser
+            browser.close()
+    finally:
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
 @pytest.fixture

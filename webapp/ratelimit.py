@@ -27,7 +27,7 @@ def exceeded(rules: list[tuple[str, int, int]]) -> str | None:
     try:
         pipe = client().pipeline(transaction=False)
         for key, _, window in rules:
-            bucket = f"rl:{key}:{now // window}"
+            bucket = f"{settings.REDIS_PREFIX}:rl:{key}:{now // window}"
             pipe.incr(bucket)
             pipe.expire(bucket, window, nx=True)
         counts = pipe.execute()[::2]
@@ -43,6 +43,6 @@ def exceeded(rules: list[tuple[str, int, int]]) -> str | None:
 def first_in_window(key: str, seconds: float) -> bool:
     """True for the first call with ``key`` in a window of ``seconds`` (and when Redis is down)."""
     try:
-        return bool(client().set(f"once:{key}", 1, nx=True, px=int(seconds * 1000)))
+        return bool(client().set(f"{settings.REDIS_PREFIX}:once:{key}", 1, nx=True, px=int(seconds * 1000)))
     except redis.RedisError:
         return True

@@ -140,9 +140,10 @@ def vote(request, token, ptoken):
         return JsonResponse({"error": "too many votes too fast: please slow down", "limit": over.split(":")[1]},
                             status=429)
     chosen = {"left": item["left"], "right": item["right"], "tie": None}[choice]
-    try:  # one INSERT in autocommit mode: atomic by itself, and a refusal leaves nothing half done
-        Vote.objects.create(participant=participant, trial_id=item["trial"], choice=choice,
-                            left_id=item["left"], chosen_id=chosen)
+    try:  # a savepoint, so that a refused duplicate leaves any enclosing transaction usable
+        with transaction.atomic():
+            Vote.objects.create(participant=participant, trial_id=item["trial"], choice=choice,
+                                left_id=item["left"], chosen_id=chosen)
         new = True
     except IntegrityError:  # already voted on this trial: keep the first vote
         new = False
