@@ -140,22 +140,20 @@ def vote(request, token, ptoken):
         return JsonResponse({"error": "too many votes too fast: please slow down", "limit": over.split(":")[1]},
                             status=429)
     chosen = {"left": item["left"], "right": item["right"], "tie": None}[choice]
-    try:  # a savepoint, so that a refused duplicate leaves any enclosing transaction usable
-        with transaction.atomic():
-            Vote.objects.create(participant=participant, trial_id=item["trial"], choice=choice,
-                                left_id=item["left"], chosen_id=chosen)
-        new = True
-    except IntegrityError:  # already voted on this trial: keep the first vote
-        new = False
-    if new and item["gold"] and chosen != item["good"]:
+    # INSERT ... ON CONFLICT DO NOTHING: the constraint keeps the first vote and refuses a second
+    # without an error, so no savepoint is needed and any enclosing transaction stays usable
+    Vote.objects.bulk_create([Vote(participant=participant, trial_id=item["trial"], choice=choice,
+                                   left_id=item["left"], chosen_id=chosen)], ignore_conflicts=True)
+    stored = dict(participant.votes.values_list("trial_id", "chosen_id"))  # this vote, or the first one
+    if item["gold"] and stored[item["trial"]] != item["good"]:  # idempotent: a replay changes nothing
         Participant.objects.filter(pk=participant.pk, excluded=False).update(
             excluded=True, exclusion_reason=f"failed gold trial {item['trial']}: "
-                                            f"{'chose the degraded clip' if chosen else 'could not tell'}")
-    answered = participant.votes.count()
+                                            f"{'chose the degraded clip' if stored[item['trial']] else 'could not tell'}")
+    answered = len(stored)
     done = answered >= len(participant.plan)
     if done:
         participant.mark_completed()
-    if new and first_in_window(f"study-notify:{study.pk}", seconds=1):
+    if first_in_window(f"study-notify:{study.pk}", seconds=1):
         # the results page refetches a moment after a notice, so one notice a second is enough
         push(study.group, {"type": "vote.event"})
     nxt = reverse("studies:done" if done else "studies:trial", args=[token, ptoken])
