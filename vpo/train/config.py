@@ -31,7 +31,7 @@ class TrainConfig:
     beta: float = _f(100.0, "Flow-DPO beta (constant; flow_grpo uses 100)")
     tie_tolerance: float = _f(1e-3, "skip a prompt whose best and worst scores differ by less")
     lora_rank: int = _f(8, "LoRA rank")
-    lr: float = _f(1e-3, "AdamW learning rate of the adapter (3e-4 barely moved the tiny model in 60 steps; 3e-3 diverged)")
+    lr: float = _f(1e-3, "AdamW learning rate of the adapter (on tiny, 60 steps: 3e-4 barely moved it, 1e-2 diverged)")
     grad_clip: float = _f(1.0, "max gradient norm")
     sampling_steps: int = _f(20, "denoising steps when sampling candidates")
     guidance: float = _f(4.0, "classifier-free guidance scale")

@@ -15,6 +15,7 @@ import os
 import random
 import resource
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,15 @@ class TrainingDiverged(ValueError):
     """A NaN or inf reward or loss: the run stops, the last good checkpoint stays."""
 
 
+def add_policy_and_ref(transformer, lora: dict) -> None:
+    """The policy and the reference: two LoRA adapters on the one frozen base (no second copy)."""
+    with warnings.catch_warnings():
+        # peft warns on a model's second adapter; two adapters are the design here
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        for name in (POLICY, REF):
+            transformer.add_adapter(LoraConfig(**lora), adapter_name=name)
+
+
 class Run:
     def __init__(self, cfg: TrainConfig, sink, device: str = "cpu", backbone=None):
         self.cfg, self.sink = cfg, sink
@@ -42,8 +52,7 @@ class Run:
         self.transformer = self.backbone.transformer
         lora = dict(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, target_modules=list(self.backbone.lora_target_modules),
                     init_lora_weights=True)
-        for name in (POLICY, REF):
-            self.transformer.add_adapter(LoraConfig(**lora), adapter_name=name)  # freezes the base
+        add_policy_and_ref(self.transformer, lora)  # freezes the base
         self.transformer.set_adapter(POLICY)
         self.optimizer = torch.optim.AdamW(self.adapter_params(POLICY).values(), lr=cfg.lr, weight_decay=0.0)
         self.reward = load_reward(cfg.reward)
@@ -239,8 +248,7 @@ def load_policy(backbone, checkpoint) -> dict:
     if cfg["backbone"] != backbone.name:
         raise ValueError(f"{path} was trained on backbone {cfg['backbone']!r}, not {backbone.name!r}")
     lora = dict(r=cfg["lora_rank"], lora_alpha=cfg["lora_rank"], target_modules=list(backbone.lora_target_modules))
-    for name in (POLICY, REF):
-        backbone.transformer.add_adapter(LoraConfig(**lora), adapter_name=name)
+    add_policy_and_ref(backbone.transformer, lora)
     load_adapters(backbone.transformer, path)
     backbone.transformer.set_adapter(POLICY)
     backbone.transformer.requires_grad_(False)
