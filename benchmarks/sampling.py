@@ -3,7 +3,8 @@
     python benchmarks/sampling.py [--candidates 6] [--steps 20] [--repeats 5]
 
 Prints medians measured side by side in one run, the model's FLOPs per denoising step (counted
-by torch's FlopCounterMode on the actual forward), the achieved GFLOP/s, and a bf16 matmul peak
+by torch's FlopCounterMode on the actual forward), the achieved GFLOP/s, and a matmul peak in the
+dtype the backbone computes in here (bf16 or fp32, ``vpo.backbones.base.autocast_dtype``)
 measured in the same run for scale. Targets (issue 2): batch <= 6 s median, >= 3x one at a time.
 """
 
@@ -18,12 +19,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vpo.backbones import load_backbone
+from vpo.backbones.base import autocast_dtype
 
 PROMPT = "a red ball moving right"
 
 
-def bf16_matmul_peak(n: int = 2048, repeats: int = 20) -> float:
-    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 20) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
     times = []
@@ -67,7 +69,8 @@ def main() -> None:
     for _ in range(args.repeats):
         t_batch += timed(batch, 1)
         t_single += timed(one_at_a_time, 1)
-    peak = bf16_matmul_peak()
+    dtype = autocast_dtype(backbone.device.type) or torch.float32
+    peak = matmul_peak(dtype)
 
     x = torch.randn(2 * n, *backbone.latent_shape())
     text = torch.cat([backbone.encode_prompts([PROMPT] * n), backbone.null_text(n)])
@@ -77,14 +80,15 @@ def main() -> None:
 
     med_b, med_s = statistics.median(t_batch), statistics.median(t_single)
     achieved = flops_step * steps / med_b / 1e9
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"machine: {os.cpu_count()} CPUs ({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, computing in {str(dtype).removeprefix('torch.')}")
     print(f"workload: {n} candidates x {steps} steps, CFG (forward batch {2 * n}), {args.repeats} repeats each")
     print(f"batch          median {med_b:6.2f} s   (runs: {', '.join(f'{t:.2f}' for t in t_batch)})")
     print(f"one at a time  median {med_s:6.2f} s   (runs: {', '.join(f'{t:.2f}' for t in t_single)})")
     print(f"speed-up (one at a time / batch): {med_s / med_b:.2f}x")
     print(f"model FLOPs per denoising step: {flops_step / 1e9:.2f} GFLOP for the batch "
           f"({flops_step / (2 * n) / 1e9:.3f} GFLOP per video forward)")
-    print(f"achieved: {achieved:.0f} GFLOP/s in the batch; bf16 matmul peak measured now: {peak:.0f} GFLOP/s "
+    print(f"achieved: {achieved:.0f} GFLOP/s in the batch; {str(dtype).removeprefix('torch.')} matmul peak measured now: {peak:.0f} GFLOP/s "
           f"({achieved / peak:.0%} of peak)")
     print(f"target batch <= 6 s: {'met' if med_b <= 6 else 'NOT met'}; "
           f"target >= 3x: {'met' if med_s / med_b >= 3 else 'NOT met'}")

@@ -40,6 +40,10 @@ SERVER_ENV = {**os.environ, "DATABASE_URL": BENCH_URL, "DEBUG": "0", "SECRET_KEY
               "VPO_VOTES_PER_MINUTE_PER_IP": "1000000", "VPO_JOINS_PER_HOUR_PER_IP": "100000"}
 
 
+# how each server is started (both serve Channels' ASGI app; the socket is passed with --fd)
+SERVERS = {"daphne": [], "uvicorn": ["--no-access-log", "--lifespan", "off", "--loop", "uvloop", "--http", "httptools"]}
+
+
 def recreate_database() -> None:
     import psycopg
 
@@ -107,7 +111,8 @@ def main() -> None:
     ap.add_argument("--participants", type=int, default=60)
     ap.add_argument("--trials", type=int, default=20, help="votes per participant")
     ap.add_argument("--replays", type=float, default=0.1, help="share of votes sent twice")
-    ap.add_argument("--servers", type=int, default=1, help="Daphne processes sharing the listening socket")
+    ap.add_argument("--servers", type=int, default=1, help="server processes sharing the listening socket")
+    ap.add_argument("--server", choices=sorted(SERVERS), default="daphne", help="the ASGI server (default: daphne)")
     args = ap.parse_args()
     recreate_database()
     import django
@@ -122,13 +127,14 @@ def main() -> None:
     listener.bind(("127.0.0.1", 0))
     listener.listen(1024)
     port = listener.getsockname()[1]
-    servers = [subprocess.Popen([str(Path(sys.executable).parent / "daphne"), "--fd", str(listener.fileno()),
-                                 "webapp.asgi:application"], cwd=ROOT, env=SERVER_ENV, pass_fds=[listener.fileno()],
+    command = [str(Path(sys.executable).parent / args.server), *SERVERS[args.server], "--fd", str(listener.fileno()),
+               "webapp.asgi:application"]
+    servers = [subprocess.Popen(command, cwd=ROOT, env=SERVER_ENV, pass_fds=[listener.fileno()],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                for _ in range(args.servers)]
     for server in servers:
         for line in server.stderr:
-            if "Listening on" in line or "Configuring endpoint" in line:
+            if any(ready in line for ready in ("Listening on", "Configuring endpoint", "Uvicorn running")):
                 break
         threading.Thread(target=lambda s=server: [None for _ in s.stderr], daemon=True).start()
 
@@ -206,7 +212,7 @@ def main() -> None:
     for f in failures[:3]:
         print("  failure:", f)
     print(f"{args.participants} concurrent volunteers x {args.trials} votes, {replays_checked[0]} replays or "
-          f"double clicks ({len(ms)} requests) on {args.servers} Daphne process(es) + PostgreSQL, "
+          f"double clicks ({len(ms)} requests) on {args.servers} {args.server} process(es) + PostgreSQL, "
           f"{os.cpu_count()} CPUs:")
     print(f"  stored {stored} of {expected} votes: lost {expected - stored}, counted twice "
           f"{max(0, stored - expected)}, first choice kept: {expected - wrong_choice}/{expected}; failures {len(failures)}")

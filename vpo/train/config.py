@@ -29,6 +29,7 @@ class TrainConfig:
     num_candidates: int = _f(6, "N: candidates sampled per prompt (OnlineVPO: 6)")
     ref_update_every: int = _f(20, "K: copy the policy into the reference every K steps; 0 = fixed reference")
     beta: float = _f(100.0, "Flow-DPO beta (constant; flow_grpo uses 100)")
+    noise_draws: int = _f(1, "DPO: (sigma, eps) draws per pair in each update, averaged (each draw shared by winner and loser)")
     tie_tolerance: float = _f(1e-3, "skip a prompt whose best and worst scores differ by less")
     lora_rank: int = _f(8, "LoRA rank")
     lr: float = _f(1e-3, "AdamW learning rate of the adapter (on tiny, 60 steps: 3e-4 barely moved it, 1e-2 diverged)")
@@ -64,7 +65,7 @@ class TrainConfig:
             _choice("dimension", self.dimension, source.differentiable, f" (refl needs a differentiable one of {self.reward!r})")
         else:
             _choice("dimension", self.dimension, (*source.dimensions, GLOBAL), f" for reward source {self.reward!r}")
-        for name in ("steps", "prompts_per_step", "lora_rank", "sampling_steps", "refl_depth",
+        for name in ("steps", "prompts_per_step", "noise_draws", "lora_rank", "sampling_steps", "refl_depth",
                      "heldout_count", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"{name} must be >= 1, got {getattr(self, name)}")

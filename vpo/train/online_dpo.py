@@ -21,7 +21,11 @@ from vpo.train.runner import Run
 
 
 def dpo_update(run: Run, winners: torch.Tensor, losers: torch.Tensor, prompts: list[str], step: int) -> dict:
-    """One Flow-DPO optimizer step on latent pairs (P, ...) with their prompts."""
+    """One Flow-DPO optimizer step on latent pairs (P, ...) with their prompts; each pair is noised
+    ``noise_draws`` times and the loss averaged (a Monte-Carlo estimate of the expectation over
+    sigma and eps in the loss, DESIGN.md: more draws, less gradient noise per sampled pair)."""
+    d = run.cfg.noise_draws
+    winners, losers, prompts = winners.repeat_interleave(d, 0), losers.repeat_interleave(d, 0), [p for p in prompts for _ in range(d)]
     p = len(prompts)
     g = run.generator(step, "dpo")
     # the same sigma and the same eps for a pair's winner and loser (DESIGN.md)

@@ -29,7 +29,7 @@ CHOICES = {
 SERVER_SIDE = {"out"}  # where a run lives is the server's business
 FIELDSETS = [
     ("What to optimise", ["backbone", "reward", "dimension", "algorithm", "prompts", "prompts_file"]),
-    ("Algorithm", ["num_candidates", "ref_update_every", "beta", "tie_tolerance", "refl_depth"]),
+    ("Algorithm", ["num_candidates", "ref_update_every", "beta", "noise_draws", "tie_tolerance", "refl_depth"]),
     ("Optimiser", ["steps", "prompts_per_step", "lora_rank", "lr", "grad_clip", "seed"]),
     ("Sampling", ["sampling_steps", "guidance"]),
     ("Monitoring", ["heldout_prompts", "heldout_count", "heldout_every", "checkpoint_every"]),
