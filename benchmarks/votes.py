@@ -2,6 +2,7 @@
 PostgreSQL.
 
     python benchmarks/votes.py [--participants 60] [--trials 20] [--replays 0.1] [--servers 1]
+                               [--server daphne|uvicorn]
 
 A scratch database (``vpo_bench`` on the PostgreSQL of ``BENCH_POSTGRES``, default the local
 server) gets a study; ``--participants`` volunteers join through the consent form at the same
@@ -10,6 +11,8 @@ the votes sent twice (half at once, as a double click; half later with the other
 replay). Checks afterwards: no vote lost, none counted twice, every replay answered like the
 original. Prints throughput and latency percentiles (goal >= 300 votes/s, 2 cores, client and
 server on the same machine). Rate limits are raised for the run: everyone comes from 127.0.0.1.
+``--server uvicorn`` (needs ``pip install uvicorn[standard]``, not a dependency) serves the same
+ASGI app for comparison; the app ships with Daphne.
 """
 
 from __future__ import annotations
@@ -121,7 +124,7 @@ def main() -> None:
     from webapp.studies.models import Participant, Vote
 
     study = make_study(args.trials)
-    # one listening socket shared by --servers Daphne processes (the kernel spreads accepts over them)
+    # one listening socket shared by --servers server processes (the kernel spreads accepts over them)
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))

@@ -85,3 +85,20 @@ def test_config_rejects_indivisible_sizes():
         TinyConfig(dim=130, heads=4)
     with pytest.raises(ValueError, match="height=30 is not divisible by its patch size 4"):
         TinyConfig(height=30)
+
+
+def test_autocast_follows_vpo_autocast_and_names_the_valid_values(monkeypatch):
+    from vpo.backbones.base import autocast_dtype
+
+    try:
+        native = torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+        for value, expected in (("fp32", None), ("bf16", torch.bfloat16), ("auto", native), ("", native)):
+            monkeypatch.setenv("VPO_AUTOCAST", value)
+            autocast_dtype.cache_clear()
+            assert autocast_dtype("cpu") is expected, value
+        monkeypatch.setenv("VPO_AUTOCAST", "fp8")
+        autocast_dtype.cache_clear()
+        with pytest.raises(ValueError, match="auto, bf16, fp32"):
+            autocast_dtype("cpu")
+    finally:
+        autocast_dtype.cache_clear()

@@ -34,8 +34,9 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
 
 @pytest.mark.slow
 def test_vpo_pretrain_reproduces_the_shipped_weights(tmp_path):
-    """The full documented run (~75 min on 2 cores). Bit-exact on the machine and thread count it
-    was made with; other CPUs may round bf16 matmuls differently."""
+    """The full documented run (49 min on machine A, 2 cores, bf16). Bit-exact on the machine and
+    thread count it was made with; other CPUs round bf16 matmuls differently, and a CPU without
+    native bf16 computes in fp32 (``VPO_AUTOCAST``), which cannot reproduce bf16 weights."""
     from vpo.backbones.tiny import WEIGHTS
 
     made = load_file(pretrain(PretrainConfig(out=str(tmp_path / "full")), progress=False))

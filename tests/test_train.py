@@ -8,6 +8,7 @@ from vpo.backbones.tiny import MiniLM, TinyBackbone, TinyConfig
 from vpo.train import ALGORITHMS, train
 from vpo.train.config import TrainConfig
 from vpo.train.loss import flow_dpo_loss, per_video_mse
+from vpo.train.online_dpo import dpo_update
 from vpo.train.runner import POLICY, REF, Run, TrainingDiverged, load_policy
 from vpo.train.sinks import JsonlSink, read_metrics
 
@@ -92,6 +93,21 @@ def test_a_step_changes_the_adapter_and_leaves_the_base_untouched(tmp_path, smal
     rows = read_metrics(cfg.out)
     assert rows[-1]["step"] == 1 and "perf/step_s" in rows[-1]
     assert any(k.startswith("reward/") for k in rows[-1])  # offline-dpo logs the fixed pairs' margin only
+
+
+@pytest.mark.parametrize("draws", [1, 3])
+def test_every_noise_draw_is_shared_by_winner_and_loser(tmp_path, small, draws):
+    """With winner == loser, each draw's bracket is exactly 0 only if the draw's sigma and eps are
+    the same for both: the loss is then log 2 whatever the number of draws."""
+    run = Run(cfg_for(tmp_path, noise_draws=draws), JsonlSink(tmp_path / "m", 1, progress=False), backbone=small())
+    run.step = 0
+    x = torch.randn(2, *run.backbone.latent_shape())
+    other = torch.randn(2, *run.backbone.latent_shape())
+    stats = dpo_update(run, x, x.clone(), ["a red ball moving left", "a blue box rising"], step=0)
+    assert stats["dpo/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert stats["dpo/mse_w"] == stats["dpo/mse_l"]
+    assert dpo_update(run, x, other, ["a red ball moving left", "a blue box rising"], step=1)["dpo/loss"] != \
+        pytest.approx(math.log(2), abs=1e-6)
 
 
 def test_online_dpo_logs_namespaced_metrics_and_held_out_measures(tmp_path, small):

@@ -131,7 +131,7 @@ def report(base, seeds, evals, base_eval, curves, figures, results, train_s, wal
         f"reusing finished runs, took {wall / 60:.0f} min).",
         "",
         f"Shared settings: `{base.reward}` reward on `{base.dimension}`, N = {base.num_candidates} candidates, "
-        f"K = {base.ref_update_every}, beta = {base.beta}, LoRA rank {base.lora_rank}, lr {base.lr}, "
+        f"K = {base.ref_update_every}, beta = {base.beta}, {base.noise_draws} noise draw(s) per pair, LoRA rank {base.lora_rank}, lr {base.lr}, "
         f"{base.steps} steps of {base.prompts_per_step} prompt(s), {base.sampling_steps} sampling steps, "
         f"CFG {base.guidance}; ReFL back-propagates through the last {base.refl_depth} step(s). "
         f"Evaluation: {n_prompts} held-out prompts (wordings never seen in pretraining), fixed seeds, "

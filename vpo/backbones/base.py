@@ -47,10 +47,10 @@ AUTOCAST_CHOICES = ("auto", "bf16", "fp32")
 def autocast_dtype(device_type: str) -> torch.dtype | None:
     """The dtype matmuls run in on ``device_type`` (None = plain fp32), from ``VPO_AUTOCAST``:
 
-    * ``auto`` (default): bf16 on CUDA; on a CPU, bf16 only where oneDNN has native bf16 kernels
-      (AVX-512 BF16 / AMX). Measured on two 2-core machines of ours: with them bf16 matmuls ran at
-      ~900 GFLOP/s vs ~60 in fp32; on an AVX2-only CPU bf16 is emulated and ran at ~1 GFLOP/s vs
-      120 in fp32, so there fp32 is the fast choice by two orders of magnitude;
+    * ``auto`` (default): bf16 on CUDA; on a CPU, bf16 only where oneDNN has bf16 kernels (AVX-512
+      and newer, ``torch.ops.mkldnn._is_mkldnn_bf16_supported``). Measured on two 2-core machines
+      of ours: with native bf16, matmuls ran at ~900 GFLOP/s vs ~60 in fp32; on an AVX2-only CPU
+      bf16 is emulated and ran at ~1 GFLOP/s vs 120 in fp32 — there fp32 is 100x faster;
     * ``bf16`` / ``fp32``: forced.
     """
     choice = os.environ.get("VPO_AUTOCAST", "auto").strip().lower() or "auto"

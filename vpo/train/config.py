@@ -29,7 +29,8 @@ class TrainConfig:
     num_candidates: int = _f(6, "N: candidates sampled per prompt (OnlineVPO: 6)")
     ref_update_every: int = _f(20, "K: copy the policy into the reference every K steps; 0 = fixed reference")
     beta: float = _f(100.0, "Flow-DPO beta (constant; flow_grpo uses 100)")
-    noise_draws: int = _f(1, "DPO: (sigma, eps) draws per pair in each update, averaged (each draw shared by winner and loser)")
+    noise_draws: int = _f(8, "DPO: (sigma, eps) draws per pair in each update, averaged; each shared by winner and loser "
+                             "(on tiny, 40 steps: 1 draw moved held-out flickering -0.01 points, 8 draws +0.13)")
     tie_tolerance: float = _f(1e-3, "skip a prompt whose best and worst scores differ by less")
     lora_rank: int = _f(8, "LoRA rank")
     lr: float = _f(1e-3, "AdamW learning rate of the adapter (on tiny, 60 steps: 3e-4 barely moved it, 1e-2 diverged)")

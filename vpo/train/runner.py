@@ -118,6 +118,10 @@ class Run:
     def optimizer_step(self, loss: torch.Tensor) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        return self.apply_gradients()
+
+    def apply_gradients(self) -> float:
+        """Clip the policy's accumulated gradients and step; returns the norm before clipping."""
         norm = torch.nn.utils.clip_grad_norm_(list(self.adapter_params(POLICY).values()), self.cfg.grad_clip)
         self.optimizer.step()
         return float(norm)

@@ -1,0 +1,60 @@
+"""`vpo eval`: the paired difference's statistics, and the command end to end on a real checkpoint."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from vpo.eval import COLUMNS, format_table, paired_difference, summarise
+
+
+def test_the_paired_difference_matches_scipys_paired_t_interval():
+    rng = np.random.default_rng(0)
+    base = {"temporal_flickering": rng.uniform(0.95, 0.98, 20), "alignment": rng.uniform(0.5, 1, 20)}
+    tuned = {"temporal_flickering": base["temporal_flickering"] + rng.normal(0.002, 0.001, 20),
+             "alignment": base["alignment"].copy()}
+    base["alignment"][:4] = np.nan  # prompts the detector cannot parse are left out, not counted as 0
+    tuned["alignment"][5] -= 0.25
+    d = paired_difference(base, tuned)
+    diff = tuned["temporal_flickering"] - base["temporal_flickering"]
+    ci = stats.ttest_1samp(diff, 0).confidence_interval(0.95)
+    assert d["temporal_flickering"]["mean"] == pytest.approx(diff.mean())
+    assert d["temporal_flickering"]["ci95"] == pytest.approx([ci.low, ci.high])
+    assert d["temporal_flickering"]["better"] == int((diff > 0).sum())
+    assert d["alignment"]["n"] == 16 and d["alignment"]["better"] == 0 and d["alignment"]["worse"] == 1
+    table = format_table({"base": summarise({**base, **_rest()}), "checkpoint": summarise({**tuned, **_rest()}),
+                          "difference": d})
+    assert f"{d['temporal_flickering']['better']}/20" in table and "0/16" in table
+
+
+def _rest():
+    return {k: np.ones(20) for k in ("subject_consistency", "motion_smoothness", "dynamic_degree", "imaging_quality")}
+
+
+def test_vpo_eval_prints_base_checkpoint_and_their_paired_difference(tmp_path):
+    from vpo.train import train
+    from vpo.train.config import TrainConfig
+    from vpo.train.runner import latest_checkpoint
+    from vpo.train.sinks import JsonlSink
+
+    cfg = TrainConfig.from_dict({"steps": 1, "num_candidates": 2, "sampling_steps": 2, "heldout_every": 0,
+                                 "tie_tolerance": 0.0, "lr": 0.05, "prompts": "demo", "out": str(tmp_path / "run")})
+    sink = JsonlSink(cfg.out, cfg.steps, progress=False)
+    try:
+        train(cfg, sink)
+    finally:
+        sink.close()
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red ball moving right\na blue square falling\na purple blob\n")
+    r = subprocess.run([sys.executable, "-m", "vpo", "eval", "--checkpoint", str(latest_checkpoint(cfg.out)),
+                        "--prompts", str(prompts), "--steps", "2", "--json"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert set(result) == {"base", "checkpoint", "difference"} and set(result["base"]) == set(COLUMNS)
+    flicker = result["difference"]["temporal_flickering"]
+    assert flicker["n"] == 3 and flicker["better"] + flicker["worse"] <= 3
+    assert flicker["mean"] == pytest.approx(result["checkpoint"]["temporal_flickering"]
+                                            - result["base"]["temporal_flickering"], abs=1e-6)
+    assert flicker["ci95"][0] <= flicker["mean"] <= flicker["ci95"][1]
