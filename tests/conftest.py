@@ -36,6 +36,25 @@ def tiny():
     return load_backbone("tiny")
 
 
+@pytest.fixture
+def quick_checkpoint():
+    """Train a real one-step run of the tiny backbone into an experiment's run folder, so that
+    there is a checkpoint (``step_000001``) to evaluate or to put in a study."""
+    def make(experiment):
+        from vpo.train import train
+        from vpo.train.config import TrainConfig
+        from vpo.train.sinks import JsonlSink
+
+        cfg = TrainConfig(steps=1, num_candidates=2, sampling_steps=4, heldout_every=0, checkpoint_every=1,
+                          prompts="demo", out=str(experiment.run_dir / "run"))
+        sink = JsonlSink(cfg.out, 1, progress=False)
+        try:
+            train(cfg, sink)
+        finally:
+            sink.close()
+    return make
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -99,23 +99,9 @@ def test_launch_watch_play_and_cancel_in_the_browser(live_stack, transactional_d
     assert page.evaluate("window.__sameDocument") is True
 
 
-def quick_checkpoint(experiment):
-    """A real (one-step) training run of the tiny backbone, so that a study can compare it with base."""
-    from vpo.train import train
-    from vpo.train.config import TrainConfig
-    from vpo.train.sinks import JsonlSink
-
-    cfg = TrainConfig(steps=1, num_candidates=2, sampling_steps=4, heldout_every=0, checkpoint_every=1,
-                      prompts="demo", out=str(experiment.run_dir / "run"))
-    sink = JsonlSink(cfg.out, 1, progress=False)
-    try:
-        train(cfg, sink)
-    finally:
-        sink.close()
-
-
 @pytest.mark.timeout(900)
-def test_a_volunteer_votes_through_a_study_and_the_researcher_sees_the_counts(live_stack, transactional_db, page):
+def test_a_volunteer_votes_through_a_study_and_the_researcher_sees_the_counts(live_stack, transactional_db, page,
+                                                                             quick_checkpoint):
     from webapp.experiments.forms import validated_config
     from webapp.experiments.models import Experiment
     from webapp.studies.models import Study, System

@@ -152,3 +152,25 @@ def test_cancelling_a_queued_experiment_cancels_it_at_once(owner, experiment):
     logged_in(owner).post(reverse("experiments:cancel", args=[experiment.pk]))
     experiment.refresh_from_db()
     assert experiment.status == "cancelled" and experiment.cancel_requested
+
+
+def test_an_evaluation_shows_base_checkpoint_and_their_paired_difference(owner, tmp_path, settings, quick_checkpoint):
+    from vpo.data.prompts import read_prompts
+    from webapp.experiments.models import Evaluation
+
+    settings.MEDIA_ROOT = tmp_path
+    e = Experiment.objects.create(owner=owner, name="tuned", status="finished",
+                                  config=validated_config({"sampling_steps": 2}))
+    quick_checkpoint(e)
+    ev = Evaluation.objects.create(experiment=e, checkpoint="step_000001", prompts="demo")
+    ev.run()  # what the worker's task calls
+    ev.refresh_from_db()
+    assert ev.status == "finished", ev.error
+    rows = dict(ev.difference_rows)
+    n = len(read_prompts("demo"))
+    assert all(cell.endswith(f"/{n}") for cell in rows["better on"][:5])  # the per-video columns
+    assert rows["difference"][-1] == "–"  # the quality score is not per video
+    base, tuned = (row for _, row in ev.rows)
+    assert float(rows["difference"][0]) == pytest.approx(float(tuned[0]) - float(base[0]), abs=0.011)
+    html = logged_in(owner).get(reverse("experiments:detail", args=[e.pk])).content.decode()
+    assert html.count('class="difference"') == 3 and f"{rows['better on'][0]}" in html

@@ -239,6 +239,23 @@ class Evaluation(models.Model):
         return [(model, [f"{100 * v:.2f}" if v is not None else "–" for v in self.result[model]])
                 for model in ("base", "checkpoint")]
 
+    @property
+    def difference_rows(self) -> list[tuple[str, list[str]]]:
+        """Checkpoint - base paired by video (``vpo.eval.paired_difference``): the mean in points,
+        its 95% interval, and on how many videos the checkpoint is better. Empty for results
+        stored before the difference was."""
+        cells = (self.result or {}).get("difference")
+        if not cells:
+            return []
+
+        def show(fmt) -> list[str]:
+            return ["–" if c is None or c["mean"] is None else fmt(c) for c in cells]
+
+        return [("difference", show(lambda c: f"{100 * c['mean']:+.2f}")),
+                ("95% CI", show(lambda c: "–" if None in c["ci95"] else
+                                f"{100 * c['ci95'][0]:+.2f} to {100 * c['ci95'][1]:+.2f}")),
+                ("better on", show(lambda c: f"{c['better']}/{c['n']}"))]
+
     def launch(self) -> None:
         from worker.tasks import evaluate_checkpoint
 
@@ -257,13 +274,26 @@ class Evaluation(models.Model):
             cfg = self.experiment.config
             folder = self.experiment.run_dir / "run" / "checkpoints" / self.checkpoint
             rows = compare(cfg["backbone"], folder, read_prompts(self.prompts), steps=cfg["sampling_steps"],
-                           guidance=cfg["guidance"], device=worker_device())
+                           guidance=cfg["guidance"], device=worker_device(), with_difference=True)
             # jsonb does not keep key order: store the columns' order with the values
+            diff = rows.pop("difference")
             self.result = {"columns": list(COLUMNS),
-                           **{model: [finite_or_none(row[c]) for c in COLUMNS] for model, row in rows.items()}}
+                           **{model: [finite_or_none(row[c]) for c in COLUMNS] for model, row in rows.items()},
+                           "difference": [_difference_cell(diff.get(c)) for c in COLUMNS]}
             self.status = Status.FINISHED
         except Exception as e:  # shown on the page next to the evaluation
             log.exception("evaluation %s failed", self.pk)
             self.status, self.error = Status.FAILED, f"{type(e).__name__}: {e}"
         self.save(update_fields=["status", "result", "error"])
         push(self.experiment.group, {"type": "evaluation.event", "id": self.pk, "status": self.status})
+
+
+def _difference_cell(d: dict | None) -> dict | None:
+    """One column of ``paired_difference`` as jsonb can hold it (no NaN); None where there is none
+    (the quality score is a score of means, not of videos)."""
+    from webapp.experiments.sink import finite_or_none
+
+    if d is None:
+        return None
+    return {"mean": finite_or_none(d["mean"]), "ci95": [finite_or_none(x) for x in d["ci95"]],
+            "better": d["better"], "worse": d["worse"], "n": d["n"]}
