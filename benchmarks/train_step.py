@@ -168,8 +168,9 @@ def main() -> None:
     for frames, (dpo, refl) in table.items():
         meets = [d for d in depths if dpo <= refl[d] / 3]
         grows = all(refl[a] < refl[b] for a, b in zip(depths, depths[1:]))
+        verdict = "n/a (one depth)" if len(depths) < 2 else "yes" if grows else "NO"
         print(f"   {frames} frames: DPO <= 1/3 of ReFL at depth(s) {meets or 'none'}; "
-              f"ReFL memory grows with depth: {'yes' if grows else 'NO'} "
+              f"ReFL memory grows with depth: {verdict} "
               f"({refl[depths[0]]:.0f} -> {refl[depths[-1]]:.0f} MB)")
     (dpo16, _), (dpo32, _) = table[16], table[32]
     print(f"   twice the frames: DPO x{dpo32 / dpo16:.2f}, ReFL d={depths[-1]} x{table[32][1][depths[-1]] / table[16][1][depths[-1]]:.2f}")
