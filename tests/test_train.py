@@ -99,7 +99,8 @@ def test_a_step_changes_the_adapter_and_leaves_the_base_untouched(tmp_path, smal
 def test_every_noise_draw_is_shared_by_winner_and_loser(tmp_path, small, draws):
     """With winner == loser, each draw's bracket is exactly 0 only if the draw's sigma and eps are
     the same for both: the loss is then log 2 whatever the number of draws."""
-    run = Run(cfg_for(tmp_path, noise_draws=draws), JsonlSink(tmp_path / "m", 1, progress=False), backbone=small())
+    sink = JsonlSink(tmp_path / "m", 1, progress=False)
+    run = Run(cfg_for(tmp_path, noise_draws=draws), sink, backbone=small())
     run.step = 0
     x = torch.randn(2, *run.backbone.latent_shape())
     other = torch.randn(2, *run.backbone.latent_shape())
@@ -108,6 +109,7 @@ def test_every_noise_draw_is_shared_by_winner_and_loser(tmp_path, small, draws):
     assert stats["dpo/mse_w"] == stats["dpo/mse_l"]
     assert dpo_update(run, x, other, ["a red ball moving left", "a blue box rising"], step=1)["dpo/loss"] != \
         pytest.approx(math.log(2), abs=1e-6)
+    sink.close()
 
 
 def test_online_dpo_logs_namespaced_metrics_and_held_out_measures(tmp_path, small):

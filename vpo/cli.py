@@ -251,7 +251,7 @@ def cmd_eval(args) -> int:
     from vpo.eval import compare, format_table
 
     result = compare(args.backbone, args.checkpoint, read_prompts(args.prompts), seed=args.seed, steps=args.steps,
-                     guidance=args.guidance, with_difference=True)
+                     guidance=args.guidance)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
 

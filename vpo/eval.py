@@ -76,9 +76,9 @@ def sample_all(backbone, prompts, seed: int, steps: int, guidance: float, chunk:
 
 
 def compare(backbone_name: str, checkpoint, prompts: list[str], seed: int = 0, steps: int = 20,
-            guidance: float = 4.0, device: str = "cpu", with_difference: bool = False) -> dict[str, dict]:
-    """{"base": row, "checkpoint": row} on the same prompts and seeds, and with ``with_difference``
-    also "difference": ``paired_difference`` of the two."""
+            guidance: float = 4.0, device: str = "cpu") -> dict[str, dict]:
+    """{"base": row, "checkpoint": row, "difference": ``paired_difference`` of the two} on the same
+    prompts and seeds."""
     from vpo.backbones import load_backbone
     from vpo.train.runner import load_policy
 
@@ -87,10 +87,7 @@ def compare(backbone_name: str, checkpoint, prompts: list[str], seed: int = 0, s
     base = per_video(sample_all(backbone, prompts, seed, steps, guidance), prompts, fps)
     load_policy(backbone, checkpoint)
     tuned = per_video(sample_all(backbone, prompts, seed, steps, guidance), prompts, fps)
-    result = {"base": summarise(base), "checkpoint": summarise(tuned)}
-    if with_difference:
-        result["difference"] = paired_difference(base, tuned)
-    return result
+    return {"base": summarise(base), "checkpoint": summarise(tuned), "difference": paired_difference(base, tuned)}
 
 
 def format_table(result: dict[str, dict]) -> str:
@@ -101,7 +98,10 @@ def format_table(result: dict[str, dict]) -> str:
         lines.append(f"{model:<11}" + "".join(f"{100 * result[model][c]:>12.2f}%" for c in COLUMNS))
     diff = result.get("difference")
     if diff:
-        cell = lambda c, f: f"{f(diff[c]):>13}" if c in diff else f"{'':>13}"
+
+        def cell(c, fmt) -> str:
+            return f"{fmt(diff[c]):>13}" if c in diff else f"{'':>13}"
+
         lines.append(f"{'difference':<11}" + "".join(cell(c, lambda d: f"{100 * d['mean']:+.2f}") for c in COLUMNS))
         lines.append(f"{'  95% CI':<11}" + "".join(
             cell(c, lambda d: f"{100 * d['ci95'][0]:+.2f}..{100 * d['ci95'][1]:+.2f}") for c in COLUMNS))

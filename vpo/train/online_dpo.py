@@ -26,7 +26,7 @@ def dpo_update(run: Run, winners: torch.Tensor, losers: torch.Tensor, prompts: l
     The loss is an expectation over sigma and eps (DESIGN.md); it is estimated with
     ``noise_draws`` draws per pair, each draw shared by the pair's winner and loser. One draw per
     pair made so noisy a gradient on tiny that 40 steps moved held-out flickering by -0.01 points;
-    8 draws moved it by +0.13 (``docs/results.md``). Each draw is back-propagated on its own and
+    8 draws moved it by +0.13 (``docs/training-probes.md``). Each draw is back-propagated on its own and
     the gradients add up, so memory does not grow with the draws."""
     p, draws = len(prompts), run.cfg.noise_draws
     g = run.generator(step, "dpo")

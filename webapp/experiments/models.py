@@ -274,7 +274,7 @@ class Evaluation(models.Model):
             cfg = self.experiment.config
             folder = self.experiment.run_dir / "run" / "checkpoints" / self.checkpoint
             rows = compare(cfg["backbone"], folder, read_prompts(self.prompts), steps=cfg["sampling_steps"],
-                           guidance=cfg["guidance"], device=worker_device(), with_difference=True)
+                           guidance=cfg["guidance"], device=worker_device())
             # jsonb does not keep key order: store the columns' order with the values
             diff = rows.pop("difference")
             self.result = {"columns": list(COLUMNS),
