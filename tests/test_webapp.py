@@ -46,6 +46,12 @@ def test_production_settings_pass_the_deploy_check():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_the_models_have_all_their_migrations(db):
+    from django.core.management import call_command
+
+    call_command("makemigrations", "--check", "--dry-run", verbosity=0)  # exits 1 if one is missing
+
+
 def test_docker_compose_has_the_stores_web_and_both_workers_with_health_checks():
     compose = yaml.safe_load(open(settings.BASE_DIR / "docker-compose.yml"))
     services = compose["services"]

@@ -1,18 +1,23 @@
 """Celery tasks: thin glue. Each takes an id, re-fetches the row, exits if it is gone, and calls the
 model method that does the work (which calls ``vpo``). GPU work goes to the ``gpu`` queue
 (``worker/celery.py``). No retries: a failed run is shown as failed with its error, and a worker
-that dies mid-run gets the task back (acks_late) and the run resumes from its checkpoint."""
+that dies mid-run gets the task back (acks_late) and the run resumes from its checkpoint; one that
+shuts down cleanly stops the run at its next step and puts the task back itself."""
 
-from worker.celery import app
+from celery.exceptions import Reject
+
+from worker.celery import app, worker_stopping
 
 
-@app.task
-def train_experiment(experiment_id: int) -> None:
+@app.task(bind=True)
+def train_experiment(self, experiment_id: int) -> None:
     from webapp.experiments.models import Experiment
 
     experiment = Experiment.objects.filter(pk=experiment_id).first()
-    if experiment is not None:
-        experiment.run()
+    hostname = self.request.hostname
+    if experiment is not None and not experiment.run(worker_stopping=lambda: worker_stopping(hostname)):
+        raise Reject(f"worker {hostname} is shutting down; experiment {experiment_id} goes back to the queue",
+                     requeue=True)
 
 
 @app.task

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 class Status(models.TextChoices):
     QUEUED = "queued"
     RUNNING = "running"
+    PAUSED = "paused"  # its worker shut down mid-run; back in the queue, resumes from its checkpoint
     FINISHED = "finished"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -116,7 +117,7 @@ class Experiment(models.Model):
         is cancelled at once."""
         if self.is_done:
             return
-        if Experiment.objects.filter(pk=self.pk, status=Status.QUEUED).update(
+        if Experiment.objects.filter(pk=self.pk, status__in=(Status.QUEUED, Status.PAUSED)).update(
                 status=Status.CANCELLED, cancel_requested=True, finished=timezone.now()):
             self.refresh_from_db()
             from webapp.experiments.sink import push
@@ -143,30 +144,46 @@ class Experiment(models.Model):
         self.save(update_fields=["status", "error", "started", "finished"])
         push(self.group, {"type": "status.event", **self.status_payload()})
 
-    def run(self) -> None:
+    def run(self, worker_stopping=lambda: False) -> bool:
         """What the worker does for this experiment: train with a database sink until done,
-        cancelled or failed. A task redelivered after its worker died finds the row still
-        ``running`` and resumes from the run's last checkpoint."""
+        cancelled or failed. ``worker_stopping`` says whether the worker is shutting down: then the
+        run stops at its next step with a checkpoint, is marked paused and this returns False, so
+        that the task goes back to the queue. A task that comes back (after a pause, or after its
+        worker died) finds the row paused or running and resumes from the run's last checkpoint."""
         from vpo.train import train
         from vpo.train.runner import latest_checkpoint
         from webapp.experiments.sink import DatabaseSink
 
         if self.is_done:
-            return
+            return True
         if self.cancel_requested:
             self.set_status(Status.CANCELLED)
-            return
-        redelivered = self.status == Status.RUNNING
+            return True
+        redelivered = self.status in (Status.RUNNING, Status.PAUSED)
         self.set_status(Status.RUNNING)
         try:
             cfg = self.train_config()
             resume = redelivered and latest_checkpoint(cfg.out) is not None
-            train(cfg, DatabaseSink(self), stop=self.stop_requested, resume=resume, device=worker_device())
-        except Exception as e:  # any failure ends the run with its message shown on the page
+            train(cfg, DatabaseSink(self), stop=lambda: self.stop_requested() or worker_stopping(), resume=resume,
+                  device=worker_device())
+        except Exception as e:  # any failure ends the run with its message shown on the page...
+            if worker_stopping() and not self.stop_requested():
+                # ...unless the worker is going down (a cold shutdown cancels the task from inside):
+                # the checkpoint is kept and the next worker resumes, or fails it for good
+                log.warning("experiment %s interrupted by its worker's shutdown: %s", self.pk, e)
+                self.set_status(Status.PAUSED)
+                return False
             log.exception("experiment %s failed", self.pk)
             self.set_status(Status.FAILED, f"{type(e).__name__}: {e}")
-            return
-        self.set_status(Status.CANCELLED if self.stop_requested() else Status.FINISHED)
+            return True
+        if self.stop_requested():
+            self.set_status(Status.CANCELLED)
+        elif worker_stopping():
+            self.set_status(Status.PAUSED)
+            return False
+        else:
+            self.set_status(Status.FINISHED)
+        return True
 
     def checkpoints(self) -> list[str]:
         folder = self.run_dir / "run" / "checkpoints"
