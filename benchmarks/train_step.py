@@ -1,7 +1,7 @@
 """Training-step cost: the time of an ``online-dpo`` step, and the peak memory of a DPO step next
 to a ReFL step as videos and back-propagation depth grow (OnlineVPO Fig. 3).
 
-    python benchmarks/train_step.py [--steps 6] [--depths 1,2,4,8]
+    python benchmarks/train_step.py [--steps 6] [--depths 1,2,4,8]    (--steps 0: memory only)
 
 Part 1 runs ``online-dpo`` for a few steps on the shipped tiny backbone (N = 6, 20 sampling steps,
 CFG 4, one prompt per step; sampling, scoring and the update all counted) and prints the median
@@ -9,8 +9,8 @@ step time. Target (issue 4): <= 8 s on a 2-core CPU.
 
 Part 2 measures one step of each algorithm in a fresh process: the peak resident memory during
 the step (the kernel's high-water mark, reset at the step's start so that loading the model does
-not hide it) minus the memory held before it (on a GPU: the allocator's peak minus what was
-allocated before). Videos of 16 frames (the default) and 32 frames (twice the frames, same
+not hide it, with glibc returning freed blocks to the kernel) minus the memory held before it (on
+a GPU: the allocator's peak minus what was allocated before). Videos of 16 frames (the default) and 32 frames (twice the frames, same
 resolution); ReFL at several back-propagation depths. Targets: a DPO step <= 1/3 of a ReFL
 step's memory, and ReFL's memory growing with depth while DPO's, which has no such knob, stays put.
 """
@@ -29,6 +29,7 @@ import time
 import torch
 
 from vpo.backbones import load_backbone
+from vpo.backbones.base import keep_freed_memory
 from vpo.backbones.tiny import TinyBackbone, TinyConfig
 from vpo.train import train
 from vpo.train.config import TrainConfig
@@ -76,6 +77,11 @@ def peak_rss_mb() -> float:
 def measure_one(algorithm: str, frames: int, depth: int) -> dict:
     """One step of ``algorithm`` in this (fresh) process; returns its extra peak memory in MB."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        # glibc's defaults, not the heap-keeping setting the backbone module applies for speed:
+        # freed blocks go back to the kernel, so the resident peak is the memory in use, as the
+        # allocator's peak is on a GPU (with the heap kept, it also counts blocks freed earlier)
+        keep_freed_memory(False)
     if frames == 16:
         backbone = load_backbone("tiny", device=device)
     else:  # random weights of the same architecture: memory does not depend on what was learned
@@ -133,7 +139,7 @@ def measure(algorithm: str, frames: int, depth: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=6, help="online-dpo steps to time (the first is warm-up)")
+    ap.add_argument("--steps", type=int, default=6, help="online-dpo steps to time (the first is warm-up; 0: skip)")
     ap.add_argument("--depths", default="1,2,4,8", help="ReFL back-propagation depths to measure")
     ap.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one measurement in this process
     args = ap.parse_args()
@@ -144,16 +150,17 @@ def main() -> None:
 
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
-    with tempfile.TemporaryDirectory() as out:
-        rows = step_times(args.steps, out)
-    timed = rows[1:] if len(rows) > 1 else rows
-    med = statistics.median(r["perf/step_s"] for r in timed)
-    part = {k: statistics.median(r[k] for r in timed) for k in ("perf/sample_s", "perf/score_s", "perf/update_s")}
-    runs = [r["perf/step_s"] for r in timed]
-    print(f"\n1. online-dpo step (N=6, 20 sampling steps, CFG, 1 prompt/step), {len(timed)} steps after 1 warm-up:")
-    print(f"   median {med:.2f} s  = sample {part['perf/sample_s']:.2f} + score {part['perf/score_s']:.2f} "
-          f"+ update {part['perf/update_s']:.2f} (runs: {', '.join(f'{t:.2f}' for t in runs)})")
-    print(f"   target <= 8 s: {'met' if med <= 8 else 'NOT met'}")
+    if args.steps > 0:  # --steps 0: memory only
+        with tempfile.TemporaryDirectory() as out:
+            rows = step_times(args.steps, out)
+        timed = rows[1:] if len(rows) > 1 else rows
+        med = statistics.median(r["perf/step_s"] for r in timed)
+        part = {k: statistics.median(r[k] for r in timed) for k in ("perf/sample_s", "perf/score_s", "perf/update_s")}
+        runs = [r["perf/step_s"] for r in timed]
+        print(f"\n1. online-dpo step (N=6, 20 sampling steps, CFG, 1 prompt/step), {len(timed)} steps after 1 warm-up:")
+        print(f"   median {med:.2f} s  = sample {part['perf/sample_s']:.2f} + score {part['perf/score_s']:.2f} "
+              f"+ update {part['perf/update_s']:.2f} (runs: {', '.join(f'{t:.2f}' for t in runs)})")
+        print(f"   target <= 8 s: {'met' if med <= 8 else 'NOT met'}")
 
     depths = [int(d) for d in args.depths.split(",")]
     print("\n2. extra peak memory of one step (MB), each measured in a fresh process:")

@@ -127,8 +127,8 @@ def report(base, seeds, evals, base_eval, curves, figures, results, train_s, wal
         "# Ablations on the tiny backbone",
         "",
         f"Reproduce: `vpo ablate --seeds {','.join(map(str, seeds))} --steps {base.steps}` "
-        f"(2-core CPU: training {train_s / 60:.0f} min, the sum of the runs' own clocks; this report, "
-        f"reusing finished runs, took {wall / 60:.0f} min).",
+        f"(2-core CPU: training {train_s / 60:.0f} min, the sum of the runs' own clocks; this command took "
+        f"{wall / 60:.0f} min in all, evaluation included; finished runs in `--out` are reused, not re-run).",
         "",
         f"Shared settings: `{base.reward}` reward on `{base.dimension}`, N = {base.num_candidates} candidates, "
         f"K = {base.ref_update_every}, beta = {base.beta}, {base.noise_draws} noise draw(s) per pair, LoRA rank {base.lora_rank}, lr {base.lr}, "

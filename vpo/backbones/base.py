@@ -26,18 +26,20 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 
-def keep_freed_memory() -> None:
+def keep_freed_memory(keep: bool = True) -> None:
     """Ask glibc to keep freed blocks of up to 32 MiB in the heap instead of returning them to the
     kernel. By default PyTorch's CPU tensors above a few MiB are mmap-ed and unmapped on every op,
     and each reuse pays page faults and zeroing: measured here, a 6-video sampling batch took 3.0 s
-    with the default and 2.2 s with this (``benchmarks/sampling.py``). No-op off glibc."""
+    with the default and 2.2 s with this (``benchmarks/sampling.py``). ``keep=False`` restores
+    glibc's defaults, so that the resident set follows the memory in use (what a memory benchmark
+    wants to see). No-op off glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
     m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    libc.mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's ceiling for this setting on 64-bit
-    libc.mallopt(m_trim_threshold, 2**30)
+    libc.mallopt(m_mmap_threshold, 32 * 2**20 if keep else 128 * 2**10)  # 32 MiB: glibc's ceiling on 64-bit
+    libc.mallopt(m_trim_threshold, 2**30 if keep else 128 * 2**10)
 
 
 AUTOCAST_CHOICES = ("auto", "bf16", "fp32")
