@@ -38,20 +38,23 @@ def tiny():
 
 @pytest.fixture
 def quick_checkpoint():
-    """Train a real one-step run of the tiny backbone into an experiment's run folder, so that
-    there is a checkpoint (``step_000001``) to evaluate or to put in a study."""
-    def make(experiment):
+    """Train a real one-step run of the tiny backbone into ``out`` (TrainConfig fields override the
+    quick defaults), so that there is a checkpoint (``step_000001``) to evaluate or to put in a
+    study; returns its folder."""
+    def make(out, **overrides):
         from vpo.train import train
         from vpo.train.config import TrainConfig
+        from vpo.train.runner import latest_checkpoint
         from vpo.train.sinks import JsonlSink
 
-        cfg = TrainConfig(steps=1, num_candidates=2, sampling_steps=4, heldout_every=0, checkpoint_every=1,
-                          prompts="demo", out=str(experiment.run_dir / "run"))
+        cfg = TrainConfig.from_dict({"steps": 1, "num_candidates": 2, "sampling_steps": 4, "heldout_every": 0,
+                                     "checkpoint_every": 1, "prompts": "demo", **overrides, "out": str(out)})
         sink = JsonlSink(cfg.out, 1, progress=False)
         try:
             train(cfg, sink)
         finally:
             sink.close()
+        return latest_checkpoint(cfg.out)
     return make
 
 

@@ -33,22 +33,11 @@ def _rest():
     return {k: np.ones(20) for k in ("subject_consistency", "motion_smoothness", "dynamic_degree", "imaging_quality")}
 
 
-def test_vpo_eval_prints_base_checkpoint_and_their_paired_difference(tmp_path):
-    from vpo.train import train
-    from vpo.train.config import TrainConfig
-    from vpo.train.runner import latest_checkpoint
-    from vpo.train.sinks import JsonlSink
-
-    cfg = TrainConfig.from_dict({"steps": 1, "num_candidates": 2, "sampling_steps": 2, "heldout_every": 0,
-                                 "tie_tolerance": 0.0, "lr": 0.05, "prompts": "demo", "out": str(tmp_path / "run")})
-    sink = JsonlSink(cfg.out, cfg.steps, progress=False)
-    try:
-        train(cfg, sink)
-    finally:
-        sink.close()
+def test_vpo_eval_prints_base_checkpoint_and_their_paired_difference(tmp_path, quick_checkpoint):
+    checkpoint = quick_checkpoint(tmp_path / "run", sampling_steps=2, tie_tolerance=0.0, lr=0.05)
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red ball moving right\na blue square falling\na purple blob\n")
-    r = subprocess.run([sys.executable, "-m", "vpo", "eval", "--checkpoint", str(latest_checkpoint(cfg.out)),
+    r = subprocess.run([sys.executable, "-m", "vpo", "eval", "--checkpoint", str(checkpoint),
                         "--prompts", str(prompts), "--steps", "2", "--json"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)

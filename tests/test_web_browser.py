@@ -108,7 +108,7 @@ def test_a_volunteer_votes_through_a_study_and_the_researcher_sees_the_counts(li
 
     researcher = get_user_model().objects.create_user("rita", password="a-long-password")
     experiment = Experiment.objects.create(owner=researcher, name="tuned", status="finished", config=validated_config({}))
-    quick_checkpoint(experiment)
+    quick_checkpoint(experiment.run_dir / "run")
     study = Study.objects.create(owner=researcher, name="base vs tuned", prompts="a red ball moving right\n"
                                  "a blue square falling", gold_rate=0.25, trials_per_participant=4)
     System.objects.create(study=study, label="base")

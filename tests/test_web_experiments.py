@@ -161,7 +161,7 @@ def test_an_evaluation_shows_base_checkpoint_and_their_paired_difference(owner, 
     settings.MEDIA_ROOT = tmp_path
     e = Experiment.objects.create(owner=owner, name="tuned", status="finished",
                                   config=validated_config({"sampling_steps": 2}))
-    quick_checkpoint(e)
+    quick_checkpoint(e.run_dir / "run")
     ev = Evaluation.objects.create(experiment=e, checkpoint="step_000001", prompts="demo")
     ev.run()  # what the worker's task calls
     ev.refresh_from_db()

@@ -1,5 +1,6 @@
 """The Celery app. Tasks (``worker/tasks.py``) stay thin: ids in, re-fetch, call the model's run."""
 
+import functools
 import logging
 import os
 
@@ -40,9 +41,17 @@ def _stopping_key(hostname: str) -> str:
 
 
 def _redis():
+    """A new client: the signal handler may interrupt the task while it holds the shared client's
+    connection-pool lock, so it must not take that lock itself."""
     import redis
 
     return redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+
+
+@functools.cache
+def _shared_redis():
+    """The client ``worker_stopping`` reuses at every training step (one connection, not one a step)."""
+    return _redis()
 
 
 @celeryd_init.connect
@@ -65,6 +74,6 @@ def worker_stopping(hostname: str) -> bool:
     import redis
 
     try:
-        return bool(_redis().exists(_stopping_key(hostname)))
+        return bool(_shared_redis().exists(_stopping_key(hostname)))
     except redis.RedisError:  # no answer is no news: the run goes on
         return False

@@ -167,15 +167,13 @@ class Experiment(models.Model):
             train(cfg, DatabaseSink(self), stop=lambda: self.stop_requested() or worker_stopping(), resume=resume,
                   device=worker_device())
         except Exception as e:  # any failure ends the run with its message shown on the page...
-            if worker_stopping() and not self.stop_requested():
-                # ...unless the worker is going down (a cold shutdown cancels the task from inside):
-                # the checkpoint is kept and the next worker resumes, or fails it for good
-                log.warning("experiment %s interrupted by its worker's shutdown: %s", self.pk, e)
-                self.set_status(Status.PAUSED)
-                return False
-            log.exception("experiment %s failed", self.pk)
-            self.set_status(Status.FAILED, f"{type(e).__name__}: {e}")
-            return True
+            if not worker_stopping() or self.stop_requested():
+                log.exception("experiment %s failed", self.pk)
+                self.set_status(Status.FAILED, f"{type(e).__name__}: {e}")
+                return True
+            # ...unless the worker is going down (a cold shutdown cancels the task from inside): it
+            # is paused below, the checkpoint kept; the next worker resumes it, or fails it for good
+            log.warning("experiment %s interrupted by its worker's shutdown: %s", self.pk, e)
         if self.stop_requested():
             self.set_status(Status.CANCELLED)
         elif worker_stopping():
