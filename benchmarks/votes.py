@@ -1,18 +1,19 @@
-"""Vote throughput and integrity of the volunteer endpoint, against a live Daphne on loopback with
-PostgreSQL.
+"""Vote throughput and integrity of the volunteer endpoint, against live servers on loopback with
+PostgreSQL: the production layout's HTTP server (gunicorn, sync workers) and Daphne (command A's
+single server) side by side, the same load on each.
 
-    python benchmarks/votes.py [--participants 60] [--trials 20] [--replays 0.1] [--servers 1]
-                               [--server daphne|uvicorn]
+    python benchmarks/votes.py [--participants 60] [--trials 20] [--replays 0.1]
+                               [--server gunicorn --server daphne] [--workers 2 x CPUs]
 
 A scratch database (``vpo_bench`` on the PostgreSQL of ``BENCH_POSTGRES``, default the local
-server) gets a study; ``--participants`` volunteers join through the consent form at the same
-time and each votes on ``--trials`` trials over keep-alive connections, a ``--replays`` share of
-the votes sent twice (half at once, as a double click; half later with the other choice, as a
-replay). Checks afterwards: no vote lost, none counted twice, every replay answered like the
-original. Prints throughput and latency percentiles (goal >= 300 votes/s, 2 cores, client and
-server on the same machine). Rate limits are raised for the run: everyone comes from 127.0.0.1.
-``--server uvicorn`` (needs ``pip install uvicorn[standard]``, not a dependency) serves the same
-ASGI app for comparison; the app ships with Daphne.
+server) gets a study per server; ``--participants`` volunteers join through the consent form at
+the same time and each votes on ``--trials`` trials over keep-alive connections, a ``--replays``
+share of the votes sent twice (half at once, as a double click; half later with the other choice,
+as a replay). Checks afterwards: no vote lost, none counted twice, every replay answered like the
+original. Prints throughput, latency percentiles and where the CPU went (goal >= 300 votes/s, 2
+cores, client and server on the same machine). Rate limits are raised for the run: everyone comes
+from 127.0.0.1. ``--server uvicorn`` (needs ``pip install uvicorn[standard]``, not a dependency)
+serves the ASGI app for comparison. Why two servers in production: docs/votes.md.
 """
 
 from __future__ import annotations
@@ -43,8 +44,42 @@ SERVER_ENV = {**os.environ, "DATABASE_URL": BENCH_URL, "DEBUG": "0", "SECRET_KEY
               "VPO_VOTES_PER_MINUTE_PER_IP": "1000000", "VPO_JOINS_PER_HOUR_PER_IP": "100000"}
 
 
-# how each server is started (both serve Channels' ASGI app; the socket is passed with --fd)
-SERVERS = {"daphne": [], "uvicorn": ["--no-access-log", "--lifespan", "off", "--loop", "uvloop", "--http", "httptools"]}
+# how each server is started on the listening socket FD with N worker processes: gunicorn forks
+# its workers itself; the ASGI servers run as N processes sharing the socket
+SERVERS = {
+    "gunicorn": lambda fd, n: [["gunicorn", "--preload", "--workers", str(n), "--bind", f"fd://{fd}", "webapp.wsgi:application"]],
+    "daphne": lambda fd, n: [["daphne", "--fd", str(fd), "webapp.asgi:application"]] * n,
+    "uvicorn": lambda fd, n: [["uvicorn", "--no-access-log", "--lifespan", "off", "--loop", "uvloop", "--http",
+                               "httptools", "--fd", str(fd), "webapp.asgi:application"]] * n,
+}
+
+
+def process_tree_cpu(pids: list[int]) -> float:
+    """CPU seconds used so far by these processes and their children (gunicorn's workers)."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    tree = set(pids)
+    for _ in range(3):  # children, grandchildren
+        tree |= {pid for pid, (ppid, _) in stats.items() if ppid in tree}
+    return sum(stats[pid][1] for pid in tree if pid in stats)
+
+
+def postgres_cpu() -> float:
+    """CPU seconds used so far by PostgreSQL's processes (this machine's server only)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "postgres":
+                total += sum(map(int, (entry / "stat").read_text().rsplit(")", 1)[1].split()[11:13]))
+        except OSError:
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def recreate_database() -> None:
@@ -62,7 +97,7 @@ def make_study(n_trials: int):
 
     from webapp.studies.models import Clip, Study, StudyStatus, System
 
-    owner = get_user_model().objects.create_user("bench-owner")
+    owner, _ = get_user_model().objects.get_or_create(username="bench-owner")
     prompts = [f"prompt {i}" for i in range(n_trials)]
     study = Study.objects.create(owner=owner, name="bench", prompts="\n".join(prompts), status=StudyStatus.OPEN,
                                  trials_per_participant=n_trials, gold_rate=0.0)
@@ -109,38 +144,38 @@ class Volunteer:
         return status, body, time.perf_counter() - t
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--participants", type=int, default=60)
-    ap.add_argument("--trials", type=int, default=20, help="votes per participant")
-    ap.add_argument("--replays", type=float, default=0.1, help="share of votes sent twice")
-    ap.add_argument("--servers", type=int, default=1, help="server processes sharing the listening socket")
-    ap.add_argument("--server", choices=sorted(SERVERS), default="daphne", help="the ASGI server (default: daphne)")
-    args = ap.parse_args()
-    recreate_database()
-    import django
-
-    django.setup()
-    from webapp.studies.models import Participant, Vote
-
-    study = make_study(args.trials)
-    # one listening socket shared by --servers server processes (the kernel spreads accepts over them)
+def start(server: str, workers: int) -> tuple[list[subprocess.Popen], int]:
+    """``workers`` processes of ``server`` on one listening socket; returns once it answers."""
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1024)
     port = listener.getsockname()[1]
-    command = [str(Path(sys.executable).parent / args.server), *SERVERS[args.server], "--fd", str(listener.fileno()),
-               "webapp.asgi:application"]
-    servers = [subprocess.Popen(command, cwd=ROOT, env=SERVER_ENV, pass_fds=[listener.fileno()],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-               for _ in range(args.servers)]
-    for server in servers:
-        for line in server.stderr:
-            if any(ready in line for ready in ("Listening on", "Configuring endpoint", "Uvicorn running")):
-                break
-        threading.Thread(target=lambda s=server: [None for _ in s.stderr], daemon=True).start()
+    processes = [subprocess.Popen([str(Path(sys.executable).parent / argv[0]), *argv[1:]], cwd=ROOT, env=SERVER_ENV,
+                                  pass_fds=[listener.fileno()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for argv in SERVERS[server](listener.fileno(), workers)]
+    listener.close()  # the servers hold it
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return processes, port
+        except OSError:
+            pass
+        if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+            raise SystemExit(f"{server} did not start (exit codes {[p.poll() for p in processes]})")
+        time.sleep(0.2)
 
+
+def run(server: str, args) -> dict:
+    """One server under the whole load; returns its figures (and whether integrity held)."""
+    import django
+    from webapp.studies.models import Participant, Vote
+
+    study = make_study(args.trials)
+    processes, port = start(server, args.workers)
     latencies, failures, replays_checked, lock = [], [], [0], threading.Lock()
     first_answer: dict[tuple[str, int], tuple[str, bytes]] = {}
 
@@ -200,11 +235,14 @@ def main() -> None:
                 if status2 != 200 or json.loads(body2)["stored"] is not True:
                     failures.append(("replay refused", body2[:200]))
 
-    cpu0 = time.process_time()
+    cpu = (process_tree_cpu([p.pid for p in processes]), postgres_cpu(), time.process_time())
     wall = run_threads(vote_as, args.participants)
-    client_cpu = time.process_time() - cpu0  # the load generator's own share of the 2 cores
-    for server in servers:
-        server.terminate()
+    cpu = [after - before for before, after in
+           zip(cpu, (process_tree_cpu([p.pid for p in processes]), postgres_cpu(), time.process_time()))]
+    for p in processes:
+        p.terminate()
+    for p in processes:
+        p.wait()
 
     expected = args.participants * args.trials
     stored = Vote.objects.filter(trial__study=study).count()
@@ -212,21 +250,46 @@ def main() -> None:
             .values_list("participant__token", "trial_id", "choice")}
     wrong_choice = sum(kept.get(key) != c for key, (c, _) in first_answer.items())
     ms = sorted(1000 * x for x in latencies) or [float("nan")]
-    for f in failures[:3]:
-        print("  failure:", f)
-    print(f"{args.participants} concurrent volunteers x {args.trials} votes, {replays_checked[0]} replays or "
-          f"double clicks ({len(ms)} requests) on {args.servers} {args.server} process(es) + PostgreSQL, "
-          f"{os.cpu_count()} CPUs:")
+    rate = len(ms) / wall
+    print(f"{server}, {args.workers} process(es): {args.participants} concurrent volunteers x {args.trials} votes, "
+          f"{replays_checked[0]} replays or double clicks ({len(ms)} requests), PostgreSQL, {os.cpu_count()} CPUs")
     print(f"  stored {stored} of {expected} votes: lost {expected - stored}, counted twice "
           f"{max(0, stored - expected)}, first choice kept: {expected - wrong_choice}/{expected}; failures {len(failures)}")
-    print(f"  throughput {len(ms) / wall:.0f} requests/s, {expected / wall:.0f} stored votes/s ({wall:.2f} s)")
-    print(f"  the load generator itself used {client_cpu:.2f} CPU-s of the {wall * (os.cpu_count() or 1):.2f} available")
+    print(f"  throughput {rate:.0f} requests/s, {expected / wall:.0f} stored votes/s ({wall:.2f} s)")
     print(f"  latency p50 {statistics.median(ms):.1f} ms, p95 {ms[int(0.95 * (len(ms) - 1))]:.1f} ms, "
           f"p99 {ms[int(0.99 * (len(ms) - 1))]:.1f} ms, max {ms[-1]:.1f} ms")
-    print(f"  goal >= 300 votes/s: {'met' if len(ms) / wall >= 300 else 'NOT met'}")
+    print(f"  CPU per request: server {1000 * cpu[0] / len(ms):.2f} ms, PostgreSQL {1000 * cpu[1] / len(ms):.2f} ms, "
+          f"load generator {1000 * cpu[2] / len(ms):.2f} ms (of {1000 * wall * (os.cpu_count() or 1) / len(ms):.2f} "
+          f"ms of CPU time per request on the machine)")
     for f in failures[:3]:
         print("  failure:", f)
-    if failures or stored != expected or wrong_choice:
+    return {"rate": rate, "p99": ms[int(0.99 * (len(ms) - 1))],
+            "ok": not failures and stored == expected and not wrong_choice}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--participants", type=int, default=60)
+    ap.add_argument("--trials", type=int, default=20, help="votes per participant")
+    ap.add_argument("--replays", type=float, default=0.1, help="share of votes sent twice")
+    ap.add_argument("--server", action="append", choices=sorted(SERVERS),
+                    help="a server to measure, repeatable (default: gunicorn, then daphne)")
+    ap.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1),
+                    help="server processes (default: 2 per CPU, as docker-compose runs gunicorn)")
+    args = ap.parse_args()
+    servers = args.server or ["gunicorn", "daphne"]
+    recreate_database()
+    import django
+
+    django.setup()
+    results = {server: run(server, args) for server in servers}
+    if len(servers) > 1:
+        first = servers[0]
+        print("  ".join(f"{first}/{other} throughput {results[first]['rate'] / results[other]['rate']:.2f}x"
+                        for other in servers[1:]))
+    for server, r in results.items():
+        print(f"goal >= 300 votes/s on {server}: {'met' if r['rate'] >= 300 else 'NOT met'} ({r['rate']:.0f})")
+    if not all(r["ok"] for r in results.values()):
         sys.exit(1)
 
 

@@ -4,7 +4,7 @@
 #   - a local redis-server on REDIS_URL if none answers (installed from Debian's packages when
 #     absent and running as root);
 #   - the database migrated (SQLite by default, DATABASE_URL otherwise);
-#   - with VPO_BROWSER=1 (command B), Debian's chromium for the browser tests.
+#   - with VPO_BROWSER=1 (command B), Debian's chromium and nginx for the browser and deployment tests.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -67,13 +67,15 @@ if ! redis_answers; then
   redis_answers || { echo "redis-server did not answer on $REDIS_URL" >&2; exit 1; }
 fi
 
-if [ "${VPO_BROWSER:-0}" = 1 ] && [ ! -x /usr/bin/chromium ]; then
-  # the UI tests drive Debian's Chromium with Playwright (Playwright cannot download browsers here)
+if [ "${VPO_BROWSER:-0}" = 1 ] && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/sbin/nginx ]; }; then
+  # the UI tests drive Debian's Chromium with Playwright (Playwright cannot download browsers here);
+  # the deployment test runs deploy/nginx.conf in Debian's nginx
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    say "installing chromium (for the browser tests)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    say "installing chromium and nginx (for the browser and deployment tests)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx-light >/dev/null
   else
-    echo "the browser tests need /usr/bin/chromium: apt-get install chromium" >&2
+    echo "the browser and deployment tests need /usr/bin/chromium and /usr/sbin/nginx:" \
+         "apt-get install chromium nginx-light" >&2
     exit 1
   fi
 fi

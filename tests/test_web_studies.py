@@ -154,6 +154,15 @@ def test_ip_and_user_agent_are_stored_only_hashed(study):
     assert p.ip_hash == study.hashed("10.1.2.3") and p.ua_hash == study.hashed("Mozilla/5.0 test-agent")
 
 
+def test_behind_proxies_the_address_kept_is_the_one_the_outermost_proxy_saw(study, settings):
+    # X-Forwarded-For: what the client claimed, then what each proxy saw (nginx appends)
+    forwarded = "6.6.6.6, 203.0.113.9, 10.0.0.5"
+    for proxies, seen in ((0, "10.9.9.9"), (1, "10.0.0.5"), (2, "203.0.113.9")):
+        settings.VPO_PROXIES = proxies
+        p = join(Client(REMOTE_ADDR="10.9.9.9", HTTP_X_FORWARDED_FOR=forwarded), study)
+        assert p.ip_hash == study.hashed(seen), proxies
+
+
 def test_rate_limits_per_participant_answer_429(study, settings):
     import redis
 
@@ -206,6 +215,24 @@ def test_guessed_or_altered_tokens_get_404(study):
                 reverse("studies:clip", args=[other.token, clip.token])):
         assert client.get(url).status_code == 404, url
     assert client.get(reverse("studies:clip", args=[study.token, clip.token])).status_code == 200
+    trial = p.plan[0]["trial"]
+    for altered in (Participant(token=p.token[:-1] + "x"), Participant(token=study.token)):
+        assert cast(client, study, altered, trial, "left").status_code == 404
+    assert cast(client, other, p, trial, "left").status_code == 404  # a real participant, another study
+    assert not Vote.objects.exists()
+    assert cast(client, study, p, trial, "left").status_code == 200
+
+
+def test_the_vote_endpoints_participant_loads_only_what_a_vote_needs_and_the_rest_on_access(study):
+    p = join(Client(), study, PROLIFIC_PID="pid-7")
+    Study.objects.filter(pk=study.pk).update(allow_tie=False)
+    light = Participant.for_vote(study.token, p.token)
+    assert (light.pk, light.plan, light.completed, light.study.pk, light.study.status, light.study.allow_tie) == \
+        (p.pk, p.plan, None, study.pk, StudyStatus.OPEN, False)
+    assert not light._state.adding and light.study_id == study.pk
+    assert light.get_deferred_fields() >= {"prolific_pid", "ip_hash"}
+    assert light.prolific_pid == "pid-7" and light.study.name == study.name  # loaded on access
+    assert Participant.for_vote(study.token, p.token[:-1] + "x") is None
 
 
 def test_volunteers_cannot_reach_results_and_researchers_see_only_their_own(study):

@@ -55,10 +55,13 @@ def test_the_models_have_all_their_migrations(db):
 def test_docker_compose_has_the_stores_web_and_both_workers_with_health_checks():
     compose = yaml.safe_load(open(settings.BASE_DIR / "docker-compose.yml"))
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "web", "worker-gpu", "worker-cpu"}
+    assert set(services) == {"postgres", "redis", "web", "ws", "proxy", "worker-gpu", "worker-cpu"}
     for name, service in services.items():
         assert "healthcheck" in service, name
-    assert "daphne" in " ".join(services["web"]["command"])
+    # nginx in front: HTTP to gunicorn, websockets to Daphne (tests/test_deploy.py runs that config)
+    assert "gunicorn" in " ".join(services["web"]["command"]) and "daphne" in services["ws"]["command"]
+    assert "./deploy/nginx.conf:/etc/nginx/nginx.conf:ro" in services["proxy"]["volumes"]
+    assert services["proxy"]["ports"] == ["8000:80"] and "ports" not in services["web"]
     gpu = services["worker-gpu"]
     assert gpu["command"][gpu["command"].index("-Q") + 1] == "gpu"
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"

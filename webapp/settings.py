@@ -90,6 +90,9 @@ STUDY_RATE_LIMITS = {
     "vote_ip": (int(os.environ.get("VPO_VOTES_PER_MINUTE_PER_IP", 600)), 60),
     "join_ip": (int(os.environ.get("VPO_JOINS_PER_HOUR_PER_IP", 120)), 3600),
 }
+# Reverse proxies in front of the app that append to X-Forwarded-For (docker-compose: nginx, so 1;
+# add one per TLS terminator or load balancer before it). 0: the client connects directly.
+VPO_PROXIES = int(os.environ.get("VPO_PROXIES", 0))
 WHITENOISE_USE_FINDERS = DEBUG  # in development, serve webapp/static without collectstatic
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"

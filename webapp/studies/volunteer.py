@@ -33,6 +33,13 @@ def cookie_name(study: Study) -> str:
 
 
 def client_ip(request) -> str:
+    """The volunteer's address, for the per-address limits and the hashed address. Behind
+    ``VPO_PROXIES`` reverse proxies it is the address the outermost of them saw: the entries
+    before it in X-Forwarded-For are the client's own word and could be forged to dodge a limit."""
+    proxies = settings.VPO_PROXIES
+    forwarded = [a.strip() for a in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if a.strip()]
+    if proxies and len(forwarded) >= proxies:
+        return forwarded[-proxies]
     return request.META.get("REMOTE_ADDR", "")
 
 
@@ -116,7 +123,9 @@ def trial(request, token, ptoken):
 def vote(request, token, ptoken):
     """Store one vote. Idempotent: a double click or a replay stores nothing more and gets the same
     answer. One vote per (participant, trial) is a database constraint, not just this check."""
-    participant = participant_or_404(token, ptoken)
+    participant = Participant.for_vote(token, ptoken)
+    if participant is None:
+        raise Http404("no such participant")
     study = participant.study
     if study.status != StudyStatus.OPEN:
         return JsonResponse({"error": "this study is closed"}, status=410)
@@ -139,12 +148,7 @@ def vote(request, token, ptoken):
     if over:
         return JsonResponse({"error": "too many votes too fast: please slow down", "limit": over.split(":")[1]},
                             status=429)
-    chosen = {"left": item["left"], "right": item["right"], "tie": None}[choice]
-    # INSERT ... ON CONFLICT DO NOTHING: the constraint keeps the first vote and refuses a second
-    # without an error, so no savepoint is needed and any enclosing transaction stays usable
-    Vote.objects.bulk_create([Vote(participant=participant, trial_id=item["trial"], choice=choice,
-                                   left_id=item["left"], chosen_id=chosen)], ignore_conflicts=True)
-    stored = dict(participant.votes.values_list("trial_id", "chosen_id"))  # this vote, or the first one
+    stored = Vote.store(participant.pk, item, choice)  # with this vote, or the first one on this trial
     if item["gold"] and stored[item["trial"]] != item["good"]:  # idempotent: a replay changes nothing
         Participant.objects.filter(pk=participant.pk, excluded=False).update(
             excluded=True, exclusion_reason=f"failed gold trial {item['trial']}: "

@@ -1,0 +1,128 @@
+"""docker-compose's front door, run for real: deploy/nginx.conf in Debian's nginx (upstream
+addresses swapped for local ports) in front of gunicorn (HTTP, sync workers, --preload, as compose
+starts it) and Daphne (websockets), on the test database and Redis. A volunteer votes through
+nginx; the researcher's results page hears about it over a websocket through nginx; the address
+kept for the volunteer is the one nginx saw, not what the client claimed."""
+
+import http.client
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from conftest import BIN, ROOT, Process, free_port, subprocess_database_url
+from webapp.studies.models import Clip, Participant, Study, StudyStatus, System, Vote
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+pytestmark = pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed (scripts/setup.sh "
+                                "installs it for the tests: apt-get install nginx-light)")
+
+
+def nginx_config(tmp: Path, port: int, web: int, ws: int) -> Path:
+    """deploy/nginx.conf with local addresses, and its scratch files under ``tmp``."""
+    text = (ROOT / "deploy" / "nginx.conf").read_text()
+    for old, new in (("server web:8000;", f"server 127.0.0.1:{web};"), ("server ws:8001;", f"server 127.0.0.1:{ws};"),
+                     ("listen 80;", f"listen 127.0.0.1:{port};")):
+        assert old in text, old  # the test must follow the config, not silently test another one
+        text = text.replace(old, new)
+    scratch = "".join(f"    {kind}_temp_path {tmp}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    text = text.replace("http {\n", "http {\n" + scratch, 1)
+    path = tmp / "nginx.conf"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def front_door(transactional_db, tmp_path):
+    env = {**os.environ, "DATABASE_URL": subprocess_database_url(), "DEBUG": "0", "SECRET_KEY": settings.SECRET_KEY,
+           "ALLOWED_HOSTS": "127.0.0.1", "SECURE_SSL_REDIRECT": "0", "VPO_PROXIES": "1", "PYTHONUNBUFFERED": "1"}
+    port, web, ws = free_port(), free_port(), free_port()
+    config = nginx_config(tmp_path, port, web, ws)
+    procs = [Process("gunicorn", [str(BIN / "gunicorn"), "--preload", "--workers", "2", "--bind", f"127.0.0.1:{web}",
+                                  "webapp.wsgi:application"], env, ready="Booting worker"),
+             Process("daphne", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(ws), "webapp.asgi:application"], env,
+                     ready="Listening on")]
+    log = tmp_path / "nginx.log"
+    nginx = subprocess.Popen([NGINX, "-p", str(tmp_path), "-c", str(config), "-g", f"daemon off; pid {tmp_path}/nginx.pid;"],
+                             stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 30
+        while True:  # nginx and both servers behind it answer
+            try:
+                if request(port, "GET", "/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if nginx.poll() is not None or time.time() > deadline:
+                raise RuntimeError("nginx did not answer:\n" + log.read_text())
+            time.sleep(0.2)
+        yield port
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
+        for p in procs:
+            p.stop()
+
+
+def request(port, method, path, body=None, headers=None, source="127.0.0.1", cookies=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+    headers = {**(headers or {}), **({"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())} if cookies else {})}
+    conn.request(method, path, body=body, headers=headers)
+    r = conn.getresponse()
+    data = r.read()
+    if cookies is not None:
+        for header, value in r.getheaders():
+            if header.lower() == "set-cookie":
+                name, val = value.split(";", 1)[0].split("=", 1)
+                cookies[name] = val
+    return r.status, r.getheader("Location"), data
+
+
+def test_nginx_sends_http_to_gunicorn_and_websockets_to_daphne(front_door):
+    from websockets.sync.client import connect
+
+    port = front_door
+    owner = get_user_model().objects.create_user("researcher")
+    study = Study.objects.create(owner=owner, name="deploy", prompts="a\nb", status=StudyStatus.OPEN,
+                                 trials_per_participant=2, gold_rate=0.0)
+    for label in ("base", "tuned"):
+        system = System.objects.create(study=study, label=label)
+        Clip.objects.bulk_create([Clip(study=study, system=system, prompt=p, seed=0, degraded=d)
+                                  for p in ("a", "b") for d in (False, True)])
+    study.build_trials()
+    client = Client()
+    client.force_login(owner)
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+
+    # the researcher's results page listens through nginx (Daphne behind it)
+    with connect(f"ws://127.0.0.1:{port}/ws/studies/{study.pk}/", origin=f"http://127.0.0.1:{port}",
+                 additional_headers={"Cookie": cookie}, open_timeout=10) as ws:
+        # a volunteer, from 127.0.0.3, claiming another address in X-Forwarded-For
+        cookies, forged = {}, {"X-Forwarded-For": "6.6.6.6"}
+        request(port, "GET", f"/s/{study.token}/", headers=forged, source="127.0.0.3", cookies=cookies)
+        status, location, _ = request(
+            port, "POST", f"/s/{study.token}/", urlencode({"consent": "1", "csrfmiddlewaretoken": cookies["csrftoken"]}),
+            {**forged, "Content-Type": "application/x-www-form-urlencoded"}, source="127.0.0.3", cookies=cookies)
+        assert status == 302, status
+        p = Participant.objects.get(token=re.search(r"/p/([^/]+)/", location).group(1))
+        # the address nginx saw: neither gunicorn's peer (127.0.0.1, nginx) nor the client's claim
+        assert p.ip_hash == study.hashed("127.0.0.3")
+        assert p.ip_hash not in (study.hashed("127.0.0.1"), study.hashed("6.6.6.6"))
+
+        item = p.plan[0]
+        status, _, body = request(port, "POST", f"/s/{study.token}/p/{p.token}/vote",
+                                  json.dumps({"trial": item["trial"], "choice": "left"}),
+                                  {"Content-Type": "application/json", "X-CSRFToken": cookies["csrftoken"]},
+                                  source="127.0.0.3", cookies=cookies)
+        assert status == 200 and json.loads(body)["stored"] is True
+        assert json.loads(ws.recv(timeout=10)) == {"type": "vote"}
+    assert Vote.objects.get(participant=p).chosen_id == item["left"]
