@@ -72,10 +72,10 @@ if [ "${VPO_BROWSER:-0}" = 1 ] && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/sb
   # the deployment test runs deploy/nginx.conf in Debian's nginx
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing chromium and nginx (for the browser and deployment tests)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx-light >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx >/dev/null
   else
     echo "the browser and deployment tests need /usr/bin/chromium and /usr/sbin/nginx:" \
-         "apt-get install chromium nginx-light" >&2
+         "apt-get install chromium nginx" >&2
     exit 1
   fi
 fi

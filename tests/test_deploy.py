@@ -24,7 +24,7 @@ from webapp.studies.models import Clip, Participant, Study, StudyStatus, System,
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 pytestmark = pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed (scripts/setup.sh "
-                                "installs it for the tests: apt-get install nginx-light)")
+                                "installs it for the tests: apt-get install nginx)")
 
 
 def nginx_config(tmp: Path, port: int, web: int, ws: int) -> Path:
