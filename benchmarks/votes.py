@@ -3,7 +3,7 @@ PostgreSQL: the production layout's HTTP server (gunicorn, sync workers) and Dap
 single server) side by side, the same load on each.
 
     python benchmarks/votes.py [--participants 60] [--trials 20] [--replays 0.1]
-                               [--server gunicorn --server daphne] [--workers 2 x CPUs]
+                               [--server gunicorn --server daphne] [--workers 2 x CPUs] [--proxy]
 
 A scratch database (``vpo_bench`` on the PostgreSQL of ``BENCH_POSTGRES``, default the local
 server) gets a study per server; ``--participants`` volunteers join through the consent form at
@@ -13,7 +13,8 @@ as a replay). Checks afterwards: no vote lost, none counted twice, every replay 
 original. Prints throughput, latency percentiles and where the CPU went (goal >= 300 votes/s, 2
 cores, client and server on the same machine). Rate limits are raised for the run: everyone comes
 from 127.0.0.1. ``--server uvicorn`` (needs ``pip install uvicorn[standard]``, not a dependency)
-serves the ASGI app for comparison. Why two servers in production: docs/votes.md.
+serves the ASGI app for comparison. ``--proxy`` puts deploy/nginx.conf in front of each server,
+as docker-compose does (needs Debian's nginx). Why two servers in production: docs/votes.md.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -144,29 +146,45 @@ class Volunteer:
         return status, body, time.perf_counter() - t
 
 
-def start(server: str, workers: int) -> tuple[list[subprocess.Popen], int]:
-    """``workers`` processes of ``server`` on one listening socket; returns once it answers."""
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1024)
-    port = listener.getsockname()[1]
-    processes = [subprocess.Popen([str(Path(sys.executable).parent / argv[0]), *argv[1:]], cwd=ROOT, env=SERVER_ENV,
-                                  pass_fds=[listener.fileno()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                 for argv in SERVERS[server](listener.fileno(), workers)]
-    listener.close()  # the servers hold it
+def answering(port: int, processes: list[subprocess.Popen], what: str) -> int:
+    """Waits until /healthz on ``port`` answers 200; returns ``port``."""
     deadline = time.monotonic() + 60
     while True:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             conn.request("GET", "/healthz")
             if conn.getresponse().status == 200:
-                return processes, port
+                return port
         except OSError:
             pass
         if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
-            raise SystemExit(f"{server} did not start (exit codes {[p.poll() for p in processes]})")
+            raise SystemExit(f"{what} did not start (exit codes {[p.poll() for p in processes]})")
         time.sleep(0.2)
+
+
+def start(server: str, workers: int, env: dict) -> tuple[list[subprocess.Popen], int]:
+    """``workers`` processes of ``server`` on one listening socket; returns once it answers."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    port = listener.getsockname()[1]
+    processes = [subprocess.Popen([str(Path(sys.executable).parent / argv[0]), *argv[1:]], cwd=ROOT, env=env,
+                                  pass_fds=[listener.fileno()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for argv in SERVERS[server](listener.fileno(), workers)]
+    listener.close()  # the servers hold it
+    return processes, answering(port, processes, server)
+
+
+def start_proxy(web: int, scratch: Path) -> tuple[subprocess.Popen, int]:
+    """deploy/nginx.conf in front of ``web`` (its websocket upstream unused here)."""
+    from deploy import local_nginx
+
+    port, ws = (socket.create_server(("127.0.0.1", 0)) for _ in range(2))
+    ports = port.getsockname()[1], ws.getsockname()[1]
+    port.close(), ws.close()
+    nginx = local_nginx.start(scratch, ports[0], web, ports[1])
+    return nginx, answering(ports[0], [nginx], "nginx")
 
 
 def run(server: str, args) -> dict:
@@ -175,7 +193,11 @@ def run(server: str, args) -> dict:
     from webapp.studies.models import Participant, Vote
 
     study = make_study(args.trials)
-    processes, port = start(server, args.workers)
+    processes, port = start(server, args.workers, {**SERVER_ENV, "VPO_PROXIES": str(int(args.proxy))})
+    scratch = tempfile.TemporaryDirectory()
+    if args.proxy:  # the volunteers talk to nginx, nginx to the server
+        nginx, port = start_proxy(port, Path(scratch.name))
+        processes.append(nginx)
     latencies, failures, replays_checked, lock = [], [], [0], threading.Lock()
     first_answer: dict[tuple[str, int], tuple[str, bytes]] = {}
 
@@ -235,14 +257,19 @@ def run(server: str, args) -> dict:
                 if status2 != 200 or json.loads(body2)["stored"] is not True:
                     failures.append(("replay refused", body2[:200]))
 
-    cpu = (process_tree_cpu([p.pid for p in processes]), postgres_cpu(), time.process_time())
+    servers, proxy = processes[:-1] if args.proxy else processes, processes[-1:] if args.proxy else []
+
+    def cpu_now():
+        return (process_tree_cpu([p.pid for p in servers]), process_tree_cpu([p.pid for p in proxy]), postgres_cpu(),
+                time.process_time())
+    cpu = cpu_now()
     wall = run_threads(vote_as, args.participants)
-    cpu = [after - before for before, after in
-           zip(cpu, (process_tree_cpu([p.pid for p in processes]), postgres_cpu(), time.process_time()))]
+    cpu = [after - before for before, after in zip(cpu, cpu_now())]
     for p in processes:
         p.terminate()
     for p in processes:
         p.wait()
+    scratch.cleanup()
 
     expected = args.participants * args.trials
     stored = Vote.objects.filter(trial__study=study).count()
@@ -251,15 +278,17 @@ def run(server: str, args) -> dict:
     wrong_choice = sum(kept.get(key) != c for key, (c, _) in first_answer.items())
     ms = sorted(1000 * x for x in latencies) or [float("nan")]
     rate = len(ms) / wall
-    print(f"{server}, {args.workers} process(es): {args.participants} concurrent volunteers x {args.trials} votes, "
+    print(f"{server}, {args.workers} process(es){' behind nginx' if args.proxy else ''}: {args.participants} "
+          f"concurrent volunteers x {args.trials} votes, "
           f"{replays_checked[0]} replays or double clicks ({len(ms)} requests), PostgreSQL, {os.cpu_count()} CPUs")
     print(f"  stored {stored} of {expected} votes: lost {expected - stored}, counted twice "
           f"{max(0, stored - expected)}, first choice kept: {expected - wrong_choice}/{expected}; failures {len(failures)}")
     print(f"  throughput {rate:.0f} requests/s, {expected / wall:.0f} stored votes/s ({wall:.2f} s)")
     print(f"  latency p50 {statistics.median(ms):.1f} ms, p95 {ms[int(0.95 * (len(ms) - 1))]:.1f} ms, "
           f"p99 {ms[int(0.99 * (len(ms) - 1))]:.1f} ms, max {ms[-1]:.1f} ms")
-    print(f"  CPU per request: server {1000 * cpu[0] / len(ms):.2f} ms, PostgreSQL {1000 * cpu[1] / len(ms):.2f} ms, "
-          f"load generator {1000 * cpu[2] / len(ms):.2f} ms (of {1000 * wall * (os.cpu_count() or 1) / len(ms):.2f} "
+    per = [f"{1000 * c / len(ms):.2f}" for c in cpu]
+    print(f"  CPU per request: server {per[0]} ms, {f'nginx {per[1]} ms, ' if args.proxy else ''}PostgreSQL {per[2]} ms, "
+          f"load generator {per[3]} ms (of {1000 * wall * (os.cpu_count() or 1) / len(ms):.2f} "
           f"ms of CPU time per request on the machine)")
     for f in failures[:3]:
         print("  failure:", f)
@@ -276,6 +305,8 @@ def main() -> None:
                     help="a server to measure, repeatable (default: gunicorn, then daphne)")
     ap.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1),
                     help="server processes (default: 2 per CPU, as docker-compose runs gunicorn)")
+    ap.add_argument("--proxy", action="store_true",
+                    help="put deploy/nginx.conf (Debian's nginx) in front of each server, as docker-compose does")
     args = ap.parse_args()
     servers = args.server or ["gunicorn", "daphne"]
     recreate_database()

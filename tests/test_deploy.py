@@ -1,6 +1,6 @@
 """docker-compose's front door, run for real: deploy/nginx.conf in Debian's nginx (upstream
-addresses swapped for local ports) in front of gunicorn (HTTP, sync workers, --preload, as compose
-starts it) and Daphne (websockets), on the test database and Redis. A volunteer votes through
+addresses swapped for local ports by deploy/local_nginx.py) in front of gunicorn (HTTP, sync
+workers, --preload, as compose starts it) and Daphne (websockets), on the test database and Redis. A volunteer votes through
 nginx; the researcher's results page hears about it over a websocket through nginx; the address
 kept for the volunteer is the one nginx saw, not what the client claimed."""
 
@@ -8,10 +8,7 @@ import http.client
 import json
 import os
 import re
-import shutil
-import subprocess
 import time
-from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -19,26 +16,12 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from conftest import BIN, ROOT, Process, free_port, subprocess_database_url
+from conftest import BIN, Process, free_port, subprocess_database_url
+from deploy import local_nginx
 from webapp.studies.models import Clip, Participant, Study, StudyStatus, System, Vote
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-pytestmark = pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed (scripts/setup.sh "
-                                "installs it for the tests: apt-get install nginx)")
-
-
-def nginx_config(tmp: Path, port: int, web: int, ws: int) -> Path:
-    """deploy/nginx.conf with local addresses, and its scratch files under ``tmp``."""
-    text = (ROOT / "deploy" / "nginx.conf").read_text()
-    for old, new in (("server web:8000;", f"server 127.0.0.1:{web};"), ("server ws:8001;", f"server 127.0.0.1:{ws};"),
-                     ("listen 80;", f"listen 127.0.0.1:{port};")):
-        assert old in text, old  # the test must follow the config, not silently test another one
-        text = text.replace(old, new)
-    scratch = "".join(f"    {kind}_temp_path {tmp}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    text = text.replace("http {\n", "http {\n" + scratch, 1)
-    path = tmp / "nginx.conf"
-    path.write_text(text)
-    return path
+pytestmark = pytest.mark.skipif(not os.path.exists(local_nginx.NGINX), reason="nginx is not installed "
+                                "(scripts/setup.sh installs it for the tests: apt-get install nginx)")
 
 
 @pytest.fixture
@@ -46,14 +29,11 @@ def front_door(transactional_db, tmp_path):
     env = {**os.environ, "DATABASE_URL": subprocess_database_url(), "DEBUG": "0", "SECRET_KEY": settings.SECRET_KEY,
            "ALLOWED_HOSTS": "127.0.0.1", "SECURE_SSL_REDIRECT": "0", "VPO_PROXIES": "1", "PYTHONUNBUFFERED": "1"}
     port, web, ws = free_port(), free_port(), free_port()
-    config = nginx_config(tmp_path, port, web, ws)
     procs = [Process("gunicorn", [str(BIN / "gunicorn"), "--preload", "--workers", "2", "--bind", f"127.0.0.1:{web}",
                                   "webapp.wsgi:application"], env, ready="Booting worker"),
              Process("daphne", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(ws), "webapp.asgi:application"], env,
                      ready="Listening on")]
-    log = tmp_path / "nginx.log"
-    nginx = subprocess.Popen([NGINX, "-p", str(tmp_path), "-c", str(config), "-g", f"daemon off; pid {tmp_path}/nginx.pid;"],
-                             stdout=log.open("w"), stderr=subprocess.STDOUT)
+    nginx = local_nginx.start(tmp_path, port, web, ws)
     try:
         deadline = time.time() + 30
         while True:  # nginx and both servers behind it answer
@@ -63,7 +43,7 @@ def front_door(transactional_db, tmp_path):
             except OSError:
                 pass
             if nginx.poll() is not None or time.time() > deadline:
-                raise RuntimeError("nginx did not answer:\n" + log.read_text())
+                raise RuntimeError("nginx did not answer:\n" + (tmp_path / "nginx.log").read_text())
             time.sleep(0.2)
         yield port
     finally:
