@@ -180,11 +180,15 @@ def start_proxy(web: int, scratch: Path) -> tuple[subprocess.Popen, int]:
     """deploy/nginx.conf in front of ``web`` (its websocket upstream unused here)."""
     from deploy import local_nginx
 
-    port, ws = (socket.create_server(("127.0.0.1", 0)) for _ in range(2))
-    ports = port.getsockname()[1], ws.getsockname()[1]
-    port.close(), ws.close()
-    nginx = local_nginx.start(scratch, ports[0], web, ports[1])
-    return nginx, answering(ports[0], [nginx], "nginx")
+    if not os.path.exists(local_nginx.NGINX):
+        raise SystemExit("--proxy runs Debian's nginx, which is not installed: apt-get install nginx")
+
+    def free_port() -> int:
+        with socket.create_server(("127.0.0.1", 0)) as s:
+            return s.getsockname()[1]
+    port = free_port()
+    nginx = local_nginx.start(scratch, port, web, free_port())
+    return nginx, answering(port, [nginx], "nginx")
 
 
 def run(server: str, args) -> dict:

@@ -54,6 +54,11 @@ def join(client, study, **prolific) -> Participant:
     return Participant.objects.get(token=r["Location"].rstrip("/").split("/")[-1])
 
 
+def altered(token: str) -> str:
+    """``token`` with its last character changed (to "x", or "y" if it was an "x")."""
+    return token[:-1] + ("y" if token.endswith("x") else "x")
+
+
 def cast(client, study, participant, trial, choice):
     return client.post(reverse("studies:vote", args=[study.token, participant.token]),
                        json.dumps({"trial": trial, "choice": choice}), content_type="application/json")
@@ -208,16 +213,16 @@ def test_guessed_or_altered_tokens_get_404(study):
     p = join(client, study)
     clip = Clip.objects.filter(study=study).first()
     other = make_study(study.owner, None)
-    for url in (reverse("studies:welcome", args=[study.token[:-1] + "x"]),
-                reverse("studies:trial", args=[study.token, p.token[:-1] + "x"]),
+    for url in (reverse("studies:welcome", args=[altered(study.token)]),
+                reverse("studies:trial", args=[study.token, altered(p.token)]),
                 reverse("studies:trial", args=[other.token, p.token]),  # a real participant, another study
-                reverse("studies:clip", args=[study.token, clip.token[:-1] + "x"]),
+                reverse("studies:clip", args=[study.token, altered(clip.token)]),
                 reverse("studies:clip", args=[other.token, clip.token])):
         assert client.get(url).status_code == 404, url
     assert client.get(reverse("studies:clip", args=[study.token, clip.token])).status_code == 200
     trial = p.plan[0]["trial"]
-    for altered in (Participant(token=p.token[:-1] + "x"), Participant(token=study.token)):
-        assert cast(client, study, altered, trial, "left").status_code == 404
+    for wrong in (Participant(token=altered(p.token)), Participant(token=study.token)):
+        assert cast(client, study, wrong, trial, "left").status_code == 404
     assert cast(client, other, p, trial, "left").status_code == 404  # a real participant, another study
     assert not Vote.objects.exists()
     assert cast(client, study, p, trial, "left").status_code == 200
@@ -232,7 +237,7 @@ def test_the_vote_endpoints_participant_loads_only_what_a_vote_needs_and_the_res
     assert not light._state.adding and light.study_id == study.pk
     assert light.get_deferred_fields() >= {"prolific_pid", "ip_hash"}
     assert light.prolific_pid == "pid-7" and light.study.name == study.name  # loaded on access
-    assert Participant.for_vote(study.token, p.token[:-1] + "x") is None
+    assert Participant.for_vote(study.token, altered(p.token)) is None
 
 
 def test_volunteers_cannot_reach_results_and_researchers_see_only_their_own(study):

@@ -302,9 +302,9 @@ class Participant(models.Model):
         (0.94 vs 0.19 ms, benchmarks/vote_queries.py; docs/votes.md)."""
         with connection.cursor() as cursor:
             cursor.execute(
-                f"SELECT p.id, p.plan, p.completed, s.id, s.status, s.allow_tie"
+                "SELECT p.id, p.plan, p.completed, s.id, s.status, s.allow_tie"
                 f" FROM {cls._meta.db_table} p JOIN {Study._meta.db_table} s ON s.id = p.study_id"
-                f" WHERE p.token = %s AND s.token = %s", [ptoken, token])
+                " WHERE p.token = %s AND s.token = %s", [ptoken, token])
             row = cursor.fetchone()
         if row is None:
             return None
@@ -345,7 +345,7 @@ class Vote(models.Model):
         with connection.cursor() as cursor:
             cursor.execute(
                 f"INSERT INTO {cls._meta.db_table} (participant_id, trial_id, choice, left_id, chosen_id, created)"
-                f" VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (participant_id, trial_id) DO NOTHING",
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (participant_id, trial_id) DO NOTHING",
                 [participant_id, item["trial"], choice, item["left"], chosen, timezone.now()])
             cursor.execute(f"SELECT trial_id, chosen_id FROM {cls._meta.db_table} WHERE participant_id = %s",
                            [participant_id])
