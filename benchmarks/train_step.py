@@ -11,8 +11,9 @@ Part 2 measures one step of each algorithm in a fresh process: the peak resident
 the step (the kernel's high-water mark, reset at the step's start so that loading the model does
 not hide it, with glibc returning freed blocks to the kernel) minus the memory held before it (on
 a GPU: the allocator's peak minus what was allocated before). Videos of 16 frames (the default)
-and 32 frames (twice the frames, same resolution); ReFL at several back-propagation depths. Targets: a DPO step <= 1/3 of a ReFL
-step's memory, and ReFL's memory growing with depth while DPO's, which has no such knob, stays put.
+and 32 frames (twice the frames, same resolution); ReFL at several back-propagation depths.
+Targets: a DPO step <= 1/3 of a ReFL step's memory, and ReFL's memory growing with depth while
+DPO's, which has no such knob, stays put.
 """
 
 from __future__ import annotations

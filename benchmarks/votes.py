@@ -56,32 +56,26 @@ SERVERS = {
 }
 
 
-def process_tree_cpu(pids: list[int]) -> float:
-    """CPU seconds used so far by these processes and their children (gunicorn's workers)."""
-    stats = {}
+def cpu_seconds(*groups: list[int]) -> list[float]:
+    """CPU seconds used so far by each group of processes with their children (gunicorn's and
+    nginx's workers), then by PostgreSQL's processes; one pass over /proc."""
+    stats = {}  # pid -> (parent pid, name, CPU seconds)
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                head, tail = (entry / "stat").read_text().rsplit(")", 1)
             except OSError:
                 continue
-            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
-    tree = set(pids)
-    for _ in range(3):  # children, grandchildren
-        tree |= {pid for pid, (ppid, _) in stats.items() if ppid in tree}
-    return sum(stats[pid][1] for pid in tree if pid in stats)
-
-
-def postgres_cpu() -> float:
-    """CPU seconds used so far by PostgreSQL's processes (this machine's server only)."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "postgres":
-                total += sum(map(int, (entry / "stat").read_text().rsplit(")", 1)[1].split()[11:13]))
-        except OSError:
-            continue
-    return total / os.sysconf("SC_CLK_TCK")
+            fields = tail.split()
+            stats[int(entry.name)] = (int(fields[1]), head.split("(", 1)[1],
+                                      (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    totals = []
+    for pids in groups:
+        tree = set(pids)
+        for _ in range(3):  # children, grandchildren
+            tree |= {pid for pid, (ppid, _, _) in stats.items() if ppid in tree}
+        totals.append(sum(stats[pid][2] for pid in tree if pid in stats))
+    return totals + [sum(cpu for _, name, cpu in stats.values() if name == "postgres")]
 
 
 def recreate_database() -> None:
@@ -197,11 +191,11 @@ def run(server: str, args) -> dict:
     from webapp.studies.models import Participant, Vote
 
     study = make_study(args.trials)
-    processes, port = start(server, args.workers, {**SERVER_ENV, "VPO_PROXIES": str(int(args.proxy))})
-    scratch = tempfile.TemporaryDirectory()
+    servers, port = start(server, args.workers, {**SERVER_ENV, "VPO_PROXIES": str(int(args.proxy))})
+    scratch, proxies = tempfile.TemporaryDirectory(), []
     if args.proxy:  # the volunteers talk to nginx, nginx to the server
         nginx, port = start_proxy(port, Path(scratch.name))
-        processes.append(nginx)
+        proxies.append(nginx)
     latencies, failures, replays_checked, lock = [], [], [0], threading.Lock()
     first_answer: dict[tuple[str, int], tuple[str, bytes]] = {}
 
@@ -261,17 +255,14 @@ def run(server: str, args) -> dict:
                 if status2 != 200 or json.loads(body2)["stored"] is not True:
                     failures.append(("replay refused", body2[:200]))
 
-    servers, proxy = processes[:-1] if args.proxy else processes, processes[-1:] if args.proxy else []
-
-    def cpu_now():
-        return (process_tree_cpu([p.pid for p in servers]), process_tree_cpu([p.pid for p in proxy]), postgres_cpu(),
-                time.process_time())
+    def cpu_now():  # server, proxy, PostgreSQL, load generator
+        return [*cpu_seconds([p.pid for p in servers], [p.pid for p in proxies]), time.process_time()]
     cpu = cpu_now()
     wall = run_threads(vote_as, args.participants)
     cpu = [after - before for before, after in zip(cpu, cpu_now())]
-    for p in processes:
+    for p in servers + proxies:
         p.terminate()
-    for p in processes:
+    for p in servers + proxies:
         p.wait()
     scratch.cleanup()
 

@@ -18,7 +18,8 @@ from django.test import Client
 
 from conftest import BIN, Process, free_port, subprocess_database_url
 from deploy import local_nginx
-from webapp.studies.models import Clip, Participant, Study, StudyStatus, System, Vote
+from test_web_studies import make_study
+from webapp.studies.models import Participant, Vote
 
 pytestmark = pytest.mark.skipif(not os.path.exists(local_nginx.NGINX), reason="nginx is not installed "
                                 "(scripts/setup.sh installs it for the tests: apt-get install nginx)")
@@ -67,18 +68,13 @@ def request(port, method, path, body=None, headers=None, source="127.0.0.1", coo
     return r.status, r.getheader("Location"), data
 
 
-def test_nginx_sends_http_to_gunicorn_and_websockets_to_daphne(front_door):
+def test_nginx_sends_http_to_gunicorn_and_websockets_to_daphne(front_door, tmp_path, settings):
     from websockets.sync.client import connect
 
     port = front_door
+    settings.MEDIA_ROOT = tmp_path  # the clips make_study writes (the servers never read them for votes)
     owner = get_user_model().objects.create_user("researcher")
-    study = Study.objects.create(owner=owner, name="deploy", prompts="a\nb", status=StudyStatus.OPEN,
-                                 trials_per_participant=2, gold_rate=0.0)
-    for label in ("base", "tuned"):
-        system = System.objects.create(study=study, label=label)
-        Clip.objects.bulk_create([Clip(study=study, system=system, prompt=p, seed=0, degraded=d)
-                                  for p in ("a", "b") for d in (False, True)])
-    study.build_trials()
+    study = make_study(owner, None)
     client = Client()
     client.force_login(owner)
     cookie = f"sessionid={client.cookies['sessionid'].value}"

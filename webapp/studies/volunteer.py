@@ -37,9 +37,10 @@ def client_ip(request) -> str:
     ``VPO_PROXIES`` reverse proxies it is the address the outermost of them saw: the entries
     before it in X-Forwarded-For are the client's own word and could be forged to dodge a limit."""
     proxies = settings.VPO_PROXIES
-    forwarded = [a.strip() for a in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if a.strip()]
-    if proxies and len(forwarded) >= proxies:
-        return forwarded[-proxies]
+    if proxies:
+        forwarded = [a.strip() for a in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if a.strip()]
+        if len(forwarded) >= proxies:
+            return forwarded[-proxies]
     return request.META.get("REMOTE_ADDR", "")
 
 
