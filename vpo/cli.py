@@ -16,7 +16,11 @@ import numpy as np
 
 def _add_sample(sub):
     p = sub.add_parser("sample", help="sample videos to a folder with a manifest")
-    p.add_argument("--backbone", default="tiny", help="registered backbone (default: tiny)")
+    p.add_argument("--backbone", help="registered backbone (default: the checkpoint's, else tiny)")
+    p.add_argument("--model-dir", help="diffusers folder of a real backbone (default: the checkpoint's, else "
+                                       "$VPO_MODELS_DIR/<backbone>)")
+    for dim in ("frames", "height", "width"):
+        p.add_argument(f"--{dim}", type=int, default=0, help=f"video {dim} (default: the checkpoint's, else the backbone's)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="one prompt")
     src.add_argument("--prompts", help="a text file, one prompt per line, or a built-in set name")
@@ -37,7 +41,16 @@ def cmd_sample(args) -> int:
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
     # a training checkpoint (folder) adds its adapter to the base; a .safetensors replaces the weights
     adapter = args.checkpoint and Path(args.checkpoint).is_dir()
-    backbone = load_backbone(args.backbone, None if adapter else args.checkpoint)
+    trained = _checkpoint_config(args.checkpoint) if adapter else {}
+    name = args.backbone or trained.get("backbone", "tiny")
+    size = {k: getattr(args, k) or trained.get(k, 0) for k in ("frames", "height", "width")}
+    if name == "tiny":
+        backbone = load_backbone(name, None if adapter else args.checkpoint, **size)
+    else:  # a real backbone's base weights are its folder; a checkpoint is always an adapter
+        if args.checkpoint and not adapter:
+            raise ValueError(f"--checkpoint of backbone {name!r} must be a training checkpoint folder")
+        model_dir = args.model_dir or trained.get("model_dir") or None
+        backbone = load_backbone(name, model_dir, device=_device(), **size)
     if adapter:
         from vpo.train.runner import load_policy
 
@@ -48,6 +61,23 @@ def cmd_sample(args) -> int:
     n = len(json.loads(manifest.read_text())["videos"])
     print(f"{n} videos in {time.perf_counter() - t0:.1f} s -> {manifest}")
     return 0
+
+
+def _checkpoint_config(folder) -> dict:
+    """The TrainConfig a training checkpoint folder was written with ({} if it has none)."""
+    from safetensors import safe_open
+
+    path = Path(folder) / "adapter.safetensors"
+    if not path.is_file():
+        return {}
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("config", "{}"))
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _add_pretrain(sub):
@@ -224,10 +254,15 @@ def cmd_train(args) -> int:
     if args.print_config:
         print(cfg.to_toml(), end="")
         return 0
+    from vpo.backbones.real import weights_status
+
+    problem = weights_status(cfg.backbone, cfg.model_dir)[1]
+    if problem:  # before the run folder and its progress bar exist
+        raise FileNotFoundError(problem)
     sink = JsonlSink(cfg.out, cfg.steps)
     t0 = time.perf_counter()
     try:
-        last = train(cfg, sink, resume=args.resume)
+        last = train(cfg, sink, resume=args.resume, device=_device())
     finally:
         sink.close()
     print(f"done in {time.perf_counter() - t0:.0f} s; last checkpoint: {last}; metrics: {Path(cfg.out) / 'metrics.jsonl'}")

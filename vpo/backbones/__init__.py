@@ -1,7 +1,8 @@
 """Video generators behind one interface (``vpo.backbones.base.Backbone``) and one registry.
 
 The registry maps a name to ``"module:Class"``: listing the names (the web form, config
-validation) must not import torch; ``backbone_class`` imports on use.
+validation) must not import torch; ``backbone_class`` imports on use. Real backbones load from a
+local diffusers folder (``vpo.backbones.real``: where, which layout, their defaults).
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ import importlib
 
 BACKBONES = {
     "tiny": "vpo.backbones.tiny:TinyBackbone",
+    "wan": "vpo.backbones.wan:WanBackbone",
+    "cogvideox": "vpo.backbones.cogvideox:CogVideoXBackbone",
+    "ltx": "vpo.backbones.ltx:LTXBackbone",
 }
 
 
@@ -20,6 +24,24 @@ def backbone_class(name: str):
     return getattr(importlib.import_module(module), cls)
 
 
-def load_backbone(name: str, weights=None, device: str = "cpu"):
-    """The backbone ``name`` with its base weights (``weights`` overrides where they come from)."""
-    return backbone_class(name).load(weights).to(device).eval()
+def load_backbone(name: str, weights=None, device: str = "cpu", **options):
+    """The backbone ``name`` with its base weights (``weights`` overrides where they come from: a
+    ``.safetensors`` for tiny, a diffusers folder for a real one). ``options`` (size, memory,
+    flow shift) go to a real backbone's ``load``; tiny has one size and refuses others."""
+    cls = backbone_class(name)
+    if name != "tiny":
+        return cls.load(weights, device=device, **options).eval()
+    model = cls.load(weights)
+    spec = model.spec
+    for what in ("frames", "height", "width"):
+        if options.get(what) and options[what] != getattr(spec, what):
+            raise ValueError(f"tiny: {what} is fixed at {getattr(spec, what)} (its weights' size), got {options[what]}")
+    return model.to(device).eval()
+
+
+def load_for_config(cfg, device: str = "cpu"):
+    """The backbone of a TrainConfig, with its size, memory options and weights folder."""
+    return load_backbone(cfg.backbone, cfg.model_dir or None, device=device, frames=cfg.frames, height=cfg.height,
+                         width=cfg.width, flow_shift=cfg.flow_shift, weights_dtype=cfg.weights_dtype,
+                         gradient_checkpointing=cfg.gradient_checkpointing, vae_tiling=cfg.vae_tiling,
+                         cpu_offload=cfg.cpu_offload)

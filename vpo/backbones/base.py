@@ -133,6 +133,11 @@ class Backbone(torch.nn.Module):
         scheduler.set_timesteps(steps, device=self.device)
         return scheduler
 
+    def training_sigmas(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Noise levels (n,) a training update draws: uniform on (0, 1) here; a backbone trained on
+        another distribution overrides it (Wan and LTX: logit-normal, shifted; CogVideoX: its grid)."""
+        return torch.rand(n, generator=generator)
+
     @torch.no_grad()
     def sample(
         self,

@@ -44,6 +44,16 @@ class TrainConfig:
     heldout_every: int = _f(10, "E: held-out check and sample videos every E steps (0 = never)")
     checkpoint_every: int = _f(20, "C: checkpoint every C steps")
     out: str = _f("runs/train", "run folder: checkpoints, metrics.jsonl, videos")
+    # real backbones (wan, cogvideox, ltx): weights folder, size, memory; tiny has one size and ignores the rest
+    model_dir: str = _f("", "diffusers folder of a real backbone ('' = $VPO_MODELS_DIR/<backbone>)")
+    frames: int = _f(0, "video frames (0 = the backbone's default; real backbones: k * VAE time factor + 1)")
+    height: int = _f(0, "video height in pixels (0 = the backbone's default; a multiple of VAE x patch factor)")
+    width: int = _f(0, "video width in pixels (0 = the backbone's default; a multiple of VAE x patch factor)")
+    flow_shift: float = _f(0.0, "sampling/training sigma shift of wan and ltx (0 = the backbone's: wan 5, ltx by resolution)")
+    weights_dtype: str = _f("auto", "real backbones' weights: auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32")
+    gradient_checkpointing: str = _f("auto", "checkpoint the transformer's blocks: auto (on CUDA), on or off")
+    vae_tiling: str = _f("auto", "decode with VAE tiling: auto (on CUDA), on or off")
+    cpu_offload: str = _f("auto", "keep text encoder and VAE on the CPU until needed: auto (GPUs under 30 GiB), on or off")
 
     def __post_init__(self):
         # the registries import nothing heavy: the web process validates with this same code
@@ -82,6 +92,14 @@ class TrainConfig:
             raise ConfigError("tie_tolerance", f"tie_tolerance must be >= 0, got {self.tie_tolerance}")
         if self.refl_depth > self.sampling_steps:
             raise ConfigError("refl_depth", f"refl_depth ({self.refl_depth}) cannot exceed sampling_steps ({self.sampling_steps})")
+        for name in ("frames", "height", "width"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, f"{name} must be >= 0 (0 = the backbone's default), got {getattr(self, name)}")
+        if self.flow_shift < 0:
+            raise ConfigError("flow_shift", f"flow_shift must be >= 0 (0 = the backbone's default), got {self.flow_shift}")
+        _choice("weights_dtype", self.weights_dtype, ("auto", "bf16", "fp32"))
+        for name in ("gradient_checkpointing", "vae_tiling", "cpu_offload"):
+            _choice(name, getattr(self, name), SWITCHES)
         if self.guidance < 1:
             raise ConfigError("guidance", f"guidance must be >= 1 (1 = no guidance), got {self.guidance}")
 
@@ -92,6 +110,10 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown config field(s) {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(known))}")
+        # a real backbone's own defaults (steps, guidance, LoRA rank...) where the data gives none
+        from vpo.backbones.real import backbone_defaults
+
+        data = {**backbone_defaults(data.get("backbone", "")), **data}
         typed = {}
         for f in fields(cls):
             if f.name in data:
@@ -123,6 +145,9 @@ class TrainConfig:
     @classmethod
     def help(cls) -> dict[str, str]:
         return {f.name: f.metadata["help"] for f in fields(cls) if f.default is not MISSING}
+
+
+SWITCHES = ("auto", "on", "off")
 
 
 class ConfigError(ValueError):

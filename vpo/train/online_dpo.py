@@ -37,7 +37,7 @@ def dpo_update(run: Run, winners: torch.Tensor, losers: torch.Tensor, prompts: l
     parts = []
     for _ in range(draws):
         # the same sigma and the same eps for a pair's winner and loser (DESIGN.md)
-        sigma = torch.rand(p, generator=g).to(winners.device)
+        sigma = run.backbone.training_sigmas(p, g).to(winners.device)
         eps = torch.randn(winners.shape, generator=g).to(winners.device)
         noise, s = torch.cat([eps, eps]), torch.cat([sigma, sigma])
         s5 = s.view(-1, *[1] * (x0.ndim - 1))

@@ -23,7 +23,7 @@ import torch
 from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 
-from vpo.backbones import load_backbone
+from vpo.backbones import load_for_config
 from vpo.data.prompts import read_prompts
 from vpo.rewards import load_reward
 from vpo.train.config import TrainConfig
@@ -48,7 +48,7 @@ class Run:
     def __init__(self, cfg: TrainConfig, sink, device: str = "cpu", backbone=None):
         self.cfg, self.sink = cfg, sink
         self.out = Path(cfg.out)
-        self.backbone = backbone if backbone is not None else load_backbone(cfg.backbone, device=device)
+        self.backbone = backbone if backbone is not None else load_for_config(cfg, device)
         self.transformer = self.backbone.transformer
         lora = dict(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, target_modules=list(self.backbone.lora_target_modules),
                     init_lora_weights=True)
@@ -150,6 +150,8 @@ class Run:
     def end_step(self, done: int, values: dict) -> None:
         """Step 6: held-out check every E steps, metrics to the sink, checkpoint every C steps."""
         values["perf/peak_mem_mb"] = peak_memory_mb(self.backbone.device)
+        if self.backbone.device.type == "cuda":
+            values["perf/cuda_peak_gb"] = torch.cuda.max_memory_allocated(self.backbone.device) / 2**30
         if self.cfg.heldout_every and done % self.cfg.heldout_every == 0:
             values.update(self.heldout_check(done))
         self.sink.metrics(done, values)

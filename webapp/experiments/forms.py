@@ -11,7 +11,7 @@ from vpo.backbones import BACKBONES
 from vpo.data.prompts import BUILTIN, parse_prompts
 from vpo.rewards import DIMENSIONS, GLOBAL, REWARD_SOURCES
 from vpo.train import ALGORITHMS
-from vpo.train.config import ConfigError, TrainConfig
+from vpo.train.config import SWITCHES, ConfigError, TrainConfig
 
 UPLOADED = "uploaded"  # the config's "prompts" when they come from a file
 MAX_PROMPT_FILE_BYTES = 64 * 1024
@@ -25,14 +25,18 @@ CHOICES = {
     "dimension": [*DIMENSIONS, GLOBAL],
     "prompts": [*BUILTIN, UPLOADED],
     "heldout_prompts": list(BUILTIN),
+    "weights_dtype": ["auto", "bf16", "fp32"],
+    **{name: list(SWITCHES) for name in ("gradient_checkpointing", "vae_tiling", "cpu_offload")},
 }
-SERVER_SIDE = {"out"}  # where a run lives is the server's business
+SERVER_SIDE = {"out", "model_dir"}  # where a run lives and where weights are is the server's business
 FIELDSETS = [
     ("What to optimise", ["backbone", "reward", "dimension", "algorithm", "prompts", "prompts_file"]),
     ("Algorithm", ["num_candidates", "ref_update_every", "beta", "noise_draws", "tie_tolerance", "refl_depth"]),
     ("Optimiser", ["steps", "prompts_per_step", "lora_rank", "lr", "grad_clip", "seed"]),
     ("Sampling", ["sampling_steps", "guidance"]),
     ("Monitoring", ["heldout_prompts", "heldout_count", "heldout_every", "checkpoint_every"]),
+    ("Size and memory (real backbones)", ["frames", "height", "width", "flow_shift", "weights_dtype",
+                                          "gradient_checkpointing", "vae_tiling", "cpu_offload"]),
 ]
 CONFIG_FIELDS = [f for f in fields(TrainConfig) if f.name not in SERVER_SIDE]
 
