@@ -102,13 +102,26 @@ class Process:
 
 
 @pytest.fixture(scope="session")
-def live_stack(django_db_setup, django_db_blocker, tmp_path_factory):
+def tiny_models(tmp_path_factory):
+    """A ``$VPO_MODELS_DIR``: tiny random diffusers pipelines of the real backbones, saved as a
+    downloaded diffusers repository is laid out (``vpo.backbones.testing``), built once per session."""
+    from vpo.backbones.testing import BUILDERS, save_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("models")
+    for name in BUILDERS:
+        save_tiny_pipeline(name, root / name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def live_stack(django_db_setup, django_db_blocker, tmp_path_factory, tiny_models):
     """A real Daphne (HTTP + websockets) and a real Celery worker process on the test database, the
-    Redis of REDIS_URL as broker and channel layer. Yields the server's base URL."""
+    Redis of REDIS_URL as broker and channel layer, the tiny real-backbone pipelines as its
+    ``VPO_MODELS_DIR``. Yields the server's base URL."""
     media = tmp_path_factory.mktemp("media")
     with django_db_blocker.unblock():
         env = {**os.environ, "DATABASE_URL": subprocess_database_url(), "MEDIA_ROOT": str(media), "DEBUG": "1",
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1", "VPO_MODELS_DIR": str(tiny_models)}
     port = free_port()
     worker = Process("celery worker", [str(BIN / "celery"), "-A", "worker.celery", "worker", "-Q", "gpu,cpu",
                                        "--pool=solo", "--without-gossip", "--without-mingle", "-l", "info",
@@ -121,7 +134,7 @@ def live_stack(django_db_setup, django_db_blocker, tmp_path_factory):
     settings.MEDIA_ROOT = media
     try:
         yield type("Stack", (), {"url": f"http://127.0.0.1:{port}", "port": port, "worker": worker,
-                                 "server": server, "media": media})
+                                 "server": server, "media": media, "models": tiny_models})
     finally:
         settings.MEDIA_ROOT = old_media
         server.stop()

@@ -318,6 +318,20 @@ def cmd_ablate(args) -> int:
     return 0
 
 
+def _add_models(sub):
+    p = sub.add_parser("models", help="list backbones and reward models, where their weights go and whether they are there")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_models)
+
+
+def cmd_models(args) -> int:
+    from vpo.models import format_report, report
+
+    rows = report()
+    print(json.dumps(rows, indent=2) if args.json else format_report(rows))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="vpo", description="VPO Studio: online video preference optimisation")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -329,6 +343,7 @@ def main(argv=None) -> int:
     _add_train(sub)
     _add_eval(sub)
     _add_ablate(sub)
+    _add_models(sub)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -52,7 +52,9 @@ class Run:
         self.transformer = self.backbone.transformer
         lora = dict(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, target_modules=list(self.backbone.lora_target_modules),
                     init_lora_weights=True)
-        add_policy_and_ref(self.transformer, lora)  # freezes the base
+        with torch.random.fork_rng(devices=[]):  # LoRA A's random init is a function of the seed too
+            torch.manual_seed(_mix(cfg.seed, 0, "lora-init"))
+            add_policy_and_ref(self.transformer, lora)  # freezes the base
         self.transformer.set_adapter(POLICY)
         self.optimizer = torch.optim.AdamW(self.adapter_params(POLICY).values(), lr=cfg.lr, weight_decay=0.0)
         self.reward = load_reward(cfg.reward)

@@ -8,6 +8,7 @@ from dataclasses import fields
 from django import forms
 
 from vpo.backbones import BACKBONES
+from vpo.backbones.real import weights_status
 from vpo.data.prompts import BUILTIN, parse_prompts
 from vpo.rewards import DIMENSIONS, GLOBAL, REWARD_SOURCES
 from vpo.train import ALGORITHMS
@@ -69,6 +70,26 @@ def read_prompt_file(upload) -> str:
     return text
 
 
+class SelectWithDisabled(forms.Select):
+    """A select whose unavailable options are shown, greyed out, with why (``disabled``: value -> reason)."""
+
+    def __init__(self, disabled: dict[str, str], **kwargs):
+        super().__init__(**kwargs)
+        self.disabled = disabled
+
+    def create_option(self, name, value, label, selected, index, subindex=None, attrs=None):
+        option = super().create_option(name, value, label, selected, index, subindex, attrs)
+        if value in self.disabled:
+            option["attrs"].update(disabled=True, title=self.disabled[value])
+            option["label"] = f"{label} (no weights)"
+        return option
+
+
+def unavailable_backbones() -> dict[str, str]:
+    """Backbones whose weights are not on this server, with the reason (a folder check, no load)."""
+    return {name: problem for name in BACKBONES if (problem := weights_status(name)[1])}
+
+
 class ExperimentForm(forms.Form):
     name = forms.CharField(max_length=120)
     prompts_file = forms.FileField(required=False, label="prompt file",
@@ -88,6 +109,10 @@ class ExperimentForm(forms.Form):
                 field = forms.FloatField()
             field.help_text, field.initial = f.metadata["help"], initial[f.name]
             self.fields[f.name] = field
+        self.unavailable = unavailable_backbones()
+        self.fields["backbone"].widget = SelectWithDisabled(self.unavailable, choices=self.fields["backbone"].choices)
+        if self.unavailable:
+            self.fields["backbone"].help_text += "; greyed out: " + "; ".join(self.unavailable.values())
         self.prompts_text = ""
         self.config: dict = {}
 
@@ -104,6 +129,8 @@ class ExperimentForm(forms.Form):
             self.add_error("prompts_file", f"prompts = {UPLOADED} needs a prompt file")
         elif data.get("prompts") != UPLOADED and data.get("prompts_file"):
             self.add_error("prompts", f"you chose a file: set prompts to {UPLOADED!r} to use it")
+        if data.get("backbone") in self.unavailable:  # listed, but launching it would only fail on the worker
+            self.add_error("backbone", self.unavailable[data["backbone"]])
         if self.errors:
             return data
         try:

@@ -1,0 +1,48 @@
+"""``vpo models``: every backbone and reward model, where it looks for weights, and whether they are
+there — a quick check of folders and configs, nothing loaded, no torch imported (the web form
+asks the same question through ``vpo.backbones.real.weights_status``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from vpo.backbones import BACKBONES
+from vpo.backbones.real import REAL_BACKBONES, weights_status
+from vpo.rewards import REWARD_SOURCES
+
+TINY_WEIGHTS = Path(__file__).parent / "backbones" / "weights" / "tiny.safetensors"
+VIDEOSCORE_SETTING = "VPO_VIDEOSCORE_DIR"  # as vpo.rewards.videoscore reads it
+
+
+def report() -> list[dict]:
+    """One row per model: kind, name, what it is, where, ok, status."""
+    rows = []
+    for name in BACKBONES:
+        if name in REAL_BACKBONES:
+            where, problem = weights_status(name)
+            rows.append({"kind": "backbone", "name": name, "what": REAL_BACKBONES[name].models, "where": str(where),
+                         "ok": problem is None, "status": problem or "present"})
+        else:
+            ok = TINY_WEIGHTS.is_file()
+            rows.append({"kind": "backbone", "name": name, "what": "built-in", "where": str(TINY_WEIGHTS), "ok": ok,
+                         "status": "present (shipped)" if ok else "missing: the package lost its weights file"})
+    for name, source in REWARD_SOURCES.items():
+        if name != "videoscore":
+            rows.append({"kind": "reward", "name": name, "what": source.description, "where": "-", "ok": True,
+                         "status": "built-in, no weights"})
+            continue
+        raw = os.environ.get(VIDEOSCORE_SETTING, "").strip()
+        ok = bool(raw) and (Path(raw) / "config.json").is_file()
+        status = ("present" if ok else f"missing: no config.json in {raw}" if raw
+                  else f"missing: set {VIDEOSCORE_SETTING} to its local folder")
+        rows.append({"kind": "reward", "name": name, "what": source.description, "where": raw or f"${VIDEOSCORE_SETTING}",
+                     "ok": ok, "status": status})
+    return rows
+
+
+def format_report(rows: list[dict]) -> str:
+    lines = [f"{'kind':<9} {'name':<14} {'ok':<3} {'where':<40} status"]
+    for r in rows:
+        lines.append(f"{r['kind']:<9} {r['name']:<14} {'yes' if r['ok'] else 'no':<3} {r['where']:<40} {r['status']}")
+    return "\n".join(lines)
