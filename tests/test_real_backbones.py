@@ -243,3 +243,21 @@ def test_vpo_models_lists_every_real_backbone_as_missing_with_its_path(tmp_path,
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert all(rows[name]["ok"] and rows[name]["status"] == "present" for name in REAL)
     assert rows["videoscore"]["kind"] == "reward"
+
+
+def test_the_gpu_benchmark_dry_run_prints_its_table_on_cpu():
+    from conftest import ROOT
+
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--dry-run"], capture_output=True,
+                       text=True, timeout=900, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].startswith("tiny random Wan pipeline (dry run), 16x16, N = 2 x 2 steps with CFG")
+    assert lines[1].split(" | ")[0].strip() == "row" and "peak_gb" in lines[1]
+    result = json.loads(lines[-1])
+    assert [(r["row"], r["frames"], r["depth"]) for r in result["rows"]] == [
+        ("online-dpo", 5, 0), ("refl", 5, 1), ("refl", 5, 2), ("refl", 5, 4),
+        ("online-dpo", 9, 0), ("refl", 9, 1), ("refl", 9, 2), ("refl", 9, 4)]
+    assert all(r["status"] == "ok" for r in result["rows"]), result["rows"]
+    dpo = result["rows"][0]
+    assert dpo["sample_s"] > 0 and dpo["decode_s"] > 0 and dpo["update_s"] > 0 and dpo["videos_per_s"] > 0

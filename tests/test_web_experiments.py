@@ -130,7 +130,8 @@ def test_export_is_toml_that_vpo_train_accepts(owner, experiment, tmp_path):
     toml = logged_in(owner).get(reverse("experiments:export", args=[experiment.pk])).content.decode()
     path = tmp_path / "exported.toml"
     path.write_text(toml)
-    assert TrainConfig.from_toml(path).to_dict() == {**experiment.config, "out": f"runs/experiment-{experiment.pk}"}
+    server_side = {"out": f"runs/experiment-{experiment.pk}", "model_dir": ""}  # model_dir: $VPO_MODELS_DIR
+    assert TrainConfig.from_toml(path).to_dict() == {**experiment.config, **server_side}
 
 
 def test_clone_prefills_the_form_with_the_source_config(owner, experiment):
