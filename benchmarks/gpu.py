@@ -38,8 +38,8 @@ import tempfile
 import time
 
 import torch
+from train_step import Collect
 
-from train_step import Collect  # noqa: E402  (benchmarks/ is the script's folder)
 from vpo.backbones.diffusers_video import MemoryOptions
 from vpo.backbones.wan import WanBackbone
 from vpo.train import train
@@ -153,7 +153,8 @@ def main(argv=None) -> int:
         print("benchmarks/gpu.py: error: no CUDA device (use --dry-run on a CPU)", file=sys.stderr)
         return 2
     p = DRY if args.dry_run else FULL
-    machine = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    cpu = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    machine = torch.cuda.get_device_name() if device == "cuda" else cpu
     t_start, rows, per_frame_s = time.perf_counter(), [], {}
     for frames in p["frames"]:
         for kind, depth in [("online-dpo", 0)] + [("refl", d) for d in p["depths"]]:
@@ -169,8 +170,8 @@ def main(argv=None) -> int:
             row = run_row(kind, frames, depth, p, device, args.dry_run)
             per_frame_s[(kind, depth, frames)] = time.perf_counter() - t0
             rows.append(row)
-            print(f"  {kind} {frames} frames depth {depth}: {row['status']} ({per_frame_s[(kind, depth, frames)]:.0f} s)",
-                  file=sys.stderr, flush=True)
+            took = per_frame_s[(kind, depth, frames)]
+            print(f"  {kind} {frames} frames depth {depth}: {row['status']} ({took:.0f} s)", file=sys.stderr, flush=True)
     print_table(rows, machine, p, args.dry_run)
     print(json.dumps({"benchmark": "gpu", "machine": machine, "dry_run": args.dry_run, "height": p["height"],
                       "width": p["width"], "candidates": p["candidates"], "steps": p["steps"], "rows": rows,

@@ -35,8 +35,8 @@ def test_the_form_lists_backbones_without_weights_disabled_with_the_reason_and_r
     r = client.post("/experiments/new/", {"name": "x", **validated_config({"backbone": "wan"})})
     assert r.status_code == 400
     assert r.context["form"].errors["backbone"] == [
-        f"backbone 'wan' has no weights at {tmp_path / 'wan'}: expected a diffusers folder with model_index.json, "
-        "transformer/, vae/, text_encoder/, tokenizer/, scheduler/"]
+        (f"backbone 'wan' has no weights at {tmp_path / 'wan'}: expected a diffusers folder with model_index.json, "
+         "transformer/, vae/, text_encoder/, tokenizer/, scheduler/")]
     assert not Experiment.objects.exists()
 
 

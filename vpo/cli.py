@@ -34,14 +34,14 @@ def _add_sample(sub):
 
 
 def cmd_sample(args) -> int:
-    from vpo.backbones import load_backbone
+    from vpo.backbones import checkpoint_config, load_backbone
     from vpo.data.prompts import read_prompts
     from vpo.sample import sample_to_dir
 
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
     # a training checkpoint (folder) adds its adapter to the base; a .safetensors replaces the weights
     adapter = args.checkpoint and Path(args.checkpoint).is_dir()
-    trained = _checkpoint_config(args.checkpoint) if adapter else {}
+    trained = checkpoint_config(args.checkpoint) if adapter else {}
     name = args.backbone or trained.get("backbone", "tiny")
     size = {k: getattr(args, k) or trained.get(k, 0) for k in ("frames", "height", "width")}
     if name == "tiny":
@@ -61,17 +61,6 @@ def cmd_sample(args) -> int:
     n = len(json.loads(manifest.read_text())["videos"])
     print(f"{n} videos in {time.perf_counter() - t0:.1f} s -> {manifest}")
     return 0
-
-
-def _checkpoint_config(folder) -> dict:
-    """The TrainConfig a training checkpoint folder was written with ({} if it has none)."""
-    from safetensors import safe_open
-
-    path = Path(folder) / "adapter.safetensors"
-    if not path.is_file():
-        return {}
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("config", "{}"))
 
 
 def _device() -> str:

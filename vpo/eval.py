@@ -79,10 +79,10 @@ def compare(backbone_name: str, checkpoint, prompts: list[str], seed: int = 0, s
             guidance: float = 4.0, device: str = "cpu") -> dict[str, dict]:
     """{"base": row, "checkpoint": row, "difference": ``paired_difference`` of the two} on the same
     prompts and seeds."""
-    from vpo.backbones import load_backbone
+    from vpo.backbones import load_for_checkpoint
     from vpo.train.runner import load_policy
 
-    backbone = load_backbone(backbone_name, device=device)
+    backbone = load_for_checkpoint(backbone_name, checkpoint, device)
     fps = backbone.spec.fps
     base = per_video(sample_all(backbone, prompts, seed, steps, guidance), prompts, fps)
     load_policy(backbone, checkpoint)

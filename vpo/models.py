@@ -36,8 +36,8 @@ def report() -> list[dict]:
         ok = bool(raw) and (Path(raw) / "config.json").is_file()
         status = ("present" if ok else f"missing: no config.json in {raw}" if raw
                   else f"missing: set {VIDEOSCORE_SETTING} to its local folder")
-        rows.append({"kind": "reward", "name": name, "what": source.description, "where": raw or f"${VIDEOSCORE_SETTING}",
-                     "ok": ok, "status": status})
+        rows.append({"kind": "reward", "name": name, "what": source.description,
+                     "where": raw or f"${VIDEOSCORE_SETTING}", "ok": ok, "status": status})
     return rows
 
 

@@ -19,11 +19,11 @@ def render_system(backbone_name: str, checkpoint: Path | None, jobs: list[tuple[
     Every system samples the same jobs, so the clips of one trial share prompt and seed."""
     import torch
 
-    from vpo.backbones import load_backbone
+    from vpo.backbones import load_for_checkpoint
     from vpo.train.runner import load_policy
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    backbone = load_backbone(backbone_name, device=device)
+    backbone = load_for_checkpoint(backbone_name, checkpoint, device)
     if checkpoint is not None:
         load_policy(backbone, checkpoint)
     for start in range(0, len(jobs), CHUNK):

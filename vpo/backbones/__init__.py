@@ -45,3 +45,28 @@ def load_for_config(cfg, device: str = "cpu"):
                          width=cfg.width, flow_shift=cfg.flow_shift, weights_dtype=cfg.weights_dtype,
                          gradient_checkpointing=cfg.gradient_checkpointing, vae_tiling=cfg.vae_tiling,
                          cpu_offload=cfg.cpu_offload)
+
+
+def checkpoint_config(checkpoint) -> dict:
+    """The TrainConfig (as a dict) a training checkpoint folder was written with; {} if none."""
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    path = Path(checkpoint) / "adapter.safetensors"
+    if not path.is_file():
+        return {}
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("config", "{}"))
+
+
+def load_for_checkpoint(name: str, checkpoint=None, device: str = "cpu"):
+    """The backbone ``name`` as a training checkpoint of it was trained (a real backbone's weights
+    folder, size and memory options come from the checkpoint's config); the plain base otherwise."""
+    trained = checkpoint_config(checkpoint) if checkpoint else {}
+    if name == "tiny" or trained.get("backbone") != name:
+        return load_backbone(name, device=device)
+    from vpo.train.config import TrainConfig
+
+    return load_for_config(TrainConfig.from_dict(trained), device)

@@ -36,7 +36,7 @@ class MemoryOptions:
 
     @classmethod
     def resolve(cls, device: str, weights_dtype: str = AUTO, gradient_checkpointing: str = AUTO,
-                vae_tiling: str = AUTO, cpu_offload: str = AUTO) -> "MemoryOptions":
+                vae_tiling: str = AUTO, cpu_offload: str = AUTO) -> MemoryOptions:
         """``auto`` = bf16 weights, checkpointing and VAE tiling on CUDA, all off on a CPU (fp32:
         a CPU's tiny test pipelines need none of it); CPU offload when the GPU is small."""
         cuda = torch.device(device).type == "cuda"
@@ -86,7 +86,7 @@ class DiffusersVideoBackbone(Backbone):
     @classmethod
     def load(cls, path=None, device: str = "cpu", frames: int = 0, height: int = 0, width: int = 0,
              weights_dtype: str = AUTO, gradient_checkpointing: str = AUTO, vae_tiling: str = AUTO,
-             cpu_offload: str = AUTO, **options) -> "DiffusersVideoBackbone":
+             cpu_offload: str = AUTO, **options) -> DiffusersVideoBackbone:
         """From a diffusers folder (``path``, else ``$VPO_MODELS_DIR/<name>``), never from a hub."""
         folder = model_dir(cls.name, path)
         problem = layout_problem(cls.name, folder)
@@ -123,7 +123,8 @@ class DiffusersVideoBackbone(Backbone):
             raise ValueError(f"{self.name}: frames must be {t} * k + 1 (the VAE compresses time by {t}), got {frames}")
         for what, value in (("height", height), ("width", width)):
             if value < s * p or value % (s * p):
-                raise ValueError(f"{self.name}: {what} must be a multiple of {s * p} (VAE {s} x patch {p}), got {value}")
+                raise ValueError(f"{self.name}: {what} must be a multiple of {s * p} (VAE {s} x patch {p}), "
+                                 f"got {value}")
 
     def latent_shape(self) -> tuple[int, ...]:
         t, s, _ = self.compression()

@@ -40,8 +40,9 @@ class LTXBackbone(DiffusersVideoBackbone):
         self.flow_shift = float(flow_shift)
         _, f, h, w = self.latent_shape()
         config = pipe.scheduler.config
-        self.mu = calculate_shift(f * h * w, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
-                                  config.get("base_shift", 0.5), config.get("max_shift", 1.15))
+        self.mu = calculate_shift(f * h * w, config.get("base_image_seq_len", 256),
+                                  config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                                  config.get("max_shift", 1.15))
 
     def compression(self):
         return (int(self.pipe.vae_temporal_compression_ratio), int(self.pipe.vae_spatial_compression_ratio),

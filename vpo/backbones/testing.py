@@ -57,12 +57,11 @@ def wan_pipeline():
 
 
 def cogvideox_pipeline():
-    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline,
-                           CogVideoXTransformer3DModel)
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
 
     torch.manual_seed(0)
-    transformer = CogVideoXTransformer3DModel(num_attention_heads=4, attention_head_dim=8, in_channels=4, out_channels=4,
-                                              time_embed_dim=2, text_embed_dim=TEXT_DIM, num_layers=1, sample_width=2,
+    transformer = CogVideoXTransformer3DModel(num_attention_heads=4, attention_head_dim=8, in_channels=4,
+                                              out_channels=4, time_embed_dim=2, text_embed_dim=TEXT_DIM, num_layers=1, sample_width=2,
                                               sample_height=2, sample_frames=9, patch_size=2,
                                               temporal_compression_ratio=4, max_text_seq_length=16)
     torch.manual_seed(0)
@@ -80,7 +79,12 @@ COGVIDEOX_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, be
 
 
 def ltx_pipeline():
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXPipeline,
+        LTXVideoTransformer3DModel,
+    )
 
     torch.manual_seed(0)
     transformer = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
