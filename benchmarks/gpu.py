@@ -171,7 +171,8 @@ def main(argv=None) -> int:
             per_frame_s[(kind, depth, frames)] = time.perf_counter() - t0
             rows.append(row)
             took = per_frame_s[(kind, depth, frames)]
-            print(f"  {kind} {frames} frames depth {depth}: {row['status']} ({took:.0f} s)", file=sys.stderr, flush=True)
+            print(f"  {kind} {frames} frames depth {depth}: {row['status']} ({took:.0f} s)", file=sys.stderr,
+                  flush=True)
     print_table(rows, machine, p, args.dry_run)
     print(json.dumps({"benchmark": "gpu", "machine": machine, "dry_run": args.dry_run, "height": p["height"],
                       "width": p["width"], "candidates": p["candidates"], "steps": p["steps"], "rows": rows,

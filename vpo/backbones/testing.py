@@ -61,8 +61,8 @@ def cogvideox_pipeline():
 
     torch.manual_seed(0)
     transformer = CogVideoXTransformer3DModel(num_attention_heads=4, attention_head_dim=8, in_channels=4,
-                                              out_channels=4, time_embed_dim=2, text_embed_dim=TEXT_DIM, num_layers=1, sample_width=2,
-                                              sample_height=2, sample_frames=9, patch_size=2,
+                                              out_channels=4, time_embed_dim=2, text_embed_dim=TEXT_DIM, num_layers=1,
+                                              sample_width=2, sample_height=2, sample_frames=9, patch_size=2,
                                               temporal_compression_ratio=4, max_text_seq_length=16)
     torch.manual_seed(0)
     vae = AutoencoderKLCogVideoX(in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
