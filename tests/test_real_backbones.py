@@ -33,6 +33,7 @@ def loaded(tiny_models):
         if name not in cache:
             cache[name] = load_backbone(name, tiny_models / name, **size(name))
         return cache[name]
+    get.folder = tiny_models
     return get
 
 
@@ -119,6 +120,19 @@ def test_a_dpo_update_trains_the_other_real_backbones_too(tiny_models, tmp_path,
     stats = dpo_update(run, latents[:1], latents[1:], PROMPTS[:1], step=0)
     assert math.isfinite(stats["dpo/loss"]) and stats["dpo/grad_norm"] > 0
     assert any(not torch.equal(p, policy[k]) for k, p in run.adapter_params("policy").items())
+
+
+def test_gradient_checkpointing_saves_memory_without_changing_the_gradient(tiny_models, tmp_path):
+    from vpo.train.online_dpo import dpo_update
+
+    norms = []
+    for switch in ("off", "on"):
+        bb = load_backbone("wan", tiny_models / "wan", gradient_checkpointing=switch, vae_tiling=switch, **size("wan"))
+        assert bb.transformer.is_gradient_checkpointing == (switch == "on") and bb.memory.vae_tiling == (switch == "on")
+        run = run_for(bb, tmp_path / switch)
+        _, latents = bb.sample(PROMPTS, [0, 1], steps=2, return_latents=True)
+        norms.append(dpo_update(run, latents[:1], latents[1:], PROMPTS[:1], step=0)["dpo/grad_norm"])
+    assert norms[0] == pytest.approx(norms[1], rel=1e-4)
 
 
 def test_the_loss_on_a_pair_with_winner_equal_to_loser_is_log_2(loaded, tmp_path):
@@ -232,6 +246,11 @@ def test_training_sigmas_follow_each_backbone(loaded):
     ltx = loaded("ltx")
     assert ltx.training_sigmas(5, g()).shape == (5,)
     assert torch.allclose(ltx.make_scheduler(4).sigmas[0], torch.tensor(1.0))
+    # LTX's shift grows with the latent sequence length: a larger video is sampled and trained noisier
+    larger = load_backbone("ltx", loaded.folder / "ltx", frames=17, height=64, width=64)
+    assert larger.mu > ltx.mu
+    assert larger.make_scheduler(4).sigmas[1] > ltx.make_scheduler(4).sigmas[1]
+    assert larger.training_sigmas(1000, g()).mean() > ltx.training_sigmas(1000, g()).mean()
 
 
 def test_config_takes_the_backbones_defaults_and_checks_its_new_fields():

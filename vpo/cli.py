@@ -262,7 +262,7 @@ def _add_eval(sub):
     p = sub.add_parser("eval", help="base vs checkpoint on fixed-seed prompts, VBench-style (Table 3 layout)")
     p.add_argument("--checkpoint", required=True, help="training checkpoint folder")
     p.add_argument("--prompts", default="heldout64", help="prompt file or built-in set (default: heldout64)")
-    p.add_argument("--backbone", default="tiny")
+    p.add_argument("--backbone", help="default: the checkpoint's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=4.0)
@@ -274,7 +274,10 @@ def cmd_eval(args) -> int:
     from vpo.data.prompts import read_prompts
     from vpo.eval import compare, format_table
 
-    result = compare(args.backbone, args.checkpoint, read_prompts(args.prompts), seed=args.seed, steps=args.steps,
+    from vpo.backbones import checkpoint_config
+
+    backbone = args.backbone or checkpoint_config(args.checkpoint).get("backbone", "tiny")
+    result = compare(backbone, args.checkpoint, read_prompts(args.prompts), seed=args.seed, steps=args.steps,
                      guidance=args.guidance)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
