@@ -20,8 +20,10 @@ time budget would be exceeded):
 
 1. online-DPO step at 33 frames: N = 6 candidates x 30 steps with CFG 5 (one batch of 12), decode,
    score, Flow-DPO update (2 noise draws, LoRA r = 32) — time split and peak memory;
-2. ReFL at depth 1, 2, 4 (33 frames) — peak memory (OnlineVPO's claim: DPO fits where ReFL does not);
-3. the same at 81 frames.
+2. ReFL at depth 1, 2, 4 (33, then 81 frames) — peak memory (OnlineVPO's claim: DPO fits where
+   ReFL does not);
+3. the online-DPO step at 81 frames, last because it is the longest: the row skipped if the budget
+   runs short (its time is estimated from the 33-frame row by the forward's FLOPs).
 
 Sampling videos/s is the candidates' rate in the DPO step (6 videos, 30 steps, CFG). Prints a
 table and one JSON line. Figures go in ``docs/gpu.md`` with the machine they came from.
@@ -84,7 +86,7 @@ def make_backbone(dry: bool, frames: int, height: int, width: int, device: str) 
         t0 = time.perf_counter()
         video = decode(latents)
         timed_decode.seconds += time.perf_counter() - t0
-        return video[:, :, ::2, ::2] if not dry else video  # the reward sees 2x-subsampled frames
+        return video if dry else video[:, :, ::2, ::2].contiguous()  # the reward sees 2x-subsampled frames
 
     timed_decode.seconds = 0.0
     bb.decode = timed_decode
@@ -156,28 +158,37 @@ def main(argv=None) -> int:
     cpu = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
     machine = torch.cuda.get_device_name() if device == "cuda" else cpu
     t_start, rows, per_frame_s = time.perf_counter(), [], {}
-    for frames in p["frames"]:
-        for kind, depth in [("online-dpo", 0)] + [("refl", d) for d in p["depths"]]:
-            elapsed = time.perf_counter() - t_start
-            # a row at more frames costs about (frames ratio)^2 of the same row at fewer (attention)
-            known = [(f, s) for (k, d, f), s in per_frame_s.items() if (k, d) == (kind, depth)]
-            estimate = max((s * (frames / f) ** 2 for f, s in known), default=0.0)
-            if elapsed + estimate > args.budget_s:
-                rows.append({"row": kind, "frames": frames, "depth": depth,
-                             "status": f"skipped (time budget: {elapsed:.0f} s + est. {estimate:.0f} s)"})
-                continue
-            t0 = time.perf_counter()
-            row = run_row(kind, frames, depth, p, device, args.dry_run)
-            per_frame_s[(kind, depth, frames)] = time.perf_counter() - t0
-            rows.append(row)
-            took = per_frame_s[(kind, depth, frames)]
-            print(f"  {kind} {frames} frames depth {depth}: {row['status']} ({took:.0f} s)", file=sys.stderr,
-                  flush=True)
+    few, many = p["frames"]
+    # the longest row last: if the budget runs short, it is the one skipped
+    plan = [("online-dpo", few, 0)] + [("refl", f, d) for f in (few, many) for d in p["depths"]] + [
+        ("online-dpo", many, 0)]
+    for kind, frames, depth in plan:
+        elapsed = time.perf_counter() - t_start
+        known = [(f, s) for (k, d, f), s in per_frame_s.items() if (k, d) == (kind, depth)]
+        estimate = max((s * forward_flops(frames, p) / forward_flops(f, p) for f, s in known), default=0.0)
+        if elapsed + estimate > args.budget_s:
+            rows.append({"row": kind, "frames": frames, "depth": depth,
+                         "status": f"skipped (time budget: {elapsed:.0f} s + est. {estimate:.0f} s)"})
+            continue
+        t0 = time.perf_counter()
+        row = run_row(kind, frames, depth, p, device, args.dry_run)
+        per_frame_s[(kind, depth, frames)] = time.perf_counter() - t0
+        rows.append(row)
+        took = per_frame_s[(kind, depth, frames)]
+        print(f"  {kind} {frames} frames depth {depth}: {row['status']} ({took:.0f} s)", file=sys.stderr,
+              flush=True)
     print_table(rows, machine, p, args.dry_run)
     print(json.dumps({"benchmark": "gpu", "machine": machine, "dry_run": args.dry_run, "height": p["height"],
                       "width": p["width"], "candidates": p["candidates"], "steps": p["steps"], "rows": rows,
                       "total_s": round(time.perf_counter() - t_start, 1)}))
     return 0
+
+
+def forward_flops(frames: int, p: dict) -> float:
+    """FLOPs of one Wan2.1-1.3B forward on one video: 2 x params x tokens for the linear layers plus
+    4 x layers x tokens^2 x width for attention — to extrapolate a row's time to more frames."""
+    tokens = ((frames - 1) // 4 + 1) * (p["height"] // 16) * (p["width"] // 16)
+    return 2 * 1.42e9 * tokens + 4 * 30 * tokens**2 * 1536
 
 
 def print_table(rows: list[dict], machine: str, p: dict, dry: bool) -> None:
