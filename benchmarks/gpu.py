@@ -63,12 +63,23 @@ def full_wan_pipeline(device: str):
     from vpo.backbones.testing import WORDS, tiny_tokenizer
 
     with torch.device(device):
-        transformer = WanTransformer3DModel(**WAN_1_3B).to(torch.bfloat16)
-        vae = AutoencoderKLWan().to(torch.bfloat16)  # its defaults are Wan2.1's VAE
+        transformer = as_loaded_in_bf16(WanTransformer3DModel(**WAN_1_3B))
+        vae = as_loaded_in_bf16(AutoencoderKLWan())  # its defaults are Wan2.1's VAE
         text = UMT5EncoderModel(UMT5Config(vocab_size=len(WORDS) + 3, d_model=4096, d_kv=64, d_ff=256, num_layers=1,
                                            num_heads=8, pad_token_id=0, eos_token_id=1)).to(torch.bfloat16)
     return WanPipeline(tokenizer=tiny_tokenizer(), text_encoder=text, transformer=transformer, vae=vae,
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))
+
+
+def as_loaded_in_bf16(model):
+    """bf16 as ``from_pretrained(dtype=torch.bfloat16)`` loads it: the modules the class keeps in fp32
+    (Wan: rope, time embedder, norms) stay fp32."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    model.to(torch.bfloat16)
+    for name, module in model.named_modules():
+        if keep & set(name.split(".")):
+            module.to(torch.float32)
+    return model
 
 
 def make_backbone(dry: bool, frames: int, height: int, width: int, device: str) -> WanBackbone:

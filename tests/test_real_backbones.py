@@ -135,6 +135,18 @@ def test_gradient_checkpointing_saves_memory_without_changing_the_gradient(tiny_
     assert norms[0] == pytest.approx(norms[1], rel=1e-4)
 
 
+def test_on_bf16_weights_the_adapters_train_in_fp32(tiny_models, tmp_path):
+    from vpo.train.online_dpo import dpo_update
+
+    bb = load_backbone("wan", tiny_models / "wan", weights_dtype="bf16", **size("wan"))  # CUDA's default
+    assert bb.transformer.dtype == torch.bfloat16
+    run = run_for(bb, tmp_path)
+    assert {p.dtype for p in run.adapter_params("policy").values()} == {torch.float32}
+    _, latents = bb.sample(PROMPTS, [0, 1], steps=2, return_latents=True)
+    stats = dpo_update(run, latents[:1], latents[1:], PROMPTS[:1], step=0)
+    assert math.isfinite(stats["dpo/loss"]) and stats["dpo/grad_norm"] > 0
+
+
 def test_the_loss_on_a_pair_with_winner_equal_to_loser_is_log_2(loaded, tmp_path):
     from vpo.train.online_dpo import dpo_update
 

@@ -55,6 +55,8 @@ class Run:
         with torch.random.fork_rng(devices=[]):  # LoRA A's random init is a function of the seed too
             torch.manual_seed(_mix(cfg.seed, 0, "lora-init"))
             add_policy_and_ref(self.transformer, lora)  # freezes the base
+        for p in (*self.adapter_params(POLICY).values(), *self.adapter_params(REF).values()):
+            p.data = p.data.float()  # on bf16 weights (real backbones on CUDA) the adapters still train in fp32
         self.transformer.set_adapter(POLICY)
         self.optimizer = torch.optim.AdamW(self.adapter_params(POLICY).values(), lr=cfg.lr, weight_decay=0.0)
         self.reward = load_reward(cfg.reward)
