@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -58,6 +59,12 @@ class DiffusersVideoBackbone(Backbone):
     # in Wan, CogVideoX and LTX attention ``to_out`` is a ModuleList (linear, dropout): ``to_out.0``
     lora_target_modules = ("to_q", "to_k", "to_v", "to_out.0")
     text_len = 512  # tokens of text conditioning (capped by the tokenizer's model_max_length)
+    # diffusers / transformers modules, typed loosely: their configs and methods are dynamic
+    transformer: Any
+    text_encoder: Any
+    vae: Any
+    pipe: Any
+    tokenizer: Any
 
     def __init__(self, pipe, frames: int = 0, height: int = 0, width: int = 0, memory: MemoryOptions | None = None):
         super().__init__()

@@ -11,6 +11,7 @@ built locally: a small (U)MT5 encoder and a word-level tokenizer, nothing downlo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,7 +36,7 @@ def tiny_tokenizer():
 def tiny_text_encoder(umt5: bool):
     from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
-    kwargs = dict(vocab_size=len(WORDS) + 3, d_model=TEXT_DIM, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+    kwargs: dict[str, Any] = dict(vocab_size=len(WORDS) + 3, d_model=TEXT_DIM, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
                   relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     torch.manual_seed(0)
     return UMT5EncoderModel(UMT5Config(**kwargs)) if umt5 else T5EncoderModel(T5Config(**kwargs))
