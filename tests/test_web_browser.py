@@ -143,3 +143,15 @@ def test_a_volunteer_votes_through_a_study_and_the_researcher_sees_the_counts(li
     assert page.text_content("#pairs td.votes") == str(counted)
     wins = int(page.text_content("#pairs td.wins-a")) + int(page.text_content("#pairs td.wins-b"))
     assert wins == counted
+
+
+def test_choosing_a_real_backbone_fills_in_its_defaults(live_stack, transactional_db, page):
+    get_user_model().objects.create_user("carol", password="pw-carol")
+    log_in(page, live_stack.url, "carol", "pw-carol")
+    page.goto(f"{live_stack.url}/experiments/new/")
+    assert page.input_value("#id_lora_rank") == "8"
+    page.select_option("#id_backbone", "wan")  # the server's VPO_MODELS_DIR has the tiny Wan: enabled
+    assert (page.input_value("#id_lora_rank"), page.input_value("#id_sampling_steps"),
+            page.input_value("#id_guidance")) == ("32", "30", "5")
+    page.select_option("#id_backbone", "tiny")
+    assert page.input_value("#id_lora_rank") == "8" and page.input_value("#id_sampling_steps") == "20"

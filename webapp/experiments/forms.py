@@ -116,6 +116,15 @@ class ExperimentForm(forms.Form):
         self.prompts_text = ""
         self.config: dict = {}
 
+    def backbone_defaults(self) -> dict[str, dict]:
+        """Per backbone, the fields it sets when chosen (the page fills them in on change): a real
+        backbone's own defaults, and the global ones for the others."""
+        from vpo.backbones.real import backbone_defaults
+
+        keys = sorted({k for name in BACKBONES for k in backbone_defaults(name)})
+        base = {k: getattr(TrainConfig(), k) for k in keys}
+        return {name: {**base, **backbone_defaults(name)} for name in BACKBONES}
+
     def fieldsets(self):
         return [(title, [self[name] for name in names]) for title, names in FIELDSETS]
 
