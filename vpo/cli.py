@@ -20,7 +20,8 @@ def _add_sample(sub):
     p.add_argument("--model-dir", help="diffusers folder of a real backbone (default: the checkpoint's, else "
                                        "$VPO_MODELS_DIR/<backbone>)")
     for dim in ("frames", "height", "width"):
-        p.add_argument(f"--{dim}", type=int, default=0, help=f"video {dim} (default: the checkpoint's, else the backbone's)")
+        p.add_argument(f"--{dim}", type=int, default=0,
+                       help=f"video {dim} (default: the checkpoint's, else the backbone's)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="one prompt")
     src.add_argument("--prompts", help="a text file, one prompt per line, or a built-in set name")
@@ -311,7 +312,7 @@ def cmd_ablate(args) -> int:
 
 
 def _add_models(sub):
-    p = sub.add_parser("models", help="list backbones and reward models, where their weights go and whether they are there")
+    p = sub.add_parser("models", help="backbones and reward models: where their weights go, whether they are there")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_models)
 

@@ -36,8 +36,9 @@ def tiny_tokenizer():
 def tiny_text_encoder(umt5: bool):
     from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
-    kwargs: dict[str, Any] = dict(vocab_size=len(WORDS) + 3, d_model=TEXT_DIM, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                  relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    kwargs: dict[str, Any] = dict(vocab_size=len(WORDS) + 3, d_model=TEXT_DIM, d_kv=8, d_ff=37, num_layers=2,
+                                  num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+                                  decoder_start_token_id=0)
     torch.manual_seed(0)
     return UMT5EncoderModel(UMT5Config(**kwargs)) if umt5 else T5EncoderModel(T5Config(**kwargs))
 

@@ -49,11 +49,13 @@ class TrainConfig:
     frames: int = _f(0, "video frames (0 = the backbone's default; real backbones: k * VAE time factor + 1)")
     height: int = _f(0, "video height in pixels (0 = the backbone's default; a multiple of VAE x patch factor)")
     width: int = _f(0, "video width in pixels (0 = the backbone's default; a multiple of VAE x patch factor)")
-    flow_shift: float = _f(0.0, "sampling/training sigma shift of wan and ltx (0 = the backbone's: wan 5, ltx by resolution)")
+    flow_shift: float = _f(0.0, "sigma shift of wan and ltx, sampling and training (0 = the backbone's: wan 5, "
+                                "ltx by resolution)")
     weights_dtype: str = _f("auto", "real backbones' weights: auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32")
     gradient_checkpointing: str = _f("auto", "checkpoint the transformer's blocks: auto (on CUDA), on or off")
     vae_tiling: str = _f("auto", "decode with VAE tiling: auto (on CUDA), on or off")
-    cpu_offload: str = _f("auto", "keep text encoder and VAE on the CPU until needed: auto (GPUs under 30 GiB), on or off")
+    cpu_offload: str = _f("auto", "keep text encoder and VAE on the CPU until needed: auto (GPUs under 30 GiB), "
+                                  "on or off")
 
     def __post_init__(self):
         # the registries import nothing heavy: the web process validates with this same code
@@ -96,7 +98,8 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"{name} must be >= 0 (0 = the backbone's default), got {getattr(self, name)}")
         if self.flow_shift < 0:
-            raise ConfigError("flow_shift", f"flow_shift must be >= 0 (0 = the backbone's default), got {self.flow_shift}")
+            raise ConfigError("flow_shift",
+                              f"flow_shift must be >= 0 (0 = the backbone's default), got {self.flow_shift}")
         _choice("weights_dtype", self.weights_dtype, ("auto", "bf16", "fp32"))
         for name in ("gradient_checkpointing", "vae_tiling", "cpu_offload"):
             _choice(name, getattr(self, name), SWITCHES)
