@@ -48,9 +48,21 @@ from vpo.train import train
 from vpo.train.config import TrainConfig
 
 # Wan2.1-T2V-1.3B's transformer/config.json
-WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-                text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
-                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+WAN_1_3B = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=12,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=8960,
+    num_layers=30,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=1024,
+)
 FULL = dict(height=480, width=832, frames=(33, 81), candidates=6, steps=30, refl_steps=4, depths=(1, 2, 4))
 DRY = dict(height=16, width=16, frames=(5, 9), candidates=2, steps=2, refl_steps=4, depths=(1, 2, 4))
 
@@ -65,10 +77,25 @@ def full_wan_pipeline(device: str):
     with torch.device(device):
         transformer = as_loaded_in_bf16(WanTransformer3DModel(**WAN_1_3B))
         vae = as_loaded_in_bf16(AutoencoderKLWan())  # its defaults are Wan2.1's VAE
-        text = UMT5EncoderModel(UMT5Config(vocab_size=len(WORDS) + 3, d_model=4096, d_kv=64, d_ff=256, num_layers=1,
-                                           num_heads=8, pad_token_id=0, eos_token_id=1)).to(torch.bfloat16)
-    return WanPipeline(tokenizer=tiny_tokenizer(), text_encoder=text, transformer=transformer, vae=vae,
-                       scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))
+        text = UMT5EncoderModel(
+            UMT5Config(
+                vocab_size=len(WORDS) + 3,
+                d_model=4096,
+                d_kv=64,
+                d_ff=256,
+                num_layers=1,
+                num_heads=8,
+                pad_token_id=0,
+                eos_token_id=1,
+            )
+        ).to(torch.bfloat16)
+    return WanPipeline(
+        tokenizer=tiny_tokenizer(),
+        text_encoder=text,
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
+    )
 
 
 def as_loaded_in_bf16(model):
@@ -105,11 +132,26 @@ def make_backbone(dry: bool, frames: int, height: int, width: int, device: str) 
 
 
 def config(algorithm: str, p: dict, out: str, **extra) -> TrainConfig:
-    return TrainConfig.from_dict({"backbone": "wan", "algorithm": algorithm, "reward": "metrics",
-                                  "dimension": "temporal", "steps": 1, "prompts_per_step": 1, "prompts": "train",
-                                  "num_candidates": p["candidates"], "sampling_steps": p["steps"], "guidance": 5.0,
-                                  "noise_draws": 2, "lora_rank": 32, "heldout_every": 0, "checkpoint_every": 10**6,
-                                  "out": out, **extra})
+    return TrainConfig.from_dict(
+        {
+            "backbone": "wan",
+            "algorithm": algorithm,
+            "reward": "metrics",
+            "dimension": "temporal",
+            "steps": 1,
+            "prompts_per_step": 1,
+            "prompts": "train",
+            "num_candidates": p["candidates"],
+            "sampling_steps": p["steps"],
+            "guidance": 5.0,
+            "noise_draws": 2,
+            "lora_rank": 32,
+            "heldout_every": 0,
+            "checkpoint_every": 10**6,
+            "out": out,
+            **extra,
+        }
+    )
 
 
 def peak_gb(device: str) -> float | None:
@@ -140,9 +182,13 @@ def run_row(kind: str, frames: int, depth: int, p: dict, device: str, dry: bool)
         values = sink.rows[-1]
         if kind == "online-dpo":
             decode_s = bb.decode.seconds
-            row.update(sample_s=round(values["perf/sample_s"] - decode_s, 2), decode_s=round(decode_s, 2),
-                       score_s=round(values["perf/score_s"], 2), update_s=round(values["perf/update_s"], 2),
-                       videos_per_s=round(p["candidates"] / values["perf/sample_s"], 4))
+            row.update(
+                sample_s=round(values["perf/sample_s"] - decode_s, 2),
+                decode_s=round(decode_s, 2),
+                score_s=round(values["perf/score_s"], 2),
+                update_s=round(values["perf/update_s"], 2),
+                videos_per_s=round(p["candidates"] / values["perf/sample_s"], 4),
+            )
         row["peak_gb"] = None if base_gb is None else round(peak_gb(device), 2)
         row["weights_gb"] = None if base_gb is None else round(base_gb, 2)
     except torch.cuda.OutOfMemoryError:
@@ -171,27 +217,47 @@ def main(argv=None) -> int:
     t_start, rows, per_frame_s = time.perf_counter(), [], {}
     few, many = p["frames"]
     # the longest row last: if the budget runs short, it is the one skipped
-    plan = [("online-dpo", few, 0)] + [("refl", f, d) for f in (few, many) for d in p["depths"]] + [
-        ("online-dpo", many, 0)]
+    plan = (
+        [("online-dpo", few, 0)]
+        + [("refl", f, d) for f in (few, many) for d in p["depths"]]
+        + [("online-dpo", many, 0)]
+    )
     for kind, frames, depth in plan:
         elapsed = time.perf_counter() - t_start
         known = [(f, s) for (k, d, f), s in per_frame_s.items() if (k, d) == (kind, depth)]
         estimate = max((s * forward_flops(frames, p) / forward_flops(f, p) for f, s in known), default=0.0)
         if elapsed + estimate > args.budget_s:
-            rows.append({"row": kind, "frames": frames, "depth": depth,
-                         "status": f"skipped (time budget: {elapsed:.0f} s + est. {estimate:.0f} s)"})
+            rows.append(
+                {
+                    "row": kind,
+                    "frames": frames,
+                    "depth": depth,
+                    "status": f"skipped (time budget: {elapsed:.0f} s + est. {estimate:.0f} s)",
+                }
+            )
             continue
         t0 = time.perf_counter()
         row = run_row(kind, frames, depth, p, device, args.dry_run)
         per_frame_s[(kind, depth, frames)] = time.perf_counter() - t0
         rows.append(row)
         took = per_frame_s[(kind, depth, frames)]
-        print(f"  {kind} {frames} frames depth {depth}: {row['status']} ({took:.0f} s)", file=sys.stderr,
-              flush=True)
+        print(f"  {kind} {frames} frames depth {depth}: {row['status']} ({took:.0f} s)", file=sys.stderr, flush=True)
     print_table(rows, machine, p, args.dry_run)
-    print(json.dumps({"benchmark": "gpu", "machine": machine, "dry_run": args.dry_run, "height": p["height"],
-                      "width": p["width"], "candidates": p["candidates"], "steps": p["steps"], "rows": rows,
-                      "total_s": round(time.perf_counter() - t_start, 1)}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "gpu",
+                "machine": machine,
+                "dry_run": args.dry_run,
+                "height": p["height"],
+                "width": p["width"],
+                "candidates": p["candidates"],
+                "steps": p["steps"],
+                "rows": rows,
+                "total_s": round(time.perf_counter() - t_start, 1),
+            }
+        )
+    )
     return 0
 
 
@@ -204,10 +270,20 @@ def forward_flops(frames: int, p: dict) -> float:
 
 def print_table(rows: list[dict], machine: str, p: dict, dry: bool) -> None:
     model = "tiny random Wan pipeline (dry run)" if dry else "Wan2.1-1.3B architecture, random weights"
-    print(f"{model}, {p['height']}x{p['width']}, N = {p['candidates']} x "
-          f"{p['steps']} steps with CFG; {machine}")
-    cols = ("row", "frames", "depth", "status", "step_s", "sample_s", "decode_s", "score_s", "update_s",
-            "videos_per_s", "peak_gb")
+    print(f"{model}, {p['height']}x{p['width']}, N = {p['candidates']} x {p['steps']} steps with CFG; {machine}")
+    cols = (
+        "row",
+        "frames",
+        "depth",
+        "status",
+        "step_s",
+        "sample_s",
+        "decode_s",
+        "score_s",
+        "update_s",
+        "videos_per_s",
+        "peak_gb",
+    )
     print(" | ".join(f"{c:>12}" for c in cols))
     for r in rows:
         print(" | ".join(f"{'-' if r.get(c) is None else r.get(c)!s:>12}" for c in cols))

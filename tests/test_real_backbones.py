@@ -33,6 +33,7 @@ def loaded(tiny_models):
         if name not in cache:
             cache[name] = load_backbone(name, tiny_models / name, **size(name))
         return cache[name]
+
     get.folder = tiny_models
     return get
 
@@ -72,20 +73,39 @@ def test_a_missing_or_incomplete_folder_is_one_clear_line(tmp_path, tiny_models)
 
 def test_the_cli_refuses_a_missing_folder_with_exit_status_2_and_no_traceback(tmp_path):
     env = {**os.environ, "VPO_MODELS_DIR": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-m", "vpo", "train", "--backbone", "wan", "--steps", "2", "--out",
-                        str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "vpo", "train", "--backbone", "wan", "--steps", "2", "--out", str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        (f"vpo train: error: backbone 'wan' has no weights at {tmp_path / 'wan'}: expected a diffusers folder with "
-         "model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/")]
+        (
+            f"vpo train: error: backbone 'wan' has no weights at {tmp_path / 'wan'}: expected a diffusers folder with "
+            "model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/"
+        )
+    ]
 
 
 def run_for(bb, tmp_path, **overrides):
     from vpo.train.runner import Run
     from vpo.train.sinks import JsonlSink
 
-    cfg = TrainConfig.from_dict({"backbone": bb.name, "prompts": "demo", "num_candidates": 2, "sampling_steps": 2,
-                                 "heldout_every": 0, "out": str(tmp_path), **size(bb.name), **overrides})
+    cfg = TrainConfig.from_dict(
+        {
+            "backbone": bb.name,
+            "prompts": "demo",
+            "num_candidates": 2,
+            "sampling_steps": 2,
+            "heldout_every": 0,
+            "out": str(tmp_path),
+            **size(bb.name),
+            **overrides,
+        }
+    )
     return Run(cfg, JsonlSink(tmp_path, 1, progress=False), backbone=bb)
 
 
@@ -174,17 +194,47 @@ def vpo(*args, env=None):
 def test_train_save_resume_and_sample_a_checkpoint(tiny_models, tmp_path):
     from vpo.train.sinks import read_metrics
 
-    common = ["--backbone", "wan", "--model-dir", tiny_models / "wan", "--frames", 5, "--height", 16, "--width", 16,
-              "--num-candidates", 2, "--sampling-steps", 2, "--heldout-every", 0, "--checkpoint-every", 1,
-              "--prompts", "demo"]
+    common = [
+        "--backbone",
+        "wan",
+        "--model-dir",
+        tiny_models / "wan",
+        "--frames",
+        5,
+        "--height",
+        16,
+        "--width",
+        16,
+        "--num-candidates",
+        2,
+        "--sampling-steps",
+        2,
+        "--heldout-every",
+        0,
+        "--checkpoint-every",
+        1,
+        "--prompts",
+        "demo",
+    ]
     assert vpo("train", *common, "--steps", 2, "--out", tmp_path / "straight") == 0
     # the same run stopped after its first step (as a worker that shuts down stops it), then resumed
     from vpo.train import train
     from vpo.train.sinks import JsonlSink
 
-    cfg = TrainConfig.from_dict({"backbone": "wan", "model_dir": str(tiny_models / "wan"), **size("wan"),
-                                 "num_candidates": 2, "sampling_steps": 2, "heldout_every": 0, "checkpoint_every": 1,
-                                 "prompts": "demo", "steps": 2, "out": str(tmp_path / "resumed")})
+    cfg = TrainConfig.from_dict(
+        {
+            "backbone": "wan",
+            "model_dir": str(tiny_models / "wan"),
+            **size("wan"),
+            "num_candidates": 2,
+            "sampling_steps": 2,
+            "heldout_every": 0,
+            "checkpoint_every": 1,
+            "prompts": "demo",
+            "steps": 2,
+            "out": str(tmp_path / "resumed"),
+        }
+    )
     stops = iter([False, True])
     sink = JsonlSink(cfg.out, 2, progress=False)
     train(cfg, sink, stop=lambda: next(stops))
@@ -198,8 +248,22 @@ def test_train_save_resume_and_sample_a_checkpoint(tiny_models, tmp_path):
     config = (checkpoint / "config.toml").read_text()
     assert 'backbone = "wan"' in config and "lora_rank = 32" in config and "frames = 5" in config
     # vpo sample takes the backbone, its folder and the size from the checkpoint
-    assert vpo("sample", "--checkpoint", checkpoint, "--prompt", "a red ball", "--seed", 0, "--steps", 2,
-               "--out", tmp_path / "s") == 0
+    assert (
+        vpo(
+            "sample",
+            "--checkpoint",
+            checkpoint,
+            "--prompt",
+            "a red ball",
+            "--seed",
+            0,
+            "--steps",
+            2,
+            "--out",
+            tmp_path / "s",
+        )
+        == 0
+    )
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert (manifest["backbone"], manifest["frames"], manifest["height"], manifest["width"]) == ("wan", 5, 16, 16)
     # evaluation loads the backbone as the checkpoint was trained (folder, size) too
@@ -210,10 +274,38 @@ def test_train_save_resume_and_sample_a_checkpoint(tiny_models, tmp_path):
 
 
 def test_vpo_train_wan_from_model_dir_runs_end_to_end(tiny_models, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "vpo", "train", "--backbone", "wan", "--model-dir",
-                        str(tiny_models / "wan"), "--steps", "2", "--frames", "5", "--height", "16", "--width", "16",
-                        "--num-candidates", "2", "--sampling-steps", "2", "--heldout-every", "0",
-                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, check=False)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vpo",
+            "train",
+            "--backbone",
+            "wan",
+            "--model-dir",
+            str(tiny_models / "wan"),
+            "--steps",
+            "2",
+            "--frames",
+            "5",
+            "--height",
+            "16",
+            "--width",
+            "16",
+            "--num-candidates",
+            "2",
+            "--sampling-steps",
+            "2",
+            "--heldout-every",
+            "0",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "last checkpoint" in r.stdout
     assert (tmp_path / "checkpoints" / "step_000002" / "adapter.safetensors").is_file()
@@ -235,8 +327,12 @@ def test_cogvideox_in_rectified_flow_terms_reproduces_its_ddim_scheduler(tiny_mo
     assert sigmas[0] == 1.0  # zero terminal SNR: sampling starts from pure noise, x_rf = x
     with torch.no_grad():
         for i, t in enumerate(ddim.timesteps):
-            v = bb.transformer(hidden_states=x.permute(0, 2, 1, 3, 4), encoder_hidden_states=text,
-                               timestep=t.double().expand(1), return_dict=False)[0].permute(0, 2, 1, 3, 4)
+            v = bb.transformer(
+                hidden_states=x.permute(0, 2, 1, 3, 4),
+                encoder_hidden_states=text,
+                timestep=t.double().expand(1),
+                return_dict=False,
+            )[0].permute(0, 2, 1, 3, 4)
             x = ddim.step(v, t, x, eta=0.0).prev_sample
             velocity = bb.predict_velocity(x_rf, sigmas[i].expand(1), text)
             x_rf = x_rf + (sigmas[i + 1] - sigmas[i]) * velocity
@@ -277,8 +373,10 @@ def test_config_takes_the_backbones_defaults_and_checks_its_new_fields():
 
 
 def test_the_registry_and_the_weights_check_import_no_torch(tmp_path):
-    code = ("import sys, vpo.backbones, vpo.backbones.real, vpo.models, vpo.train.config;"
-            "vpo.models.report(); assert 'torch' not in sys.modules and 'diffusers' not in sys.modules")
+    code = (
+        "import sys, vpo.backbones, vpo.backbones.real, vpo.models, vpo.train.config;"
+        "vpo.models.report(); assert 'torch' not in sys.modules and 'diffusers' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
@@ -298,16 +396,29 @@ def test_vpo_models_lists_every_real_backbone_as_missing_with_its_path(tmp_path,
 def test_the_gpu_benchmark_dry_run_prints_its_table_on_cpu():
     from conftest import ROOT
 
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--dry-run"], capture_output=True,
-                       text=True, timeout=900, cwd=ROOT, check=False)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.strip().splitlines()
     assert lines[0].startswith("tiny random Wan pipeline (dry run), 16x16, N = 2 x 2 steps with CFG")
     assert lines[1].split(" | ")[0].strip() == "row" and "peak_gb" in lines[1]
     result = json.loads(lines[-1])
     assert [(r["row"], r["frames"], r["depth"]) for r in result["rows"]] == [
-        ("online-dpo", 5, 0), ("refl", 5, 1), ("refl", 5, 2), ("refl", 5, 4),
-        ("refl", 9, 1), ("refl", 9, 2), ("refl", 9, 4), ("online-dpo", 9, 0)]
+        ("online-dpo", 5, 0),
+        ("refl", 5, 1),
+        ("refl", 5, 2),
+        ("refl", 5, 4),
+        ("refl", 9, 1),
+        ("refl", 9, 2),
+        ("refl", 9, 4),
+        ("online-dpo", 9, 0),
+    ]
     assert all(r["status"] == "ok" for r in result["rows"]), result["rows"]
     dpo = result["rows"][0]
     assert dpo["sample_s"] > 0 and dpo["decode_s"] > 0 and dpo["update_s"] > 0 and dpo["videos_per_s"] > 0

@@ -22,8 +22,9 @@ def logged_in(user) -> Client:
     return client
 
 
-def test_the_form_lists_backbones_without_weights_disabled_with_the_reason_and_refuses_them(owner, tmp_path,
-                                                                                             monkeypatch):
+def test_the_form_lists_backbones_without_weights_disabled_with_the_reason_and_refuses_them(
+    owner, tmp_path, monkeypatch
+):
     monkeypatch.setenv("VPO_MODELS_DIR", str(tmp_path))
     client = logged_in(owner)
     page = client.get("/experiments/new/").content.decode()
@@ -35,8 +36,11 @@ def test_the_form_lists_backbones_without_weights_disabled_with_the_reason_and_r
     r = client.post("/experiments/new/", {"name": "x", **validated_config({"backbone": "wan"})})
     assert r.status_code == 400
     assert r.context["form"].errors["backbone"] == [
-        (f"backbone 'wan' has no weights at {tmp_path / 'wan'}: expected a diffusers folder with model_index.json, "
-         "transformer/, vae/, text_encoder/, tokenizer/, scheduler/")]
+        (
+            f"backbone 'wan' has no weights at {tmp_path / 'wan'}: expected a diffusers folder with model_index.json, "
+            "transformer/, vae/, text_encoder/, tokenizer/, scheduler/"
+        )
+    ]
     assert not Experiment.objects.exists()
 
 
@@ -44,9 +48,24 @@ def test_a_launch_on_the_tiny_wan_pipeline_trains_on_a_real_worker(live_stack, o
     monkeypatch.setenv("VPO_MODELS_DIR", str(live_stack.models))  # the web side sees what the worker has
     client = logged_in(owner)
     assert 'value="wan" disabled' not in client.get("/experiments/new/").content.decode()
-    form = {"name": "tiny wan", **validated_config({
-        "backbone": "wan", "frames": 5, "height": 16, "width": 16, "steps": 2, "num_candidates": 2,
-        "sampling_steps": 2, "heldout_every": 2, "heldout_count": 1, "checkpoint_every": 2, "prompts": "demo"})}
+    form = {
+        "name": "tiny wan",
+        **validated_config(
+            {
+                "backbone": "wan",
+                "frames": 5,
+                "height": 16,
+                "width": 16,
+                "steps": 2,
+                "num_candidates": 2,
+                "sampling_steps": 2,
+                "heldout_every": 2,
+                "heldout_count": 1,
+                "checkpoint_every": 2,
+                "prompts": "demo",
+            }
+        ),
+    }
     r = client.post("/experiments/new/", form)
     assert r.status_code == 302, r.content.decode()[:2000]
     experiment = Experiment.objects.get()

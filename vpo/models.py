@@ -21,23 +21,60 @@ def report() -> list[dict]:
     for name in BACKBONES:
         if name in REAL_BACKBONES:
             where, problem = weights_status(name)
-            rows.append({"kind": "backbone", "name": name, "what": REAL_BACKBONES[name].models, "where": str(where),
-                         "ok": problem is None, "status": problem or "present"})
+            rows.append(
+                {
+                    "kind": "backbone",
+                    "name": name,
+                    "what": REAL_BACKBONES[name].models,
+                    "where": str(where),
+                    "ok": problem is None,
+                    "status": problem or "present",
+                }
+            )
         else:
             ok = TINY_WEIGHTS.is_file()
-            rows.append({"kind": "backbone", "name": name, "what": "built-in", "where": str(TINY_WEIGHTS), "ok": ok,
-                         "status": "present (shipped)" if ok else "missing: the package lost its weights file"})
+            rows.append(
+                {
+                    "kind": "backbone",
+                    "name": name,
+                    "what": "built-in",
+                    "where": str(TINY_WEIGHTS),
+                    "ok": ok,
+                    "status": "present (shipped)" if ok else "missing: the package lost its weights file",
+                }
+            )
     for name, source in REWARD_SOURCES.items():
         if name != "videoscore":
-            rows.append({"kind": "reward", "name": name, "what": source.description, "where": "-", "ok": True,
-                         "status": "built-in, no weights"})
+            rows.append(
+                {
+                    "kind": "reward",
+                    "name": name,
+                    "what": source.description,
+                    "where": "-",
+                    "ok": True,
+                    "status": "built-in, no weights",
+                }
+            )
             continue
         raw = os.environ.get(VIDEOSCORE_SETTING, "").strip()
         ok = bool(raw) and (Path(raw) / "config.json").is_file()
-        status = ("present" if ok else f"missing: no config.json in {raw}" if raw
-                  else f"missing: set {VIDEOSCORE_SETTING} to its local folder")
-        rows.append({"kind": "reward", "name": name, "what": source.description,
-                     "where": raw or f"${VIDEOSCORE_SETTING}", "ok": ok, "status": status})
+        status = (
+            "present"
+            if ok
+            else f"missing: no config.json in {raw}"
+            if raw
+            else f"missing: set {VIDEOSCORE_SETTING} to its local folder"
+        )
+        rows.append(
+            {
+                "kind": "reward",
+                "name": name,
+                "what": source.description,
+                "where": raw or f"${VIDEOSCORE_SETTING}",
+                "ok": ok,
+                "status": status,
+            }
+        )
     return rows
 
 

@@ -41,10 +41,19 @@ def load_backbone(name: str, weights=None, device: str = "cpu", **options):
 
 def load_for_config(cfg, device: str = "cpu"):
     """The backbone of a TrainConfig, with its size, memory options and weights folder."""
-    return load_backbone(cfg.backbone, cfg.model_dir or None, device=device, frames=cfg.frames, height=cfg.height,
-                         width=cfg.width, flow_shift=cfg.flow_shift, weights_dtype=cfg.weights_dtype,
-                         gradient_checkpointing=cfg.gradient_checkpointing, vae_tiling=cfg.vae_tiling,
-                         cpu_offload=cfg.cpu_offload)
+    return load_backbone(
+        cfg.backbone,
+        cfg.model_dir or None,
+        device=device,
+        frames=cfg.frames,
+        height=cfg.height,
+        width=cfg.width,
+        flow_shift=cfg.flow_shift,
+        weights_dtype=cfg.weights_dtype,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        vae_tiling=cfg.vae_tiling,
+        cpu_offload=cfg.cpu_offload,
+    )
 
 
 def checkpoint_config(checkpoint) -> dict:

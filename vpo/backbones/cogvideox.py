@@ -63,8 +63,11 @@ class CogVideoXBackbone(DiffusersVideoBackbone):
         self.sigma_grid = rf_sigma_grid(acp)  # increasing in t; float64
 
     def compression(self):
-        return (int(self.vae.config.temporal_compression_ratio), 2 ** (len(self.vae.config.block_out_channels) - 1),
-                int(self.transformer.config.patch_size))
+        return (
+            int(self.vae.config.temporal_compression_ratio),
+            2 ** (len(self.vae.config.block_out_channels) - 1),
+            int(self.transformer.config.patch_size),
+        )
 
     def timestep_of(self, sigma: torch.Tensor) -> torch.Tensor:
         """The (continuous) training timestep whose rectified-flow sigma is ``sigma``."""
@@ -78,11 +81,16 @@ class CogVideoXBackbone(DiffusersVideoBackbone):
         dtype = self.transformer.dtype
         rotary = None
         if self.transformer.config.use_rotary_positional_embeddings:
-            rotary = self.pipe._prepare_rotary_positional_embeddings(self.spec.height, self.spec.width, x.shape[2],
-                                                                     x.device)
-        v = self.transformer(hidden_states=x.permute(0, 2, 1, 3, 4).to(dtype), encoder_hidden_states=text.to(dtype),
-                             timestep=self.timestep_of(sigma).to(dtype if dtype == torch.float64 else torch.float32),
-                             image_rotary_emb=rotary, return_dict=False)[0]
+            rotary = self.pipe._prepare_rotary_positional_embeddings(
+                self.spec.height, self.spec.width, x.shape[2], x.device
+            )
+        v = self.transformer(
+            hidden_states=x.permute(0, 2, 1, 3, 4).to(dtype),
+            encoder_hidden_states=text.to(dtype),
+            timestep=self.timestep_of(sigma).to(dtype if dtype == torch.float64 else torch.float32),
+            image_rotary_emb=rotary,
+            return_dict=False,
+        )[0]
         v = v.permute(0, 2, 1, 3, 4).to(torch.float64)  # (B, F, C, H, W) -> (B, C, F, H, W)
         x0_hat, eps_hat = a * x - s * v, s * x + a * v
         velocity = eps_hat - x0_hat

@@ -36,8 +36,14 @@ class MemoryOptions:
     cpu_offload: bool = False
 
     @classmethod
-    def resolve(cls, device: str, weights_dtype: str = AUTO, gradient_checkpointing: str = AUTO,
-                vae_tiling: str = AUTO, cpu_offload: str = AUTO) -> MemoryOptions:
+    def resolve(
+        cls,
+        device: str,
+        weights_dtype: str = AUTO,
+        gradient_checkpointing: str = AUTO,
+        vae_tiling: str = AUTO,
+        cpu_offload: str = AUTO,
+    ) -> MemoryOptions:
         """``auto`` = bf16 weights, checkpointing and VAE tiling on CUDA, all off on a CPU (fp32:
         a CPU's tiny test pipelines need none of it); CPU offload when the GPU is small."""
         cuda = torch.device(device).type == "cuda"
@@ -51,8 +57,12 @@ class MemoryOptions:
         if weights_dtype not in DTYPE_CHOICES:
             raise ValueError(f"weights_dtype {weights_dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
         bf16 = weights_dtype == "bf16" or (weights_dtype == AUTO and cuda)
-        return cls(torch.bfloat16 if bf16 else torch.float32, switch(gradient_checkpointing, cuda),
-                   switch(vae_tiling, cuda), switch(cpu_offload, small))
+        return cls(
+            torch.bfloat16 if bf16 else torch.float32,
+            switch(gradient_checkpointing, cuda),
+            switch(vae_tiling, cuda),
+            switch(cpu_offload, small),
+        )
 
 
 class DiffusersVideoBackbone(Backbone):
@@ -91,9 +101,19 @@ class DiffusersVideoBackbone(Backbone):
 
     # --- loading -----------------------------------------------------------------------------
     @classmethod
-    def load(cls, path=None, device: str = "cpu", frames: int = 0, height: int = 0, width: int = 0,
-             weights_dtype: str = AUTO, gradient_checkpointing: str = AUTO, vae_tiling: str = AUTO,
-             cpu_offload: str = AUTO, **options) -> DiffusersVideoBackbone:
+    def load(
+        cls,
+        path=None,
+        device: str = "cpu",
+        frames: int = 0,
+        height: int = 0,
+        width: int = 0,
+        weights_dtype: str = AUTO,
+        gradient_checkpointing: str = AUTO,
+        vae_tiling: str = AUTO,
+        cpu_offload: str = AUTO,
+        **options,
+    ) -> DiffusersVideoBackbone:
         """From a diffusers folder (``path``, else ``$VPO_MODELS_DIR/<name>``), never from a hub."""
         folder = model_dir(cls.name, path)
         problem = layout_problem(cls.name, folder)
@@ -130,8 +150,9 @@ class DiffusersVideoBackbone(Backbone):
             raise ValueError(f"{self.name}: frames must be {t} * k + 1 (the VAE compresses time by {t}), got {frames}")
         for what, value in (("height", height), ("width", width)):
             if value < s * p or value % (s * p):
-                raise ValueError(f"{self.name}: {what} must be a multiple of {s * p} (VAE {s} x patch {p}), "
-                                 f"got {value}")
+                raise ValueError(
+                    f"{self.name}: {what} must be a multiple of {s * p} (VAE {s} x patch {p}), got {value}"
+                )
 
     def latent_shape(self) -> tuple[int, ...]:
         t, s, _ = self.compression()
@@ -150,8 +171,14 @@ class DiffusersVideoBackbone(Backbone):
         if missing:
             if len(self._text_cache) > TEXT_CACHE_LIMIT:
                 self._text_cache.clear()
-            tok = self.tokenizer(missing, padding="max_length", max_length=self.text_len, truncation=True,
-                                 add_special_tokens=True, return_tensors="pt")
+            tok = self.tokenizer(
+                missing,
+                padding="max_length",
+                max_length=self.text_len,
+                truncation=True,
+                add_special_tokens=True,
+                return_tensors="pt",
+            )
             device = self.text_encoder.device
             with torch.no_grad():
                 states = self.text_encoder(tok.input_ids.to(device), attention_mask=tok.attention_mask.to(device))[0]
@@ -201,4 +228,3 @@ class DiffusersVideoBackbone(Backbone):
 
     def save(self, path) -> None:
         raise ValueError(f"{self.name}: base weights are the diffusers folder; training saves LoRA adapters only")
-

@@ -40,13 +40,20 @@ class LTXBackbone(DiffusersVideoBackbone):
         self.flow_shift = float(flow_shift)
         _, f, h, w = self.latent_shape()
         config = pipe.scheduler.config
-        self.mu = calculate_shift(f * h * w, config.get("base_image_seq_len", 256),
-                                  config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
-                                  config.get("max_shift", 1.15))
+        self.mu = calculate_shift(
+            f * h * w,
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.15),
+        )
 
     def compression(self):
-        return (int(self.pipe.vae_temporal_compression_ratio), int(self.pipe.vae_spatial_compression_ratio),
-                int(self.transformer.config.patch_size))
+        return (
+            int(self.pipe.vae_temporal_compression_ratio),
+            int(self.pipe.vae_spatial_compression_ratio),
+            int(self.transformer.config.patch_size),
+        )
 
     def predict_velocity(self, x_t, sigma, text):
         t, s, _ = self.compression()
@@ -55,9 +62,17 @@ class LTXBackbone(DiffusersVideoBackbone):
         packed = LTXPipeline._pack_latents(x_t, config.patch_size, config.patch_size_t)
         dtype = self.transformer.dtype
         mask = (text.abs().sum(-1) > 0).to(dtype)  # encode_prompts zeroes the padding
-        out = self.transformer(hidden_states=packed.to(dtype), encoder_hidden_states=text.to(dtype),
-                               timestep=sigma.float() * 1000, encoder_attention_mask=mask, num_frames=f, height=h,
-                               width=w, rope_interpolation_scale=(t / self.spec.fps, s, s), return_dict=False)[0]
+        out = self.transformer(
+            hidden_states=packed.to(dtype),
+            encoder_hidden_states=text.to(dtype),
+            timestep=sigma.float() * 1000,
+            encoder_attention_mask=mask,
+            num_frames=f,
+            height=h,
+            width=w,
+            rope_interpolation_scale=(t / self.spec.fps, s, s),
+            return_dict=False,
+        )[0]
         return LTXPipeline._unpack_latents(out, f, h, w, config.patch_size, config.patch_size_t)
 
     def make_scheduler(self, steps: int) -> FlowMatchEulerDiscreteScheduler:
@@ -77,8 +92,9 @@ class LTXBackbone(DiffusersVideoBackbone):
 
     def denormalise(self, latents):
         vae = self.vae
-        return LTXPipeline._denormalize_latents(latents, vae.latents_mean.float(), vae.latents_std.float(),
-                                                vae.config.scaling_factor)
+        return LTXPipeline._denormalize_latents(
+            latents, vae.latents_mean.float(), vae.latents_std.float(), vae.config.scaling_factor
+        )
 
     def vae_decode(self, z):
         timestep = None

@@ -35,14 +35,35 @@ class RealBackbone:
 REAL_BACKBONES: dict[str, RealBackbone] = {
     # Wan2.1 T2V at 480p: 81 frames of 480x832 at 16 fps; 50 steps, CFG 5 in Wan's README. Sampling
     # takes 30 steps here, as the GPU benchmark's online-DPO step does. flow_grpo's Wan LoRA: r = 32.
-    "wan": RealBackbone("WanPipeline", "Wan2.1-T2V-1.3B / 14B (Diffusers)", 81, 480, 832, 16,
-                        {"sampling_steps": 30, "guidance": 5.0, "lora_rank": 32, "noise_draws": 2, "lr": 1e-4}),
+    "wan": RealBackbone(
+        "WanPipeline",
+        "Wan2.1-T2V-1.3B / 14B (Diffusers)",
+        81,
+        480,
+        832,
+        16,
+        {"sampling_steps": 30, "guidance": 5.0, "lora_rank": 32, "noise_draws": 2, "lr": 1e-4},
+    ),
     # CogVideoX 2B / 5B: 49 frames of 480x720 at 8 fps, 50 DDIM steps, CFG 6
-    "cogvideox": RealBackbone("CogVideoXPipeline", "CogVideoX-2b / CogVideoX-5b", 49, 480, 720, 8,
-                              {"sampling_steps": 50, "guidance": 6.0, "lora_rank": 32, "noise_draws": 2, "lr": 1e-4}),
+    "cogvideox": RealBackbone(
+        "CogVideoXPipeline",
+        "CogVideoX-2b / CogVideoX-5b",
+        49,
+        480,
+        720,
+        8,
+        {"sampling_steps": 50, "guidance": 6.0, "lora_rank": 32, "noise_draws": 2, "lr": 1e-4},
+    ),
     # LTX-Video: 161 frames of 480x704 at 25 fps in its model card; 50 steps, CFG 3
-    "ltx": RealBackbone("LTXPipeline", "LTX-Video 0.9.x (Diffusers)", 161, 480, 704, 25,
-                        {"sampling_steps": 50, "guidance": 3.0, "lora_rank": 32, "noise_draws": 2, "lr": 1e-4}),
+    "ltx": RealBackbone(
+        "LTXPipeline",
+        "LTX-Video 0.9.x (Diffusers)",
+        161,
+        480,
+        704,
+        25,
+        {"sampling_steps": 50, "guidance": 3.0, "lora_rank": 32, "noise_draws": 2, "lr": 1e-4},
+    ),
 }
 
 

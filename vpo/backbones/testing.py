@@ -16,8 +16,10 @@ from typing import Any
 import torch
 
 TEXT_DIM = 32  # d_model of the tiny text encoder (= the transformers' text_dim / caption_channels)
-WORDS = ("a red green blue yellow purple orange cyan white circle square triangle ball box moving left right up "
-         "down falling bouncing growing shrinking standing still the of and dance monkey").split()
+WORDS = (
+    "a red green blue yellow purple orange cyan white circle square triangle ball box moving left right up "
+    "down falling bouncing growing shrinking standing still the of and dance monkey"
+).split()
 
 
 def tiny_tokenizer():
@@ -29,16 +31,26 @@ def tiny_tokenizer():
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                   model_max_length=512)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
+    )
 
 
 def tiny_text_encoder(umt5: bool):
     from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
-    kwargs: dict[str, Any] = dict(vocab_size=len(WORDS) + 3, d_model=TEXT_DIM, d_kv=8, d_ff=37, num_layers=2,
-                                  num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
-                                  decoder_start_token_id=0)
+    kwargs: dict[str, Any] = dict(
+        vocab_size=len(WORDS) + 3,
+        d_model=TEXT_DIM,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
     torch.manual_seed(0)
     return UMT5EncoderModel(UMT5Config(**kwargs)) if umt5 else T5EncoderModel(T5Config(**kwargs))
 
@@ -47,37 +59,87 @@ def wan_pipeline():
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 
     torch.manual_seed(0)
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
     torch.manual_seed(0)
-    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
-                                        in_channels=16, out_channels=16, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32,
-                                        num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-                                        rope_max_seq_len=32)
-    return WanPipeline(tokenizer=tiny_tokenizer(), text_encoder=tiny_text_encoder(umt5=True), transformer=transformer,
-                       vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=TEXT_DIM,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
+    return WanPipeline(
+        tokenizer=tiny_tokenizer(),
+        text_encoder=tiny_text_encoder(umt5=True),
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+    )
 
 
 def cogvideox_pipeline():
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
 
     torch.manual_seed(0)
-    transformer = CogVideoXTransformer3DModel(num_attention_heads=4, attention_head_dim=8, in_channels=4,
-                                              out_channels=4, time_embed_dim=2, text_embed_dim=TEXT_DIM, num_layers=1,
-                                              sample_width=2, sample_height=2, sample_frames=9, patch_size=2,
-                                              temporal_compression_ratio=4, max_text_seq_length=16)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=4,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=4,
+        time_embed_dim=2,
+        text_embed_dim=TEXT_DIM,
+        num_layers=1,
+        sample_width=2,
+        sample_height=2,
+        sample_frames=9,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=16,
+    )
     torch.manual_seed(0)
-    vae = AutoencoderKLCogVideoX(in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
-                                 up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8),
-                                 latent_channels=4, layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4)
-    return CogVideoXPipeline(tokenizer=tiny_tokenizer(), text_encoder=tiny_text_encoder(umt5=False), vae=vae,
-                             transformer=transformer, scheduler=CogVideoXDDIMScheduler(**COGVIDEOX_SCHEDULER))
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=2,
+        temporal_compression_ratio=4,
+    )
+    return CogVideoXPipeline(
+        tokenizer=tiny_tokenizer(),
+        text_encoder=tiny_text_encoder(umt5=False),
+        vae=vae,
+        transformer=transformer,
+        scheduler=CogVideoXDDIMScheduler(**COGVIDEOX_SCHEDULER),
+    )
 
 
 # CogVideoX-2b's scheduler_config.json (the released model's)
-COGVIDEOX_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                           num_train_timesteps=1000, prediction_type="v_prediction", rescale_betas_zero_snr=True,
-                           set_alpha_to_one=True, snr_shift_scale=3.0, steps_offset=0, timestep_spacing="trailing")
+COGVIDEOX_SCHEDULER = dict(
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    beta_end=0.012,
+    clip_sample=False,
+    num_train_timesteps=1000,
+    prediction_type="v_prediction",
+    rescale_betas_zero_snr=True,
+    set_alpha_to_one=True,
+    snr_shift_scale=3.0,
+    steps_offset=0,
+    timestep_spacing="trailing",
+)
 
 
 def ltx_pipeline():
@@ -89,24 +151,52 @@ def ltx_pipeline():
     )
 
     torch.manual_seed(0)
-    transformer = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
-                                             num_attention_heads=4, attention_head_dim=8, cross_attention_dim=32,
-                                             num_layers=1, caption_channels=TEXT_DIM)
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8,
+        out_channels=8,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=4,
+        attention_head_dim=8,
+        cross_attention_dim=32,
+        num_layers=1,
+        caption_channels=TEXT_DIM,
+    )
     torch.manual_seed(0)
-    vae = AutoencoderKLLTXVideo(latent_channels=8, block_out_channels=(8, 8, 8, 8),
-                                spatio_temporal_scaling=(True, True, False, False), layers_per_block=(1, 1, 1, 1, 1),
-                                patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False,
-                                # newer diffusers size the decoder on its own: keep it as tiny as the encoder
-                                decoder_block_out_channels=(8, 8, 8, 8), decoder_layers_per_block=(1, 1, 1, 1, 1),
-                                decoder_spatio_temporal_scaling=(True, True, False, False),
-                                decoder_inject_noise=(False,) * 5, upsample_residual=(False,) * 4,
-                                upsample_factor=(1,) * 4)
+    vae = AutoencoderKLLTXVideo(
+        latent_channels=8,
+        block_out_channels=(8, 8, 8, 8),
+        spatio_temporal_scaling=(True, True, False, False),
+        layers_per_block=(1, 1, 1, 1, 1),
+        patch_size=1,
+        patch_size_t=1,
+        encoder_causal=True,
+        decoder_causal=False,
+        # newer diffusers size the decoder on its own: keep it as tiny as the encoder
+        decoder_block_out_channels=(8, 8, 8, 8),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        decoder_spatio_temporal_scaling=(True, True, False, False),
+        decoder_inject_noise=(False,) * 5,
+        upsample_residual=(False,) * 4,
+        upsample_factor=(1,) * 4,
+    )
     vae.use_framewise_encoding = vae.use_framewise_decoding = False
     # LTX-Video's scheduler_config.json: resolution-dependent shift
-    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05,
-                                                base_image_seq_len=1024, max_image_seq_len=4096, shift_terminal=0.1)
-    return LTXPipeline(tokenizer=tiny_tokenizer(), text_encoder=tiny_text_encoder(umt5=False), vae=vae,
-                       transformer=transformer, scheduler=scheduler)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True,
+        base_shift=0.95,
+        max_shift=2.05,
+        base_image_seq_len=1024,
+        max_image_seq_len=4096,
+        shift_terminal=0.1,
+    )
+    return LTXPipeline(
+        tokenizer=tiny_tokenizer(),
+        text_encoder=tiny_text_encoder(umt5=False),
+        vae=vae,
+        transformer=transformer,
+        scheduler=scheduler,
+    )
 
 
 BUILDERS = {"wan": wan_pipeline, "cogvideox": cogvideox_pipeline, "ltx": ltx_pipeline}

@@ -42,8 +42,12 @@ class WanBackbone(DiffusersVideoBackbone):
 
     def predict_velocity(self, x_t, sigma, text):
         dtype = self.transformer.dtype
-        return self.transformer(hidden_states=x_t.to(dtype), timestep=sigma.float() * 1000,
-                                encoder_hidden_states=text.to(dtype), return_dict=False)[0]
+        return self.transformer(
+            hidden_states=x_t.to(dtype),
+            timestep=sigma.float() * 1000,
+            encoder_hidden_states=text.to(dtype),
+            return_dict=False,
+        )[0]
 
     def make_scheduler(self, steps: int) -> FlowMatchEulerDiscreteScheduler:
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=self.flow_shift)
