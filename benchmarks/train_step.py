@@ -32,6 +32,7 @@ import torch
 from vpo.backbones import load_backbone
 from vpo.backbones.base import keep_freed_memory
 from vpo.backbones.tiny import TinyBackbone, TinyConfig
+from vpo.device import pick_device
 from vpo.train import train
 from vpo.train.config import TrainConfig
 from vpo.train.runner import Run
@@ -77,7 +78,7 @@ def peak_rss_mb() -> float:
 
 def measure_one(algorithm: str, frames: int, depth: int) -> dict:
     """One step of ``algorithm`` in this (fresh) process; returns its extra peak memory in MB."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device()
     if device == "cpu":
         # glibc's defaults, not the heap-keeping setting the backbone module applies for speed:
         # freed blocks go back to the kernel, so the resident peak is the memory in use, as the
@@ -150,7 +151,7 @@ def main() -> None:
         return
 
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
+          f"{pick_device()}")
     if args.steps > 0:  # --steps 0: memory only
         with tempfile.TemporaryDirectory() as out:
             rows = step_times(args.steps, out)

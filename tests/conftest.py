@@ -43,8 +43,8 @@ def quick_checkpoint():
     study; returns its folder."""
     def make(out, **overrides):
         from vpo.train import train
+        from vpo.train.checkpoints import latest_checkpoint
         from vpo.train.config import TrainConfig
-        from vpo.train.runner import latest_checkpoint
         from vpo.train.sinks import JsonlSink
 
         cfg = TrainConfig.from_dict({"steps": 1, "num_candidates": 2, "sampling_steps": 4, "heldout_every": 0,

@@ -6,10 +6,11 @@ import torch
 
 from vpo.backbones.tiny import MiniLM, TinyBackbone, TinyConfig
 from vpo.train import ALGORITHMS, train
+from vpo.train.checkpoints import POLICY, REF, load_policy
 from vpo.train.config import TrainConfig
 from vpo.train.loss import flow_dpo_loss, per_video_mse
 from vpo.train.online_dpo import dpo_update
-from vpo.train.runner import POLICY, REF, Run, TrainingDiverged, load_policy
+from vpo.train.runner import Run, TrainingDiverged
 from vpo.train.sinks import JsonlSink, read_metrics
 
 

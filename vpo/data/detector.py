@@ -86,12 +86,12 @@ def _shape(alpha: np.ndarray, masks: np.ndarray, seen: np.ndarray) -> str | None
         a = alpha[i]
         area = a.sum()
         cy, cx = (a * py).sum() / area, (a * px).sum() / area
-        errors = {}
+        errors: dict[str, float] = {}
         for shape in world.SHAPES:
             r = np.sqrt(area / _AREA[shape])
             cov = world._coverage(shape, px, py, cx, cy - _CENTROID_DY[shape] * r, r)
             errors[shape] = np.abs(cov - a).sum()
-        votes.append(min(errors, key=errors.get))
+        votes.append(min(errors, key=errors.__getitem__))
     if not votes:
         return None
     names, counts = np.unique(votes, return_counts=True)

@@ -4,6 +4,14 @@ loop: read ``online_dpo.py`` first."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the registry is read by the web process, which imports no torch
+    from vpo.backbones.base import Backbone
+    from vpo.train.config import TrainConfig
+    from vpo.train.sinks import Sink
 
 # name -> module; imported on use so that listing the names costs nothing
 ALGORITHMS = {
@@ -13,7 +21,8 @@ ALGORITHMS = {
 }
 
 
-def train(cfg, sink, stop=None, resume: bool = False, device: str = "cpu", backbone=None):
+def train(cfg: TrainConfig, sink: Sink, stop: Callable[[], bool] | None = None, resume: bool = False,
+          device: str = "cpu", backbone: Backbone | None = None) -> Path:
     """Run ``cfg`` with its algorithm; returns the folder of the last checkpoint. ``backbone``
     overrides loading ``cfg.backbone`` (tests pass a small random one)."""
     if cfg.algorithm not in ALGORITHMS:

@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vpo import video as video_io
+from vpo.train.keys import PROGRESS, REWARD_MEAN
 
 
 class Sink(Protocol):
@@ -36,9 +37,9 @@ class JsonlSink:
     def metrics(self, step, values):
         self.file.write(json.dumps({"step": step, "time": round(time.time() - self.t0, 3), **values}) + "\n")
         self.file.flush()
-        if "reward/mean" in values:
+        if REWARD_MEAN in values:
             self.bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in values.items()
-                                  if k in ("reward/mean", "reward/margin", "dpo/loss", "dpo/implicit_acc")})
+                                  if k in PROGRESS})
             self.bar.n = step
             self.bar.refresh()
 
