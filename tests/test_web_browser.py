@@ -105,6 +105,7 @@ def test_a_volunteer_votes_through_a_study_and_the_researcher_sees_the_counts(li
     from webapp.experiments.forms import validated_config
     from webapp.experiments.models import Experiment
     from webapp.studies.models import Study, System
+    from webapp.studies.tasks import render_study
 
     researcher = get_user_model().objects.create_user("rita", password="a-long-password")
     experiment = Experiment.objects.create(owner=researcher, name="tuned", status="finished", config=validated_config({}))
@@ -113,7 +114,7 @@ def test_a_volunteer_votes_through_a_study_and_the_researcher_sees_the_counts(li
                                  "a blue square falling", gold_rate=0.25, trials_per_participant=4)
     System.objects.create(study=study, label="base")
     System.objects.create(study=study, label="tuned", experiment=experiment, checkpoint="step_000001")
-    study.launch()  # the real worker renders the clips with paired seeds
+    render_study.delay_on_commit(study.pk)  # the real worker renders the clips with paired seeds
     wait_for(lambda: Study.objects.get(pk=study.pk).status != "rendering", timeout=300, what="rendering")
     study.refresh_from_db()
     assert study.status == "open", study.error

@@ -156,6 +156,7 @@ def test_cancelling_a_queued_experiment_cancels_it_at_once(owner, experiment):
 
 def test_an_evaluation_shows_base_checkpoint_and_their_paired_difference(owner, tmp_path, settings, quick_checkpoint):
     from vpo.data.prompts import read_prompts
+    from webapp.experiments import jobs
     from webapp.experiments.models import Evaluation
 
     settings.MEDIA_ROOT = tmp_path
@@ -163,7 +164,7 @@ def test_an_evaluation_shows_base_checkpoint_and_their_paired_difference(owner, 
                                   config=validated_config({"sampling_steps": 2}))
     quick_checkpoint(e.run_dir / "run")
     ev = Evaluation.objects.create(experiment=e, checkpoint="step_000001", prompts="demo")
-    ev.run()  # what the worker's task calls
+    jobs.evaluate(ev.pk)  # what the worker's task calls
     ev.refresh_from_db()
     assert ev.status == "finished", ev.error
     rows = dict(ev.difference_rows)

@@ -25,7 +25,7 @@ def test_the_web_process_imports_no_torch_even_validating_a_config():
     import sys
 
     code = ("import django, os, sys; os.environ['DJANGO_SETTINGS_MODULE']='webapp.settings'; django.setup(); "
-            "import webapp.urls, webapp.asgi, worker.celery, worker.tasks; "
+            "import webapp.urls, webapp.asgi, worker.celery, webapp.experiments.tasks, webapp.studies.tasks; "
             "from webapp.experiments.forms import ExperimentForm; "
             "f = ExperimentForm({'name': 'x', 'backbone': 'tiny', 'reward': 'metrics'}); f.is_valid(); "
             "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'cv2') if m in sys.modules]; "
