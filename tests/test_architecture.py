@@ -142,10 +142,12 @@ def test_the_library_imports_neither_django_nor_celery():
     bad = [f"{m} imports {n}" for m, p in files.items() for n in imported_names(p, m) if n.split(".")[0] in web]
     assert not bad, bad
     # and for real: import every module of the library, then look at what got loaded
-    code = ("import importlib, pkgutil, sys, vpo; "
-            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(vpo.__path__, 'vpo.') "
-            "if not m.name.endswith('__main__')]; "
-            f"loaded = sorted(m for m in {web!r} if m in sys.modules); "
-            "sys.exit(f'imported {loaded}' if loaded else 0)")
+    code = (
+        "import importlib, pkgutil, sys, vpo; "
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(vpo.__path__, 'vpo.') "
+        "if not m.name.endswith('__main__')]; "
+        f"loaded = sorted(m for m in {web!r} if m in sys.modules); "
+        "sys.exit(f'imported {loaded}' if loaded else 0)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -20,8 +20,11 @@ DIRECTION = {"falling": "down"}  # the coarse direction a fine motion counts as
 
 def world_fidelity(backbone, n: int = 64, steps: int = 20, guidance: float = 4.0, chunk: int = 16) -> dict:
     scenes = world.heldout_scenes(n)
-    videos = list(backbone.sample_many([s.caption for s in scenes], [s.seed for s in scenes], steps=steps,
-                                       guidance=guidance, chunk=chunk).numpy())
+    videos = list(
+        backbone.sample_many(
+            [s.caption for s in scenes], [s.seed for s in scenes], steps=steps, guidance=guidance, chunk=chunk
+        ).numpy()
+    )
     colour_ok = direction_ok = shape_ok = 0
     for scene, video in zip(scenes, videos):
         target = scene.objects[0]
@@ -37,5 +40,7 @@ def world_fidelity(backbone, n: int = 64, steps: int = 20, guidance: float = 4.0
         "direction_accuracy": direction_ok / n,
         "shape_accuracy": shape_ok / n,
         "flicker_generated": float(temporal_flickering(torch.from_numpy(np.stack(videos)).float()).mean()),
-        "flicker_ground_truth": float(temporal_flickering(torch.from_numpy(np.stack([s.render() for s in scenes])).float()).mean()),
+        "flicker_ground_truth": float(
+            temporal_flickering(torch.from_numpy(np.stack([s.render() for s in scenes])).float()).mean()
+        ),
     }

@@ -31,8 +31,9 @@ def sample_to_dir(
     jobs = [(p, seed + i) for i, p in enumerate(p for p in prompts for _ in range(num_per_prompt))]
     spec = backbone.spec
     entries = []
-    for start, videos in backbone.sample_chunks([p for p, _ in jobs], [s for _, s in jobs], steps=steps,
-                                                guidance=guidance, chunk=CHUNK):
+    for start, videos in backbone.sample_chunks(
+        [p for p, _ in jobs], [s for _, s in jobs], steps=steps, guidance=guidance, chunk=CHUNK
+    ):
         for j, v in enumerate(videos.numpy()):
             prompt, s = jobs[start + j]
             files = video_io.save_video(v, out, f"{start + j:04d}", spec.fps)

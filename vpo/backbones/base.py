@@ -122,10 +122,7 @@ class Backbone(torch.nn.Module):
 
     def initial_noise(self, seeds: list[int]) -> torch.Tensor:
         """One generator per video, so a video depends on its own seed only, not on its batch."""
-        noise = [
-            torch.randn(self.latent_shape(), generator=torch.Generator().manual_seed(int(s)))
-            for s in seeds
-        ]
+        noise = [torch.randn(self.latent_shape(), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
         return torch.stack(noise).to(self.device)
 
     def make_scheduler(self, steps: int) -> FlowMatchEulerDiscreteScheduler:
@@ -168,7 +165,9 @@ class Backbone(torch.nn.Module):
         cond = self.encode_prompts(prompts)
         return torch.cat([cond, self.null_text(len(prompts))]) if guidance != 1.0 else cond
 
-    def guided_velocity(self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor, guidance: float) -> torch.Tensor:
+    def guided_velocity(
+        self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor, guidance: float
+    ) -> torch.Tensor:
         """Velocity with classifier-free guidance, ``v_uncond + w (v_cond - v_uncond)`` (Ho & Salimans
         2022, Eq. 6 written for velocities); the two halves share one forward pass (a batch of 2B).
         ``text`` comes from ``guidance_text``. Returned in fp32 whatever the autocast dtype."""
@@ -177,8 +176,9 @@ class Backbone(torch.nn.Module):
         v_cond, v_uncond = self.predict_velocity(torch.cat([x, x]), torch.cat([sigma, sigma]), text).float().chunk(2)
         return v_uncond + guidance * (v_cond - v_uncond)
 
-    def sample_chunks(self, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = 4.0,
-                      chunk: int = 12) -> Iterator[tuple[int, torch.Tensor]]:
+    def sample_chunks(
+        self, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = 4.0, chunk: int = 12
+    ) -> Iterator[tuple[int, torch.Tensor]]:
         """``sample`` over a long list in batches of at most ``chunk`` videos (x2 with CFG), which
         bounds memory: yields (index of the batch's first video, its uint8 videos). A video depends
         only on its own seed, so the batching changes nothing but memory and speed."""
@@ -190,8 +190,9 @@ class Backbone(torch.nn.Module):
             end = start + chunk
             yield start, self.sample(prompts[start:end], seeds[start:end], steps=steps, guidance=guidance)
 
-    def sample_many(self, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = 4.0,
-                    chunk: int = 12) -> torch.Tensor:
+    def sample_many(
+        self, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = 4.0, chunk: int = 12
+    ) -> torch.Tensor:
         """All the videos of ``sample_chunks`` in one uint8 tensor (B, F, H, W, C)."""
         return torch.cat([videos for _, videos in self.sample_chunks(prompts, seeds, steps, guidance, chunk)])
 

@@ -21,8 +21,14 @@ ALGORITHMS = {
 }
 
 
-def train(cfg: TrainConfig, sink: Sink, stop: Callable[[], bool] | None = None, resume: bool = False,
-          device: str = "cpu", backbone: Backbone | None = None) -> Path:
+def train(
+    cfg: TrainConfig,
+    sink: Sink,
+    stop: Callable[[], bool] | None = None,
+    resume: bool = False,
+    device: str = "cpu",
+    backbone: Backbone | None = None,
+) -> Path:
     """Run ``cfg`` with its algorithm; returns the folder of the last checkpoint. ``backbone``
     overrides loading ``cfg.backbone`` (tests pass a small random one)."""
     if cfg.algorithm not in ALGORITHMS:

@@ -34,8 +34,9 @@ def add_policy_and_ref(transformer: Any, lora: dict[str, Any]) -> None:
             transformer.add_adapter(LoraConfig(**lora), adapter_name=name)
 
 
-def save_checkpoint(out: str | Path, step: int, cfg: TrainConfig, adapters: dict[str, torch.Tensor],
-                    optimizer: torch.optim.Optimizer) -> Path:
+def save_checkpoint(
+    out: str | Path, step: int, cfg: TrainConfig, adapters: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer
+) -> Path:
     """Write step ``step``'s checkpoint under ``out/checkpoints`` and point ``latest`` at it. The
     folder is written under a temporary name and renamed, and the pointer moves only once the
     folder is complete: a crash never leaves a bad ``latest``."""
@@ -44,10 +45,21 @@ def save_checkpoint(out: str | Path, step: int, cfg: TrainConfig, adapters: dict
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     tensors = {k: p.detach().cpu().contiguous() for k, p in adapters.items()}
-    save_file(tensors, str(tmp / "adapter.safetensors"),
-              metadata={"backbone": cfg.backbone, "step": str(step), "config": json.dumps(cfg.to_dict())})
-    torch.save({"step": step, "config": cfg.to_dict(), "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state()}, tmp / "state.pt")
+    save_file(
+        tensors,
+        str(tmp / "adapter.safetensors"),
+        metadata={"backbone": cfg.backbone, "step": str(step), "config": json.dumps(cfg.to_dict())},
+    )
+    torch.save(
+        {
+            "step": step,
+            "config": cfg.to_dict(),
+            "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+        },
+        tmp / "state.pt",
+    )
     (tmp / "config.toml").write_text(cfg.to_toml())
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)

@@ -40,7 +40,10 @@ DASHBOARD: list[dict[str, Any]] = [
     {"key": "margin", "title": "Reward margin (winner − loser)", "lines": [REWARD_MARGIN]},
     {"key": "loss", "title": "Loss", "lines": [DPO_LOSS, REFL_LOSS]},
     {"key": "acc", "title": "DPO implicit accuracy", "lines": [DPO_IMPLICIT_ACC]},
-    {"key": "heldout", "title": "Held-out measures (not trained on: the reward-hacking alarm)",
-     "prefix": HELDOUT_PREFIX},
+    {
+        "key": "heldout",
+        "title": "Held-out measures (not trained on: the reward-hacking alarm)",
+        "prefix": HELDOUT_PREFIX,
+    },
     {"key": "perf", "title": "Step time (s)", "lines": [STEP_S]},
 ]

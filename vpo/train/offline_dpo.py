@@ -28,8 +28,9 @@ def build_pairs(run: Run) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.
     winners, losers, prompts, margins = [], [], [], []
     for i, prompt in enumerate(run.prompts):
         seeds = run.candidate_seeds(-1, i, n)  # step -1: before training
-        videos, latents = run.backbone.sample([prompt] * n, seeds, steps=cfg.sampling_steps, guidance=cfg.guidance,
-                                              return_latents=True)
+        videos, latents = run.backbone.sample(
+            [prompt] * n, seeds, steps=cfg.sampling_steps, guidance=cfg.guidance, return_latents=True
+        )
         scores = run.score(videos, [prompt] * n)
         for _, w, l in pick_pairs(scores[None], cfg.tie_tolerance):
             winners.append(latents[w])
@@ -41,8 +42,14 @@ def build_pairs(run: Run) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.
     return torch.stack(winners), torch.stack(losers), prompts, torch.tensor(margins)
 
 
-def train(cfg: TrainConfig, sink: Sink, stop: Callable[[], bool] | None = None, resume: bool = False,
-          device: str = "cpu", backbone: Backbone | None = None) -> Path:
+def train(
+    cfg: TrainConfig,
+    sink: Sink,
+    stop: Callable[[], bool] | None = None,
+    resume: bool = False,
+    device: str = "cpu",
+    backbone: Backbone | None = None,
+) -> Path:
     run = Run(cfg, sink, device, backbone)
     # the pairs come from the base model: build them before loading any trained adapter
     winners, losers, pair_prompts, margins = build_pairs(run)

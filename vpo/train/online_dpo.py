@@ -82,8 +82,14 @@ def pick_pairs(scores: torch.Tensor, tolerance: float) -> list[tuple[int, int, i
     return pairs
 
 
-def train(cfg: TrainConfig, sink: Sink, stop: Callable[[], bool] | None = None, resume: bool = False,
-          device: str = "cpu", backbone: Backbone | None = None) -> Path:
+def train(
+    cfg: TrainConfig,
+    sink: Sink,
+    stop: Callable[[], bool] | None = None,
+    resume: bool = False,
+    device: str = "cpu",
+    backbone: Backbone | None = None,
+) -> Path:
     """Run ``cfg`` (algorithm ``online-dpo``); returns the folder of the last checkpoint."""
     run = Run(cfg, sink, device, backbone)
     n, bb = cfg.num_candidates, run.backbone
@@ -95,8 +101,9 @@ def train(cfg: TrainConfig, sink: Sink, stop: Callable[[], bool] | None = None, 
         # 1. sample N candidates per prompt from the current policy, all in one batch
         flat_prompts = [p for p in prompts for _ in range(n)]
         seeds = [s for i in range(len(prompts)) for s in run.candidate_seeds(step, i, n)]
-        videos, latents = bb.sample(flat_prompts, seeds, steps=cfg.sampling_steps, guidance=cfg.guidance,
-                                    return_latents=True)
+        videos, latents = bb.sample(
+            flat_prompts, seeds, steps=cfg.sampling_steps, guidance=cfg.guidance, return_latents=True
+        )
         t_sample = time.perf_counter()
 
         # 2. score them on the chosen dimension
@@ -105,8 +112,12 @@ def train(cfg: TrainConfig, sink: Sink, stop: Callable[[], bool] | None = None, 
 
         # 3. winner = argmax, loser = argmin; prompts whose spread is under the tolerance are skipped
         pairs = pick_pairs(scores, cfg.tie_tolerance)
-        values = {REWARD_MEAN: scores.mean().item(), REWARD_MAX: scores.max().item(),
-                  REWARD_MIN: scores.min().item(), SKIPPED_PROMPTS: len(prompts) - len(pairs)}
+        values = {
+            REWARD_MEAN: scores.mean().item(),
+            REWARD_MAX: scores.max().item(),
+            REWARD_MIN: scores.min().item(),
+            SKIPPED_PROMPTS: len(prompts) - len(pairs),
+        }
 
         # 4. Flow-DPO update on the pairs
         if pairs:
@@ -122,13 +133,21 @@ def train(cfg: TrainConfig, sink: Sink, stop: Callable[[], bool] | None = None, 
 
         # 6. (with run.end_step) log, held-out monitor, sample videos, checkpoint; the step's time
         # leaves out writing its videos
-        values.update({SAMPLE_S: t_sample - t0, SCORE_S: t_score - t_sample,
-                       UPDATE_S: time.perf_counter() - t_score, STEP_S: time.perf_counter() - t0})
+        values.update(
+            {
+                SAMPLE_S: t_sample - t0,
+                SCORE_S: t_score - t_sample,
+                UPDATE_S: time.perf_counter() - t_score,
+                STEP_S: time.perf_counter() - t0,
+            }
+        )
         if cfg.heldout_every and done % cfg.heldout_every == 0:
             labels = ["" for _ in flat_prompts]
             for i, w, l in pairs:
                 labels[i * n + w], labels[i * n + l] = "winner", "loser"
-            sink.samples(done, "candidates", videos.numpy(), flat_prompts, scores.flatten().tolist(), labels, bb.spec.fps)
+            sink.samples(
+                done, "candidates", videos.numpy(), flat_prompts, scores.flatten().tolist(), labels, bb.spec.fps
+            )
         return values
 
     return run.loop(run.begin(resume), stop, one_step)

@@ -56,13 +56,25 @@ def reward_gradient_step(run: Run, prompts: list[str], step: int) -> dict:
     run.check_finite("the differentiable reward", reward)
     loss = -reward.mean()
     norm = run.optimizer_step(loss)
-    return {REWARD_MEAN: reward.mean().item(), REWARD_MAX: reward.max().item(), REWARD_MIN: reward.min().item(),
-            REFL_LOSS: loss.item(), REFL_GRAD_NORM: norm, REFL_GRAD_STEPS: float(cfg.refl_depth),
-            REFL_STOP_INDEX: float(last)}
+    return {
+        REWARD_MEAN: reward.mean().item(),
+        REWARD_MAX: reward.max().item(),
+        REWARD_MIN: reward.min().item(),
+        REFL_LOSS: loss.item(),
+        REFL_GRAD_NORM: norm,
+        REFL_GRAD_STEPS: float(cfg.refl_depth),
+        REFL_STOP_INDEX: float(last),
+    }
 
 
-def train(cfg: TrainConfig, sink: Sink, stop: Callable[[], bool] | None = None, resume: bool = False,
-          device: str = "cpu", backbone: Backbone | None = None) -> Path:
+def train(
+    cfg: TrainConfig,
+    sink: Sink,
+    stop: Callable[[], bool] | None = None,
+    resume: bool = False,
+    device: str = "cpu",
+    backbone: Backbone | None = None,
+) -> Path:
     run = Run(cfg, sink, device, backbone)  # TrainConfig checked that the reward is differentiable
     # 1.-4. per step: denoise, differentiate the reward through the last steps, update; 6. (run.loop)
     # log, held-out monitor, checkpoint. ReFL has no reference model: no step 5.

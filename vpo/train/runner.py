@@ -48,8 +48,12 @@ class Run:
         self.out = Path(cfg.out)
         self.backbone = backbone if backbone is not None else load_backbone(cfg.backbone, device=device)
         self.transformer = self.backbone.transformer
-        lora = dict(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, target_modules=list(self.backbone.lora_target_modules),
-                    init_lora_weights=True)
+        lora = dict(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_rank,
+            target_modules=list(self.backbone.lora_target_modules),
+            init_lora_weights=True,
+        )
         add_policy_and_ref(self.transformer, lora)  # freezes the base
         self.transformer.set_adapter(POLICY)
         self.optimizer = torch.optim.AdamW(self.adapter_params(POLICY).values(), lr=cfg.lr, weight_decay=0.0)
@@ -101,12 +105,18 @@ class Run:
         if not torch.isfinite(scores).all():
             bad = int((~torch.isfinite(scores)).nonzero()[0])
             why = result.unavailable.get(bad, "the reward source returned a non-finite score")
-            raise self.diverged(f"reward {self.cfg.reward}/{self.cfg.dimension} is {scores[bad].item()} "
-                                f"for prompt {prompts[bad]!r} ({why})")
+            raise self.diverged(
+                f"reward {self.cfg.reward}/{self.cfg.dimension} is {scores[bad].item()} "
+                f"for prompt {prompts[bad]!r} ({why})"
+            )
         return scores
 
     def diverged(self, what: str) -> TrainingDiverged:
-        kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
+        kept = (
+            f"the last good checkpoint is {self.last_checkpoint}"
+            if self.last_checkpoint
+            else "no checkpoint was written yet"
+        )
         return TrainingDiverged(f"training stopped at step {self.step + 1}: {what}; {kept}")
 
     def check_finite(self, name: str, value: torch.Tensor) -> None:
@@ -184,8 +194,15 @@ class Run:
         result = self.monitor.score(videos, self.heldout)
         values = {heldout(d): float(torch.nanmean(s)) for d, s in result.scores.items()}
         values[heldout("temporal_flickering")] = float(result.raw["temporal_flickering"].mean())
-        self.sink.samples(step, "heldout", videos.numpy(), self.heldout, result.scores["global"].tolist(),
-                          ["heldout"] * len(seeds), self.backbone.spec.fps)
+        self.sink.samples(
+            step,
+            "heldout",
+            videos.numpy(),
+            self.heldout,
+            result.scores["global"].tolist(),
+            ["heldout"] * len(seeds),
+            self.backbone.spec.fps,
+        )
         return values
 
     # --- checkpoints ---------------------------------------------------------------------------

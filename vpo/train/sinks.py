@@ -22,8 +22,16 @@ from vpo.train.keys import PROGRESS, REWARD_MEAN
 class Sink(Protocol):
     def metrics(self, step: int, values: dict[str, float]) -> None: ...
 
-    def samples(self, step: int, kind: str, videos: np.ndarray, prompts: list[str], scores: list[float],
-                labels: list[str], fps: int) -> None: ...
+    def samples(
+        self,
+        step: int,
+        kind: str,
+        videos: np.ndarray,
+        prompts: list[str],
+        scores: list[float],
+        labels: list[str],
+        fps: int,
+    ) -> None: ...
 
 
 class JsonlSink:
@@ -38,8 +46,7 @@ class JsonlSink:
         self.file.write(json.dumps({"step": step, "time": round(time.time() - self.t0, 3), **values}) + "\n")
         self.file.flush()
         if REWARD_MEAN in values:
-            self.bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in values.items()
-                                  if k in PROGRESS})
+            self.bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in values.items() if k in PROGRESS})
             self.bar.n = step
             self.bar.refresh()
 

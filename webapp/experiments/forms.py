@@ -42,9 +42,12 @@ def validated_config(data: dict) -> dict:
 
 class ExperimentForm(forms.Form):
     name = forms.CharField(max_length=120)
-    prompts_file = forms.FileField(required=False, label="prompt file",
-                                   help_text=f"with prompts = {UPLOADED}: UTF-8 text, one prompt per line, "
-                                             f"<= {MAX_PROMPTS} prompts of <= {MAX_PROMPT_CHARS} characters")
+    prompts_file = forms.FileField(
+        required=False,
+        label="prompt file",
+        help_text=f"with prompts = {UPLOADED}: UTF-8 text, one prompt per line, "
+        f"<= {MAX_PROMPTS} prompts of <= {MAX_PROMPT_CHARS} characters",
+    )
 
     def __init__(self, *args, config: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)

@@ -36,8 +36,13 @@ def train(experiment_id: int, worker_stopping: Callable[[], bool] = lambda: Fals
     try:
         cfg = experiment.train_config()
         resume = redelivered and latest_checkpoint(cfg.out) is not None
-        train_config(cfg, DatabaseSink(experiment), stop=lambda: experiment.stop_requested() or worker_stopping(),
-                     resume=resume, device=pick_device())
+        train_config(
+            cfg,
+            DatabaseSink(experiment),
+            stop=lambda: experiment.stop_requested() or worker_stopping(),
+            resume=resume,
+            device=pick_device(),
+        )
     except Exception as e:  # any failure ends the run with its message shown on the page...
         if not worker_stopping() or experiment.stop_requested():
             log.exception("experiment %s failed", experiment.pk)
@@ -70,13 +75,21 @@ def evaluate(evaluation_id: int) -> None:
     try:
         cfg = evaluation.experiment.config
         folder = evaluation.experiment.run_dir / "run" / "checkpoints" / evaluation.checkpoint
-        rows = compare(cfg["backbone"], folder, read_prompts(evaluation.prompts), steps=cfg["sampling_steps"],
-                       guidance=cfg["guidance"], device=pick_device())
+        rows = compare(
+            cfg["backbone"],
+            folder,
+            read_prompts(evaluation.prompts),
+            steps=cfg["sampling_steps"],
+            guidance=cfg["guidance"],
+            device=pick_device(),
+        )
         # jsonb does not keep key order: store the columns' order with the values
         diff = rows.pop("difference")
-        evaluation.result = {"columns": list(COLUMNS),
-                             **{model: [finite_or_none(row[c]) for c in COLUMNS] for model, row in rows.items()},
-                             "difference": [difference_cell(diff.get(c)) for c in COLUMNS]}
+        evaluation.result = {
+            "columns": list(COLUMNS),
+            **{model: [finite_or_none(row[c]) for c in COLUMNS] for model, row in rows.items()},
+            "difference": [difference_cell(diff.get(c)) for c in COLUMNS],
+        }
         evaluation.status = Status.FINISHED
     except Exception as e:  # shown on the page next to the evaluation
         log.exception("evaluation %s failed", evaluation.pk)
@@ -90,5 +103,10 @@ def difference_cell(d: dict[str, Any] | None) -> dict[str, Any] | None:
     (the quality score is a score of means, not of videos)."""
     if d is None:
         return None
-    return {"mean": finite_or_none(d["mean"]), "ci95": [finite_or_none(x) for x in d["ci95"]],
-            "better": d["better"], "worse": d["worse"], "n": d["n"]}
+    return {
+        "mean": finite_or_none(d["mean"]),
+        "ci95": [finite_or_none(x) for x in d["ci95"]],
+        "better": d["better"],
+        "worse": d["worse"],
+        "n": d["n"],
+    }

@@ -111,7 +111,8 @@ class Experiment(models.Model):
         if self.is_done:
             return
         if Experiment.objects.filter(pk=self.pk, status__in=(Status.QUEUED, Status.PAUSED)).update(
-                status=Status.CANCELLED, cancel_requested=True, finished=timezone.now()):
+            status=Status.CANCELLED, cancel_requested=True, finished=timezone.now()
+        ):
             self.refresh_from_db()
             push(self.group, {"type": "status.event", **self.status_payload()})
         else:
@@ -135,8 +136,11 @@ class Experiment(models.Model):
 
     def checkpoints(self) -> list[str]:
         folder = self.run_dir / "run" / "checkpoints"
-        return sorted(p.name for p in folder.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")) \
-            if folder.is_dir() else []
+        return (
+            sorted(p.name for p in folder.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+            if folder.is_dir()
+            else []
+        )
 
 
 class MetricPoint(models.Model):
@@ -169,11 +173,20 @@ class Sample(models.Model):
 
     class Meta:
         ordering = ["step", "kind", "index"]
-        constraints = [models.UniqueConstraint(fields=["experiment", "step", "kind", "index"], name="one_sample_per_slot")]
+        constraints = [
+            models.UniqueConstraint(fields=["experiment", "step", "kind", "index"], name="one_sample_per_slot")
+        ]
 
     def as_event(self) -> dict:
-        return {"step": self.step, "kind": self.kind, "index": self.index, "prompt": self.prompt, "score": self.score,
-                "label": self.label, "url": reverse("experiments:media", args=[self.experiment_id, self.path])}
+        return {
+            "step": self.step,
+            "kind": self.kind,
+            "index": self.index,
+            "prompt": self.prompt,
+            "score": self.score,
+            "label": self.label,
+            "url": reverse("experiments:media", args=[self.experiment_id, self.path]),
+        }
 
 
 class Evaluation(models.Model):
@@ -195,8 +208,10 @@ class Evaluation(models.Model):
         """(model, values in %) for the Table-3 layout."""
         if not self.result:
             return []
-        return [(model, [f"{100 * v:.2f}" if v is not None else "–" for v in self.result[model]])
-                for model in ("base", "checkpoint")]
+        return [
+            (model, [f"{100 * v:.2f}" if v is not None else "–" for v in self.result[model]])
+            for model in ("base", "checkpoint")
+        ]
 
     @property
     def difference_rows(self) -> list[tuple[str, list[str]]]:
@@ -210,7 +225,11 @@ class Evaluation(models.Model):
         def show(fmt) -> list[str]:
             return ["–" if c is None or c["mean"] is None else fmt(c) for c in cells]
 
-        return [("difference", show(lambda c: f"{100 * c['mean']:+.2f}")),
-                ("95% CI", show(lambda c: "–" if None in c["ci95"] else
-                                f"{100 * c['ci95'][0]:+.2f} to {100 * c['ci95'][1]:+.2f}")),
-                ("better on", show(lambda c: f"{c['better']}/{c['n']}"))]
+        return [
+            ("difference", show(lambda c: f"{100 * c['mean']:+.2f}")),
+            (
+                "95% CI",
+                show(lambda c: "–" if None in c["ci95"] else f"{100 * c['ci95'][0]:+.2f} to {100 * c['ci95'][1]:+.2f}"),
+            ),
+            ("better on", show(lambda c: f"{c['better']}/{c['n']}")),
+        ]

@@ -59,8 +59,9 @@ def analyse_feedback(study_id: int) -> None:
     study = Study.objects.filter(pk=study_id).first()
     if study is None:
         return
-    groups = [Group(prompt, np.stack([c.frames() for c in clips]), chosen)
-              for prompt, clips, chosen in human_groups(study)]
+    groups = [
+        Group(prompt, np.stack([c.frames() for c in clips]), chosen) for prompt, clips, chosen in human_groups(study)
+    ]
     sources, skipped = available_sources()
     rows = []
     if groups:
