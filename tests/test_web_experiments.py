@@ -87,7 +87,7 @@ def test_the_owner_gets_the_dashboard_data_and_a_ranged_video(owner, experiment)
 
 def form_data(**overrides):
     data = {"name": "x", **validated_config({}), **overrides}
-    return {k: v for k, v in data.items()}
+    return dict(data)
 
 
 def test_bad_hyperparameters_show_a_clear_error_next_to_the_field(owner):

@@ -60,7 +60,7 @@ def test_the_models_have_all_their_migrations(db):
 
 
 def test_docker_compose_has_the_stores_web_and_both_workers_with_health_checks():
-    compose = yaml.safe_load(open(settings.BASE_DIR / "docker-compose.yml"))
+    compose = yaml.safe_load((settings.BASE_DIR / "docker-compose.yml").read_text())
     services = compose["services"]
     assert set(services) == {"postgres", "redis", "web", "ws", "proxy", "worker-gpu", "worker-cpu"}
     for name, service in services.items():

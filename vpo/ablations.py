@@ -134,7 +134,8 @@ def report(base, seeds, evals, base_eval, curves, figures, results, train_s, wal
         f"{wall / 60:.0f} min in all, evaluation included; finished runs in `--out` are reused, not re-run).",
         "",
         f"Shared settings: `{base.reward}` reward on `{base.dimension}`, N = {base.num_candidates} candidates, "
-        f"K = {base.ref_update_every}, beta = {base.beta}, {base.noise_draws} noise draw(s) per pair, LoRA rank {base.lora_rank}, lr {base.lr}, "
+        f"K = {base.ref_update_every}, beta = {base.beta}, {base.noise_draws} noise draw(s) per pair, "
+        f"LoRA rank {base.lora_rank}, lr {base.lr}, "
         f"{base.steps} steps of {base.prompts_per_step} prompt(s), {base.sampling_steps} sampling steps, "
         f"CFG {base.guidance}; ReFL back-propagates through the last {base.refl_depth} step(s). "
         f"Evaluation: {n_prompts} held-out prompts (wordings never seen in pretraining), fixed seeds, "
@@ -170,7 +171,10 @@ def report(base, seeds, evals, base_eval, curves, figures, results, train_s, wal
                 f"final training reward {a} {_final(curves, a, seeds):.3f}, {b} {_final(curves, b, seeds):.3f}"
             )
         else:
-            finding = f"{column}: {a} {100 * da:.2f} vs {b} {100 * db:.2f} (the paper's direction in {sum(holds)} of {len(seeds)} seeds)"
+            finding = (
+                f"{column}: {a} {100 * da:.2f} vs {b} {100 * db:.2f} "
+                f"(the paper's direction in {sum(holds)} of {len(seeds)} seeds)"
+            )
         # a direction counts only when every seed shows it; a split or a tie is no evidence either way
         verdict = (
             "matches" if all(holds) else "is inconclusive against" if any(holds) or any(ties) else "does not match"

@@ -33,13 +33,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.modeling_utils import ModelMixin
-from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -74,7 +74,7 @@ class TinyConfig:
             if size % p:
                 raise ValueError(f"{name}={size} is not divisible by its patch size {p}")
 
-    def build_transformer(self) -> "SpaceTimeTransformer":
+    def build_transformer(self) -> SpaceTimeTransformer:
         return SpaceTimeTransformer(
             dim=self.dim,
             heads=self.heads,
@@ -341,14 +341,14 @@ class TinyBackbone(Backbone):
         save_file(state, str(path), metadata={"backbone": self.name, "config": json.dumps(asdict(self.config))})
 
     @classmethod
-    def load(cls, path=None, text_encoder: MiniLM | None = None) -> "TinyBackbone":
+    def load(cls, path=None, text_encoder: MiniLM | None = None) -> TinyBackbone:
         path = Path(path or WEIGHTS)
         if not path.is_file():
             raise FileNotFoundError(f"no tiny backbone weights at {path}")
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-                state = {k: f.get_tensor(k) for k in f.keys()}
+                state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle is not a dict)
         except Exception as e:  # safetensors raises its own error types for any malformed file
             raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
         if meta.get("backbone") != cls.name or "config" not in meta:

@@ -115,7 +115,7 @@ class TrainConfig:
 
     # --- (de)serialisation -------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -129,7 +129,7 @@ class TrainConfig:
         return cls(**typed)
 
     @classmethod
-    def from_toml(cls, path) -> "TrainConfig":
+    def from_toml(cls, path) -> TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no config file {path}")

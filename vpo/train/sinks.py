@@ -38,7 +38,7 @@ class JsonlSink:
     def __init__(self, out, total_steps: int, progress: bool = True, start_step: int = 0):
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.out / "metrics.jsonl", "a")
+        self.file = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115 (open for the run; close() closes it)
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not progress, desc="train")
         self.t0 = time.time()
 

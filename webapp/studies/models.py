@@ -95,7 +95,7 @@ class Study(models.Model):
 
         return parse_prompts(self.prompts)
 
-    def base_system(self) -> "System":
+    def base_system(self) -> System:
         """The anchor of the ratings: the base model if it is one of the systems, else the first."""
         systems = list(self.systems.all())
         return next((s for s in systems if s.experiment_id is None), systems[0])
