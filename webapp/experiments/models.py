@@ -204,6 +204,12 @@ class Evaluation(models.Model):
         ordering = ["-created"]
 
     @property
+    def column_names(self) -> list[str]:
+        """The table's headers, from the columns stored with the result (``vpo.eval.COLUMNS``)."""
+        short = {"imaging_quality": "imaging*", "quality_score": "quality"}  # * = the proxy, see the note
+        return [short.get(c, c.replace("_", " ")) for c in (self.result or {}).get("columns", [])]
+
+    @property
     def rows(self) -> list[tuple[str, list[str]]]:
         """(model, values in %) for the Table-3 layout."""
         if not self.result:
