@@ -141,7 +141,7 @@ def measure_one(algorithm: str, frames: int, depth: int) -> dict:
 
 
 def online_step(run: Run, prompts: list[str]) -> None:
-    """Steps 1-4 of ``online_dpo.train`` for one prompt: sample, score, pick, update."""
+    """Steps 1-4 of ``online_dpo.train_run`` for one prompt: sample, score, pick, update."""
     from vpo.train.online_dpo import dpo_update, pick_pairs
 
     n = run.cfg.num_candidates

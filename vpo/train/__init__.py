@@ -1,5 +1,5 @@
-"""Training algorithms behind one registry. Each is a module with a ``train(cfg, sink, stop, resume)``
-loop: read ``online_dpo.py`` first."""
+"""Training algorithms behind one registry. Each is a module with a ``train_run(run, stop, resume)``
+that gives ``Run.loop`` its step: read ``online_dpo.py`` first."""
 
 from __future__ import annotations
 
@@ -33,5 +33,7 @@ def train(
     overrides loading ``cfg.backbone`` (tests pass a small random one)."""
     if cfg.algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {cfg.algorithm!r}; valid: {', '.join(ALGORITHMS)}")
+    from vpo.train.runner import Run
+
     module = importlib.import_module(ALGORITHMS[cfg.algorithm])
-    return module.train(cfg, sink, stop=stop, resume=resume, device=device, backbone=backbone)
+    return module.train_run(Run(cfg, sink, device, backbone), stop, resume)

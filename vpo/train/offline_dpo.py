@@ -12,12 +12,9 @@ from pathlib import Path
 
 import torch
 
-from vpo.backbones.base import Backbone
-from vpo.train.config import TrainConfig
 from vpo.train.keys import OFFLINE_MARGIN, OFFLINE_PAIRS, REWARD_MARGIN
 from vpo.train.online_dpo import dpo_update, pick_pairs
 from vpo.train.runner import Run, derive_seed
-from vpo.train.sinks import Sink
 
 
 def build_pairs(run: Run) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
@@ -42,15 +39,8 @@ def build_pairs(run: Run) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.
     return torch.stack(winners), torch.stack(losers), prompts, torch.tensor(margins)
 
 
-def train(
-    cfg: TrainConfig,
-    sink: Sink,
-    stop: Callable[[], bool] | None = None,
-    resume: bool = False,
-    device: str = "cpu",
-    backbone: Backbone | None = None,
-) -> Path:
-    run = Run(cfg, sink, device, backbone)
+def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
+    cfg = run.cfg
     # the pairs come from the base model: build them before loading any trained adapter
     winners, losers, pair_prompts, margins = build_pairs(run)
     start = run.begin(resume, {OFFLINE_PAIRS: len(pair_prompts), OFFLINE_MARGIN: margins.mean().item()})

@@ -18,8 +18,6 @@ from pathlib import Path
 
 import torch
 
-from vpo.backbones.base import Backbone
-from vpo.train.config import TrainConfig
 from vpo.train.keys import (
     DPO_GRAD_NORM,
     REWARD_MARGIN,
@@ -34,7 +32,6 @@ from vpo.train.keys import (
 )
 from vpo.train.loss import flow_dpo_loss, per_video_mse
 from vpo.train.runner import Run
-from vpo.train.sinks import Sink
 
 
 def dpo_update(run: Run, winners: torch.Tensor, losers: torch.Tensor, prompts: list[str], step: int) -> dict:
@@ -82,16 +79,9 @@ def pick_pairs(scores: torch.Tensor, tolerance: float) -> list[tuple[int, int, i
     return pairs
 
 
-def train(
-    cfg: TrainConfig,
-    sink: Sink,
-    stop: Callable[[], bool] | None = None,
-    resume: bool = False,
-    device: str = "cpu",
-    backbone: Backbone | None = None,
-) -> Path:
-    """Run ``cfg`` (algorithm ``online-dpo``); returns the folder of the last checkpoint."""
-    run = Run(cfg, sink, device, backbone)
+def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
+    """Train ``run`` (algorithm ``online-dpo``); returns the folder of the last checkpoint."""
+    cfg, sink = run.cfg, run.sink
     n, bb = cfg.num_candidates, run.backbone
 
     def one_step(step: int) -> dict:

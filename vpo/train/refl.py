@@ -16,8 +16,7 @@ from pathlib import Path
 
 import torch
 
-from vpo.backbones.base import Backbone, euler_step
-from vpo.train.config import TrainConfig
+from vpo.backbones.base import euler_step
 from vpo.train.keys import (
     REFL_GRAD_NORM,
     REFL_GRAD_STEPS,
@@ -28,7 +27,6 @@ from vpo.train.keys import (
     REWARD_MIN,
 )
 from vpo.train.runner import Run, derive_seed
-from vpo.train.sinks import Sink
 
 
 def reward_gradient_step(run: Run, prompts: list[str], step: int) -> dict:
@@ -67,15 +65,8 @@ def reward_gradient_step(run: Run, prompts: list[str], step: int) -> dict:
     }
 
 
-def train(
-    cfg: TrainConfig,
-    sink: Sink,
-    stop: Callable[[], bool] | None = None,
-    resume: bool = False,
-    device: str = "cpu",
-    backbone: Backbone | None = None,
-) -> Path:
-    run = Run(cfg, sink, device, backbone)  # TrainConfig checked that the reward is differentiable
+def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
+    # TrainConfig checked that the reward is differentiable
     # 1.-4. per step: denoise, differentiate the reward through the last steps, update; 6. (run.loop)
     # log, held-out monitor, checkpoint. ReFL has no reference model: no step 5.
     return run.loop(run.begin(resume), stop, lambda step: reward_gradient_step(run, run.pick_prompts(step), step))
