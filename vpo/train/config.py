@@ -129,7 +129,7 @@ class TrainConfig:
         return cls(**typed)
 
     @classmethod
-    def from_toml(cls, path) -> TrainConfig:
+    def from_toml(cls, path: str | Path) -> TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no config file {path}")
@@ -159,12 +159,12 @@ class ConfigError(ValueError):
         self.field = field
 
 
-def _choice(name: str, value, valid, context: str = "") -> None:
+def _choice(name: str, value: Any, valid: Any, context: str = "") -> None:
     if value not in valid:
         raise ConfigError(name, f"unknown {name} {value!r}{context}; valid: {', '.join(valid)}")
 
 
-def _coerce(name: str, value, kind: type):
+def _coerce(name: str, value: Any, kind: type) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is float and isinstance(value, str):
@@ -179,7 +179,7 @@ def _coerce(name: str, value, kind: type):
     return value
 
 
-def _toml_value(value) -> str:
+def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, float):
