@@ -16,10 +16,38 @@ from typing import Any
 import torch
 
 TEXT_DIM = 32  # d_model of the tiny text encoder (= the transformers' text_dim / caption_channels)
-WORDS = (
-    "a red green blue yellow purple orange cyan white circle square triangle ball box moving left right up "
-    "down falling bouncing growing shrinking standing still the of and dance monkey"
-).split()
+WORDS = [
+    "a",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "purple",
+    "orange",
+    "cyan",
+    "white",
+    "circle",
+    "square",
+    "triangle",
+    "ball",
+    "box",
+    "moving",
+    "left",
+    "right",
+    "up",
+    "down",
+    "falling",
+    "bouncing",
+    "growing",
+    "shrinking",
+    "standing",
+    "still",
+    "the",
+    "of",
+    "and",
+    "dance",
+    "monkey",
+]
 
 
 def tiny_tokenizer():
