@@ -28,7 +28,10 @@ pytestmark = pytest.mark.skipif(not os.path.exists(local_nginx.NGINX), reason="n
 @pytest.fixture
 def front_door(transactional_db, tmp_path):
     env = {**os.environ, "DATABASE_URL": subprocess_database_url(), "DEBUG": "0", "SECRET_KEY": settings.SECRET_KEY,
-           "ALLOWED_HOSTS": "127.0.0.1", "SECURE_SSL_REDIRECT": "0", "VPO_PROXIES": "1", "PYTHONUNBUFFERED": "1"}
+           "ALLOWED_HOSTS": "127.0.0.1", "SECURE_SSL_REDIRECT": "0", "VPO_PROXIES": "1", "PYTHONUNBUFFERED": "1",
+           # the volunteer here votes without loading the trial page (this test is about routing):
+           # no minimum watch time (tests/test_web_studies.py tests it)
+           "VPO_MIN_WATCH_FRACTION": "0"}
     port, web, ws = free_port(), free_port(), free_port()
     procs = [Process("gunicorn", [str(BIN / "gunicorn"), "--preload", "--workers", "2", "--bind", f"127.0.0.1:{web}",
                                   "webapp.wsgi:application"], env, ready="Booting worker"),

@@ -90,6 +90,10 @@ STUDY_RATE_LIMITS = {
     "vote_ip": (int(os.environ.get("VPO_VOTES_PER_MINUTE_PER_IP", 600)), 60),
     "join_ip": (int(os.environ.get("VPO_JOINS_PER_HOUR_PER_IP", 120)), 3600),
 }
+# A vote on a trial counts only from this share of its clips' duration after the trial page was
+# served (server time): both clips play at once, so a person cannot answer sooner. 0 turns the
+# check off (load tests that vote without loading pages: benchmarks/votes.py).
+VPO_MIN_WATCH_FRACTION = float(os.environ.get("VPO_MIN_WATCH_FRACTION", 1.0))
 # Reverse proxies in front of the app that append to X-Forwarded-For (docker-compose: nginx, so 1;
 # add one per TLS terminator or load balancer before it). 0: the client connects directly.
 VPO_PROXIES = int(os.environ.get("VPO_PROXIES", 0))
