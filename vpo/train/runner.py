@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import random
 import resource
 import shutil
@@ -202,7 +203,7 @@ class Run:
         folder = latest_checkpoint(self.out)
         if folder is None:
             return 0
-        state = torch.load(folder / "state.pt", weights_only=False)
+        state = load_state(folder / "state.pt")
         if state["config"] != self.cfg.to_dict():
             diff = {k: (v, self.cfg.to_dict()[k]) for k, v in state["config"].items() if self.cfg.to_dict()[k] != v}
             raise ValueError(f"cannot resume from {folder}: it was trained with other settings {diff}")
@@ -220,9 +221,38 @@ def latest_checkpoint(out) -> Path | None:
     return Path(out) / "checkpoints" / pointer.read_text().strip() if pointer.exists() else None
 
 
+def load_state(path: Path) -> dict:
+    """A checkpoint's ``state.pt`` with ``weights_only=True``: tensors, containers, numbers and the
+    NumPy RNG state's array, never arbitrary pickled objects (a checkpoint folder may come from
+    elsewhere). A damaged file is a ValueError naming it."""
+    try:
+        from numpy._core.multiarray import _reconstruct  # NumPy >= 2
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct
+    arrays = [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]  # np.random.get_state()'s key array
+    try:
+        with torch.serialization.safe_globals(arrays):
+            return torch.load(path, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+        raise ValueError(f"{path} is not a readable checkpoint state ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def read_safetensors(path, metadata_only: bool = False):
+    """The tensors (or the metadata) of a safetensors file; a damaged one is a ValueError naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        if metadata_only:
+            with safe_open(str(path), framework="pt") as f:
+                return f.metadata() or {}
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
+
+
 def load_adapters(transformer, path) -> None:
     """Copy saved adapter tensors into a transformer that has the same adapters."""
-    saved = load_file(str(path))
+    saved = read_safetensors(path)
     own = dict(transformer.named_parameters())
     missing = [k for k in saved if k not in own]
     if missing:
@@ -242,10 +272,7 @@ def load_policy(backbone, checkpoint) -> dict:
         path = path / "adapter.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"no training checkpoint at {checkpoint} (expected a folder with adapter.safetensors)")
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = read_safetensors(path, metadata_only=True)
     if "config" not in meta:
         raise ValueError(f"{path} is not a training checkpoint (no config in its metadata)")
     cfg = json.loads(meta["config"])

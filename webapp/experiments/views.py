@@ -19,6 +19,8 @@ DEMO_CONFIG = {"backbone": "tiny", "reward": "metrics", "dimension": "temporal",
 
 
 def visible_or_404(request, pk) -> Experiment:
+    if not str(pk).isdecimal():  # ?clone=abc: no such experiment, not a 500
+        raise Http404("no such experiment")
     return get_object_or_404(Experiment.objects.visible_to(request.user), pk=pk)
 
 
