@@ -90,7 +90,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, u
         try:  # weights_only: state dicts, numbers and the config, never arbitrary pickled objects
             ckpt = torch.load(ckpt_path, weights_only=True)
         except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-            raise ValueError(f"{ckpt_path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+            raise ValueError(f"{ckpt_path} is not a readable checkpoint ({type(e).__name__}): damaged, or holding "
+                             "objects other than tensors, containers and numbers") from None
         if ckpt["config"] != asdict(cfg):
             raise ValueError(f"{ckpt_path} was written with a different config: {ckpt['config']}")
         net.load_state_dict(ckpt["model"])

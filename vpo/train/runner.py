@@ -233,8 +233,12 @@ def load_state(path: Path) -> dict:
     try:
         with torch.serialization.safe_globals(arrays):
             return torch.load(path, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
-        raise ValueError(f"{path} is not a readable checkpoint state ({type(e).__name__}: {str(e)[:200]})") from None
+    except pickle.UnpicklingError:  # torch's own text would suggest weights_only=False: not for a file we cannot trust
+        raise ValueError(f"{path} is not a readable checkpoint state: it is damaged, or holds objects other than "
+                         "tensors, containers and numbers") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable checkpoint state ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:160]})") from None
 
 
 def read_safetensors(path, metadata_only: bool = False):
