@@ -48,6 +48,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "webapp.security.ContentSecurityPolicyMiddleware",
 ]
 ROOT_URLCONF = "webapp.urls"
 TEMPLATES = [
@@ -98,6 +99,14 @@ VPO_MIN_WATCH_FRACTION = float(os.environ.get("VPO_MIN_WATCH_FRACTION", 1.0))
 # add one per TLS terminator or load balancer before it). 0: the client connects directly.
 VPO_PROXIES = int(os.environ.get("VPO_PROXIES", 0))
 WHITENOISE_USE_FINDERS = DEBUG  # in development, serve webapp/static without collectstatic
+AUTH_PASSWORD_VALIDATORS = [{"NAME": f"django.contrib.auth.password_validation.{name}"} for name in (
+    "UserAttributeSimilarityValidator", "MinimumLengthValidator", "CommonPasswordValidator", "NumericPasswordValidator")]
+# Failed logins allowed per account and per address in a window of 15 minutes (webapp/security.py);
+# then every login for that account or from that address is refused until the window ends.
+LOGIN_RATE_LIMITS = {
+    "account": (int(os.environ.get("VPO_LOGIN_FAILURES_PER_ACCOUNT", 10)), 900),
+    "ip": (int(os.environ.get("VPO_LOGIN_FAILURES_PER_IP", 50)), 900),
+}
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"

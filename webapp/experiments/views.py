@@ -155,6 +155,8 @@ def evaluate(request, pk):
 def media(request, pk, path):
     """A file of the run (a sample's mp4), to its owner only, with HTTP Range for seeking."""
     experiment = visible_or_404(request, pk)
+    if "\x00" in path:  # no file name holds one; pathlib would raise
+        raise Http404("no such file")
     root = experiment.run_dir.resolve()
     file = (root / path).resolve()
     if not file.is_relative_to(root) or not file.is_file():

@@ -7,6 +7,8 @@
   const url = JSON.parse(document.getElementById("vote-url").textContent);
   const buttons = [...document.querySelectorAll("button.choice")];
   const ended = new Set();
+  const bar = document.querySelector(".progress [data-percent]");  // set here: the CSP allows no inline style
+  bar.style.width = `${bar.dataset.percent}%`;
   let sent = false;
 
   for (const id of ["left", "right"]) {
