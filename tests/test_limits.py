@@ -10,8 +10,8 @@ import torch
 from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import reverse
-
 from test_cli import vpo
+
 from vpo.backbones import SIZING
 from vpo.train.config import LIMITS, ConfigError, TrainConfig
 from vpo.train.runner import load_state

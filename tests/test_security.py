@@ -10,18 +10,18 @@ import pytest
 import redis
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.testing import WebsocketCommunicator
+from conftest import BIN, Process, free_port
 from django.contrib.auth import get_user_model, password_validation
 from django.core.exceptions import ValidationError
 from django.test import Client
 from django.urls import reverse
-
-from conftest import BIN, Process, free_port
 from test_web_live import session_cookie
+
+from vpo.train.config import TrainConfig
 from webapp.asgi import application
 from webapp.experiments.forms import validated_config
 from webapp.experiments.models import Experiment
 from webapp.security import CSP
-from vpo.train.config import TrainConfig
 
 LOGIN = "/accounts/login/"
 

@@ -19,10 +19,11 @@ from webapp import ratelimit
 # on* attribute does not run), media and websockets from the same origin, no framing, forms that
 # post only back here. Pages put their data in <script type="application/json"> (json_script),
 # which is not executed.
-CSP = "; ".join([
+CSP_DIRECTIVES = (
     "default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self' data:", "media-src 'self'",
     "connect-src 'self'", "object-src 'none'", "base-uri 'self'", "form-action 'self'", "frame-ancestors 'none'",
-])
+)
+CSP = "; ".join(CSP_DIRECTIVES)
 
 
 class ContentSecurityPolicyMiddleware:

@@ -94,7 +94,7 @@ STUDY_RATE_LIMITS = {
 # A vote on a trial counts only from this share of its clips' duration after the trial page was
 # served (server time): both clips play at once, so a person cannot answer sooner. 0 turns the
 # check off (load tests that vote without loading pages: benchmarks/votes.py).
-VPO_MIN_WATCH_FRACTION = float(os.environ.get("VPO_MIN_WATCH_FRACTION", 1.0))
+VPO_MIN_WATCH_FRACTION = float(os.environ.get("VPO_MIN_WATCH_FRACTION", "1.0"))
 # Reverse proxies in front of the app that append to X-Forwarded-For (docker-compose: nginx, so 1;
 # add one per TLS terminator or load balancer before it). 0: the client connects directly.
 VPO_PROXIES = int(os.environ.get("VPO_PROXIES", 0))
@@ -104,8 +104,8 @@ AUTH_PASSWORD_VALIDATORS = [{"NAME": f"django.contrib.auth.password_validation.{
 # Failed logins allowed per account and per address in a window of 15 minutes (webapp/security.py);
 # then every login for that account or from that address is refused until the window ends.
 LOGIN_RATE_LIMITS = {
-    "account": (int(os.environ.get("VPO_LOGIN_FAILURES_PER_ACCOUNT", 10)), 900),
-    "ip": (int(os.environ.get("VPO_LOGIN_FAILURES_PER_IP", 50)), 900),
+    "account": (int(os.environ.get("VPO_LOGIN_FAILURES_PER_ACCOUNT", "10")), 900),
+    "ip": (int(os.environ.get("VPO_LOGIN_FAILURES_PER_IP", "50")), 900),
 }
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"

@@ -314,7 +314,7 @@ class Participant(models.Model):
             Participant.objects.filter(pk=self.pk, completed__isnull=True).update(completed=timezone.now(),
                                                                                    completion_code=code)
 
-    def served(self, trial: int, clips: list["Clip"]) -> None:
+    def served(self, trial: int, clips: list[Clip]) -> None:
         """The page of ``trial`` was served now: votes on it count from the clips' duration on
         (times VPO_MIN_WATCH_FRACTION). A reload keeps the first time: it never shortens the wait."""
         wait = settings.VPO_MIN_WATCH_FRACTION * max(c.duration for c in clips)
@@ -348,7 +348,7 @@ class Participant(models.Model):
         if isinstance(vote_after, str):  # SQLite's raw cursor may give text...
             vote_after = parse_datetime(vote_after)
         if vote_after is not None and timezone.is_naive(vote_after):  # ...or a naive UTC time
-            vote_after = timezone.make_aware(vote_after, dt.timezone.utc)
+            vote_after = timezone.make_aware(vote_after, dt.UTC)
         participant = partly_loaded(cls, id=pk, study_id=study_pk, token=ptoken, plan=plan, completed=completed,
                                     watching=watching, vote_after=vote_after)
         participant.study = partly_loaded(Study, id=study_pk, token=token, status=status, allow_tie=allow_tie)
