@@ -37,8 +37,11 @@ def browser():
 def page(browser):
     context = browser.new_context()
     page = context.new_page()
+    blocked = []  # what the Content-Security-Policy refused: the app's own pages need nothing it forbids
+    page.on("console", lambda m: "Content Security Policy" in m.text and blocked.append(m.text))
     yield page
     context.close()
+    assert not blocked, blocked
 
 
 def log_in(page, url, username, password):
@@ -102,6 +105,8 @@ def test_launch_watch_play_and_cancel_in_the_browser(live_stack, transactional_d
 @pytest.mark.timeout(900)
 def test_a_volunteer_votes_through_a_study_and_the_researcher_sees_the_counts(live_stack, transactional_db, page,
                                                                              quick_checkpoint):
+    from playwright.sync_api import expect
+
     from webapp.experiments.forms import validated_config
     from webapp.experiments.models import Experiment
     from webapp.studies.models import Study, System
@@ -126,7 +131,9 @@ def test_a_volunteer_votes_through_a_study_and_the_researcher_sees_the_counts(li
         page.wait_for_selector("button.choice")
         buttons = page.locator("button.choice")
         assert all(buttons.nth(i).is_disabled() for i in range(buttons.count()))  # not before both played
-        page.wait_for_function("[...document.querySelectorAll('button.choice')].every(b => !b.disabled)", timeout=30_000)
+        # (locators, not wait_for_function: its predicate is eval'd in the page, which the CSP forbids)
+        for i in range(buttons.count()):
+            expect(buttons.nth(i)).to_be_enabled(timeout=30_000)
         with page.expect_navigation():
             page.keyboard.press("ArrowLeft" if trials % 2 else "ArrowRight")
         trials += 1
