@@ -386,12 +386,14 @@ class Vote(models.Model):
                 f"INSERT INTO {cls._meta.db_table} (participant_id, trial_id, choice, left_id, chosen_id, created)"
                 " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (participant_id, trial_id) DO NOTHING",
                 [participant_id, item["trial"], choice, item["left"], chosen, timezone.now()])
-        return cls.stored(participant_id)
+            return cls.stored(participant_id, cursor)
 
     @classmethod
-    def stored(cls, participant_id: int) -> dict[int, int | None]:
+    def stored(cls, participant_id: int, cursor=None) -> dict[int, int | None]:
         """A participant's stored votes: trial id -> chosen clip id (None for a tie)."""
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT trial_id, chosen_id FROM {cls._meta.db_table} WHERE participant_id = %s",
-                           [participant_id])
-            return dict(cursor.fetchall())
+        if cursor is None:
+            with connection.cursor() as cursor:
+                return cls.stored(participant_id, cursor)
+        cursor.execute(f"SELECT trial_id, chosen_id FROM {cls._meta.db_table} WHERE participant_id = %s",
+                       [participant_id])
+        return dict(cursor.fetchall())
