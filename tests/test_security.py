@@ -8,6 +8,7 @@ import tomllib
 
 import pytest
 import redis
+import test_web_live
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.testing import WebsocketCommunicator
 from conftest import BIN, Process, free_port
@@ -69,16 +70,8 @@ def test_passwords_are_checked_by_djangos_validators(db):
     password_validation.validate_password("a-long-unusual-passphrase", user)
 
 
-# --- websockets ----------------------------------------------------------------------------------
-@pytest.fixture
-def owner(transactional_db):
-    return get_user_model().objects.create_user("alice")
-
-
-@pytest.fixture
-def experiment(owner, tmp_path, settings):
-    settings.MEDIA_ROOT = tmp_path
-    return Experiment.objects.create(owner=owner, name="live", config=validated_config({}))
+# --- websockets -----------------------------------------------------------------------------------
+owner, experiment = test_web_live.owner, test_web_live.experiment  # fixtures: a user and their experiment
 
 
 def handshake(path, headers) -> tuple[bool, object]:
