@@ -1,9 +1,11 @@
 """The volunteer flow: no account, an unguessable study link, a participant token in a cookie.
 
 welcome (instructions, consent, Prolific ids) -> trials (two clips, sides randomised and stored,
-voting enabled once both played through) -> completion code or the configured completion URL,
-only once the last vote is stored. Leaving and coming back resumes where the volunteer stopped.
-A wrong or altered token is a 404; a closed study says so.
+voting enabled once both played through; the server refuses a vote on a trial sooner than its
+clips' duration after it served the page) -> a completion code of the volunteer's own or the
+configured completion URL, only once the last vote is stored and never to an excluded volunteer.
+Leaving and coming back resumes where the volunteer stopped; a Prolific id stays bound to the
+browser that first used it. A wrong or altered token is a 404; a closed study says so.
 """
 
 from __future__ import annotations
