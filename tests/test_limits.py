@@ -16,13 +16,20 @@ from vpo.backbones import SIZING
 from vpo.train.config import LIMITS, ConfigError, TrainConfig
 from vpo.train.runner import load_state
 
-TOO_BIG = {"num_candidates": 10_000, "lora_rank": 100_000, "prompts_per_step": 100_000, "noise_draws": 100_000,
-           "sampling_steps": 100_000, "steps": 10 ** 22, "heldout_count": 100_000}
+TOO_BIG = {
+    "num_candidates": 10_000,
+    "lora_rank": 100_000,
+    "prompts_per_step": 100_000,
+    "noise_draws": 100_000,
+    "sampling_steps": 100_000,
+    "steps": 10**22,
+    "heldout_count": 100_000,
+}
 
 
 @pytest.mark.parametrize("name", sorted(TOO_BIG))
 def test_every_resource_sizing_field_has_an_upper_bound_named_in_the_error(name, monkeypatch):
-    monkeypatch.setenv("VPO_WORKER_MEMORY_MB", str(10 ** 7))  # these bounds hold whatever the memory
+    monkeypatch.setenv("VPO_WORKER_MEMORY_MB", str(10**7))  # these bounds hold whatever the memory
     with pytest.raises(ConfigError) as e:
         TrainConfig.from_dict({name: TOO_BIG[name]})
     assert e.value.field == name and f"{name} must be <= " in str(e.value)
@@ -63,8 +70,13 @@ def test_the_cli_refuses_a_run_that_would_not_fit_in_one_line(tmp_path):
 
 
 def test_deeply_nested_or_broken_toml_is_one_line_and_exit_2(tmp_path):
-    for text in ("a = " + "[" * 20_000 + "]" * 20_000, "steps = " + "{a = " * 20_000 + "1" + "}" * 20_000,
-                 "steps = [[[1]]]", "steps = ", "\x00"):
+    for text in (
+        "a = " + "[" * 20_000 + "]" * 20_000,
+        "steps = " + "{a = " * 20_000 + "1" + "}" * 20_000,
+        "steps = [[[1]]]",
+        "steps = ",
+        "\x00",
+    ):
         toml = tmp_path / "c.toml"
         toml.write_text(text)
         r = vpo("train", "--config", str(toml), "--print-config")
@@ -78,9 +90,22 @@ def test_a_damaged_checkpoint_is_one_line_and_exit_2(tmp_path, quick_checkpoint)
     shutil.copytree(good, bad)
     data = (bad / "adapter.safetensors").read_bytes()
     (bad / "adapter.safetensors").write_bytes(data[:8] + b"{garbage" + data[16:])  # the header is damaged
-    for args in (("sample", "--prompt", "a red ball", "--out", str(tmp_path / "o"), "--seed", "0", "--steps", "2",
-                  "--checkpoint", str(bad)),
-                 ("eval", "--checkpoint", str(bad), "--prompts", "demo", "--steps", "2")):
+    for args in (
+        (
+            "sample",
+            "--prompt",
+            "a red ball",
+            "--out",
+            str(tmp_path / "o"),
+            "--seed",
+            "0",
+            "--steps",
+            "2",
+            "--checkpoint",
+            str(bad),
+        ),
+        ("eval", "--checkpoint", str(bad), "--prompts", "demo", "--steps", "2"),
+    ):
         r = vpo(*args)
         assert one_line_error(r), r.stderr
         assert "adapter.safetensors is not a readable safetensors file" in r.stderr

@@ -80,6 +80,7 @@ def handshake(path, headers) -> tuple[bool, object]:
         connected, code = await comm.connect()
         await comm.disconnect()
         return connected, code
+
     return async_to_sync(attempt)()
 
 
@@ -118,10 +119,12 @@ def test_logging_out_closes_the_sessions_streams(owner, experiment):
 
     async def scenario():
         headers = [(b"host", b"127.0.0.1"), (b"origin", b"http://127.0.0.1")]
-        mine = WebsocketCommunicator(application, f"/ws/experiments/{experiment.pk}/",
-                                     headers=[*headers, (b"cookie", cookie.encode())])
-        theirs = WebsocketCommunicator(application, f"/ws/experiments/{experiment.pk}/",
-                                       headers=[*headers, (b"cookie", other_session.encode())])
+        mine = WebsocketCommunicator(
+            application, f"/ws/experiments/{experiment.pk}/", headers=[*headers, (b"cookie", cookie.encode())]
+        )
+        theirs = WebsocketCommunicator(
+            application, f"/ws/experiments/{experiment.pk}/", headers=[*headers, (b"cookie", other_session.encode())]
+        )
         assert (await mine.connect())[0] and (await theirs.connect())[0]
         for comm in (mine, theirs):
             while await comm.receive_nothing(timeout=0.3) is False:
@@ -205,11 +208,27 @@ def test_healthz_answers_within_2_s_when_the_database_and_redis_hang(db):
 
     db_hole, redis_hole = blackhole(), blackhole()
     port = free_port()
-    env = {**os.environ, "DEBUG": "1", "PYTHONUNBUFFERED": "1",
-           "DATABASE_URL": f"postgres://postgres@127.0.0.1:{db_hole.getsockname()[1]}/nowhere",
-           "REDIS_URL": f"redis://127.0.0.1:{redis_hole.getsockname()[1]}/0"}
-    server = Process("gunicorn", [str(BIN / "gunicorn"), "--preload", "--workers", "1", "--bind", f"127.0.0.1:{port}",
-                                  "webapp.wsgi:application"], env, ready="Booting worker")
+    env = {
+        **os.environ,
+        "DEBUG": "1",
+        "PYTHONUNBUFFERED": "1",
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:{db_hole.getsockname()[1]}/nowhere",
+        "REDIS_URL": f"redis://127.0.0.1:{redis_hole.getsockname()[1]}/0",
+    }
+    server = Process(
+        "gunicorn",
+        [
+            str(BIN / "gunicorn"),
+            "--preload",
+            "--workers",
+            "1",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "webapp.wsgi:application",
+        ],
+        env,
+        ready="Booting worker",
+    )
     try:
         import http.client
 

@@ -16,10 +16,22 @@ import torch
 from vpo.rewards import measures as M
 from vpo.rewards.metrics import alignment_score
 
-COLUMNS = ("temporal_flickering", "subject_consistency", "motion_smoothness", "dynamic_degree", "imaging_quality",
-           "alignment", "quality_score")
-QUALITY_WEIGHTS = {"subject_consistency": 1.0, "temporal_flickering": 1.0, "motion_smoothness": 1.0,
-                   "dynamic_degree": 0.5, "imaging_quality": 1.0}
+COLUMNS = (
+    "temporal_flickering",
+    "subject_consistency",
+    "motion_smoothness",
+    "dynamic_degree",
+    "imaging_quality",
+    "alignment",
+    "quality_score",
+)
+QUALITY_WEIGHTS = {
+    "subject_consistency": 1.0,
+    "temporal_flickering": 1.0,
+    "motion_smoothness": 1.0,
+    "dynamic_degree": 0.5,
+    "imaging_quality": 1.0,
+}
 
 
 def per_video(videos: torch.Tensor, prompts: list[str], fps: int) -> dict[str, np.ndarray]:
@@ -40,8 +52,9 @@ def per_video(videos: torch.Tensor, prompts: list[str], fps: int) -> dict[str, n
 
 def summarise(values: dict[str, np.ndarray]) -> dict[str, float]:
     row = {k: float(np.nanmean(x)) if np.isfinite(x).any() else float("nan") for k, x in values.items()}
-    row["quality_score"] = sum(w * M.normalise(torch.tensor(row[k]), *M.VBENCH_RANGE[k]).item()
-                               for k, w in QUALITY_WEIGHTS.items()) / sum(QUALITY_WEIGHTS.values())
+    row["quality_score"] = sum(
+        w * M.normalise(torch.tensor(row[k]), *M.VBENCH_RANGE[k]).item() for k, w in QUALITY_WEIGHTS.items()
+    ) / sum(QUALITY_WEIGHTS.values())
     return row
 
 
@@ -63,20 +76,34 @@ def paired_difference(base: dict[str, np.ndarray], tuned: dict[str, np.ndarray])
         if n == 0:
             continue
         half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
-        out[k] = {"mean": float(d.mean()), "ci95": [float(d.mean() - half), float(d.mean() + half)],
-                  "better": int((d > 0).sum()), "worse": int((d < 0).sum()), "n": n}
+        out[k] = {
+            "mean": float(d.mean()),
+            "ci95": [float(d.mean() - half), float(d.mean() + half)],
+            "better": int((d > 0).sum()),
+            "worse": int((d < 0).sum()),
+            "n": n,
+        }
     return out
 
 
 def sample_all(backbone, prompts, seed: int, steps: int, guidance: float, chunk: int = 12) -> torch.Tensor:
     seeds = [seed + i for i in range(len(prompts))]
-    parts = [backbone.sample(prompts[i:i + chunk], seeds[i:i + chunk], steps=steps, guidance=guidance)
-             for i in range(0, len(prompts), chunk)]
+    parts = [
+        backbone.sample(prompts[i : i + chunk], seeds[i : i + chunk], steps=steps, guidance=guidance)
+        for i in range(0, len(prompts), chunk)
+    ]
     return torch.cat(parts)
 
 
-def compare(backbone_name: str, checkpoint, prompts: list[str], seed: int = 0, steps: int = 20,
-            guidance: float = 4.0, device: str = "cpu") -> dict[str, dict]:
+def compare(
+    backbone_name: str,
+    checkpoint,
+    prompts: list[str],
+    seed: int = 0,
+    steps: int = 20,
+    guidance: float = 4.0,
+    device: str = "cpu",
+) -> dict[str, dict]:
     """{"base": row, "checkpoint": row, "difference": ``paired_difference`` of the two} on the same
     prompts and seeds."""
     from vpo.backbones import load_backbone
@@ -91,8 +118,15 @@ def compare(backbone_name: str, checkpoint, prompts: list[str], seed: int = 0, s
 
 
 def format_table(result: dict[str, dict]) -> str:
-    names = {"temporal_flickering": "temp.flicker", "subject_consistency": "subject", "motion_smoothness": "smooth",
-             "dynamic_degree": "dynamic", "imaging_quality": "imaging*", "alignment": "align", "quality_score": "quality"}
+    names = {
+        "temporal_flickering": "temp.flicker",
+        "subject_consistency": "subject",
+        "motion_smoothness": "smooth",
+        "dynamic_degree": "dynamic",
+        "imaging_quality": "imaging*",
+        "alignment": "align",
+        "quality_score": "quality",
+    }
     lines = [f"{'model':<11}" + "".join(f"{names[c]:>13}" for c in COLUMNS)]
     for model in ("base", "checkpoint"):
         lines.append(f"{model:<11}" + "".join(f"{100 * result[model][c]:>12.2f}%" for c in COLUMNS))
@@ -103,10 +137,14 @@ def format_table(result: dict[str, dict]) -> str:
             return f"{fmt(diff[c]):>13}" if c in diff else f"{'':>13}"
 
         lines.append(f"{'difference':<11}" + "".join(cell(c, lambda d: f"{100 * d['mean']:+.2f}") for c in COLUMNS))
-        lines.append(f"{'  95% CI':<11}" + "".join(
-            cell(c, lambda d: f"{100 * d['ci95'][0]:+.2f}..{100 * d['ci95'][1]:+.2f}") for c in COLUMNS))
+        lines.append(
+            f"{'  95% CI':<11}"
+            + "".join(cell(c, lambda d: f"{100 * d['ci95'][0]:+.2f}..{100 * d['ci95'][1]:+.2f}") for c in COLUMNS)
+        )
         lines.append(f"{'  better':<11}" + "".join(cell(c, lambda d: f"{d['better']}/{d['n']}") for c in COLUMNS))
-        lines.append("difference: checkpoint - base in points, paired by video (same prompt and seed); "
-                     "95% CI: t-interval; better: videos where the checkpoint scores higher.")
+        lines.append(
+            "difference: checkpoint - base in points, paired by video (same prompt and seed); "
+            "95% CI: t-interval; better: videos where the checkpoint scores higher."
+        )
     lines.append("* imaging: weight-free proxy, not MUSIQ. quality: VBench-normalised, dynamic weighted 0.5.")
     return "\n".join(lines)

@@ -90,8 +90,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, u
         try:  # weights_only: state dicts, numbers and the config, never arbitrary pickled objects
             ckpt = torch.load(ckpt_path, weights_only=True)
         except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-            raise ValueError(f"{ckpt_path} is not a readable checkpoint ({type(e).__name__}): damaged, or holding "
-                             "objects other than tensors, containers and numbers") from None
+            raise ValueError(
+                f"{ckpt_path} is not a readable checkpoint ({type(e).__name__}): damaged, or holding "
+                "objects other than tensors, containers and numbers"
+            ) from None
         if ckpt["config"] != asdict(cfg):
             raise ValueError(f"{ckpt_path} was written with a different config: {ckpt['config']}")
         net.load_state_dict(ckpt["model"])
@@ -139,8 +141,17 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, u
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == until:
             log.flush()
             tmp = ckpt_path.with_suffix(".tmp")
-            torch.save({"config": asdict(cfg), "step": step + 1, "seconds": time.perf_counter() - t0,
-                        "model": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict()}, tmp)
+            torch.save(
+                {
+                    "config": asdict(cfg),
+                    "step": step + 1,
+                    "seconds": time.perf_counter() - t0,
+                    "model": net.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": opt.state_dict(),
+                },
+                tmp,
+            )
             os.replace(tmp, ckpt_path)  # atomic: an interrupted save never corrupts the last one
     log.close()
     model.transformer = ema

@@ -42,8 +42,9 @@ def pairwise(a: str, b: str, wins_a: int, wins_b: int, ties: int, confidence: fl
         return PairResult(a, b, total, wins_a, wins_b, ties, None, None, None, None, ties / total if total else None)
     test = binomtest(wins_a, n, 0.5)
     ci = test.proportion_ci(confidence_level=confidence, method="wilson")
-    return PairResult(a, b, total, wins_a, wins_b, ties, wins_a / n, float(ci.low), float(ci.high),
-                      float(test.pvalue), ties / total)
+    return PairResult(
+        a, b, total, wins_a, wins_b, ties, wins_a / n, float(ci.low), float(ci.high), float(test.pvalue), ties / total
+    )
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,9 @@ def side_bias(left: int, right: int, alpha: float = 0.05) -> BiasResult:
     return BiasResult(left, right, left / n, p, p < alpha)
 
 
-def _fit(k: int, first: np.ndarray, second: np.ndarray, score: np.ndarray, iterations: int = 1000,
-         tol: float = 1e-10) -> np.ndarray:
+def _fit(
+    k: int, first: np.ndarray, second: np.ndarray, score: np.ndarray, iterations: int = 1000, tol: float = 1e-10
+) -> np.ndarray:
     """Log-strengths of k systems from votes given as index arrays, by MM iterations."""
     wins = np.bincount(first, score, k) + np.bincount(second, 1 - score, k)
     games = np.zeros((k, k))
@@ -99,9 +101,14 @@ def bradley_terry(systems: list[str], votes: list[tuple[str, str, float]], ancho
     return {s: float(log_p[i] - log_p[a]) for i, s in enumerate(systems)}
 
 
-def bradley_terry_bootstrap(systems: list[str], votes: list[tuple[str, str, float]], anchor: str,
-                            samples: int = 1000, seed: int = 0,
-                            confidence: float = 0.95) -> dict[str, tuple[float, float, float]]:
+def bradley_terry_bootstrap(
+    systems: list[str],
+    votes: list[tuple[str, str, float]],
+    anchor: str,
+    samples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, tuple[float, float, float]]:
     """{system: (rating, low, high)}: the fit on all votes and a percentile bootstrap interval
     (votes resampled with replacement)."""
     rating = bradley_terry(systems, votes, anchor)

@@ -18,8 +18,11 @@ from webapp.experiments.routing import websocket_urlpatterns as experiment_route
 from webapp.security import OriginValidator  # noqa: E402
 from webapp.studies.routing import websocket_urlpatterns as study_routes  # noqa: E402
 
-application = ProtocolTypeRouter({
-    "http": django_asgi,
-    "websocket": OriginValidator(AuthMiddlewareStack(URLRouter(
-        experiment_routes + study_routes + [re_path(r"", WebsocketDenier.as_asgi())]))),
-})
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi,
+        "websocket": OriginValidator(
+            AuthMiddlewareStack(URLRouter(experiment_routes + study_routes + [re_path(r"", WebsocketDenier.as_asgi())]))
+        ),
+    }
+)

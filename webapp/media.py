@@ -16,7 +16,7 @@ def _position(digits: str) -> int | None:
     ``int()`` parses without a limit) counts as 10**18: then an answer of 416, never a 500."""
     if not digits:
         return None
-    return int(digits) if len(digits) <= 18 else 10 ** 18
+    return int(digits) if len(digits) <= 18 else 10**18
 
 
 def ranged_file_response(request, file: Path):

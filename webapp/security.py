@@ -20,8 +20,16 @@ from webapp import ratelimit
 # post only back here. Pages put their data in <script type="application/json"> (json_script),
 # which is not executed.
 CSP_DIRECTIVES = (
-    "default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self' data:", "media-src 'self'",
-    "connect-src 'self'", "object-src 'none'", "base-uri 'self'", "form-action 'self'", "frame-ancestors 'none'",
+    "default-src 'self'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data:",
+    "media-src 'self'",
+    "connect-src 'self'",
+    "object-src 'none'",
+    "base-uri 'self'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
 )
 CSP = "; ".join(CSP_DIRECTIVES)
 
@@ -47,8 +55,10 @@ def login_rules(request, username: str) -> list[tuple[str, int, int]]:
     from webapp.studies.volunteer import client_ip
 
     limits = settings.LOGIN_RATE_LIMITS
-    return [(f"login:account:{_key(username)}", *limits["account"]),
-            (f"login:ip:{_key(client_ip(request))}", *limits["ip"])]
+    return [
+        (f"login:account:{_key(username)}", *limits["account"]),
+        (f"login:ip:{_key(client_ip(request))}", *limits["ip"]),
+    ]
 
 
 class ThrottledAuthenticationForm(AuthenticationForm):

@@ -19,8 +19,14 @@ def database_check() -> str:
         return "ok"
     import psycopg
 
-    with psycopg.connect(host=s["HOST"] or None, port=s["PORT"] or None, dbname=s["NAME"], user=s["USER"] or None,
-                         password=s["PASSWORD"] or None, connect_timeout=2) as conn:
+    with psycopg.connect(
+        host=s["HOST"] or None,
+        port=s["PORT"] or None,
+        dbname=s["NAME"],
+        user=s["USER"] or None,
+        password=s["PASSWORD"] or None,
+        connect_timeout=2,
+    ) as conn:
         conn.execute("SELECT 1")
     return "ok"
 

@@ -47,7 +47,7 @@ def _frame_features(v: torch.Tensor, bins: int = 4, sigma: float = 40.0, max_sid
     pixels = x.flatten(2).transpose(1, 2)  # (BF, P, 3)
     centres = (torch.arange(bins, dtype=v.dtype, device=v.device) + 0.5) * (256.0 / bins)
     grid = torch.cartesian_prod(centres, centres, centres)  # (bins^3, 3)
-    weights = torch.exp(-torch.cdist(pixels, grid.unsqueeze(0).expand(len(pixels), -1, -1)) ** 2 / (2 * sigma**2))
+    weights = torch.exp(-(torch.cdist(pixels, grid.unsqueeze(0).expand(len(pixels), -1, -1)) ** 2) / (2 * sigma**2))
     # saliency: distance from the frame's median colour, so the subject, not the background,
     # dominates the features (a small floor keeps an empty frame's histogram defined)
     median = pixels.detach().median(dim=1, keepdim=True).values

@@ -30,8 +30,11 @@ class TrainConfig:
     num_candidates: int = _f(6, "N: candidates sampled per prompt (OnlineVPO: 6)")
     ref_update_every: int = _f(20, "K: copy the policy into the reference every K steps; 0 = fixed reference")
     beta: float = _f(100.0, "Flow-DPO beta (constant; flow_grpo uses 100)")
-    noise_draws: int = _f(8, "DPO: (sigma, eps) draws per pair in each update, averaged; each shared by winner and loser "
-                             "(on tiny, 40 steps: 1 draw moved held-out flickering -0.01 points, 8 draws +0.13)")
+    noise_draws: int = _f(
+        8,
+        "DPO: (sigma, eps) draws per pair in each update, averaged; each shared by winner and loser "
+        "(on tiny, 40 steps: 1 draw moved held-out flickering -0.01 points, 8 draws +0.13)",
+    )
     tie_tolerance: float = _f(1e-3, "skip a prompt whose best and worst scores differ by less")
     lora_rank: int = _f(8, "LoRA rank")
     lr: float = _f(1e-3, "AdamW learning rate of the adapter (on tiny, 60 steps: 3e-4 barely moved it, 1e-2 diverged)")
@@ -62,27 +65,47 @@ class TrainConfig:
         if self.algorithm == "refl":
             if not source.differentiable:
                 differentiable = [n for n, s in REWARD_SOURCES.items() if s.differentiable]
-                raise ConfigError("reward", f"refl needs a differentiable reward source; {self.reward!r} is not "
-                                            f"(valid: {', '.join(differentiable)})")
-            _choice("dimension", self.dimension, source.differentiable, f" (refl needs a differentiable one of {self.reward!r})")
+                raise ConfigError(
+                    "reward",
+                    f"refl needs a differentiable reward source; {self.reward!r} is not "
+                    f"(valid: {', '.join(differentiable)})",
+                )
+            _choice(
+                "dimension",
+                self.dimension,
+                source.differentiable,
+                f" (refl needs a differentiable one of {self.reward!r})",
+            )
         else:
             _choice("dimension", self.dimension, (*source.dimensions, GLOBAL), f" for reward source {self.reward!r}")
-        for name in ("steps", "prompts_per_step", "noise_draws", "lora_rank", "sampling_steps", "refl_depth",
-                     "heldout_count", "checkpoint_every"):
+        for name in (
+            "steps",
+            "prompts_per_step",
+            "noise_draws",
+            "lora_rank",
+            "sampling_steps",
+            "refl_depth",
+            "heldout_count",
+            "checkpoint_every",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("ref_update_every", "heldout_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"{name} must be >= 0 (0 = never), got {getattr(self, name)}")
         if self.num_candidates < 2:
-            raise ConfigError("num_candidates", f"num_candidates must be >= 2 to form a pair, got {self.num_candidates}")
+            raise ConfigError(
+                "num_candidates", f"num_candidates must be >= 2 to form a pair, got {self.num_candidates}"
+            )
         for name in ("beta", "lr", "grad_clip"):
             if not getattr(self, name) > 0:  # also refuses NaN
                 raise ConfigError(name, f"{name} must be > 0, got {getattr(self, name)}")
         if not self.tie_tolerance >= 0:
             raise ConfigError("tie_tolerance", f"tie_tolerance must be >= 0, got {self.tie_tolerance}")
         if self.refl_depth > self.sampling_steps:
-            raise ConfigError("refl_depth", f"refl_depth ({self.refl_depth}) cannot exceed sampling_steps ({self.sampling_steps})")
+            raise ConfigError(
+                "refl_depth", f"refl_depth ({self.refl_depth}) cannot exceed sampling_steps ({self.sampling_steps})"
+            )
         if self.guidance < 1:
             raise ConfigError("guidance", f"guidance must be >= 1 (1 = no guidance), got {self.guidance}")
         self._check_fits()
@@ -99,24 +122,34 @@ class TrainConfig:
                 raise ConfigError(name, f"{name} must be <= {bound:,}, got {getattr(self, name):,}")
         sizing = SIZING[self.backbone]
         if self.lora_rank > sizing.lora_width:
-            raise ConfigError("lora_rank", f"lora_rank must be <= {sizing.lora_width} (the width of backbone "
-                                           f"{self.backbone!r}'s layers), got {self.lora_rank}")
+            raise ConfigError(
+                "lora_rank",
+                f"lora_rank must be <= {sizing.lora_width} (the width of backbone "
+                f"{self.backbone!r}'s layers), got {self.lora_rank}",
+            )
         budget, need = worker_memory_mb(), self.peak_memory_mb()
         if need <= budget:
             return
         # name the first field that, lowered with the others as they are, makes the run fit
-        names = ("num_candidates", "prompts_per_step", *(("refl_depth",) if self.algorithm == "refl" else ()),
-                 "heldout_count")
+        names = (
+            "num_candidates",
+            "prompts_per_step",
+            *(("refl_depth",) if self.algorithm == "refl" else ()),
+            "heldout_count",
+        )
         for name in names:
             most = self._most_that_fits(name, budget)
             if most is not None:
                 break
         else:
             name, most = "prompts_per_step", 0
-        raise ConfigError(name, f"this run needs ~{need:,.0f} MB at its peak on backbone {self.backbone!r} "
-                                f"({self.prompts_per_step * self.num_candidates:,} videos sampled at once); the worker "
-                                f"has {budget:,} MB (VPO_WORKER_MEMORY_MB): {name} must be <= {most:,} with the other "
-                                f"fields as they are, got {getattr(self, name):,}")
+        raise ConfigError(
+            name,
+            f"this run needs ~{need:,.0f} MB at its peak on backbone {self.backbone!r} "
+            f"({self.prompts_per_step * self.num_candidates:,} videos sampled at once); the worker "
+            f"has {budget:,} MB (VPO_WORKER_MEMORY_MB): {name} must be <= {most:,} with the other "
+            f"fields as they are, got {getattr(self, name):,}",
+        )
 
     def _most_that_fits(self, name: str, budget: float) -> int | None:
         """The largest value of ``name`` (at least its minimum) with which this run fits in
@@ -152,7 +185,9 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown config field(s) {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown config field(s) {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(known))}"
+            )
         typed = {}
         for f in fields(cls):
             if f.name in data:
@@ -191,8 +226,15 @@ class TrainConfig:
 # Upper bounds that hold whatever the memory: each is a multiple of what the paper and the probes
 # use (N = 6, 1-4 prompts a step, 8 noise draws, 20 sampling steps, 60 steps, 8 held-out prompts),
 # and at each a step still ends (docs/limits.md). The memory check then bounds their products.
-LIMITS = {"steps": 100_000, "prompts_per_step": 64, "num_candidates": 64, "noise_draws": 64, "sampling_steps": 1000,
-          "heldout_count": 256, "refl_depth": 64}
+LIMITS = {
+    "steps": 100_000,
+    "prompts_per_step": 64,
+    "num_candidates": 64,
+    "noise_draws": 64,
+    "sampling_steps": 1000,
+    "heldout_count": 256,
+    "refl_depth": 64,
+}
 
 
 def worker_memory_mb() -> int:
@@ -204,7 +246,7 @@ def worker_memory_mb() -> int:
             return int(value)
         except ValueError:
             raise ValueError(f"VPO_WORKER_MEMORY_MB must be a whole number of MB, got {value!r}") from None
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2 ** 20
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
 
 
 class ConfigError(ValueError):

@@ -65,8 +65,9 @@ class Study(models.Model):
     votes_per_trial = models.PositiveIntegerField(default=5, help_text="votes wanted per trial")
     trials_per_participant = models.PositiveIntegerField(default=10)
     completion_code = models.CharField(max_length=20, default=new_completion_code)
-    completion_url = models.URLField(blank=True, help_text="e.g. Prolific's completion link; volunteers go there "
-                                                           "once their last vote is stored")
+    completion_url = models.URLField(
+        blank=True, help_text="e.g. Prolific's completion link; volunteers go there once their last vote is stored"
+    )
     rendered = models.PositiveIntegerField(default=0)
     to_render = models.PositiveIntegerField(default=0)
     feedback = models.JSONField(null=True, blank=True)  # feedback-source analysis (MRR, Recall@k) of the votes
@@ -122,6 +123,7 @@ class Study(models.Model):
         self.media_dir.mkdir(parents=True, exist_ok=True)
         try:
             for system in systems:
+
                 def saved(job_index, video, fps, system=system):
                     prompt, seed = jobs[job_index]
                     clip = Clip(study=self, system=system, prompt=prompt, seed=seed)
@@ -147,8 +149,9 @@ class Study(models.Model):
         from vpo.rewards import GLOBAL, available_sources
         from webapp.studies.results import human_groups
 
-        groups = [Group(prompt, np.stack([c.frames() for c in clips]), chosen)
-                  for prompt, clips, chosen in human_groups(self)]
+        groups = [
+            Group(prompt, np.stack([c.frames() for c in clips]), chosen) for prompt, clips, chosen in human_groups(self)
+        ]
         sources, skipped = available_sources()
         rows = []
         if groups:
@@ -182,11 +185,22 @@ class Study(models.Model):
         trials = []
         for prompt, seed in keys:
             for i, a in enumerate(systems):
-                for b in systems[i + 1:]:
-                    trials.append(Trial(study=self, clip_a=clips[(a.pk, prompt, seed, False)],
-                                        clip_b=clips[(b.pk, prompt, seed, False)]))
-                trials.append(Trial(study=self, clip_a=clips[(a.pk, prompt, seed, False)],
-                                    clip_b=clips[(a.pk, prompt, seed, True)], is_gold=True))
+                for b in systems[i + 1 :]:
+                    trials.append(
+                        Trial(
+                            study=self,
+                            clip_a=clips[(a.pk, prompt, seed, False)],
+                            clip_b=clips[(b.pk, prompt, seed, False)],
+                        )
+                    )
+                trials.append(
+                    Trial(
+                        study=self,
+                        clip_a=clips[(a.pk, prompt, seed, False)],
+                        clip_b=clips[(a.pk, prompt, seed, True)],
+                        is_gold=True,
+                    )
+                )
         Trial.objects.bulk_create(trials)
 
     # --- volunteers ----------------------------------------------------------------------------
@@ -194,9 +208,12 @@ class Study(models.Model):
         """A volunteer's trials: the regular trials with the fewest votes so far (balanced
         coverage), gold trials mixed in at ``gold_rate``, in random order, each with a random side."""
         n_gold = round(self.trials_per_participant * self.gold_rate)
-        regular = list(self.trials.filter(is_gold=False).annotate(
-            n=Count("votes", filter=Q(votes__participant__excluded=False))).order_by("n", "?")
-            .values_list("pk", "clip_a_id", "clip_b_id")[: self.trials_per_participant - n_gold])
+        regular = list(
+            self.trials.filter(is_gold=False)
+            .annotate(n=Count("votes", filter=Q(votes__participant__excluded=False)))
+            .order_by("n", "?")
+            .values_list("pk", "clip_a_id", "clip_b_id")[: self.trials_per_participant - n_gold]
+        )
         gold = list(self.trials.filter(is_gold=True).order_by("?").values_list("pk", "clip_a_id", "clip_b_id")[:n_gold])
         plan = []
         for (t, a, b), is_gold in [(t, False) for t in regular] + [(t, True) for t in gold]:
@@ -300,8 +317,11 @@ class Participant(models.Model):
     completion_code = models.CharField(max_length=20, blank=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["study", "prolific_pid"], condition=~Q(prolific_pid=""),
-                                               name="one_participant_per_prolific_pid")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study", "prolific_pid"], condition=~Q(prolific_pid=""), name="one_participant_per_prolific_pid"
+            )
+        ]
 
     def next_item(self, answered: set[int]) -> dict | None:
         return next((item for item in self.plan if item["trial"] not in answered), None)
@@ -309,17 +329,20 @@ class Participant(models.Model):
     def mark_completed(self) -> None:
         """Completed now, with a completion code of their own unless they were excluded."""
         if self.completed is None:
-            code = models.Case(models.When(excluded=True, then=models.Value("")),
-                               default=models.Value(new_completion_code()))
-            Participant.objects.filter(pk=self.pk, completed__isnull=True).update(completed=timezone.now(),
-                                                                                   completion_code=code)
+            code = models.Case(
+                models.When(excluded=True, then=models.Value("")), default=models.Value(new_completion_code())
+            )
+            Participant.objects.filter(pk=self.pk, completed__isnull=True).update(
+                completed=timezone.now(), completion_code=code
+            )
 
     def served(self, trial: int, clips: list[Clip]) -> None:
         """The page of ``trial`` was served now: votes on it count from the clips' duration on
         (times VPO_MIN_WATCH_FRACTION). A reload keeps the first time: it never shortens the wait."""
         wait = settings.VPO_MIN_WATCH_FRACTION * max(c.duration for c in clips)
         Participant.objects.filter(pk=self.pk).exclude(watching=trial).update(
-            watching=trial, vote_after=timezone.now() + dt.timedelta(seconds=wait))
+            watching=trial, vote_after=timezone.now() + dt.timedelta(seconds=wait)
+        )
 
     def watched(self, trial: int) -> bool:
         """Whether a vote on ``trial`` now comes after its minimum watch time (always, with
@@ -338,7 +361,9 @@ class Participant(models.Model):
             cursor.execute(
                 "SELECT p.id, p.plan, p.completed, p.watching, p.vote_after, s.id, s.status, s.allow_tie"
                 f" FROM {cls._meta.db_table} p JOIN {Study._meta.db_table} s ON s.id = p.study_id"
-                " WHERE p.token = %s AND s.token = %s", [ptoken, token])
+                " WHERE p.token = %s AND s.token = %s",
+                [ptoken, token],
+            )
             row = cursor.fetchone()
         if row is None:
             return None
@@ -349,8 +374,16 @@ class Participant(models.Model):
             vote_after = parse_datetime(vote_after)
         if vote_after is not None and timezone.is_naive(vote_after):  # ...or a naive UTC time
             vote_after = timezone.make_aware(vote_after, dt.UTC)
-        participant = partly_loaded(cls, id=pk, study_id=study_pk, token=ptoken, plan=plan, completed=completed,
-                                    watching=watching, vote_after=vote_after)
+        participant = partly_loaded(
+            cls,
+            id=pk,
+            study_id=study_pk,
+            token=ptoken,
+            plan=plan,
+            completed=completed,
+            watching=watching,
+            vote_after=vote_after,
+        )
         participant.study = partly_loaded(Study, id=study_pk, token=token, status=status, allow_tie=allow_tie)
         return participant
 
@@ -385,7 +418,8 @@ class Vote(models.Model):
             cursor.execute(
                 f"INSERT INTO {cls._meta.db_table} (participant_id, trial_id, choice, left_id, chosen_id, created)"
                 " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (participant_id, trial_id) DO NOTHING",
-                [participant_id, item["trial"], choice, item["left"], chosen, timezone.now()])
+                [participant_id, item["trial"], choice, item["left"], chosen, timezone.now()],
+            )
             return cls.stored(participant_id, cursor)
 
     @classmethod
@@ -394,6 +428,7 @@ class Vote(models.Model):
         if cursor is None:
             with connection.cursor() as cursor:
                 return cls.stored(participant_id, cursor)
-        cursor.execute(f"SELECT trial_id, chosen_id FROM {cls._meta.db_table} WHERE participant_id = %s",
-                       [participant_id])
+        cursor.execute(
+            f"SELECT trial_id, chosen_id FROM {cls._meta.db_table} WHERE participant_id = %s", [participant_id]
+        )
         return dict(cursor.fetchall())

@@ -15,9 +15,11 @@ from webapp.studies.models import Participant, Study, Vote
 
 def vote_rows(study: Study):
     """Every vote with what it compared, oldest first."""
-    return (Vote.objects.filter(trial__study=study)
-            .select_related("participant", "trial__clip_a__system", "trial__clip_b__system", "left", "chosen")
-            .order_by("created", "pk"))
+    return (
+        Vote.objects.filter(trial__study=study)
+        .select_related("participant", "trial__clip_a__system", "trial__clip_b__system", "left", "chosen")
+        .order_by("created", "pk")
+    )
 
 
 def summarise(study: Study, bootstrap: int = 500) -> dict:
@@ -54,8 +56,10 @@ def summarise(study: Study, bootstrap: int = 500) -> dict:
     ratings = None
     if len(systems) >= 3 and bt_votes:
         fit = bradley_terry_bootstrap([s.label for s in systems], bt_votes, anchor, samples=bootstrap)
-        ratings = [{"system": s, "rating": r, "low": lo, "high": hi} for s, (r, lo, hi) in
-                   sorted(fit.items(), key=lambda kv: -kv[1][0])]
+        ratings = [
+            {"system": s, "rating": r, "low": lo, "high": hi}
+            for s, (r, lo, hi) in sorted(fit.items(), key=lambda kv: -kv[1][0])
+        ]
     participants = Participant.objects.filter(study=study)
     return {
         "systems": [s.label for s in systems],
@@ -67,13 +71,31 @@ def summarise(study: Study, bootstrap: int = 500) -> dict:
         "completed": participants.filter(completed__isnull=False).count(),
         "votes": sum(sum(c.values()) for c in counts.values()),
         "gold": {"votes": gold_votes, "passed": gold_passed},
-        "excluded": [{"participant": p.token[:8], "prolific_pid": p.prolific_pid, "reason": p.exclusion_reason}
-                     for p in participants.filter(excluded=True).order_by("created")],
+        "excluded": [
+            {"participant": p.token[:8], "prolific_pid": p.prolific_pid, "reason": p.exclusion_reason}
+            for p in participants.filter(excluded=True).order_by("created")
+        ],
     }
 
 
-CSV_HEADER = ["vote_id", "created", "participant", "prolific_pid", "prolific_study_id", "prolific_session_id",
-              "excluded", "trial", "gold", "prompt", "seed", "left_system", "right_system", "choice", "chosen_system", "completion_code"]
+CSV_HEADER = [
+    "vote_id",
+    "created",
+    "participant",
+    "prolific_pid",
+    "prolific_study_id",
+    "prolific_session_id",
+    "excluded",
+    "trial",
+    "gold",
+    "prompt",
+    "seed",
+    "left_system",
+    "right_system",
+    "choice",
+    "chosen_system",
+    "completion_code",
+]
 # a cell a spreadsheet would run as a formula (OWASP "CSV injection"): these first characters
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
 
@@ -99,9 +121,26 @@ def votes_csv(study: Study) -> str:
         p = v.participant
         # the volunteers' Prolific ids and the researcher's prompts and labels are escaped; the
         # app's own values (tokens, numbers, codes) never start like a formula's text would need to
-        writer.writerow([v.pk, v.created.isoformat(), p.token, cell(p.prolific_pid), cell(p.prolific_study_id),
-                         cell(p.prolific_session_id), int(p.excluded), v.trial_id, int(v.trial.is_gold), cell(a.prompt),
-                         a.seed, cell(left_label), cell(right_label), v.choice, cell(chosen), p.completion_code])
+        writer.writerow(
+            [
+                v.pk,
+                v.created.isoformat(),
+                p.token,
+                cell(p.prolific_pid),
+                cell(p.prolific_study_id),
+                cell(p.prolific_session_id),
+                int(p.excluded),
+                v.trial_id,
+                int(v.trial.is_gold),
+                cell(a.prompt),
+                a.seed,
+                cell(left_label),
+                cell(right_label),
+                v.choice,
+                cell(chosen),
+                p.completion_code,
+            ]
+        )
     return out.getvalue()
 
 

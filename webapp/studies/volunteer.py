@@ -67,8 +67,12 @@ def welcome(request, token):
     prolific = {field: request.GET.get(param, "")[:64] for param, field in PROLIFIC.items()}
     if request.method == "POST":
         if not request.POST.get("consent"):
-            return render(request, "studies/welcome.html", {"study": study, "prolific": prolific, "need_consent": True},
-                          status=400)
+            return render(
+                request,
+                "studies/welcome.html",
+                {"study": study, "prolific": prolific, "need_consent": True},
+                status=400,
+            )
         prolific = {field: request.POST.get(field, "")[:64] for field in PROLIFIC.values()}
         participant = returning or join(request, study, prolific)
         if participant is None:
@@ -76,8 +80,14 @@ def welcome(request, token):
         if participant is TAKEN:
             return render(request, "studies/taken.html", {"study": study}, status=409)
         response = redirect("studies:trial", token=study.token, ptoken=participant.token)
-        response.set_cookie(cookie_name(study), participant.token, max_age=30 * 86400, httponly=True,
-                            samesite="Lax", secure=request.is_secure())
+        response.set_cookie(
+            cookie_name(study),
+            participant.token,
+            max_age=30 * 86400,
+            httponly=True,
+            samesite="Lax",
+            secure=request.is_secure(),
+        )
         return response
     if returning is not None:  # came back: carry on where they stopped
         return redirect("studies:trial", token=study.token, ptoken=returning.token)
@@ -92,8 +102,10 @@ def join(request, study: Study, prolific: dict):
     Prolific id already has a participant. A Prolific id is bound to the browser that first used it
     (its cookie, which ``welcome`` checks before this): another client cannot take over its plan
     and completion code by sending the same id."""
-    if prolific["prolific_pid"] and Participant.objects.filter(study=study,
-                                                                prolific_pid=prolific["prolific_pid"]).exists():
+    if (
+        prolific["prolific_pid"]
+        and Participant.objects.filter(study=study, prolific_pid=prolific["prolific_pid"]).exists()
+    ):
         return TAKEN
     limit, window = settings.STUDY_RATE_LIMITS["join_ip"]
     if exceeded([(f"join:{study.pk}:{study.hashed(client_ip(request))}", limit, window)]):
@@ -101,8 +113,12 @@ def join(request, study: Study, prolific: dict):
     try:
         with transaction.atomic():
             return Participant.objects.create(
-                study=study, plan=study.plan_for(random.Random()), ip_hash=study.hashed(client_ip(request)),
-                ua_hash=study.hashed(request.headers.get("User-Agent", "")), **prolific)
+                study=study,
+                plan=study.plan_for(random.Random()),
+                ip_hash=study.hashed(client_ip(request)),
+                ua_hash=study.hashed(request.headers.get("User-Agent", "")),
+                **prolific,
+            )
     except IntegrityError:  # the same Prolific id joined in another request just now
         return TAKEN
 
@@ -120,13 +136,22 @@ def trial(request, token, ptoken):
     right = item["right"]
     clips = {c.pk: c for c in Clip.objects.filter(pk__in=(item["left"], right))}
     participant.served(item["trial"], list(clips.values()))  # the watch time counts from now
-    return render(request, "studies/trial.html", {
-        "study": study, "participant": participant, "trial_id": item["trial"],
-        "left": clips[item["left"]], "right": clips[right], "prompt": clips[right].prompt,
-        "answered": len(answered), "total": len(participant.plan),
-        "percent": round(100 * len(answered) / max(1, len(participant.plan))),
-        "vote_url": reverse("studies:vote", args=[token, ptoken]),
-    })
+    return render(
+        request,
+        "studies/trial.html",
+        {
+            "study": study,
+            "participant": participant,
+            "trial_id": item["trial"],
+            "left": clips[item["left"]],
+            "right": clips[right],
+            "prompt": clips[right].prompt,
+            "answered": len(answered),
+            "total": len(participant.plan),
+            "percent": round(100 * len(answered) / max(1, len(participant.plan))),
+            "vote_url": reverse("studies:vote", args=[token, ptoken]),
+        },
+    )
 
 
 @require_POST
@@ -144,7 +169,7 @@ def vote(request, token, ptoken):
     except ValueError:
         return JsonResponse({"error": "the body is not JSON"}, status=400)
     if not hasattr(data, "get"):  # a JSON list, string or number
-        return JsonResponse({"error": "the body must be a JSON object {\"trial\", \"choice\"}"}, status=400)
+        return JsonResponse({"error": 'the body must be a JSON object {"trial", "choice"}'}, status=400)
     form = ChoiceForm(data)
     if not form.is_valid():
         return JsonResponse({"error": form.errors.get_json_data()}, status=400)
@@ -153,22 +178,29 @@ def vote(request, token, ptoken):
         return JsonResponse({"error": "that trial is not one of yours"}, status=400)
     choice = form.cleaned_data["choice"]
     if choice == "tie" and not study.allow_tie:
-        return JsonResponse({"error": "this study has no \"can't tell\" option"}, status=400)
+        return JsonResponse({"error": 'this study has no "can\'t tell" option'}, status=400)
     if not participant.watched(item["trial"]) and item["trial"] not in Vote.stored(participant.pk):
         # too early, or a trial whose page was never served: no one watched both clips (a replay of
         # a stored vote is still answered as the first time)
         return JsonResponse({"error": "please watch both videos to the end before answering"}, status=409)
     limits = settings.STUDY_RATE_LIMITS
-    over = exceeded([(f"vote:p:{participant.pk}", *limits["vote_participant"]),
-                     (f"vote:ip:{study.hashed(client_ip(request))}", *limits["vote_ip"])])
+    over = exceeded(
+        [
+            (f"vote:p:{participant.pk}", *limits["vote_participant"]),
+            (f"vote:ip:{study.hashed(client_ip(request))}", *limits["vote_ip"]),
+        ]
+    )
     if over:
-        return JsonResponse({"error": "too many votes too fast: please slow down", "limit": over.split(":")[1]},
-                            status=429)
+        return JsonResponse(
+            {"error": "too many votes too fast: please slow down", "limit": over.split(":")[1]}, status=429
+        )
     stored = Vote.store(participant.pk, item, choice)  # with this vote, or the first one on this trial
     if item["gold"] and stored[item["trial"]] != item["good"]:  # idempotent: a replay changes nothing
         Participant.objects.filter(pk=participant.pk, excluded=False).update(
-            excluded=True, exclusion_reason=f"failed gold trial {item['trial']}: "
-                                            f"{'chose the degraded clip' if stored[item['trial']] else 'could not tell'}")
+            excluded=True,
+            exclusion_reason=f"failed gold trial {item['trial']}: "
+            f"{'chose the degraded clip' if stored[item['trial']] else 'could not tell'}",
+        )
     answered = len(stored)
     done = answered >= len(participant.plan)
     if done:
@@ -177,7 +209,9 @@ def vote(request, token, ptoken):
         # the results page refetches a moment after a notice, so one notice a second is enough
         push(study.group, {"type": "vote.event"})
     nxt = reverse("studies:done" if done else "studies:trial", args=[token, ptoken])
-    return JsonResponse({"stored": True, "next": nxt, "done": done, "answered": answered, "total": len(participant.plan)})
+    return JsonResponse(
+        {"stored": True, "next": nxt, "done": done, "answered": answered, "total": len(participant.plan)}
+    )
 
 
 def done(request, token, ptoken):
