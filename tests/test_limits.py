@@ -13,8 +13,8 @@ from django.urls import reverse
 from test_cli import vpo
 
 from vpo.backbones import SIZING
+from vpo.train.checkpoints import load_state
 from vpo.train.config import LIMITS, ConfigError, TrainConfig
-from vpo.train.runner import load_state
 
 TOO_BIG = {
     "num_candidates": 10_000,
@@ -134,10 +134,10 @@ def test_resume_loads_state_with_weights_only_and_refuses_other_objects(tmp_path
     state = load_state(good / "state.pt")  # a real checkpoint's state loads (NumPy RNG state included)
     assert state["step"] == 1 and state["numpy_rng"][0] == "MT19937"
     torch.save({**state, "extra": Payload()}, good / "state.pt")
-    with pytest.raises(ValueError, match="state.pt is not a readable checkpoint state"):
+    with pytest.raises(ValueError, match=r"state\.pt is not a readable checkpoint state"):
         load_state(good / "state.pt")
     (good / "state.pt").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="state.pt is not a readable checkpoint state"):
+    with pytest.raises(ValueError, match=r"state\.pt is not a readable checkpoint state"):
         load_state(good / "state.pt")
     cfg = TrainConfig.from_toml(good / "config.toml")
     r = vpo("train", "--config", str(good / "config.toml"), "--resume", "--steps", str(cfg.steps))

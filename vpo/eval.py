@@ -88,11 +88,7 @@ def paired_difference(base: dict[str, np.ndarray], tuned: dict[str, np.ndarray])
 
 def sample_all(backbone, prompts, seed: int, steps: int, guidance: float, chunk: int = 12) -> torch.Tensor:
     seeds = [seed + i for i in range(len(prompts))]
-    parts = [
-        backbone.sample(prompts[i : i + chunk], seeds[i : i + chunk], steps=steps, guidance=guidance)
-        for i in range(0, len(prompts), chunk)
-    ]
-    return torch.cat(parts)
+    return backbone.sample_many(prompts, seeds, steps=steps, guidance=guidance, chunk=chunk)
 
 
 def compare(
@@ -107,7 +103,7 @@ def compare(
     """{"base": row, "checkpoint": row, "difference": ``paired_difference`` of the two} on the same
     prompts and seeds."""
     from vpo.backbones import load_backbone
-    from vpo.train.runner import load_policy
+    from vpo.train.checkpoints import load_policy
 
     backbone = load_backbone(backbone_name, device=device)
     fps = backbone.spec.fps

@@ -1,4 +1,4 @@
-"""Statistics of two-alternative forced-choice (2AFC) studies (``shared/DESIGN.md``, human studies).
+"""Statistics of two-alternative forced-choice (2AFC) studies (formulas: ``docs/algorithm.md``, "Human studies").
 
 * pairwise: win rate on non-tie votes, Wilson 95% interval and an exact two-sided binomial test
   against 0.5 (scipy's ``binomtest``), tie rate;

@@ -6,6 +6,8 @@ units. Formulas and where they follow or approximate VBench: ``docs/metrics.md``
 
 from __future__ import annotations
 
+import itertools
+
 import cv2
 import numpy as np
 import torch
@@ -86,7 +88,7 @@ def flow_magnitudes(video: np.ndarray) -> np.ndarray:
     if up > 1:
         grey = [cv2.resize(g, (w * up, h * up), interpolation=cv2.INTER_CUBIC) for g in grey]
     out = []
-    for a, b in zip(grey[:-1], grey[1:]):
+    for a, b in itertools.pairwise(grey):
         flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 2, 9, 3, 5, 1.1, 0)
         mag = np.sqrt((flow**2).sum(-1)).ravel() / up
         k = max(1, int(mag.size * 0.05))
