@@ -38,6 +38,9 @@ def front_door(transactional_db, tmp_path):
         "SECURE_SSL_REDIRECT": "0",
         "VPO_PROXIES": "1",
         "PYTHONUNBUFFERED": "1",
+        # the volunteer here votes without loading the trial page (this test is about routing):
+        # no minimum watch time (tests/test_web_studies.py tests it)
+        "VPO_MIN_WATCH_FRACTION": "0",
     }
     port, web, ws = free_port(), free_port(), free_port()
     procs = [

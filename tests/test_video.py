@@ -39,3 +39,18 @@ def test_native_frames_are_stored_losslessly(tmp_path, clip):
 def test_a_float_video_is_refused(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         video_io.write_mp4(np.zeros((4, 8, 8, 3), np.float32), tmp_path / "x.mp4", fps=8)
+
+
+def test_padding_mp4s_to_one_size_keeps_what_they_decode_to(tmp_path, clip):
+    from vpo.studies import degrade
+
+    video_io.save_video(clip, tmp_path, "clean", fps=8)
+    video_io.save_video(degrade(clip, 0), tmp_path, "noisy", fps=8)
+    paths = [tmp_path / "clean.mp4", tmp_path / "noisy.mp4"]
+    before = [video_io.read_mp4(p) for p in paths]
+    assert paths[1].stat().st_size > 2 * paths[0].stat().st_size  # noise encodes larger: what a bot could read
+    size = video_io.pad_to_same_size(paths)
+    assert [p.stat().st_size for p in paths] == [size, size] and size % 4096 == 0
+    for p, frames in zip(paths, before):
+        assert np.array_equal(video_io.read_mp4(p), frames)
+    assert video_io.pad_to_same_size(paths) == size and paths[0].stat().st_size == size  # padded once only

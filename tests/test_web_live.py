@@ -16,6 +16,7 @@ from webapp.experiments.models import Experiment, MetricPoint
 from webapp.experiments.sink import DatabaseSink, MetricEvent, push
 
 ORIGIN = (b"origin", b"http://127.0.0.1")
+HOST = (b"host", b"127.0.0.1")  # what a browser sends: the origin check compares Origin with it
 
 
 def session_cookie(user) -> str:
@@ -25,7 +26,7 @@ def session_cookie(user) -> str:
 
 
 def communicator(experiment, cookie: str | None, origin=ORIGIN, after: int = -1):
-    headers = [origin] + ([(b"cookie", cookie.encode())] if cookie else [])
+    headers = [HOST, origin] + ([(b"cookie", cookie.encode())] if cookie else [])
     return WebsocketCommunicator(application, f"/ws/experiments/{experiment.pk}/?after={after}", headers=headers)
 
 

@@ -1,7 +1,11 @@
 """2AFC studies on the real database and Redis: the volunteer flow, its integrity, the results,
 and who may see what."""
 
+import csv
+import io
 import json
+import re
+import time
 
 import numpy as np
 import pytest
@@ -38,6 +42,14 @@ def make_study(owner, media, systems=("base", "tuned"), **kw) -> Study:
             Clip(study=study, system=system, prompt=prompt, seed=i, degraded=True).save_video(degrade(video, i), 8)
     study.build_trials()
     return study
+
+
+@pytest.fixture(autouse=True)
+def instant_votes(settings):
+    """These tests vote the moment a participant joins, often without loading the trial page, to
+    test the vote's integrity, not its pacing: the minimum watch time is off unless a test sets
+    VPO_MIN_WATCH_FRACTION itself (the bot and watch-time tests below)."""
+    settings.VPO_MIN_WATCH_FRACTION = 0
 
 
 @pytest.fixture
@@ -106,9 +118,16 @@ def test_a_volunteer_votes_through_every_trial_and_gets_the_code_only_at_the_end
     assert "base" not in page and "tuned" not in page  # nothing on the page names a system
     last = answer_all(client, study, p)
     assert last.json()["done"] and last.json()["next"] == done
-    assert study.completion_code in client.get(done).content.decode()
+    page = client.get(done).content.decode()
     p.refresh_from_db()
     assert p.completed is not None and not p.excluded
+    assert len(p.completion_code) == 8 and p.completion_code in page  # a code of their own...
+    other = Client()
+    q = join(other, study)
+    answer_all(other, study, q)
+    q.refresh_from_db()
+    assert q.completion_code and q.completion_code != p.completion_code  # ...not one per study
+    assert p.completion_code in votes_csv(study)  # the researcher checks codes against the CSV
 
 
 def test_a_double_click_or_replay_stores_one_vote_and_gets_the_same_answer(study):
@@ -166,8 +185,9 @@ def test_leaving_and_coming_back_resumes_where_the_volunteer_stopped(study):
     assert again["Location"].endswith(f"/p/{p.token}/")
     page = client.get(again["Location"])
     assert page.context["trial_id"] == p.plan[1]["trial"] and page.context["answered"] == 1
-    other_browser = join(Client(), study, PROLIFIC_PID="pid9")
-    assert join(Client(), study, PROLIFIC_PID="pid9") == other_browser  # the same Prolific id: the same plan
+    first_browser = Client()
+    first = join(first_browser, study, PROLIFIC_PID="pid9")
+    assert join(first_browser, study, PROLIFIC_PID="pid9") == first  # the same browser carries on
 
 
 def test_ip_and_user_agent_are_stored_only_hashed(study):
@@ -304,3 +324,161 @@ def test_degraded_gold_clips_are_visibly_worse():
     clean = world.sample_scene(3).render()
     scores = load_reward("metrics").score(np.stack([clean, degrade(clean, 0)]), ["x", "x"]).scores
     assert scores["temporal"][0] > scores["temporal"][1] + 0.2 and scores["visual"][0] > scores["visual"][1]
+
+
+# --- the volunteer checks done on the server (bots, watch time, completion codes, Prolific ids) ---
+
+
+def clip_urls(page: str) -> list[str]:
+    return re.findall(r'<video id="(?:left|right)" src="([^"]+)"', page)
+
+
+def probed_size(client, url) -> int:
+    """What a bot learns from ``Range: bytes=0-0``: the file's total size."""
+    r = client.get(url, HTTP_RANGE="bytes=0-0")
+    assert r.status_code == 206
+    return int(r["Content-Range"].rsplit("/", 1)[1])
+
+
+def bot(client, study, wait: float = 0.0) -> tuple[Participant, list[int]]:
+    """A scripted participant: loads each trial page, probes both clips' sizes, picks the smaller
+    one (the degraded gold copy is noise, which encodes larger) and votes after ``wait`` seconds.
+    Returns the participant and the status of every vote."""
+    p = join(client, study)
+    statuses = []
+    for _ in range(len(p.plan) + 2):
+        page = client.get(reverse("studies:trial", args=[study.token, p.token]))
+        if page.status_code != 200:
+            break
+        left, right = (probed_size(client, url) for url in clip_urls(page.content.decode()))
+        time.sleep(wait)
+        r = cast(client, study, p, page.context["trial_id"], "left" if left <= right else "right")
+        statuses.append(r.status_code)
+        if r.status_code != 200:
+            break
+    p.refresh_from_db()
+    return p, statuses
+
+
+def test_a_bot_voting_without_watching_is_refused_and_never_sees_a_code(study, settings):
+    settings.VPO_MIN_WATCH_FRACTION = 1.0  # the production setting
+    client = Client()
+    p, statuses = bot(client, study)
+    assert statuses == [409]  # the first vote came right after the page: refused
+    assert not Vote.objects.filter(participant=p).exists()
+    assert "watch both videos" in cast(client, study, p, p.plan[0]["trial"], "left").json()["error"]
+    # a trial whose page was never served is refused too, however long after joining
+    assert cast(client, study, p, p.plan[1]["trial"], "left").status_code == 409
+    done = client.get(reverse("studies:done", args=[study.token, p.token]))
+    assert done.status_code == 302 and not p.completion_code  # no code before the last vote
+
+
+def test_gold_clips_cannot_be_told_apart_by_size_so_a_bot_that_waits_fails_them(study, settings):
+    settings.VPO_MIN_WATCH_FRACTION = 0.1  # clips of 2 s: a bot that waits 0.2 s per trial is let through
+    client = Client()
+    sizes = {probed_size(client, clip.url()) for clip in Clip.objects.filter(study=study)}
+    assert len(sizes) == 1  # every clip, clean or degraded, has one size
+    for clip in Clip.objects.filter(study=study):
+        r = client.get(clip.url())
+        assert r["Content-Length"] == str(*sizes)
+        assert not r.has_header("Last-Modified") and not r.has_header("ETag")
+    # the size says nothing, so the bot's pick on a gold trial is a coin flip: one that met the
+    # degraded clip on the side it picks on a tie is excluded, and gets no code
+    for _ in range(30):
+        p, statuses = bot(Client(), study, wait=0.25)
+        assert set(statuses) == {200}  # it waited, so its votes count...
+        if p.excluded:
+            break
+    assert p.excluded and "failed gold trial" in p.exclusion_reason
+    assert p.completed is not None and p.completion_code == ""
+    page = Client().get(reverse("studies:done", args=[study.token, p.token]))
+    assert page.status_code == 200 and "completion-code" not in page.content.decode()
+    assert "did not pass" in page.content.decode()
+
+
+def test_a_volunteer_votes_once_the_clips_had_time_to_play_and_a_reload_does_not_reset_the_clock(study, settings):
+    settings.VPO_MIN_WATCH_FRACTION = 0.5  # clips of 2 s: 1 s
+    client = Client()
+    p = join(client, study)
+    url = reverse("studies:trial", args=[study.token, p.token])
+    served = time.monotonic()
+    trial = client.get(url).context["trial_id"]
+    assert cast(client, study, p, trial, "left").status_code == 409
+    time.sleep(0.6)
+    client.get(url)  # a reload half-way: the wait still counts from the first serve
+    time.sleep(max(0.0, served + 1.05 - time.monotonic()))
+    first = cast(client, study, p, trial, "left")
+    assert first.status_code == 200
+    nxt = client.get(url).context["trial_id"]
+    assert cast(client, study, p, trial, "right").json() == first.json()  # a replay is answered as before
+    assert cast(client, study, p, nxt, "left").status_code == 409  # the next trial has its own clock
+
+
+def test_a_prolific_id_is_bound_to_the_browser_that_first_used_it(study):
+    first = Client()
+    p = join(first, study, PROLIFIC_PID="pid-1")
+    cast(first, study, p, p.plan[0]["trial"], "left")
+    thief = Client()
+    thief.get(reverse("studies:welcome", args=[study.token]) + "?PROLIFIC_PID=pid-1")
+    r = thief.post(reverse("studies:welcome", args=[study.token]), {"consent": "1", "prolific_pid": "pid-1"})
+    assert r.status_code == 409 and "already taking part" in r.content.decode()
+    assert Participant.objects.filter(study=study).count() == 1
+    assert join(first, study, PROLIFIC_PID="pid-1") == p  # the first browser carries on
+
+
+def test_votes_csv_escapes_cells_a_spreadsheet_would_run_as_formulas(study):
+    client = Client()
+    p = join(client, study, PROLIFIC_PID='=HYPERLINK("http://x")', STUDY_ID="@SUM(A1)", SESSION_ID="+1-2")
+    cast(client, study, p, p.plan[0]["trial"], "left")
+    rows = list(csv.DictReader(io.StringIO(votes_csv(study))))
+    assert rows[0]["prolific_pid"] == '\'=HYPERLINK("http://x")'
+    assert rows[0]["prolific_study_id"] == "'@SUM(A1)" and rows[0]["prolific_session_id"] == "'+1-2"
+    assert rows[0]["participant"] == p.token  # the app's own values are not altered
+    for row in rows:
+        assert not any(v.startswith(("=", "+", "-", "@")) for k, v in row.items() if k != "participant")
+
+
+def test_malformed_vote_bodies_get_400(study):
+    client = Client()
+    p = join(client, study)
+    url = reverse("studies:vote", args=[study.token, p.token])
+    for body in ("[1, 2]", '"left"', "3", "null", "{", json.dumps({"trial": 10**30, "choice": "left"})):
+        r = client.post(url, body, content_type="application/json")
+        assert r.status_code == 400, body
+    assert not Vote.objects.exists()
+
+
+def test_a_closed_studys_clips_are_served_only_to_its_owner(study, owner):
+    clip = Clip.objects.filter(study=study).first()
+    volunteer = Client()
+    assert volunteer.get(clip.url()).status_code == 200
+    Study.objects.filter(pk=study.pk).update(status=StudyStatus.CLOSED)
+    assert volunteer.get(clip.url()).status_code == 404
+    stranger = Client()
+    stranger.force_login(get_user_model().objects.create_user("someone-else"))
+    assert stranger.get(clip.url()).status_code == 404
+    researcher = Client()
+    researcher.force_login(owner)
+    assert researcher.get(clip.url()).status_code == 200
+
+
+def test_a_study_seed_outside_int32_is_a_form_error(owner):
+    from webapp.studies.forms import StudyForm
+
+    for seed in (2**31, -(2**31) - 1, 10**30):
+        form = StudyForm(
+            {
+                "name": "s",
+                "systems": ["base", "base"],
+                "prompt_set": "demo",
+                "prompt_limit": 2,
+                "videos_per_prompt": 1,
+                "seed": seed,
+                "question": "q",
+                "gold_rate": 0.1,
+                "votes_per_trial": 1,
+                "trials_per_participant": 2,
+            },
+            user=owner,
+        )
+        assert not form.is_valid() and "seed" in form.errors, seed

@@ -4,8 +4,15 @@ import yaml
 from django.conf import settings
 
 
+def staff_client(client):
+    from django.contrib.auth import get_user_model
+
+    client.force_login(get_user_model().objects.create_user("ops", is_staff=True))  # the detail is for staff
+    return client
+
+
 def test_health_endpoint_reaches_the_real_database_and_redis(client, db):
-    r = client.get("/healthz")
+    r = staff_client(client).get("/healthz")
     assert r.status_code == 200, r.content
     body = r.json()
     assert body["database"] == "ok" and body["redis"] == "ok"
@@ -16,7 +23,7 @@ def test_health_endpoint_reaches_the_real_database_and_redis(client, db):
 
 def test_health_endpoint_names_redis_when_it_does_not_answer(client, db, settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
-    r = client.get("/healthz")
+    r = staff_client(client).get("/healthz")
     assert r.status_code == 503 and r.json()["redis"].startswith("error")
 
 

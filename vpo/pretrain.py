@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -86,7 +87,13 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, u
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     start, seconds, ckpt_path = 0, 0.0, out / "checkpoint.pt"
     if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        try:  # weights_only: state dicts, numbers and the config, never arbitrary pickled objects
+            ckpt = torch.load(ckpt_path, weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+            raise ValueError(
+                f"{ckpt_path} is not a readable checkpoint ({type(e).__name__}): damaged, or holding "
+                "objects other than tensors, containers and numbers"
+            ) from None
         if ckpt["config"] != asdict(cfg):
             raise ValueError(f"{ckpt_path} was written with a different config: {ckpt['config']}")
         net.load_state_dict(ckpt["model"])

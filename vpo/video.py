@@ -87,3 +87,24 @@ def save_video(video: np.ndarray, directory, stem: str, fps: int) -> dict[str, s
 
 def load_frames(path) -> np.ndarray:
     return check_video(np.load(path))
+
+
+def pad_to_same_size(paths: list[Path], quantum: int = 4096) -> int:
+    """Pad every mp4 in ``paths`` to one size (the largest, rounded up to ``quantum`` bytes) with a
+    trailing ``free`` box, which players skip (ISO/IEC 14496-12 §8.1.2). A 2AFC study's degraded
+    gold copy is noise and encodes larger than its clean clip; equal sizes keep Content-Length and
+    ``Range`` probes from telling them apart. Already padded files are padded no further. Returns
+    the size."""
+    sizes = {Path(p): Path(p).stat().st_size for p in paths}
+    if not sizes:
+        return 0
+    biggest = max(sizes.values())
+    if len(set(sizes.values())) == 1 and biggest % quantum == 0:
+        return biggest
+    target = -(-(biggest + 8) // quantum) * quantum  # room for a box header in every file
+    for path, size in sizes.items():
+        pad = target - size
+        if pad:
+            with open(path, "ab") as f:  # box: 32-bit big-endian size (header included), type, payload
+                f.write(pad.to_bytes(4, "big") + b"free" + bytes(pad - 8))
+    return target

@@ -40,6 +40,21 @@ def exceeded(rules: list[tuple[str, int, int]]) -> str | None:
     return None
 
 
+def over(rules: list[tuple[str, int, int]]) -> str | None:
+    """Like ``exceeded`` without counting this request: the key of the first rule already at its
+    limit in the current window, or None (also when Redis is down)."""
+    now = int(time.time())
+    try:
+        counts = client().mget([f"{settings.REDIS_PREFIX}:rl:{key}:{now // window}" for key, _, window in rules])
+    except redis.RedisError:
+        log.warning("rate limiter unavailable; letting the request through", exc_info=True)
+        return None
+    for (key, limit, _), count in zip(rules, counts):
+        if count is not None and int(count) >= limit:
+            return key
+    return None
+
+
 def first_in_window(key: str, seconds: float) -> bool:
     """True for the first call with ``key`` in a window of ``seconds`` (and when Redis is down)."""
     try:

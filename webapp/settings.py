@@ -48,6 +48,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "webapp.security.ContentSecurityPolicyMiddleware",
 ]
 ROOT_URLCONF = "webapp.urls"
 TEMPLATES = [
@@ -95,10 +96,29 @@ STUDY_RATE_LIMITS = {
     "vote_ip": (int(os.environ.get("VPO_VOTES_PER_MINUTE_PER_IP", 600)), 60),
     "join_ip": (int(os.environ.get("VPO_JOINS_PER_HOUR_PER_IP", 120)), 3600),
 }
+# A vote on a trial counts only from this share of its clips' duration after the trial page was
+# served (server time): both clips play at once, so a person cannot answer sooner. 0 turns the
+# check off (load tests that vote without loading pages: benchmarks/votes.py).
+VPO_MIN_WATCH_FRACTION = float(os.environ.get("VPO_MIN_WATCH_FRACTION", "1.0"))
 # Reverse proxies in front of the app that append to X-Forwarded-For (docker-compose: nginx, so 1;
 # add one per TLS terminator or load balancer before it). 0: the client connects directly.
 VPO_PROXIES = int(os.environ.get("VPO_PROXIES", 0))
 WHITENOISE_USE_FINDERS = DEBUG  # in development, serve webapp/static without collectstatic
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": f"django.contrib.auth.password_validation.{name}"}
+    for name in (
+        "UserAttributeSimilarityValidator",
+        "MinimumLengthValidator",
+        "CommonPasswordValidator",
+        "NumericPasswordValidator",
+    )
+]
+# Failed logins allowed per account and per address in a window of 15 minutes (webapp/security.py);
+# then every login for that account or from that address is refused until the window ends.
+LOGIN_RATE_LIMITS = {
+    "account": (int(os.environ.get("VPO_LOGIN_FAILURES_PER_ACCOUNT", "10")), 900),
+    "ip": (int(os.environ.get("VPO_LOGIN_FAILURES_PER_IP", "50")), 900),
+}
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"

@@ -4,12 +4,13 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from webapp import views
+from webapp.security import ThrottledLoginView
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="experiments:list"), name="home"),
     path("experiments/", include("webapp.experiments.urls")),
     path("", include("webapp.studies.urls")),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),

@@ -8,12 +8,43 @@ local diffusers folder (``vpo.backbones.real``: where, which layout, their defau
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 
 BACKBONES = {
     "tiny": "vpo.backbones.tiny:TinyBackbone",
     "wan": "vpo.backbones.wan:WanBackbone",
     "cogvideox": "vpo.backbones.cogvideox:CogVideoXBackbone",
     "ltx": "vpo.backbones.ltx:LTXBackbone",
+}
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """What a training step costs on a backbone, for ``TrainConfig``'s upper bounds (docs/limits.md).
+    Peak resident memory in MB, measured in fp32 (what a CPU without native bf16 computes in, the
+    larger case), rounded up."""
+
+    lora_width: int  # the narrowest layer LoRA wraps: a rank above it is no longer low-rank
+    # None where not measured yet (the real backbones: benchmarks/gpu.py will give their figures);
+    # such a backbone's runs are bounded by LIMITS and the LoRA width only
+    process_mb: float | None = None  # the process with the backbone, its text encoder and the reward sources loaded
+    video_mb: float = 0  # per video sampled in one batch (classifier-free guidance included)
+    pair_mb: float = 0  # per pair in a DPO update (winner and loser with gradients, the reference without)
+    refl_mb: float = 0  # per prompt and back-propagated denoising step in a ReFL update
+
+
+# torch-free, like the registry: the web form checks configs against these
+SIZING = {
+    # TinyConfig.dim = 128 (tests/test_limits.py checks it). Process 512 MB after loading; sampling
+    # 8 -> 32 videos at once raised the peak by 332 MB (13.8 MB a video; the issue's 1,024
+    # candidates took 10.1 GB, 9.9 MB a video); a DPO step with one pair 354 MB above the process,
+    # a ReFL step 1,684 MB at depth 8 (README, machine B, fp32).
+    "tiny": Sizing(lora_width=128, process_mb=600, video_mb=14, pair_mb=360, refl_mb=215),
+    # the released models' transformer widths (Wan2.1-1.3B dim 1536, CogVideoX-2B 30 heads x 64,
+    # LTX-Video 2048); memory not measured yet
+    "wan": Sizing(lora_width=1536),
+    "cogvideox": Sizing(lora_width=1920),
+    "ltx": Sizing(lora_width=2048),
 }
 
 

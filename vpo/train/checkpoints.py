@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import warnings
 from pathlib import Path
@@ -75,9 +76,45 @@ def latest_checkpoint(out: str | Path) -> Path | None:
     return Path(out) / "checkpoints" / pointer.read_text().strip() if pointer.exists() else None
 
 
+def load_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's ``state.pt`` with ``weights_only=True``: tensors, containers, numbers and the
+    NumPy RNG state's array, never arbitrary pickled objects (a checkpoint folder may come from
+    elsewhere). A damaged file is a ValueError naming it."""
+    try:
+        from numpy._core.multiarray import _reconstruct  # NumPy >= 2
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    arrays = [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]  # np.random.get_state()'s key array
+    try:
+        with torch.serialization.safe_globals(arrays):
+            return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError:  # torch's own text would suggest weights_only=False: not for a file we cannot trust
+        raise ValueError(
+            f"{path} is not a readable checkpoint state: it is damaged, or holds objects other than "
+            "tensors, containers and numbers"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ValueError(
+            f"{path} is not a readable checkpoint state ({type(e).__name__}: {' '.join(str(e).split())[:160]})"
+        ) from None
+
+
+def read_safetensors(path: str | Path, metadata_only: bool = False) -> Any:
+    """The tensors (or the metadata) of a safetensors file; a damaged one is a ValueError naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        if metadata_only:
+            with safe_open(str(path), framework="pt") as f:
+                return f.metadata() or {}
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
+
+
 def load_adapters(transformer: Any, path: str | Path) -> None:
     """Copy saved adapter tensors into a transformer that has the same adapters."""
-    saved = load_file(str(path))
+    saved = read_safetensors(path)
     own = dict(transformer.named_parameters())
     missing = [k for k in saved if k not in own]
     if missing:
@@ -99,10 +136,7 @@ def load_policy(backbone: Any, checkpoint: str | Path) -> dict[str, Any]:
         path = path / "adapter.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"no training checkpoint at {checkpoint} (expected a folder with adapter.safetensors)")
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = read_safetensors(path, metadata_only=True)
     if "config" not in meta:
         raise ValueError(f"{path} is not a training checkpoint (no config in its metadata)")
     cfg: dict[str, Any] = json.loads(meta["config"])

@@ -8,6 +8,7 @@ each with a message naming the valid choices.
 from __future__ import annotations
 
 import math
+import os
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -136,6 +137,79 @@ class TrainConfig:
             _choice(name, getattr(self, name), SWITCHES)
         if self.guidance < 1:
             raise ConfigError("guidance", f"guidance must be >= 1 (1 = no guidance), got {self.guidance}")
+        self._check_fits()
+
+    def _check_fits(self) -> None:
+        """Upper bounds (docs/limits.md): each field at most ``LIMITS``, the LoRA rank at most the
+        backbone's layer width, and the step's peak memory within the worker's. A run that would
+        not fit is refused here, before it is queued: a worker killed for memory would get the same
+        task redelivered again and again."""
+        from vpo.backbones import SIZING
+
+        for name, bound in LIMITS.items():
+            if getattr(self, name) > bound:
+                raise ConfigError(name, f"{name} must be <= {bound:,}, got {getattr(self, name):,}")
+        sizing = SIZING[self.backbone]
+        if self.lora_rank > sizing.lora_width:
+            raise ConfigError(
+                "lora_rank",
+                f"lora_rank must be <= {sizing.lora_width} (the width of backbone "
+                f"{self.backbone!r}'s layers), got {self.lora_rank}",
+            )
+        if sizing.process_mb is None:  # memory not measured for this backbone yet (docs/limits.md)
+            return
+        budget, need = worker_memory_mb(), self.peak_memory_mb()
+        if need <= budget:
+            return
+        # name the first field that, lowered with the others as they are, makes the run fit
+        names = (
+            "num_candidates",
+            "prompts_per_step",
+            *(("refl_depth",) if self.algorithm == "refl" else ()),
+            "heldout_count",
+        )
+        for name in names:
+            most = self._most_that_fits(name, budget)
+            if most is not None:
+                break
+        else:
+            name, most = "prompts_per_step", 0
+        raise ConfigError(
+            name,
+            f"this run needs ~{need:,.0f} MB at its peak on backbone {self.backbone!r} "
+            f"({self.prompts_per_step * self.num_candidates:,} videos sampled at once); the worker "
+            f"has {budget:,} MB (VPO_WORKER_MEMORY_MB): {name} must be <= {most:,} with the other "
+            f"fields as they are, got {getattr(self, name):,}",
+        )
+
+    def _most_that_fits(self, name: str, budget: float) -> int | None:
+        """The largest value of ``name`` (at least its minimum) with which this run fits in
+        ``budget`` MB, the other fields as they are; None if none does."""
+        current, lowest = getattr(self, name), 2 if name == "num_candidates" else 1
+        try:
+            for value in range(current - 1, lowest - 1, -1):
+                setattr(self, name, value)
+                if self.peak_memory_mb() <= budget:
+                    return value
+            return None
+        finally:
+            setattr(self, name, current)
+
+    def peak_memory_mb(self) -> float:
+        """Estimated peak resident memory of a training step (and of a held-out check) of this run,
+        from the backbone's ``Sizing``: the candidates of every prompt are sampled in one batch,
+        the DPO update keeps one pair's activations per prompt (the noise draws are back-propagated
+        one at a time), ReFL keeps every differentiated denoising step."""
+        from vpo.backbones import SIZING
+
+        sizing = SIZING[self.backbone]
+        assert sizing.process_mb is not None, f"no memory figures for backbone {self.backbone!r}"
+        sampled = sizing.video_mb * max(self.prompts_per_step * self.num_candidates, self.heldout_count)
+        if self.algorithm == "refl":
+            update = sizing.refl_mb * self.prompts_per_step * self.refl_depth
+        else:
+            update = sizing.pair_mb * self.prompts_per_step
+        return sizing.process_mb + sampled + update
 
     # --- (de)serialisation -------------------------------------------------------------------
     @classmethod
@@ -165,6 +239,8 @@ class TrainConfig:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path} is not valid TOML: {e}") from None
+        except RecursionError:  # tomllib parses nested arrays and tables recursively
+            raise ValueError(f"{path} nests arrays or tables too deeply to be a config") from None
         return cls.from_dict(data)
 
     def to_dict(self) -> dict:
@@ -180,6 +256,31 @@ class TrainConfig:
 
 
 SWITCHES = ("auto", "on", "off")
+
+# Upper bounds that hold whatever the memory: each is a multiple of what the paper and the probes
+# use (N = 6, 1-4 prompts a step, 8 noise draws, 20 sampling steps, 60 steps, 8 held-out prompts),
+# and at each a step still ends (docs/limits.md). The memory check then bounds their products.
+LIMITS = {
+    "steps": 100_000,
+    "prompts_per_step": 64,
+    "num_candidates": 64,
+    "noise_draws": 64,
+    "sampling_steps": 1000,
+    "heldout_count": 256,
+    "refl_depth": 64,
+}
+
+
+def worker_memory_mb() -> int:
+    """The memory a training run may use, in MB: ``VPO_WORKER_MEMORY_MB`` (set it where the web
+    form runs to the worker's memory, or its GPU's), else this machine's physical memory."""
+    value = os.environ.get("VPO_WORKER_MEMORY_MB")
+    if value:
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"VPO_WORKER_MEMORY_MB must be a whole number of MB, got {value!r}") from None
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
 
 
 class ConfigError(ValueError):
@@ -210,9 +311,16 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
     return value
 
 
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _toml_escape(c: str) -> str:
+    return f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
+
+
 def _toml_value(value: Any) -> str:
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, str):  # a TOML basic string: backslash, quote and control characters escaped
+        return '"' + "".join(_TOML_ESCAPES.get(c, c if c.isprintable() else _toml_escape(c)) for c in value) + '"'
     if isinstance(value, float):
         return repr(value)
     return str(value)

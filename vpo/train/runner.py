@@ -31,6 +31,7 @@ from vpo.train.checkpoints import (
     add_policy_and_ref,
     latest_checkpoint,
     load_adapters,
+    load_state,
     save_checkpoint,
 )
 from vpo.train.config import TrainConfig
@@ -222,7 +223,7 @@ class Run:
         folder = latest_checkpoint(self.out)
         if folder is None:
             return 0
-        state = torch.load(folder / "state.pt", weights_only=False)
+        state = load_state(folder / "state.pt")
         if state["config"] != self.cfg.to_dict():
             diff = {k: (v, self.cfg.to_dict()[k]) for k, v in state["config"].items() if self.cfg.to_dict()[k] != v}
             raise ValueError(f"cannot resume from {folder}: it was trained with other settings {diff}")

@@ -15,6 +15,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from webapp.experiments.models import Experiment
+from webapp.security import ClosedOnLogout
 
 CHUNK = 2000  # points per backfill message
 
@@ -40,7 +41,7 @@ def status_of(experiment) -> dict:
     return experiment.status_payload()
 
 
-class ExperimentConsumer(AsyncJsonWebsocketConsumer):
+class ExperimentConsumer(ClosedOnLogout, AsyncJsonWebsocketConsumer):
     async def connect(self):
         self.experiment = await visible_experiment(self.scope["user"], self.scope["url_route"]["kwargs"]["pk"])
         if self.experiment is None:
@@ -52,6 +53,7 @@ class ExperimentConsumer(AsyncJsonWebsocketConsumer):
         except ValueError:
             self.last = -1
         await self.channel_layer.group_add(self.experiment.group, self.channel_name)
+        await self.follow_session()
         await self.accept()
         await self.send_points(await points_between(self.experiment, self.last, None))
         await self.send_json({"type": "status", **(await status_of(self.experiment))})
@@ -59,6 +61,7 @@ class ExperimentConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code):
         if getattr(self, "experiment", None) is not None:
             await self.channel_layer.group_discard(self.experiment.group, self.channel_name)
+        await self.unfollow_session()
 
     async def send_points(self, points: list[dict]) -> None:
         points = [p for p in points if p["step"] > self.last]

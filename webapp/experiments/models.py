@@ -98,7 +98,8 @@ class Experiment(models.Model):
         data = dict(self.config, out=f"runs/experiment-{self.pk}")
         if self.prompts_text:
             data["prompts"] = "prompts.txt"
-        header = f"# {self.name}: exported from VPO Studio experiment #{self.pk}\n"
+        name = "".join(c if c.isprintable() else " " for c in self.name)  # a newline would end the comment
+        header = f"# {name}: exported from VPO Studio experiment #{self.pk}\n"
         if self.prompts_text:
             header += "# prompts.txt: download it from the experiment page, next to this file\n"
         return header + TrainConfig.from_dict(data).to_toml()

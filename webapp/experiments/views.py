@@ -30,6 +30,8 @@ DEMO_CONFIG = {
 
 
 def visible_or_404(request, pk) -> Experiment:
+    if not str(pk).isdecimal():  # ?clone=abc: no such experiment, not a 500
+        raise Http404("no such experiment")
     return get_object_or_404(Experiment.objects.visible_to(request.user), pk=pk)
 
 
@@ -185,6 +187,8 @@ def evaluate(request, pk):
 def media(request, pk, path):
     """A file of the run (a sample's mp4), to its owner only, with HTTP Range for seeking."""
     experiment = visible_or_404(request, pk)
+    if "\x00" in path:  # no file name holds one; pathlib would raise
+        raise Http404("no such file")
     root = experiment.run_dir.resolve()
     file = (root / path).resolve()
     if not file.is_relative_to(root) or not file.is_file():

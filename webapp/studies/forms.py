@@ -26,7 +26,8 @@ class StudyForm(forms.Form):
     prompts_file = forms.FileField(required=False)
     prompt_limit = forms.IntegerField(min_value=1, max_value=1000, initial=16, help_text="use the first N prompts")
     videos_per_prompt = forms.IntegerField(min_value=1, max_value=8, initial=1)
-    seed = forms.IntegerField(initial=0)
+    # clips get seeds seed .. seed + videos_per_prompt - 1, stored as 32-bit integers
+    seed = forms.IntegerField(initial=0, min_value=-(2**31), max_value=2**31 - 1 - 8)
     question = forms.CharField(max_length=200, initial="Which video looks better?")
     instructions = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 3}),

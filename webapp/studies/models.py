@@ -10,6 +10,7 @@ trials and, per trial, which clip is on the left (randomised, stored). One ``Vot
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -22,6 +23,7 @@ from django.db import connection, models, transaction
 from django.db.models import Count, Q
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 
 def new_token() -> str:
@@ -106,7 +108,12 @@ class Study(models.Model):
     @transaction.atomic
     def build_trials(self) -> None:
         """Every pair of systems on every (prompt, seed), and gold trials: a clip against its
-        degraded copy (the right answer is the clean one)."""
+        degraded copy (the right answer is the clean one). Every clip file is first padded to one
+        size, so that no request (Content-Length, a ``Range`` probe) tells the noisy, larger
+        degraded copy from the clean one."""
+        from vpo.video import pad_to_same_size
+
+        pad_to_same_size([c.path for c in self.clips.all() if c.path.is_file()])
         clips = {}
         for clip in self.clips.all():
             clips[(clip.system_id, clip.prompt, clip.seed, clip.degraded)] = clip
@@ -188,12 +195,14 @@ class Clip(models.Model):
     seed = models.IntegerField()
     degraded = models.BooleanField(default=False)  # a gold trial's visibly damaged copy
     token = models.CharField(max_length=40, unique=True, default=new_token)  # the opaque file name
+    duration = models.FloatField(default=0.0)  # seconds: the trial page's minimum watch time comes from it
 
     def save_video(self, video, fps: int) -> None:
         """The mp4 volunteers see and the native frames the reward sources score (never served)."""
         from vpo import video as video_io
 
         video_io.save_video(video, self.study.media_dir, self.token, fps)
+        self.duration = len(video) / fps
         self.save()
 
     @property
@@ -236,6 +245,13 @@ class Participant(models.Model):
     completed = models.DateTimeField(null=True, blank=True)
     excluded = models.BooleanField(default=False)  # failed a gold trial: kept, never deleted
     exclusion_reason = models.CharField(max_length=200, blank=True)
+    # the trial whose page was served last, and the earliest time a vote on it is accepted (the
+    # clips' duration after the page was served, times VPO_MIN_WATCH_FRACTION): kept on the server
+    watching = models.BigIntegerField(null=True, blank=True)
+    vote_after = models.DateTimeField(null=True, blank=True)
+    # issued with the last vote, never to an excluded participant; one per participant, so that a
+    # code passed around proves nothing (the researcher matches codes against votes.csv)
+    completion_code = models.CharField(max_length=20, blank=True)
 
     class Meta:
         constraints = [
@@ -248,8 +264,29 @@ class Participant(models.Model):
         return next((item for item in self.plan if item["trial"] not in answered), None)
 
     def mark_completed(self) -> None:
+        """Completed now, with a completion code of their own unless they were excluded."""
         if self.completed is None:
-            Participant.objects.filter(pk=self.pk, completed__isnull=True).update(completed=timezone.now())
+            code = models.Case(
+                models.When(excluded=True, then=models.Value("")), default=models.Value(new_completion_code())
+            )
+            Participant.objects.filter(pk=self.pk, completed__isnull=True).update(
+                completed=timezone.now(), completion_code=code
+            )
+
+    def served(self, trial: int, clips: list[Clip]) -> None:
+        """The page of ``trial`` was served now: votes on it count from the clips' duration on
+        (times VPO_MIN_WATCH_FRACTION). A reload keeps the first time: it never shortens the wait."""
+        wait = settings.VPO_MIN_WATCH_FRACTION * max(c.duration for c in clips)
+        Participant.objects.filter(pk=self.pk).exclude(watching=trial).update(
+            watching=trial, vote_after=timezone.now() + dt.timedelta(seconds=wait)
+        )
+
+    def watched(self, trial: int) -> bool:
+        """Whether a vote on ``trial`` now comes after its minimum watch time (always, with
+        VPO_MIN_WATCH_FRACTION = 0)."""
+        if settings.VPO_MIN_WATCH_FRACTION <= 0:
+            return True
+        return self.watching == trial and self.vote_after is not None and timezone.now() >= self.vote_after
 
     @classmethod
     def for_vote(cls, token: str, ptoken: str) -> Participant | None:
@@ -259,7 +296,7 @@ class Participant(models.Model):
         CPU (measured in docs/votes.md, benchmarks/vote_queries.py)."""
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT p.id, p.plan, p.completed, s.id, s.status, s.allow_tie"
+                "SELECT p.id, p.plan, p.completed, p.watching, p.vote_after, s.id, s.status, s.allow_tie"
                 f" FROM {cls._meta.db_table} p JOIN {Study._meta.db_table} s ON s.id = p.study_id"
                 " WHERE p.token = %s AND s.token = %s",
                 [ptoken, token],
@@ -267,10 +304,23 @@ class Participant(models.Model):
             row = cursor.fetchone()
         if row is None:
             return None
-        pk, plan, completed, study_pk, status, allow_tie = row
+        pk, plan, completed, watching, vote_after, study_pk, status, allow_tie = row
         if isinstance(plan, str):  # JSON arrives as text from both backends' raw cursors
             plan = json.loads(plan)
-        participant = partly_loaded(cls, id=pk, study_id=study_pk, token=ptoken, plan=plan, completed=completed)
+        if isinstance(vote_after, str):  # SQLite's raw cursor may give text...
+            vote_after = parse_datetime(vote_after)
+        if vote_after is not None and timezone.is_naive(vote_after):  # ...or a naive UTC time
+            vote_after = timezone.make_aware(vote_after, dt.UTC)
+        participant = partly_loaded(
+            cls,
+            id=pk,
+            study_id=study_pk,
+            token=ptoken,
+            plan=plan,
+            completed=completed,
+            watching=watching,
+            vote_after=vote_after,
+        )
         participant.study = partly_loaded(Study, id=study_pk, token=token, status=status, allow_tie=allow_tie)
         return participant
 
@@ -307,7 +357,15 @@ class Vote(models.Model):
                 " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (participant_id, trial_id) DO NOTHING",
                 [participant_id, item["trial"], choice, item["left"], chosen, timezone.now()],
             )
-            cursor.execute(
-                f"SELECT trial_id, chosen_id FROM {cls._meta.db_table} WHERE participant_id = %s", [participant_id]
-            )
-            return dict(cursor.fetchall())
+            return cls.stored(participant_id, cursor)
+
+    @classmethod
+    def stored(cls, participant_id: int, cursor=None) -> dict[int, int | None]:
+        """A participant's stored votes: trial id -> chosen clip id (None for a tie)."""
+        if cursor is None:
+            with connection.cursor() as cursor:
+                return cls.stored(participant_id, cursor)
+        cursor.execute(
+            f"SELECT trial_id, chosen_id FROM {cls._meta.db_table} WHERE participant_id = %s", [participant_id]
+        )
+        return dict(cursor.fetchall())

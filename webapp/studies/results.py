@@ -94,7 +94,18 @@ CSV_HEADER = [
     "right_system",
     "choice",
     "chosen_system",
+    "completion_code",
 ]
+# a cell a spreadsheet would run as a formula (OWASP "CSV injection"): these first characters
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def cell(value):
+    """``value`` safe for a spreadsheet: text starting like a formula gets a leading apostrophe,
+    which spreadsheets show as text and do not evaluate. Numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
 
 
 def votes_csv(study: Study) -> str:
@@ -108,23 +119,26 @@ def votes_csv(study: Study) -> str:
         right_label = f"{right.system.label}{' (degraded)' if right.degraded else ''}"
         chosen = "" if v.chosen_id is None else (left_label if v.chosen_id == v.left_id else right_label)
         p = v.participant
+        # the volunteers' Prolific ids and the researcher's prompts and labels are escaped; the
+        # app's own values (tokens, numbers, codes) never start like a formula's text would need to
         writer.writerow(
             [
                 v.pk,
                 v.created.isoformat(),
                 p.token,
-                p.prolific_pid,
-                p.prolific_study_id,
-                p.prolific_session_id,
+                cell(p.prolific_pid),
+                cell(p.prolific_study_id),
+                cell(p.prolific_session_id),
                 int(p.excluded),
                 v.trial_id,
                 int(v.trial.is_gold),
-                a.prompt,
+                cell(a.prompt),
                 a.seed,
-                left_label,
-                right_label,
+                cell(left_label),
+                cell(right_label),
                 v.choice,
-                chosen,
+                cell(chosen),
+                p.completion_code,
             ]
         )
     return out.getvalue()

@@ -1,9 +1,11 @@
 """The volunteer flow: no account, an unguessable study link, a participant token in a cookie.
 
 welcome (instructions, consent, Prolific ids) -> trials (two clips, sides randomised and stored,
-voting enabled once both played through) -> completion code or the configured completion URL,
-only once the last vote is stored. Leaving and coming back resumes where the volunteer stopped.
-A wrong or altered token is a 404; a closed study says so.
+voting enabled once both played through; the server refuses a vote on a trial sooner than its
+clips' duration after it served the page) -> a completion code of the volunteer's own or the
+configured completion URL, only once the last vote is stored and never to an excluded volunteer.
+Leaving and coming back resumes where the volunteer stopped; a Prolific id stays bound to the
+browser that first used it. A wrong or altered token is a 404; a closed study says so.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ def welcome(request, token):
         participant = returning or join(request, study, prolific)
         if participant is None:
             return render(request, "studies/busy.html", {"study": study}, status=429)
+        if participant is TAKEN:
+            return render(request, "studies/taken.html", {"study": study}, status=409)
         response = redirect("studies:trial", token=study.token, ptoken=participant.token)
         response.set_cookie(
             cookie_name(study),
@@ -90,13 +94,19 @@ def welcome(request, token):
     return render(request, "studies/welcome.html", {"study": study, "prolific": prolific})
 
 
-def join(request, study: Study, prolific: dict) -> Participant | None:
-    """A new participant with a plan, or the one a Prolific id already has (a second tab, a
-    returning volunteer without the cookie). None when this address joined too often."""
-    if prolific["prolific_pid"]:
-        existing = Participant.objects.filter(study=study, prolific_pid=prolific["prolific_pid"]).first()
-        if existing is not None:
-            return existing
+TAKEN = object()  # join's answer for a Prolific id that already took part from another browser
+
+
+def join(request, study: Study, prolific: dict):
+    """A new participant with a plan; None when this address joined too often; ``TAKEN`` when the
+    Prolific id already has a participant. A Prolific id is bound to the browser that first used it
+    (its cookie, which ``welcome`` checks before this): another client cannot take over its plan
+    and completion code by sending the same id."""
+    if (
+        prolific["prolific_pid"]
+        and Participant.objects.filter(study=study, prolific_pid=prolific["prolific_pid"]).exists()
+    ):
+        return TAKEN
     limit, window = settings.STUDY_RATE_LIMITS["join_ip"]
     if exceeded([(f"join:{study.pk}:{study.hashed(client_ip(request))}", limit, window)]):
         return None
@@ -110,7 +120,7 @@ def join(request, study: Study, prolific: dict) -> Participant | None:
                 **prolific,
             )
     except IntegrityError:  # the same Prolific id joined in another request just now
-        return Participant.objects.get(study=study, prolific_pid=prolific["prolific_pid"])
+        return TAKEN
 
 
 @ensure_csrf_cookie
@@ -125,6 +135,7 @@ def trial(request, token, ptoken):
         return redirect("studies:done", token=token, ptoken=ptoken)
     right = item["right"]
     clips = {c.pk: c for c in Clip.objects.filter(pk__in=(item["left"], right))}
+    participant.served(item["trial"], list(clips.values()))  # the watch time counts from now
     return render(
         request,
         "studies/trial.html",
@@ -157,6 +168,8 @@ def vote(request, token, ptoken):
         data = json.loads(request.body) if request.content_type == "application/json" else request.POST
     except ValueError:
         return JsonResponse({"error": "the body is not JSON"}, status=400)
+    if not hasattr(data, "get"):  # a JSON list, string or number
+        return JsonResponse({"error": 'the body must be a JSON object {"trial", "choice"}'}, status=400)
     form = ChoiceForm(data)
     if not form.is_valid():
         return JsonResponse({"error": form.errors.get_json_data()}, status=400)
@@ -166,6 +179,10 @@ def vote(request, token, ptoken):
     choice = form.cleaned_data["choice"]
     if choice == "tie" and not study.allow_tie:
         return JsonResponse({"error": 'this study has no "can\'t tell" option'}, status=400)
+    if not participant.watched(item["trial"]) and item["trial"] not in Vote.stored(participant.pk):
+        # too early, or a trial whose page was never served: no one watched both clips (a replay of
+        # a stored vote is still answered as the first time)
+        return JsonResponse({"error": "please watch both videos to the end before answering"}, status=409)
     limits = settings.STUDY_RATE_LIMITS
     over = exceeded(
         [
@@ -204,14 +221,20 @@ def done(request, token, ptoken):
     if answered < len(participant.plan):  # the code comes only after the last vote is stored
         return redirect("studies:trial", token=token, ptoken=ptoken)
     participant.mark_completed()
+    participant.refresh_from_db(fields=["completed", "completion_code", "excluded"])
+    if participant.excluded:  # failed an attention check: no code, no completion link
+        return render(request, "studies/done.html", {"study": study, "code": None})
     if study.completion_url:
         return redirect(study.completion_url)
-    return render(request, "studies/done.html", {"study": study, "code": study.completion_code})
+    return render(request, "studies/done.html", {"study": study, "code": participant.completion_code})
 
 
 def clip(request, token, clip_token):
     """A clip by its opaque name: nothing in the URL says which system made it."""
     c = get_object_or_404(Clip.objects.select_related("study"), token=clip_token, study__token=token)
+    owner = request.user.is_authenticated and (request.user.is_staff or request.user.pk == c.study.owner_id)
+    if c.study.status != StudyStatus.OPEN and not owner:  # a closed study's clips go with it
+        raise Http404("no such clip")
     if not c.path.is_file():
         raise Http404("no such clip")
     return ranged_file_response(request, c.path)

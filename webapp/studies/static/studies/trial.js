@@ -7,6 +7,8 @@
   const url = JSON.parse(document.getElementById("vote-url").textContent);
   const buttons = [...document.querySelectorAll("button.choice")];
   const ended = new Set();
+  const bar = document.querySelector(".progress [data-percent]");  // set here: the CSP allows no inline style
+  bar.style.width = `${bar.dataset.percent}%`;
   let sent = false;
 
   for (const id of ["left", "right"]) {
@@ -41,8 +43,10 @@
         if (r.ok) { location.assign(body.next); return; }
         message.textContent = body.error && typeof body.error === "string" ? body.error : "Your answer was not accepted.";
         message.hidden = false;
-        if (r.status !== 429) return;
-        await new Promise((res) => setTimeout(res, 3000));
+        // 429: too fast; 409: the server counts the clips' duration from when it served the page,
+        // so a vote right at the end of playback may come a moment early: wait and send it again
+        if (r.status !== 429 && r.status !== 409) return;
+        await new Promise((res) => setTimeout(res, r.status === 409 ? 1000 : 3000));
       } catch (e) {
         await new Promise((res) => setTimeout(res, 1000 * (attempt + 1)));
       }
