@@ -24,7 +24,8 @@ app.conf.update(
     result_backend_transport_options={"global_keyprefix": f"{prefix}:celery:"},
     task_default_queue="cpu",
     task_routes={name: {"queue": "gpu"} for name in
-                 ("worker.tasks.train_experiment", "worker.tasks.evaluate_checkpoint", "worker.tasks.render_study")},
+                 ("worker.tasks.train_experiment", "worker.tasks.evaluate_checkpoint", "worker.tasks.render_study")}
+    | {"worker.tasks.evaluate_checkpoint_vbench": {"queue": "vbench"}},
     task_soft_time_limit=LONGEST_RUN_S,
     task_time_limit=LONGEST_RUN_S + 600,
 )

@@ -30,6 +30,12 @@ def evaluate_checkpoint(evaluation_id: int) -> None:
 
 
 @app.task
+def evaluate_checkpoint_vbench(evaluation_id: int) -> None:
+    """The same on queue ``vbench``: workers that have .venv-vbench and VBENCH_CACHE_DIR's weights."""
+    evaluate_checkpoint(evaluation_id)
+
+
+@app.task
 def render_study(study_id: int) -> None:
     from webapp.studies.models import Study
 

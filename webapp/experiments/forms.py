@@ -114,6 +114,8 @@ class ExperimentForm(forms.Form):
 class EvaluationForm(forms.Form):
     checkpoint = forms.ChoiceField()
     prompts = forms.ChoiceField(choices=[(p, p) for p in BUILTIN], initial="heldout64")
+    suite = forms.ChoiceField(choices=[("builtin", "built-in measures (exact/proxy)"),
+                                       ("vbench", "official VBench (queue vbench)")], initial="builtin")
 
     def __init__(self, *args, checkpoints: list[str], **kwargs):
         super().__init__(*args, **kwargs)

@@ -238,6 +238,8 @@ class Evaluation(models.Model):
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="evaluations")
     checkpoint = models.CharField(max_length=40)  # a folder name under the run's checkpoints/
     prompts = models.CharField(max_length=40, default="heldout64")
+    # vpo.eval.SUITES: "builtin" (weight-free, labelled exact/proxy) or "vbench" (the official package, queue vbench)
+    suite = models.CharField(max_length=10, default="builtin")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
@@ -271,14 +273,22 @@ class Evaluation(models.Model):
                                 f"{100 * c['ci95'][0]:+.2f} to {100 * c['ci95'][1]:+.2f}")),
                 ("better on", show(lambda c: f"{c['better']}/{c['n']}"))]
 
-    def launch(self) -> None:
-        from worker.tasks import evaluate_checkpoint
+    @property
+    def header(self) -> list[tuple[str, str]]:
+        """(column, its label: exact / proxy (what it stands in for) / ...) in the stored order."""
+        result = self.result or {}
+        labels = result.get("labels", {})
+        return [(c.replace("_", " "), labels.get(c, "")) for c in result.get("columns", [])]
 
-        evaluate_checkpoint.delay_on_commit(self.pk)
+    def launch(self) -> None:
+        from worker.tasks import evaluate_checkpoint, evaluate_checkpoint_vbench
+
+        # the official VBench runs on workers of queue "vbench" (its virtualenv and weights live there)
+        (evaluate_checkpoint_vbench if self.suite == "vbench" else evaluate_checkpoint).delay_on_commit(self.pk)
 
     def run(self) -> None:
         from vpo.data.prompts import read_prompts
-        from vpo.eval import COLUMNS, compare
+        from vpo.eval import columns_of, compare
         from webapp.experiments.sink import finite_or_none, push
 
         if self.status in DONE:
@@ -289,12 +299,15 @@ class Evaluation(models.Model):
             cfg = self.experiment.config
             folder = self.experiment.run_dir / "run" / "checkpoints" / self.checkpoint
             rows = compare(cfg["backbone"], folder, read_prompts(self.prompts), steps=cfg["sampling_steps"],
-                           guidance=cfg["guidance"], device=worker_device())
+                           guidance=cfg["guidance"], device=worker_device(), suite=self.suite)
+            columns = columns_of(rows)
             # jsonb does not keep key order: store the columns' order with the values
-            diff = rows.pop("difference")
-            self.result = {"columns": list(COLUMNS),
-                           **{model: [finite_or_none(row[c]) for c in COLUMNS] for model, row in rows.items()},
-                           "difference": [_difference_cell(diff.get(c)) for c in COLUMNS]}
+            diff = rows["difference"]
+            self.result = {"columns": list(columns), "labels": rows["labels"], "quality": rows["quality"],
+                           "suite": self.suite,
+                           **{m: [finite_or_none(rows[m][c]) for c in columns] for m in ("base", "checkpoint")},
+                           "static": {m: [rows[m].get("static_kept"), rows[m]["videos"]] for m in ("base", "checkpoint")},
+                           "difference": [_difference_cell(diff.get(c)) for c in columns]}
             self.status = Status.FINISHED
         except Exception as e:  # shown on the page next to the evaluation
             log.exception("evaluation %s failed", self.pk)
