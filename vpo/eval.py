@@ -168,7 +168,7 @@ def format_table(result: dict) -> str:
     cols = columns_of(result)
     lines = [f"{'model':<11}" + "".join(f"{SHORT[c]:>13}" for c in cols)]
     for model in ("base", "checkpoint"):
-        lines.append(f"{model:<11}" + "".join(f"{100 * result[model][c]:>12.2f}%" for c in cols))
+        lines.append(f"{model:<11}" + "".join(f"{100 * result[model].get(c, float('nan')):>12.2f}%" for c in cols))
     diff = result.get("difference")
     if diff:
 
