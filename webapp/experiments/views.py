@@ -10,6 +10,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from webapp.experiments.forms import EvaluationForm, ExperimentForm, validated_config
+from webapp.experiments.leaderboard import leaderboard, leaderboard_csv, studies_of
 from webapp.experiments.models import Evaluation, Experiment
 from webapp.media import ranged_file_response
 
@@ -64,7 +65,22 @@ def experiment_detail(request, pk):
         "config_rows": sorted(experiment.config.items()),
         "evaluations": experiment.evaluations.all(),
         "evaluation_form": EvaluationForm(checkpoints=checkpoints) if checkpoints else None,
+        "studies": studies_of(experiment),
     })
+
+
+@login_required
+def leaderboard_view(request):
+    """Every evaluated run the user sees, as OnlineVPO's Table 3 (``webapp/experiments/leaderboard.py``);
+    ``?format=csv`` downloads it."""
+    tables = leaderboard(request.user)
+    if request.GET.get("format") == "csv":
+        response = HttpResponse(leaderboard_csv(tables), content_type="text/csv")
+        response["Content-Disposition"] = 'attachment; filename="leaderboard.csv"'
+        return response
+    if request.GET.get("format") not in (None, "html"):
+        return HttpResponse("format must be csv or html", status=400)
+    return render(request, "experiments/leaderboard.html", {"tables": tables})
 
 
 @login_required
