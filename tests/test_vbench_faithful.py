@@ -195,3 +195,33 @@ def test_official_temporal_flickering_equals_ours_on_our_mp4s(tmp_path, monkeypa
     assert result["temporal_flickering"]["mean"] == pytest.approx(np.mean(theirs), abs=1e-9)
     assert not list((tmp_path / "empty-cache").rglob("*.pt*"))  # nothing was downloaded
     json.dumps(result)
+
+
+def test_vpo_eval_suite_vbench_without_weights_lists_them_and_exits_2_before_sampling(tmp_path):
+    env = {**os.environ, "VBENCH_CACHE_DIR": str(tmp_path / "cache"), "VBENCH_PYTHON": sys.executable}
+    r = subprocess.run([sys.executable, "-m", "vpo", "eval", "--suite", "vbench", "--checkpoint", str(tmp_path / "none"),
+                        "--prompts", "demo"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "raft-things.pth" in r.stderr and "amt-s.pth" in r.stderr and "vpo vbench check" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "vpo", "eval", "--suite", "nope", "--checkpoint", "x"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "unknown suite" in r.stderr
+
+
+@pytest.mark.skipif(not vbench.venv_python().exists(), reason="no .venv-vbench: bash scripts/setup_vbench.sh")
+def test_vpo_eval_suite_vbench_runs_the_official_package_on_the_weight_free_dimension(tmp_path, quick_checkpoint):
+    checkpoint = quick_checkpoint(tmp_path / "run", sampling_steps=2, tie_tolerance=0.0, lr=0.05)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red ball moving right\na blue square falling\na green circle standing still\n")
+    env = {**os.environ, "VBENCH_CACHE_DIR": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-m", "vpo", "eval", "--suite", "vbench", "--vbench-dimension",
+                        "temporal_flickering", "--checkpoint", str(checkpoint), "--prompts", str(prompts), "--steps",
+                        "2", "--json"], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["suite"] == "vbench" and set(result["base"]) >= {"temporal_flickering", "quality_score"}
+    assert result["labels"]["temporal_flickering"].startswith("exact (official vbench 0.1.5")
+    assert result["quality"]["dimensions"] == ["temporal_flickering"] and not result["quality"]["proxies"]
+    assert "not VBench's score" in result["quality"]["label"]  # 1 of 7 dimensions
+    assert result["base"]["quality_score"] == pytest.approx((result["base"]["temporal_flickering"] - 0.6293) / 0.3707)
+    assert result["difference"]["temporal_flickering"]["n"] == 3

@@ -84,3 +84,19 @@ def test_a_closed_study_of_a_run_shows_on_its_evaluation_view(owner, tmp_path, s
     page = logged_in(owner).get(reverse("experiments:detail", args=[e.pk])).content.decode()
     assert "User studies of this run" in page and "Wilson 95% interval" in page and "Bradley" in page
     assert "tuned vs" in page or "vs tuned" in page
+
+
+def test_an_official_vbench_evaluation_goes_to_queue_vbench_and_fails_clearly_without_weights(owner, tmp_path,
+                                                                                                 monkeypatch):
+    from worker.celery import app
+
+    route = app.amqp.router.route({}, "worker.tasks.evaluate_checkpoint_vbench")
+    assert route["queue"].name == "vbench"
+    assert app.amqp.router.route({}, "worker.tasks.evaluate_checkpoint")["queue"].name == "gpu"
+    monkeypatch.setenv("VBENCH_CACHE_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("VBENCH_PYTHON", "/bin/true")
+    e = Experiment.objects.create(owner=owner, name="r", status="finished", config=validated_config({}))
+    ev = Evaluation.objects.create(experiment=e, checkpoint="step_000001", prompts="demo", suite="vbench")
+    ev.run()  # what the vbench worker's task calls
+    ev.refresh_from_db()
+    assert ev.status == "failed" and "dino_vitbase16_pretrain.pth" in ev.error and "vpo vbench check" in ev.error

@@ -245,6 +245,8 @@ def _add_eval(sub):
     p.add_argument("--suite", default="builtin", help="builtin (weight-free measures, each labelled exact/proxy) or "
                    "vbench (the official package in .venv-vbench, weights in VBENCH_CACHE_DIR; `vpo vbench check`)")
     p.add_argument("--vbench-device", default=None, help="device of the official package (default: cpu)")
+    p.add_argument("--vbench-dimension", action="append", help="--suite vbench: only these dimensions (repeatable; "
+                   "default: VBench's 7 quality dimensions)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_eval)
 
@@ -254,7 +256,8 @@ def cmd_eval(args) -> int:
     from vpo.eval import compare, format_table
 
     result = compare(args.backbone, args.checkpoint, read_prompts(args.prompts), seed=args.seed, steps=args.steps,
-                     guidance=args.guidance, suite=args.suite, vbench_device=args.vbench_device)
+                     guidance=args.guidance, suite=args.suite, vbench_device=args.vbench_device,
+                     vbench_dimensions=args.vbench_dimension)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
 

@@ -110,17 +110,19 @@ def sample_all(backbone, prompts, seed: int, steps: int, guidance: float, chunk:
 
 def compare(backbone_name: str, checkpoint, prompts: list[str], seed: int = 0, steps: int = 20,
             guidance: float = 4.0, device: str = "cpu", suite: str = "builtin", vbench_device: str | None = None,
-            work_dir: Path | None = None) -> dict:
+            vbench_dimensions: tuple[str, ...] | list[str] | None = None, work_dir: Path | None = None) -> dict:
     """{"base": row, "checkpoint": row, "difference": ``paired_difference`` of the two, "suite", "labels":
     {column: "exact" / "proxy (...)" / ...}, "quality": ``QualityScore.as_dict``} on the same prompts and
-    seeds. Both rows' quality scores are over the dimensions both have."""
+    seeds. Both rows' quality scores are over the dimensions both have. ``vbench_dimensions``: the official
+    suite's dimensions (default: VBench's 7 quality dimensions)."""
     from vpo.backbones import load_backbone
     from vpo.train.runner import load_policy
 
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
+    dims = tuple(vbench_dimensions or vbench.SUITE_DIMENSIONS)
     if suite == "vbench":  # refuse before sampling anything when the official package cannot run
-        vbench.check_runnable(vbench.SUITE_DIMENSIONS)
+        vbench.check_runnable(dims)
     backbone = load_backbone(backbone_name, device=device)
     fps = backbone.spec.fps
     base_videos = sample_all(backbone, prompts, seed, steps, guidance)
@@ -132,8 +134,9 @@ def compare(backbone_name: str, checkpoint, prompts: list[str], seed: int = 0, s
     else:
         labels = vbench.OFFICIAL_DIMENSIONS
         with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-            base = official_per_video(base_videos, prompts, fps, Path(tmp) / "base", vbench_device or device)
-            tuned = official_per_video(tuned_videos, prompts, fps, Path(tmp) / "checkpoint", vbench_device or device)
+            base = official_per_video(base_videos, prompts, fps, Path(tmp) / "base", vbench_device or device, dims)
+            tuned = official_per_video(tuned_videos, prompts, fps, Path(tmp) / "checkpoint", vbench_device or device,
+                                       dims)
     rows = {"base": summarise(base, labels), "checkpoint": summarise(tuned, labels)}
     quality = quality_info(list(rows.values()), labels)
     for name, values in (("base", base), ("checkpoint", tuned)):
@@ -147,21 +150,24 @@ def _columns(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: x for k, x in values.items() if k != "static"}
 
 
-def official_per_video(videos: torch.Tensor, prompts: list[str], fps: int, folder: Path,
-                       device: str) -> dict[str, np.ndarray]:
+def official_per_video(videos: torch.Tensor, prompts: list[str], fps: int, folder: Path, device: str,
+                       dimensions: tuple[str, ...] = vbench.SUITE_DIMENSIONS) -> dict[str, np.ndarray]:
     """Per-video scores of the official package on the mp4s ``vpo.video.write_mp4`` makes of ``videos``
     (H.264, what VBench reads; codec noise included)."""
     from vpo.video import write_mp4
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = [write_mp4(x, folder / f"{i:04d}.mp4", fps) for i, x in enumerate(videos.numpy())]
-    result = vbench.run_official(paths, prompts, list(vbench.SUITE_DIMENSIONS), folder / "vbench", device=device)
+    result = vbench.run_official(paths, prompts, list(dimensions), folder / "vbench", device=device)
     return {d: np.array([np.nan if x is None else x for x in r["per_video"]], dtype=float)
             for d, r in result.items()}
 
 
 def columns_of(result: dict) -> tuple[str, ...]:
-    return VBENCH_COLUMNS if result.get("suite") == "vbench" else COLUMNS
+    """The table's columns: the builtin suite's, or the official dimensions computed, in VBench's order."""
+    if result.get("suite") != "vbench":
+        return COLUMNS
+    return tuple(c for c in VBENCH_COLUMNS if c in result["base"])
 
 
 def format_table(result: dict) -> str:
@@ -187,6 +193,8 @@ def format_table(result: dict) -> str:
                                            result["checkpoint"]["static_kept"], result["checkpoint"]["videos"]))
     labels = result.get("labels", {})
     for c in cols:
+        if c not in result["base"]:
+            continue
         if c in labels:
             lines.append(f"  {SHORT[c]:<12} {labels[c]}")
     return "\n".join(lines)
