@@ -24,8 +24,8 @@ def square(xs, size: int = 32, side: int = 6, ss: int = 8) -> np.ndarray:
     frames = []
     for x in xs:
         big = np.full((size * ss, size * ss, 3), 30, np.float32)
-        x0, y0 = int(round(x * ss)), 13 * ss
-        big[y0:y0 + side * ss, x0:x0 + side * ss] = (220, 60, 40)
+        x0, y0 = round(x * ss), 13 * ss
+        big[y0 : y0 + side * ss, x0 : x0 + side * ss] = (220, 60, 40)
         frames.append(big.reshape(size, ss, size, ss, 3).mean((1, 3)))
     return np.round(np.stack(frames)).astype(np.uint8)
 
@@ -34,21 +34,42 @@ def square(xs, size: int = 32, side: int = 6, ss: int = 8) -> np.ndarray:
 def vbench_reference(values: dict[str, float]) -> float:
     """scripts/cal_final_score.py, written out: (x - Min) / (Max - Min) * DIM_WEIGHT, summed over QUALITY_LIST,
     divided by the sum of the weights."""
-    normalize = {"subject consistency": (0.1462, 1.0), "background consistency": (0.2615, 1.0),
-                 "temporal flickering": (0.6293, 1.0), "motion smoothness": (0.706, 0.9975),
-                 "dynamic degree": (0.0, 1.0), "aesthetic quality": (0.0, 1.0), "imaging quality": (0.0, 1.0)}
+    normalize = {
+        "subject consistency": (0.1462, 1.0),
+        "background consistency": (0.2615, 1.0),
+        "temporal flickering": (0.6293, 1.0),
+        "motion smoothness": (0.706, 0.9975),
+        "dynamic degree": (0.0, 1.0),
+        "aesthetic quality": (0.0, 1.0),
+        "imaging quality": (0.0, 1.0),
+    }
     weight = {k: 0.5 if k == "dynamic degree" else 1 for k in normalize}
     keys = [k for k in normalize if k.replace(" ", "_") in values]
-    total = sum((values[k.replace(" ", "_")] - normalize[k][0]) / (normalize[k][1] - normalize[k][0]) * weight[k]
-                for k in keys)
+    total = sum(
+        (values[k.replace(" ", "_")] - normalize[k][0]) / (normalize[k][1] - normalize[k][0]) * weight[k] for k in keys
+    )
     return total / sum(weight[k] for k in keys)
 
 
 def test_quality_score_is_vbenchs_formula_unclamped_on_hand_built_inputs():
-    values = {"subject_consistency": 1.05, "background_consistency": 0.2, "temporal_flickering": 0.99,
-              "motion_smoothness": 0.99, "aesthetic_quality": 0.6, "imaging_quality": 0.7, "dynamic_degree": 0.4}
-    by_hand = ((1.05 - 0.1462) / 0.8538 + (0.2 - 0.2615) / 0.7385 + (0.99 - 0.6293) / 0.3707
-               + (0.99 - 0.706) / 0.2915 + 0.6 + 0.7 + 0.5 * 0.4) / 6.5
+    values = {
+        "subject_consistency": 1.05,
+        "background_consistency": 0.2,
+        "temporal_flickering": 0.99,
+        "motion_smoothness": 0.99,
+        "aesthetic_quality": 0.6,
+        "imaging_quality": 0.7,
+        "dynamic_degree": 0.4,
+    }
+    by_hand = (
+        (1.05 - 0.1462) / 0.8538
+        + (0.2 - 0.2615) / 0.7385
+        + (0.99 - 0.6293) / 0.3707
+        + (0.99 - 0.706) / 0.2915
+        + 0.6
+        + 0.7
+        + 0.5 * 0.4
+    ) / 6.5
     q = vbench.quality_score(values, vbench.OFFICIAL_DIMENSIONS)
     assert q.value == pytest.approx(by_hand, abs=1e-12) == pytest.approx(vbench_reference(values), abs=1e-12)
     assert q.is_vbench and q.label.startswith("VBench quality score")
@@ -58,8 +79,13 @@ def test_quality_score_is_vbenchs_formula_unclamped_on_hand_built_inputs():
 
 
 def test_quality_score_over_fewer_or_proxy_dimensions_says_it_is_not_vbenchs():
-    five = {"subject_consistency": 0.97, "temporal_flickering": 0.97, "motion_smoothness": 0.98,
-            "dynamic_degree": 1.0, "imaging_quality": 0.2}
+    five = {
+        "subject_consistency": 0.97,
+        "temporal_flickering": 0.97,
+        "motion_smoothness": 0.98,
+        "dynamic_degree": 1.0,
+        "imaging_quality": 0.2,
+    }
     q = vbench.quality_score(five, vbench.BUILTIN_DIMENSIONS)
     assert q.value == pytest.approx(vbench_reference(five), abs=1e-12)  # divided by 4.5, the weights used
     assert q.missing == ("background_consistency", "aesthetic_quality") and not q.is_vbench
@@ -86,8 +112,9 @@ def test_constant_velocity_scores_highest_on_motion_smoothness():
 def test_static_videos_only_are_scored_for_flickering_and_counted():
     n = 16
     still = square(np.full(n, 10.0))
-    noisy_still = np.clip(still.astype(int) + np.random.default_rng(1).integers(-3, 4, still.shape), 0,
-                          255).astype(np.uint8)
+    noisy_still = np.clip(still.astype(int) + np.random.default_rng(1).integers(-3, 4, still.shape), 0, 255).astype(
+        np.uint8
+    )
     moving = square(3 + 1.6 * np.arange(n))
     assert M.is_static(still) and M.is_static(noisy_still) and not M.is_static(moving)
     videos = torch.tensor(np.stack([still, noisy_still, moving]))
@@ -125,8 +152,15 @@ def test_dynamic_degree_subsamples_above_8_fps_and_keeps_its_threshold():
 
 # --- Bradley–Terry -----------------------------------------------------------------------------------------
 def test_a_never_compared_system_has_no_rating_and_no_votes_no_interval():
-    votes = [("base", "a", 1.0)] * 6 + [("base", "a", 0.0)] * 4 + [("a", "b", 1.0)] * 5 + [("a", "b", 0.0)] * 5 \
-        + [("base", "b", 0.5)] * 2 + [("b", "base", 1.0)] * 2 + [("b", "base", 0.0)] * 3
+    votes = (
+        [("base", "a", 1.0)] * 6
+        + [("base", "a", 0.0)] * 4
+        + [("a", "b", 1.0)] * 5
+        + [("a", "b", 0.0)] * 5
+        + [("base", "b", 0.5)] * 2
+        + [("b", "base", 1.0)] * 2
+        + [("b", "base", 0.0)] * 3
+    )
     fit = bradley_terry_bootstrap(["base", "a", "b", "never"], votes, anchor="base", samples=200)
     assert fit["never"] is None and fit["base"] == (0.0, 0.0, 0.0) and fit["a"] is not None
     assert all(v is None for v in bradley_terry_bootstrap(["base", "a", "b"], [], "base", samples=10).values())
@@ -139,8 +173,9 @@ def test_no_prior_where_every_pair_has_votes_so_the_fit_is_the_plain_mle():
     # a system that never lost has no finite MLE: then (and only then) the default prior keeps it finite
     never_lost = bradley_terry_fit(["base", "x"], [("x", "base", 1.0)] * 5, anchor="base")
     assert never_lost.prior == 0.5 and np.isfinite(never_lost.ratings["x"])
-    assert bradley_terry(["base", "x"], [("x", "base", 1.0)] * 15 + [("x", "base", 0.0)] * 5, "base",
-                         prior=1.0)["x"] < np.log(3)  # an explicit prior shrinks towards 0
+    assert bradley_terry(["base", "x"], [("x", "base", 1.0)] * 15 + [("x", "base", 0.0)] * 5, "base", prior=1.0)[
+        "x"
+    ] < np.log(3)  # an explicit prior shrinks towards 0
     with pytest.raises(ValueError, match="prior"):
         bradley_terry_fit(["base", "x"], [], "base", prior=-1)
 
@@ -150,20 +185,47 @@ def test_vbench_check_lists_every_missing_file_per_dimension_with_exit_2(tmp_pat
     env = {**os.environ, "VBENCH_CACHE_DIR": str(tmp_path)}
     (tmp_path / "clip_model").mkdir()
     (tmp_path / "clip_model" / "ViT-B-32.pt").write_bytes(b"x")  # background consistency is complete
-    r = subprocess.run([sys.executable, "-m", "vpo", "vbench", "check"], capture_output=True, text=True, env=env,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "vpo", "vbench", "check"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 2, r.stdout + r.stderr
     for dim, files in vbench.MANIFEST.items():
         assert f"\n{dim}: " in "\n" + r.stdout
         for f in files:
             assert (str(tmp_path / f) in r.stdout) == (f != "clip_model/ViT-B-32.pt"), f
     assert "background_consistency: ok" in r.stdout and "temporal_flickering: ok" in r.stdout
-    ok = subprocess.run([sys.executable, "-m", "vpo", "vbench", "check", "--dimension", "temporal_flickering",
-                         "--dimension", "background_consistency"], capture_output=True, text=True, env=env,
-                        timeout=120)
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vpo",
+            "vbench",
+            "check",
+            "--dimension",
+            "temporal_flickering",
+            "--dimension",
+            "background_consistency",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "vpo", "vbench", "check", "--dimension", "colour"],
-                         capture_output=True, text=True, env=env, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "vpo", "vbench", "check", "--dimension", "colour"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "unknown VBench dimension" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -199,12 +261,35 @@ def test_official_temporal_flickering_equals_ours_on_our_mp4s(tmp_path, monkeypa
 
 def test_vpo_eval_suite_vbench_without_weights_lists_them_and_exits_2_before_sampling(tmp_path):
     env = {**os.environ, "VBENCH_CACHE_DIR": str(tmp_path / "cache"), "VBENCH_PYTHON": sys.executable}
-    r = subprocess.run([sys.executable, "-m", "vpo", "eval", "--suite", "vbench", "--checkpoint", str(tmp_path / "none"),
-                        "--prompts", "demo"], capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vpo",
+            "eval",
+            "--suite",
+            "vbench",
+            "--checkpoint",
+            str(tmp_path / "none"),
+            "--prompts",
+            "demo",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "raft-things.pth" in r.stderr and "amt-s.pth" in r.stderr and "vpo vbench check" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "vpo", "eval", "--suite", "nope", "--checkpoint", "x"],
-                       capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "vpo", "eval", "--suite", "nope", "--checkpoint", "x"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 2 and "unknown suite" in r.stderr
 
 
@@ -214,9 +299,30 @@ def test_vpo_eval_suite_vbench_runs_the_official_package_on_the_weight_free_dime
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red ball moving right\na blue square falling\na green circle standing still\n")
     env = {**os.environ, "VBENCH_CACHE_DIR": str(tmp_path / "cache")}
-    r = subprocess.run([sys.executable, "-m", "vpo", "eval", "--suite", "vbench", "--vbench-dimension",
-                        "temporal_flickering", "--checkpoint", str(checkpoint), "--prompts", str(prompts), "--steps",
-                        "2", "--json"], capture_output=True, text=True, env=env, timeout=900)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vpo",
+            "eval",
+            "--suite",
+            "vbench",
+            "--vbench-dimension",
+            "temporal_flickering",
+            "--checkpoint",
+            str(checkpoint),
+            "--prompts",
+            str(prompts),
+            "--steps",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["suite"] == "vbench" and set(result["base"]) >= {"temporal_flickering", "quality_score"}

@@ -13,8 +13,12 @@ from webapp.experiments.forms import validated_config
 from webapp.experiments.models import Evaluation, Experiment
 
 COLUMNS = ["temporal_flickering", "temporal_flickering_all", "dynamic_degree", "quality_score"]
-LABELS = {"temporal_flickering": "exact (static filter)", "temporal_flickering_all": "exact (every video)",
-          "dynamic_degree": "proxy (stands in for RAFT)", "quality_score": "not VBench's score: its formula over 2"}
+LABELS = {
+    "temporal_flickering": "exact (static filter)",
+    "temporal_flickering_all": "exact (every video)",
+    "dynamic_degree": "proxy (stands in for RAFT)",
+    "quality_score": "not VBench's score: its formula over 2",
+}
 
 
 def cell(mean, lo, hi):
@@ -23,12 +27,19 @@ def cell(mean, lo, hi):
 
 def evaluated(owner, name, checkpoint_values, ci):
     e = Experiment.objects.create(owner=owner, name=name, status="finished", config=validated_config({}))
-    result = {"columns": COLUMNS, "labels": LABELS, "suite": "builtin", "quality": {},
-              "base": [None, 0.9700, 1.0, 0.80], "checkpoint": checkpoint_values,
-              "static": {"base": [0, 4], "checkpoint": [0, 4]},
-              "difference": [None, cell(checkpoint_values[1] - 0.97, *ci), cell(0.0, 0.0, 0.0), None]}
-    Evaluation.objects.create(experiment=e, checkpoint="step_000060", prompts="heldout64", status="finished",
-                              result=result)
+    result = {
+        "columns": COLUMNS,
+        "labels": LABELS,
+        "suite": "builtin",
+        "quality": {},
+        "base": [None, 0.9700, 1.0, 0.80],
+        "checkpoint": checkpoint_values,
+        "static": {"base": [0, 4], "checkpoint": [0, 4]},
+        "difference": [None, cell(checkpoint_values[1] - 0.97, *ci), cell(0.0, 0.0, 0.0), None],
+    }
+    Evaluation.objects.create(
+        experiment=e, checkpoint="step_000060", prompts="heldout64", status="finished", result=result
+    )
     return e
 
 
@@ -86,8 +97,9 @@ def test_a_closed_study_of_a_run_shows_on_its_evaluation_view(owner, tmp_path, s
     assert "tuned vs" in page or "vs tuned" in page
 
 
-def test_an_official_vbench_evaluation_goes_to_queue_vbench_and_fails_clearly_without_weights(owner, tmp_path,
-                                                                                                 monkeypatch):
+def test_an_official_vbench_evaluation_goes_to_queue_vbench_and_fails_clearly_without_weights(
+    owner, tmp_path, monkeypatch
+):
     from worker.celery import app
 
     route = app.amqp.router.route({}, "worker.tasks.evaluate_checkpoint_vbench")

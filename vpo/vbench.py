@@ -21,8 +21,15 @@ from pathlib import Path
 
 # VBench's 7 quality dimensions in its order (scripts/constant.py: QUALITY_LIST), the min-max range each is
 # normalised with (NORMALIZE_DIC) and its weight (DIM_WEIGHT: dynamic degree 0.5, the others 1).
-QUALITY_DIMENSIONS = ("subject_consistency", "background_consistency", "temporal_flickering", "motion_smoothness",
-                      "aesthetic_quality", "imaging_quality", "dynamic_degree")
+QUALITY_DIMENSIONS = (
+    "subject_consistency",
+    "background_consistency",
+    "temporal_flickering",
+    "motion_smoothness",
+    "aesthetic_quality",
+    "imaging_quality",
+    "dynamic_degree",
+)
 NORMALISE = {
     "subject_consistency": (0.1462, 1.0),
     "background_consistency": (0.2615, 1.0),
@@ -39,10 +46,12 @@ WEIGHTS = {d: 0.5 if d == "dynamic_degree" else 1.0 for d in QUALITY_DIMENSIONS}
 # hubconf fetches the weights with torch.hub.load_state_dict_from_url: that finds them in
 # $TORCH_HOME/hub/checkpoints, so the runner sets TORCH_HOME to VBENCH_CACHE_DIR/torch_home.
 MANIFEST: dict[str, tuple[str, ...]] = {
-    "subject_consistency": ("dino_model/dino_vitbase16_pretrain.pth",
-                            "dino_model/facebookresearch_dino_main/hubconf.py",
-                            "dino_model/facebookresearch_dino_main/vision_transformer.py",
-                            "torch_home/hub/checkpoints/dino_vitbase16_pretrain.pth"),
+    "subject_consistency": (
+        "dino_model/dino_vitbase16_pretrain.pth",
+        "dino_model/facebookresearch_dino_main/hubconf.py",
+        "dino_model/facebookresearch_dino_main/vision_transformer.py",
+        "torch_home/hub/checkpoints/dino_vitbase16_pretrain.pth",
+    ),
     "background_consistency": ("clip_model/ViT-B-32.pt",),
     "temporal_flickering": (),
     "motion_smoothness": ("amt_model/amt-s.pth",),
@@ -66,21 +75,30 @@ class Dimension:
 
 # The built-in suite (`vpo eval`, weight-free, vpo/rewards/measures.py).
 BUILTIN_DIMENSIONS = {
-    "temporal_flickering": Dimension("exact", "VBench's formula on videos its static filter keeps; the filter's "
-                                              "flow is Farneback, not RAFT; lossless frames, VBench reads the mp4"),
-    "temporal_flickering_all": Dimension("exact", "VBench's formula on every video, no static filter (what the "
-                                                  "official package computes in custom_input mode); lossless frames"),
+    "temporal_flickering": Dimension(
+        "exact",
+        "VBench's formula on videos its static filter keeps; the filter's "
+        "flow is Farneback, not RAFT; lossless frames, VBench reads the mp4",
+    ),
+    "temporal_flickering_all": Dimension(
+        "exact",
+        "VBench's formula on every video, no static filter (what the "
+        "official package computes in custom_input mode); lossless frames",
+    ),
     "subject_consistency": Dimension("proxy", "VBench's formula on colour histograms, stands in for DINO ViT-B/16"),
     "motion_smoothness": Dimension("proxy", "flow-warped midpoint frames, stands in for AMT-S interpolation"),
-    "dynamic_degree": Dimension("proxy", "VBench's rule and frame-rate subsampling on Farneback flow, "
-                                         "stands in for RAFT"),
-    "imaging_quality": Dimension("proxy", "sharpness/noise/contrast, stands in for MUSIQ-SPAQ / 100; "
-                                          "another scale"),
+    "dynamic_degree": Dimension(
+        "proxy", "VBench's rule and frame-rate subsampling on Farneback flow, stands in for RAFT"
+    ),
+    "imaging_quality": Dimension("proxy", "sharpness/noise/contrast, stands in for MUSIQ-SPAQ / 100; another scale"),
     "alignment": Dimension("other", "not VBench: the synthetic world's ground-truth detector"),
 }
-OFFICIAL_DIMENSIONS = {d: Dimension("exact", "official vbench 0.1.5" + (", custom_input: no static filter"
-                                                                        if d == "temporal_flickering" else ""))
-                       for d in QUALITY_DIMENSIONS}
+OFFICIAL_DIMENSIONS = {
+    d: Dimension(
+        "exact", "official vbench 0.1.5" + (", custom_input: no static filter" if d == "temporal_flickering" else "")
+    )
+    for d in QUALITY_DIMENSIONS
+}
 
 
 @dataclass(frozen=True)
@@ -107,8 +125,13 @@ class QualityScore:
         return text
 
     def as_dict(self) -> dict:
-        return {"value": None if math.isnan(self.value) else self.value, "label": self.label,
-                "dimensions": list(self.dimensions), "missing": list(self.missing), "proxies": list(self.proxies)}
+        return {
+            "value": None if math.isnan(self.value) else self.value,
+            "label": self.label,
+            "dimensions": list(self.dimensions),
+            "missing": list(self.missing),
+            "proxies": list(self.proxies),
+        }
 
 
 def quality_score(values: dict[str, float], labels: dict[str, Dimension] | None = None) -> QualityScore:
@@ -131,8 +154,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VBENCH_CACHE_DIR") or Path.home() / ".cache" / "vbench")
 
 
-def missing_files(dimensions: tuple[str, ...] | list[str] = QUALITY_DIMENSIONS,
-                  root: Path | None = None) -> dict[str, list[Path]]:
+def missing_files(
+    dimensions: tuple[str, ...] | list[str] = QUALITY_DIMENSIONS, root: Path | None = None
+) -> dict[str, list[Path]]:
     """{dimension: files it needs that are not under ``root``} for every dimension asked, [] when complete."""
     root = cache_dir() if root is None else Path(root)
     unknown = [d for d in dimensions if d not in MANIFEST]
@@ -169,18 +193,28 @@ def check_runnable(dimensions: list[str] | tuple[str, ...]) -> Path:
     """The vbench virtualenv's interpreter, or ``VBenchUnavailable`` saying what is missing."""
     python = venv_python()
     if not python.exists():
-        raise VBenchUnavailable(f"no vbench virtualenv at {python}: run bash scripts/setup_vbench.sh "
-                                "(or set VBENCH_PYTHON)")
+        raise VBenchUnavailable(
+            f"no vbench virtualenv at {python}: run bash scripts/setup_vbench.sh (or set VBENCH_PYTHON)"
+        )
     root = cache_dir()
     missing = missing_files(dimensions, root)
     if any(missing.values()):
-        raise VBenchUnavailable("weights missing, nothing was run (see `vpo vbench check`):\n" + check_report(
-            {d: f for d, f in missing.items() if f}, root))
+        raise VBenchUnavailable(
+            "weights missing, nothing was run (see `vpo vbench check`):\n"
+            + check_report({d: f for d, f in missing.items() if f}, root)
+        )
     return python
 
 
-def run_official(videos: list[Path], prompts: list[str], dimensions: list[str] | tuple[str, ...], out_dir: Path,
-                 device: str = "cpu", name: str = "vpo", timeout: float | None = None) -> dict[str, dict]:
+def run_official(
+    videos: list[Path],
+    prompts: list[str],
+    dimensions: list[str] | tuple[str, ...],
+    out_dir: Path,
+    device: str = "cpu",
+    name: str = "vpo",
+    timeout: float | None = None,
+) -> dict[str, dict]:
     """Score mp4 files with the official package in its virtualenv (``vpo/vbench_runner.py``):
     ``VBench(device, full_info, out).evaluate(..., local=True, mode="custom_input")``.
     Returns {dimension: {"mean": float, "per_video": [score of videos[i]]}}. Refuses before starting when
@@ -189,13 +223,31 @@ def run_official(videos: list[Path], prompts: list[str], dimensions: list[str] |
     root = cache_dir()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    job = {"videos": [str(Path(v).resolve()) for v in videos], "prompts": list(prompts),
-           "dimensions": list(dimensions), "out": str(out_dir.resolve()), "device": device, "name": name}
-    env = {**os.environ, "VBENCH_CACHE_DIR": str(root), "TORCH_HOME": str(root / "torch_home"),
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    job = {
+        "videos": [str(Path(v).resolve()) for v in videos],
+        "prompts": list(prompts),
+        "dimensions": list(dimensions),
+        "out": str(out_dir.resolve()),
+        "device": device,
+        "name": name,
+    }
+    env = {
+        **os.environ,
+        "VBENCH_CACHE_DIR": str(root),
+        "TORCH_HOME": str(root / "torch_home"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
     runner = Path(__file__).with_name("vbench_runner.py")
-    r = subprocess.run([str(python), str(runner)], input=json.dumps(job), capture_output=True, text=True, env=env,
-                       timeout=timeout)
+    r = subprocess.run(
+        [str(python), str(runner)],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=timeout,
+    )
     if r.returncode != 0:
         raise RuntimeError(f"official VBench failed (exit {r.returncode}):\n{r.stderr[-4000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -207,7 +259,10 @@ def main_check(dimensions: list[str] | None = None, stream=sys.stdout) -> int:
     missing = missing_files(dimensions or list(QUALITY_DIMENSIONS), root)
     print(check_report(missing, root), file=stream)
     if any(missing.values()):
-        print(f"{sum(map(len, missing.values()))} file(s) missing; VBench would try to download them, "
-              "so no job runs until they are placed here", file=stream)
+        print(
+            f"{sum(map(len, missing.values()))} file(s) missing; VBench would try to download them, "
+            "so no job runs until they are placed here",
+            file=stream,
+        )
         return 2
     return 0

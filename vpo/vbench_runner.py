@@ -22,8 +22,9 @@ def import_torchvision() -> None:
     import torch
 
     try:
-        import torchvision  # noqa: F401
+        import torchvision
 
+        del torchvision
         return
     except RuntimeError as e:
         if "torchvision::" not in str(e):
@@ -32,8 +33,9 @@ def import_torchvision() -> None:
         del sys.modules[name]
     import torch.library
 
-    originals = {n: getattr(torch.library, n) for n in ("register_fake", "register_autograd") if
-                 hasattr(torch.library, n)}
+    originals = {
+        n: getattr(torch.library, n) for n in ("register_fake", "register_autograd") if hasattr(torch.library, n)
+    }
 
     def lenient(original):
         def register(op, *args, **kwargs):
@@ -42,6 +44,7 @@ def import_torchvision() -> None:
             except RuntimeError:
                 return args[0] if args and callable(args[0]) else (lambda f: f)
             if callable(result) and not args:
+
                 def decorate(f):
                     try:
                         return result(f)
@@ -60,8 +63,10 @@ def import_torchvision() -> None:
     finally:
         for n, original in originals.items():
             setattr(torch.library, n, original)
-    sys.stderr.write("vbench_runner: torchvision's compiled operators are unavailable (a CUDA-linked torchvision "
-                     "beside a CPU torch); imported without them\n")
+    sys.stderr.write(
+        "vbench_runner: torchvision's compiled operators are unavailable (a CUDA-linked torchvision "
+        "beside a CPU torch); imported without them\n"
+    )
 
 
 def main() -> None:
@@ -93,15 +98,23 @@ def main() -> None:
     full_info = os.path.join(os.path.dirname(vbench.__file__), "VBench_full_info.json")
     bench = VBench(job["device"], full_info, job["out"])
     # local=True: weights from VBENCH_CACHE_DIR (vpo.vbench.missing_files checked that all are there)
-    bench.evaluate(videos_path=folder, name=job["name"], prompt_list=prompts, dimension_list=job["dimensions"],
-                   local=True, mode="custom_input")
+    bench.evaluate(
+        videos_path=folder,
+        name=job["name"],
+        prompt_list=prompts,
+        dimension_list=job["dimensions"],
+        local=True,
+        mode="custom_input",
+    )
     with open(os.path.join(job["out"], f"{job['name']}_eval_results.json")) as f:
         results = json.load(f)
     out = {}
     for dim, (mean, per_video) in results.items():
         by_path = {os.path.abspath(r["video_path"]): r["video_results"] for r in per_video}
-        out[dim] = {"mean": float(mean), "per_video": [None if by_path.get(p) is None else float(by_path[p])
-                                                       for p in names]}
+        out[dim] = {
+            "mean": float(mean),
+            "per_video": [None if by_path.get(p) is None else float(by_path[p]) for p in names],
+        }
     sys.stdout.write("\n" + json.dumps(out) + "\n")
 
 
