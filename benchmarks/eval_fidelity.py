@@ -21,17 +21,10 @@ import numpy as np
 import torch
 
 from vpo.data import world
+from vpo.data.clips import moving_square
 from vpo.rewards import measures as M
 
-
-def square(xs, size: int = 32, side: int = 6, ss: int = 8) -> np.ndarray:
-    frames = []
-    for x in xs:
-        big = np.full((size * ss, size * ss, 3), 30, np.float32)
-        x0, y0 = round(x * ss), 13 * ss
-        big[y0 : y0 + side * ss, x0 : x0 + side * ss] = (220, 60, 40)
-        frames.append(big.reshape(size, ss, size, ss, 3).mean((1, 3)))
-    return np.round(np.stack(frames)).astype(np.uint8)
+square = moving_square
 
 
 def linear_smoothness(v: np.ndarray) -> float:

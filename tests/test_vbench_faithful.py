@@ -14,20 +14,18 @@ import pytest
 import torch
 
 from vpo import vbench
+from vpo.data.clips import moving_square
 from vpo.eval import format_table, per_video, summarise
 from vpo.rewards import measures as M
 from vpo.stats import bradley_terry, bradley_terry_bootstrap, bradley_terry_fit
 
+square = moving_square
 
-def square(xs, size: int = 32, side: int = 6, ss: int = 8) -> np.ndarray:
-    """A red square on grey at horizontal positions ``xs`` (px, sub-pixel by 8x supersampling), uint8 frames."""
-    frames = []
-    for x in xs:
-        big = np.full((size * ss, size * ss, 3), 30, np.float32)
-        x0, y0 = round(x * ss), 13 * ss
-        big[y0 : y0 + side * ss, x0 : x0 + side * ss] = (220, 60, 40)
-        frames.append(big.reshape(size, ss, size, ss, 3).mean((1, 3)))
-    return np.round(np.stack(frames)).astype(np.uint8)
+
+def run_vpo(args: list[str], env: dict[str, str], timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vpo", *args], capture_output=True, text=True, check=False, env=env, timeout=timeout
+    )
 
 
 # --- quality score ----------------------------------------------------------------------------------------
@@ -185,25 +183,15 @@ def test_vbench_check_lists_every_missing_file_per_dimension_with_exit_2(tmp_pat
     env = {**os.environ, "VBENCH_CACHE_DIR": str(tmp_path)}
     (tmp_path / "clip_model").mkdir()
     (tmp_path / "clip_model" / "ViT-B-32.pt").write_bytes(b"x")  # background consistency is complete
-    r = subprocess.run(
-        [sys.executable, "-m", "vpo", "vbench", "check"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-        timeout=120,
-    )
+    r = run_vpo(["vbench", "check"], env, timeout=120)
     assert r.returncode == 2, r.stdout + r.stderr
     for dim, files in vbench.MANIFEST.items():
         assert f"\n{dim}: " in "\n" + r.stdout
         for f in files:
             assert (str(tmp_path / f) in r.stdout) == (f != "clip_model/ViT-B-32.pt"), f
     assert "background_consistency: ok" in r.stdout and "temporal_flickering: ok" in r.stdout
-    ok = subprocess.run(
+    ok = run_vpo(
         [
-            sys.executable,
-            "-m",
-            "vpo",
             "vbench",
             "check",
             "--dimension",
@@ -211,21 +199,11 @@ def test_vbench_check_lists_every_missing_file_per_dimension_with_exit_2(tmp_pat
             "--dimension",
             "background_consistency",
         ],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
+        env,
         timeout=120,
     )
     assert ok.returncode == 0, ok.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "vpo", "vbench", "check", "--dimension", "colour"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-        timeout=120,
-    )
+    bad = run_vpo(["vbench", "check", "--dimension", "colour"], env, timeout=120)
     assert bad.returncode == 2 and "unknown VBench dimension" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -261,11 +239,8 @@ def test_official_temporal_flickering_equals_ours_on_our_mp4s(tmp_path, monkeypa
 
 def test_vpo_eval_suite_vbench_without_weights_lists_them_and_exits_2_before_sampling(tmp_path):
     env = {**os.environ, "VBENCH_CACHE_DIR": str(tmp_path / "cache"), "VBENCH_PYTHON": sys.executable}
-    r = subprocess.run(
+    r = run_vpo(
         [
-            sys.executable,
-            "-m",
-            "vpo",
             "eval",
             "--suite",
             "vbench",
@@ -274,22 +249,12 @@ def test_vpo_eval_suite_vbench_without_weights_lists_them_and_exits_2_before_sam
             "--prompts",
             "demo",
         ],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
+        env,
         timeout=120,
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "raft-things.pth" in r.stderr and "amt-s.pth" in r.stderr and "vpo vbench check" in r.stderr
-    r = subprocess.run(
-        [sys.executable, "-m", "vpo", "eval", "--suite", "nope", "--checkpoint", "x"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-        timeout=120,
-    )
+    r = run_vpo(["eval", "--suite", "nope", "--checkpoint", "x"], env, timeout=120)
     assert r.returncode == 2 and "unknown suite" in r.stderr
 
 
@@ -299,11 +264,8 @@ def test_vpo_eval_suite_vbench_runs_the_official_package_on_the_weight_free_dime
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red ball moving right\na blue square falling\na green circle standing still\n")
     env = {**os.environ, "VBENCH_CACHE_DIR": str(tmp_path / "cache")}
-    r = subprocess.run(
+    r = run_vpo(
         [
-            sys.executable,
-            "-m",
-            "vpo",
             "eval",
             "--suite",
             "vbench",
@@ -317,10 +279,7 @@ def test_vpo_eval_suite_vbench_runs_the_official_package_on_the_weight_free_dime
             "2",
             "--json",
         ],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
+        env,
         timeout=900,
     )
     assert r.returncode == 0, r.stderr

@@ -11,17 +11,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# VBench's normalisation ranges (scripts/constant.py) for its quality score, and its weights.
-VBENCH_RANGE = {
-    "subject_consistency": (0.1462, 1.0),
-    "temporal_flickering": (0.6293, 1.0),
-    "motion_smoothness": (0.706, 0.9975),
-    "dynamic_degree": (0.0, 1.0),
-    "imaging_quality": (0.0, 1.0),
-}
+from vpo.vbench import NORMALISE
+
+# VBench's normalisation ranges (scripts/constant.py, kept in vpo/vbench.py) for the dimensions measured here
+VBENCH_RANGE = {k: NORMALISE[k] for k in ("subject_consistency", "temporal_flickering", "motion_smoothness",
+                                          "dynamic_degree", "imaging_quality")}
 
 
 def normalise(value: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Min-max to [0, 1], clamped: for reward scores. VBench's quality score does not clamp (vpo.vbench.quality_score)."""
     return ((value - lo) / (hi - lo)).clamp(0, 1)
 
 
