@@ -30,7 +30,8 @@ VBENCH_COLUMNS = (*vbench.SUITE_DIMENSIONS, "quality_score")
 SUITES = ("builtin", "vbench")
 SHORT = {"temporal_flickering": "flicker", "temporal_flickering_all": "flicker.all", "subject_consistency": "subject",
          "background_consistency": "background", "motion_smoothness": "smooth", "dynamic_degree": "dynamic",
-         "aesthetic_quality": "aesthetic", "imaging_quality": "imaging", "alignment": "align", "quality_score": "quality"}
+         "aesthetic_quality": "aesthetic", "imaging_quality": "imaging", "alignment": "align",
+         "quality_score": "quality"}
 
 
 def per_video(videos: torch.Tensor, prompts: list[str], fps: int) -> dict[str, np.ndarray]:

@@ -19,7 +19,8 @@ VBENCH_RANGE = {k: NORMALISE[k] for k in ("subject_consistency", "temporal_flick
 
 
 def normalise(value: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """Min-max to [0, 1], clamped: for reward scores. VBench's quality score does not clamp (vpo.vbench.quality_score)."""
+    """Min-max to [0, 1], clamped: for reward scores. VBench's quality score does not clamp
+    (``vpo.vbench.quality_score``)."""
     return ((value - lo) / (hi - lo)).clamp(0, 1)
 
 

@@ -306,7 +306,8 @@ class Evaluation(models.Model):
             self.result = {"columns": list(columns), "labels": rows["labels"], "quality": rows["quality"],
                            "suite": self.suite,
                            **{m: [finite_or_none(rows[m][c]) for c in columns] for m in ("base", "checkpoint")},
-                           "static": {m: [rows[m].get("static_kept"), rows[m]["videos"]] for m in ("base", "checkpoint")},
+                           "static": {m: [rows[m].get("static_kept"), rows[m]["videos"]]
+                                      for m in ("base", "checkpoint")},
                            "difference": [_difference_cell(diff.get(c)) for c in columns]}
             self.status = Status.FINISHED
         except Exception as e:  # shown on the page next to the evaluation
