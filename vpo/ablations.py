@@ -72,11 +72,13 @@ def run_variant(base: TrainConfig, name: str, seed: int, out: Path, progress: bo
 def evaluated(path: Path, prompts: list[str], steps: int, guidance: float, checkpoint: Path | None = None) -> dict:
     """``vpo eval`` columns of the base (``checkpoint`` None) or of a checkpoint, cached at ``path``."""
     from vpo.backbones import load_backbone
-    from vpo.eval import evaluate_videos, sample_all
+    from vpo.eval import COLUMNS, evaluate_videos, sample_all
     from vpo.train.runner import load_policy
 
     if path.exists():
-        return json.loads(path.read_text())
+        row = json.loads(path.read_text())
+        if all(c in row for c in COLUMNS):  # else written before a column existed: evaluate again
+            return row
     backbone = load_backbone("tiny")
     if checkpoint is not None:
         load_policy(backbone, checkpoint)
@@ -115,6 +117,8 @@ def ablate(base: TrainConfig, seeds: list[int], out, results, eval_prompts: int 
 # --- report --------------------------------------------------------------------------------
 def _mean_range(values: list[float]) -> str:
     v = np.asarray(values, dtype=float)
+    if not np.isfinite(v).any():
+        return "–"  # e.g. flickering when the static filter kept no video
     return f"{100 * v.mean():.2f}" + (f" ± {100 * (v.max() - v.min()) / 2:.2f}" if len(v) > 1 else "")
 
 

@@ -14,6 +14,7 @@ can parse) and ``quality_score`` (``vpo.vbench.quality_score``, not clamped).
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -76,7 +77,8 @@ def quality_info(rows: list[dict[str, float]], labels: dict[str, vbench.Dimensio
     """The dimensions a set of rows share: a quality score is compared only over the same dimensions (a
     model whose videos the static filter all drops has no flickering, so neither row's score counts it)."""
     shared = {d: 0.0 for d in vbench.QUALITY_DIMENSIONS if all(np.isfinite(r.get(d, np.nan)) for r in rows)}
-    return vbench.quality_score(shared, labels)
+    # which dimensions, not a value: each row's score is its own ``quality_score``
+    return dataclasses.replace(vbench.quality_score(shared, labels), value=float("nan"))
 
 
 def evaluate_videos(videos: torch.Tensor, prompts: list[str], fps: int) -> dict[str, float]:
@@ -175,7 +177,8 @@ def format_table(result: dict) -> str:
     cols = columns_of(result)
     lines = [f"{'model':<11}" + "".join(f"{SHORT[c]:>13}" for c in cols)]
     for model in ("base", "checkpoint"):
-        lines.append(f"{model:<11}" + "".join(f"{100 * result[model].get(c, float('nan')):>12.2f}%" for c in cols))
+        values = [result[model].get(c, float("nan")) for c in cols]
+        lines.append(f"{model:<11}" + "".join(f"{100 * v:>12.2f}%" if np.isfinite(v) else f"{'–':>13}" for v in values))
     diff = result.get("difference")
     if diff:
 

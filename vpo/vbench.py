@@ -126,7 +126,7 @@ class QualityScore:
 
     def as_dict(self) -> dict:
         return {
-            "value": None if math.isnan(self.value) else self.value,
+            "value": None if math.isnan(self.value) else self.value,  # None: see each row's quality_score
             "label": self.label,
             "dimensions": list(self.dimensions),
             "missing": list(self.missing),
