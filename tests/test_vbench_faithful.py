@@ -290,3 +290,21 @@ def test_vpo_eval_suite_vbench_runs_the_official_package_on_the_weight_free_dime
     assert "not VBench's score" in result["quality"]["label"]  # 1 of 7 dimensions
     assert result["base"]["quality_score"] == pytest.approx((result["base"]["temporal_flickering"] - 0.6293) / 0.3707)
     assert result["difference"]["temporal_flickering"]["n"] == 3
+
+
+def test_bootstrap_intervals_stay_finite_when_a_resample_has_no_mle():
+    # the full fit needs no prior, but many resamples drop a system's only win
+    votes = [
+        ("a", "b", 1.0),
+        ("a", "b", 1.0),
+        ("a", "b", 0.0),
+        ("base", "a", 1.0),
+        ("base", "a", 0.0),
+        ("base", "b", 1.0),
+        ("base", "b", 0.0),
+    ]
+    assert bradley_terry_fit(["base", "a", "b"], votes, "base").prior == 0.0
+    fit = bradley_terry_bootstrap(["base", "a", "b"], votes, "base", samples=300)
+    for s in ("a", "b"):
+        rating, lo, hi = fit[s]
+        assert np.isfinite([lo, hi]).all() and lo <= rating <= hi

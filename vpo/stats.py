@@ -157,8 +157,9 @@ def bradley_terry_bootstrap(systems: list[str], votes: list[tuple[str, str, floa
                             samples: int = 1000, seed: int = 0, confidence: float = 0.95,
                             prior: float | None = None) -> dict[str, tuple[float, float, float] | None]:
     """{system: (rating, low, high)}: the fit on all votes and a percentile bootstrap interval (votes
-    resampled with replacement, each resample fitted with the prior of the full fit; a resample in which a
-    system has no vote says nothing about it and is left out of its interval). None for a system without
+    resampled with replacement, each resample fitted with the prior of the full fit, or with 0.5 where the full
+    fit needed none but the resample has no finite MLE; a resample in which a system has no vote says nothing
+    about it and is left out of its interval). None for a system without
     votes (and for every system when the anchor has none)."""
     full = bradley_terry_fit(systems, votes, anchor, prior)
     first, second, score = _arrays(systems, votes)
@@ -168,7 +169,10 @@ def bradley_terry_bootstrap(systems: list[str], votes: list[tuple[str, str, floa
     if votes:
         for b in range(samples):
             idx = rng.integers(0, len(votes), len(votes))
-            log_p = _fit(len(systems), first[idx], second[idx], score[idx], full.prior)
+            # a resample without a finite MLE (a system that never won in it) takes the default prior too
+            # when the full fit needed none; else its rating there would be -inf or unbounded
+            prior_b = full.prior or (0.0 if mle_exists(len(systems), first[idx], second[idx], score[idx]) else 0.5)
+            log_p = _fit(len(systems), first[idx], second[idx], score[idx], prior_b)
             draws[b] = log_p - log_p[a]
     out: dict[str, tuple[float, float, float] | None] = {}
     for i, s in enumerate(systems):
