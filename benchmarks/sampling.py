@@ -80,18 +80,26 @@ def main() -> None:
 
     med_b, med_s = statistics.median(t_batch), statistics.median(t_single)
     achieved = flops_step * steps / med_b / 1e9
-    print(f"machine: {os.cpu_count()} CPUs ({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, computing in {str(dtype).removeprefix('torch.')}")
+    print(
+        f"machine: {os.cpu_count()} CPUs ({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, computing in {str(dtype).removeprefix('torch.')}"
+    )
     print(f"workload: {n} candidates x {steps} steps, CFG (forward batch {2 * n}), {args.repeats} repeats each")
     print(f"batch          median {med_b:6.2f} s   (runs: {', '.join(f'{t:.2f}' for t in t_batch)})")
     print(f"one at a time  median {med_s:6.2f} s   (runs: {', '.join(f'{t:.2f}' for t in t_single)})")
     print(f"speed-up (one at a time / batch): {med_s / med_b:.2f}x")
-    print(f"model FLOPs per denoising step: {flops_step / 1e9:.2f} GFLOP for the batch "
-          f"({flops_step / (2 * n) / 1e9:.3f} GFLOP per video forward)")
-    print(f"achieved: {achieved:.0f} GFLOP/s in the batch; {str(dtype).removeprefix('torch.')} matmul peak measured now: {peak:.0f} GFLOP/s "
-          f"({achieved / peak:.0%} of peak)")
-    print(f"target batch <= 6 s: {'met' if med_b <= 6 else 'NOT met'}; "
-          f"target >= 3x: {'met' if med_s / med_b >= 3 else 'NOT met'}")
+    print(
+        f"model FLOPs per denoising step: {flops_step / 1e9:.2f} GFLOP for the batch "
+        f"({flops_step / (2 * n) / 1e9:.3f} GFLOP per video forward)"
+    )
+    print(
+        f"achieved: {achieved:.0f} GFLOP/s in the batch; {str(dtype).removeprefix('torch.')} matmul peak measured now: {peak:.0f} GFLOP/s "
+        f"({achieved / peak:.0%} of peak)"
+    )
+    print(
+        f"target batch <= 6 s: {'met' if med_b <= 6 else 'NOT met'}; "
+        f"target >= 3x: {'met' if med_s / med_b >= 3 else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,17 @@ class Collect:
 
 
 def step_times(steps: int, out: str) -> list[dict]:
-    cfg = TrainConfig(algorithm="online-dpo", num_candidates=6, sampling_steps=20, guidance=4.0, prompts_per_step=1,
-                      steps=steps, heldout_every=0, checkpoint_every=10**6, out=out)
+    cfg = TrainConfig(
+        algorithm="online-dpo",
+        num_candidates=6,
+        sampling_steps=20,
+        guidance=4.0,
+        prompts_per_step=1,
+        steps=steps,
+        heldout_every=0,
+        checkpoint_every=10**6,
+        out=out,
+    )
     sink = Collect()
     train(cfg, sink)
     return sink.rows
@@ -89,8 +98,17 @@ def measure_one(algorithm: str, frames: int, depth: int) -> dict:
         torch.manual_seed(0)
         backbone = TinyBackbone(TinyConfig(frames=frames)).to(device).eval()
     with tempfile.TemporaryDirectory() as out:
-        cfg = TrainConfig(algorithm=algorithm, num_candidates=6, sampling_steps=20, refl_depth=depth, steps=1,
-                          heldout_every=0, checkpoint_every=10**6, prompts="demo", out=out)
+        cfg = TrainConfig(
+            algorithm=algorithm,
+            num_candidates=6,
+            sampling_steps=20,
+            refl_depth=depth,
+            steps=1,
+            heldout_every=0,
+            checkpoint_every=10**6,
+            prompts="demo",
+            out=out,
+        )
         run = Run(cfg, Collect(), device, backbone)
         prompts = run.pick_prompts(0)
         backbone.encode_prompts(prompts)  # the text cache is not part of a step
@@ -113,8 +131,14 @@ def measure_one(algorithm: str, frames: int, depth: int) -> dict:
             peak = (torch.cuda.max_memory_allocated() - before) / 2**20
         else:
             peak = peak_rss_mb() - before
-    return {"algorithm": algorithm, "frames": frames, "depth": depth, "peak_mb": peak, "seconds": seconds,
-            "device": device}
+    return {
+        "algorithm": algorithm,
+        "frames": frames,
+        "depth": depth,
+        "peak_mb": peak,
+        "seconds": seconds,
+        "device": device,
+    }
 
 
 def online_step(run: Run, prompts: list[str]) -> None:
@@ -123,13 +147,19 @@ def online_step(run: Run, prompts: list[str]) -> None:
 
     n = run.cfg.num_candidates
     flat = [p for p in prompts for _ in range(n)]
-    videos, latents = run.backbone.sample(flat, run.candidate_seeds(0, 0, n), steps=run.cfg.sampling_steps,
-                                          guidance=run.cfg.guidance, return_latents=True)
+    videos, latents = run.backbone.sample(
+        flat, run.candidate_seeds(0, 0, n), steps=run.cfg.sampling_steps, guidance=run.cfg.guidance, return_latents=True
+    )
     scores = run.score(videos, flat).view(len(prompts), n)
     pairs = pick_pairs(scores, 0.0)
     lat = latents.view(len(prompts), n, *latents.shape[1:])
-    dpo_update(run, torch.stack([lat[i, w] for i, w, _ in pairs]), torch.stack([lat[i, l] for i, _, l in pairs]),
-               [prompts[i] for i, _, _ in pairs], 0)
+    dpo_update(
+        run,
+        torch.stack([lat[i, w] for i, w, _ in pairs]),
+        torch.stack([lat[i, l] for i, _, l in pairs]),
+        [prompts[i] for i, _, _ in pairs],
+        0,
+    )
 
 
 def measure(algorithm: str, frames: int, depth: int) -> dict:
@@ -149,8 +179,10 @@ def main() -> None:
         print(json.dumps(measure_one(algorithm, int(frames), int(depth))))
         return
 
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
+    print(
+        f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{'cuda' if torch.cuda.is_available() else 'cpu'}"
+    )
     if args.steps > 0:  # --steps 0: memory only
         with tempfile.TemporaryDirectory() as out:
             rows = step_times(args.steps, out)
@@ -159,13 +191,17 @@ def main() -> None:
         part = {k: statistics.median(r[k] for r in timed) for k in ("perf/sample_s", "perf/score_s", "perf/update_s")}
         runs = [r["perf/step_s"] for r in timed]
         print(f"\n1. online-dpo step (N=6, 20 sampling steps, CFG, 1 prompt/step), {len(timed)} steps after 1 warm-up:")
-        print(f"   median {med:.2f} s  = sample {part['perf/sample_s']:.2f} + score {part['perf/score_s']:.2f} "
-              f"+ update {part['perf/update_s']:.2f} (runs: {', '.join(f'{t:.2f}' for t in runs)})")
+        print(
+            f"   median {med:.2f} s  = sample {part['perf/sample_s']:.2f} + score {part['perf/score_s']:.2f} "
+            f"+ update {part['perf/update_s']:.2f} (runs: {', '.join(f'{t:.2f}' for t in runs)})"
+        )
         print(f"   target <= 8 s: {'met' if med <= 8 else 'NOT met'}")
 
     depths = [int(d) for d in args.depths.split(",")]
     print("\n2. extra peak memory of one step (MB), each measured in a fresh process:")
-    print(f"   {'frames':>6}  {'DPO':>8}  " + "  ".join(f"{f'ReFL d={d}':>10}" for d in depths) + "  DPO/ReFL per depth")
+    print(
+        f"   {'frames':>6}  {'DPO':>8}  " + "  ".join(f"{f'ReFL d={d}':>10}" for d in depths) + "  DPO/ReFL per depth"
+    )
     table = {}
     for frames in (16, 32):
         dpo = measure("online-dpo", frames, 1)["peak_mb"]
@@ -177,11 +213,15 @@ def main() -> None:
         meets = [d for d in depths if dpo <= refl[d] / 3]
         grows = all(refl[a] < refl[b] for a, b in zip(depths, depths[1:]))
         verdict = "n/a (one depth)" if len(depths) < 2 else "yes" if grows else "NO"
-        print(f"   {frames} frames: DPO <= 1/3 of ReFL at depth(s) {meets or 'none'}; "
-              f"ReFL memory grows with depth: {verdict} "
-              f"({refl[depths[0]]:.0f} -> {refl[depths[-1]]:.0f} MB)")
+        print(
+            f"   {frames} frames: DPO <= 1/3 of ReFL at depth(s) {meets or 'none'}; "
+            f"ReFL memory grows with depth: {verdict} "
+            f"({refl[depths[0]]:.0f} -> {refl[depths[-1]]:.0f} MB)"
+        )
     (dpo16, _), (dpo32, _) = table[16], table[32]
-    print(f"   twice the frames: DPO x{dpo32 / dpo16:.2f}, ReFL d={depths[-1]} x{table[32][1][depths[-1]] / table[16][1][depths[-1]]:.2f}")
+    print(
+        f"   twice the frames: DPO x{dpo32 / dpo16:.2f}, ReFL d={depths[-1]} x{table[32][1][depths[-1]] / table[16][1][depths[-1]]:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -48,9 +48,11 @@ def main() -> None:
     from webapp.studies.models import Participant, Vote
 
     study = make_study(20)
-    participants = [Participant.objects.create(study=study, plan=study.plan_for(random.Random(i)), ip_hash="-",
-                                               ua_hash="-") for i in range(args.votes // 20 + 1)]
-    votes = [(p, item) for p in participants for item in p.plan][:args.votes + 1]
+    participants = [
+        Participant.objects.create(study=study, plan=study.plan_for(random.Random(i)), ip_hash="-", ua_hash="-")
+        for i in range(args.votes // 20 + 1)
+    ]
+    votes = [(p, item) for p in participants for item in p.plan][: args.votes + 1]
 
     # 1. the whole request, in-process: first votes, then the same votes again (replays)
     handler, secret = WSGIHandler(), _get_new_csrf_string()
@@ -58,12 +60,23 @@ def main() -> None:
     def request(vote):
         p, item = vote
         body = json.dumps({"trial": item["trial"], "choice": "left"}).encode()
-        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": f"/s/{study.token}/p/{p.token}/vote",
-                   "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "HTTP_HOST": "127.0.0.1", "SCRIPT_NAME": "",
-                   "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
-                   "wsgi.errors": sys.stderr, "CONTENT_LENGTH": str(len(body)), "CONTENT_TYPE": "application/json",
-                   "REMOTE_ADDR": "127.0.0.1", "HTTP_COOKIE": f"csrftoken={secret}",
-                   "HTTP_X_CSRFTOKEN": _mask_cipher_secret(secret)}
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": f"/s/{study.token}/p/{p.token}/vote",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "80",
+            "HTTP_HOST": "127.0.0.1",
+            "SCRIPT_NAME": "",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.errors": sys.stderr,
+            "CONTENT_LENGTH": str(len(body)),
+            "CONTENT_TYPE": "application/json",
+            "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_COOKIE": f"csrftoken={secret}",
+            "HTTP_X_CSRFTOKEN": _mask_cipher_secret(secret),
+        }
         status = []
         response = handler(environ, lambda s, headers, *_: status.append(s))
         b"".join(response)
@@ -79,23 +92,39 @@ def main() -> None:
 
     # 2. the database work of one vote, written out (the view) and through the ORM (as it was)
     lookup_sql = cpu_ms(lambda v: Participant.for_vote(study.token, v[0].token), votes)
-    lookup_orm = cpu_ms(lambda v: Participant.objects.select_related("study").get(
-        token=v[0].token, study__token=study.token), votes)
+    lookup_orm = cpu_ms(
+        lambda v: Participant.objects.select_related("study").get(token=v[0].token, study__token=study.token), votes
+    )
     store_sql = cpu_ms(lambda v: Vote.store(v[0].pk, v[1], "left"), votes)
 
     def store_orm(vote):
         p, item = vote
-        Vote.objects.bulk_create([Vote(participant_id=p.pk, trial_id=item["trial"], choice="left",
-                                       left_id=item["left"], chosen_id=item["left"])], ignore_conflicts=True)
+        Vote.objects.bulk_create(
+            [
+                Vote(
+                    participant_id=p.pk,
+                    trial_id=item["trial"],
+                    choice="left",
+                    left_id=item["left"],
+                    chosen_id=item["left"],
+                )
+            ],
+            ignore_conflicts=True,
+        )
         return dict(Vote.objects.filter(participant_id=p.pk).values_list("trial_id", "chosen_id"))
+
     store_orm_ms = cpu_ms(store_orm, votes)
 
     print(f"{len(votes)} votes, in-process on PostgreSQL (CPU of this process; PostgreSQL's own not counted):")
     print(f"  whole vote request through Django: first vote {first:.2f} ms, replay {replay:.2f} ms")
-    print(f"  participant lookup: SQL {lookup_sql:.3f} ms vs ORM select_related {lookup_orm:.3f} ms "
-          f"({lookup_orm / lookup_sql:.1f}x)")
-    print(f"  store + read back:  SQL {store_sql:.3f} ms vs ORM bulk_create + values_list {store_orm_ms:.3f} ms "
-          f"({store_orm_ms / store_sql:.1f}x)")
+    print(
+        f"  participant lookup: SQL {lookup_sql:.3f} ms vs ORM select_related {lookup_orm:.3f} ms "
+        f"({lookup_orm / lookup_sql:.1f}x)"
+    )
+    print(
+        f"  store + read back:  SQL {store_sql:.3f} ms vs ORM bulk_create + values_list {store_orm_ms:.3f} ms "
+        f"({store_orm_ms / store_sql:.1f}x)"
+    )
 
 
 if __name__ == "__main__":

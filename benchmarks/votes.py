@@ -41,18 +41,44 @@ ADMIN_URL = os.environ.get("BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432
 BENCH_URL = ADMIN_URL.rsplit("/", 1)[0] + "/vpo_bench"
 os.environ["DATABASE_URL"] = BENCH_URL
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
-SERVER_ENV = {**os.environ, "DATABASE_URL": BENCH_URL, "DEBUG": "0", "SECRET_KEY": "bench-" + "k" * 50,
-              "ALLOWED_HOSTS": "127.0.0.1", "SECURE_SSL_REDIRECT": "0", "VPO_VOTES_PER_MINUTE_PER_PARTICIPANT": "100000",
-              "VPO_VOTES_PER_MINUTE_PER_IP": "1000000", "VPO_JOINS_PER_HOUR_PER_IP": "100000"}
+SERVER_ENV = {
+    **os.environ,
+    "DATABASE_URL": BENCH_URL,
+    "DEBUG": "0",
+    "SECRET_KEY": "bench-" + "k" * 50,
+    "ALLOWED_HOSTS": "127.0.0.1",
+    "SECURE_SSL_REDIRECT": "0",
+    "VPO_VOTES_PER_MINUTE_PER_PARTICIPANT": "100000",
+    "VPO_VOTES_PER_MINUTE_PER_IP": "1000000",
+    "VPO_JOINS_PER_HOUR_PER_IP": "100000",
+}
 
 
 # how each server is started on the listening socket FD with N worker processes: gunicorn forks
 # its workers itself; the ASGI servers run as N processes sharing the socket
 SERVERS = {
-    "gunicorn": lambda fd, n: [["gunicorn", "--preload", "--workers", str(n), "--bind", f"fd://{fd}", "webapp.wsgi:application"]],
+    "gunicorn": lambda fd, n: [
+        ["gunicorn", "--preload", "--workers", str(n), "--bind", f"fd://{fd}", "webapp.wsgi:application"]
+    ],
     "daphne": lambda fd, n: [["daphne", "--fd", str(fd), "webapp.asgi:application"]] * n,
-    "uvicorn": lambda fd, n: [["uvicorn", "--no-access-log", "--lifespan", "off", "--loop", "uvloop", "--http",
-                               "httptools", "--fd", str(fd), "webapp.asgi:application"]] * n,
+    "uvicorn": lambda fd, n: (
+        [
+            [
+                "uvicorn",
+                "--no-access-log",
+                "--lifespan",
+                "off",
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--fd",
+                str(fd),
+                "webapp.asgi:application",
+            ]
+        ]
+        * n
+    ),
 }
 
 
@@ -67,8 +93,11 @@ def cpu_seconds(*groups: list[int]) -> list[float]:
             except OSError:
                 continue
             fields = tail.split()
-            stats[int(entry.name)] = (int(fields[1]), head.split("(", 1)[1],
-                                      (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+            stats[int(entry.name)] = (
+                int(fields[1]),
+                head.split("(", 1)[1],
+                (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"),
+            )
     totals = []
     for pids in groups:
         tree = set(pids)
@@ -95,12 +124,19 @@ def make_study(n_trials: int):
 
     owner, _ = get_user_model().objects.get_or_create(username="bench-owner")
     prompts = [f"prompt {i}" for i in range(n_trials)]
-    study = Study.objects.create(owner=owner, name="bench", prompts="\n".join(prompts), status=StudyStatus.OPEN,
-                                 trials_per_participant=n_trials, gold_rate=0.0)
+    study = Study.objects.create(
+        owner=owner,
+        name="bench",
+        prompts="\n".join(prompts),
+        status=StudyStatus.OPEN,
+        trials_per_participant=n_trials,
+        gold_rate=0.0,
+    )
     for label in ("base", "tuned"):
         system = System.objects.create(study=study, label=label)
-        Clip.objects.bulk_create([Clip(study=study, system=system, prompt=p, seed=0, degraded=d)
-                                  for p in prompts for d in (False, True)])
+        Clip.objects.bulk_create(
+            [Clip(study=study, system=system, prompt=p, seed=0, degraded=d) for p in prompts for d in (False, True)]
+        )
     study.build_trials()
     return study
 
@@ -127,16 +163,22 @@ class Volunteer:
     def join(self) -> str:
         self.request("GET", f"/s/{self.study_token}/")
         status, location, _ = self.request(
-            "POST", f"/s/{self.study_token}/", urlencode({"consent": "1", "csrfmiddlewaretoken": self.cookies["csrftoken"]}),
-            {"Content-Type": "application/x-www-form-urlencoded"})
+            "POST",
+            f"/s/{self.study_token}/",
+            urlencode({"consent": "1", "csrfmiddlewaretoken": self.cookies["csrftoken"]}),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
         assert status == 302, status
         return re.search(r"/p/([^/]+)/", location).group(1)
 
     def vote(self, ptoken: str, trial: int, choice: str) -> tuple[int, bytes, float]:
         t = time.perf_counter()
-        status, _, body = self.request("POST", f"/s/{self.study_token}/p/{ptoken}/vote",
-                                       json.dumps({"trial": trial, "choice": choice}),
-                                       {"Content-Type": "application/json", "X-CSRFToken": self.cookies["csrftoken"]})
+        status, _, body = self.request(
+            "POST",
+            f"/s/{self.study_token}/p/{ptoken}/vote",
+            json.dumps({"trial": trial, "choice": choice}),
+            {"Content-Type": "application/json", "X-CSRFToken": self.cookies["csrftoken"]},
+        )
         return status, body, time.perf_counter() - t
 
 
@@ -163,9 +205,17 @@ def start(server: str, workers: int, env: dict) -> tuple[list[subprocess.Popen],
     listener.bind(("127.0.0.1", 0))
     listener.listen(1024)
     port = listener.getsockname()[1]
-    processes = [subprocess.Popen([str(Path(sys.executable).parent / argv[0]), *argv[1:]], cwd=ROOT, env=env,
-                                  pass_fds=[listener.fileno()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                 for argv in SERVERS[server](listener.fileno(), workers)]
+    processes = [
+        subprocess.Popen(
+            [str(Path(sys.executable).parent / argv[0]), *argv[1:]],
+            cwd=ROOT,
+            env=env,
+            pass_fds=[listener.fileno()],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for argv in SERVERS[server](listener.fileno(), workers)
+    ]
     listener.close()  # the servers hold it
     return processes, answering(port, processes, server)
 
@@ -180,6 +230,7 @@ def start_proxy(web: int, scratch: Path) -> tuple[subprocess.Popen, int]:
     def free_port() -> int:
         with socket.create_server(("127.0.0.1", 0)) as s:
             return s.getsockname()[1]
+
     port = free_port()
     nginx = local_nginx.start(scratch, port, web, free_port())
     return nginx, answering(port, [nginx], "nginx")
@@ -206,6 +257,7 @@ def run(server: str, args) -> dict:
             except Exception as e:  # counted, and the run fails
                 with lock:
                     failures.append((f"volunteer {i}", repr(e)))
+
         threads = [threading.Thread(target=guarded, args=(i,)) for i in range(n)]
         t0 = time.perf_counter()
         for t in threads:
@@ -220,6 +272,7 @@ def run(server: str, args) -> dict:
 
     def join(i):
         ptokens[i] = volunteers[i].join()
+
     run_threads(join, args.participants)
     plans = dict(Participant.objects.filter(study=study).values_list("token", "plan"))
     django.db.connections.close_all()  # the harness holds no connection while the server works
@@ -257,6 +310,7 @@ def run(server: str, args) -> dict:
 
     def cpu_now():  # server, proxy, PostgreSQL, load generator
         return [*cpu_seconds([p.pid for p in servers], [p.pid for p in proxies]), time.process_time()]
+
     cpu = cpu_now()
     wall = run_threads(vote_as, args.participants)
     cpu = [after - before for before, after in zip(cpu, cpu_now())]
@@ -268,27 +322,40 @@ def run(server: str, args) -> dict:
 
     expected = args.participants * args.trials
     stored = Vote.objects.filter(trial__study=study).count()
-    kept = {(p, t): c for p, t, c in Vote.objects.filter(trial__study=study)
-            .values_list("participant__token", "trial_id", "choice")}
+    kept = {
+        (p, t): c
+        for p, t, c in Vote.objects.filter(trial__study=study).values_list("participant__token", "trial_id", "choice")
+    }
     wrong_choice = sum(kept.get(key) != c for key, (c, _) in first_answer.items())
     ms = sorted(1000 * x for x in latencies) or [float("nan")]
     rate = len(ms) / wall
-    print(f"{server}, {args.workers} process(es){' behind nginx' if args.proxy else ''}: {args.participants} "
-          f"concurrent volunteers x {args.trials} votes, "
-          f"{replays_checked[0]} replays or double clicks ({len(ms)} requests), PostgreSQL, {os.cpu_count()} CPUs")
-    print(f"  stored {stored} of {expected} votes: lost {expected - stored}, counted twice "
-          f"{max(0, stored - expected)}, first choice kept: {expected - wrong_choice}/{expected}; failures {len(failures)}")
+    print(
+        f"{server}, {args.workers} process(es){' behind nginx' if args.proxy else ''}: {args.participants} "
+        f"concurrent volunteers x {args.trials} votes, "
+        f"{replays_checked[0]} replays or double clicks ({len(ms)} requests), PostgreSQL, {os.cpu_count()} CPUs"
+    )
+    print(
+        f"  stored {stored} of {expected} votes: lost {expected - stored}, counted twice "
+        f"{max(0, stored - expected)}, first choice kept: {expected - wrong_choice}/{expected}; failures {len(failures)}"
+    )
     print(f"  throughput {rate:.0f} requests/s, {expected / wall:.0f} stored votes/s ({wall:.2f} s)")
-    print(f"  latency p50 {statistics.median(ms):.1f} ms, p95 {ms[int(0.95 * (len(ms) - 1))]:.1f} ms, "
-          f"p99 {ms[int(0.99 * (len(ms) - 1))]:.1f} ms, max {ms[-1]:.1f} ms")
+    print(
+        f"  latency p50 {statistics.median(ms):.1f} ms, p95 {ms[int(0.95 * (len(ms) - 1))]:.1f} ms, "
+        f"p99 {ms[int(0.99 * (len(ms) - 1))]:.1f} ms, max {ms[-1]:.1f} ms"
+    )
     per = [f"{1000 * c / len(ms):.2f}" for c in cpu]
-    print(f"  CPU per request: server {per[0]} ms, {f'nginx {per[1]} ms, ' if args.proxy else ''}PostgreSQL {per[2]} ms, "
-          f"load generator {per[3]} ms (of {1000 * wall * (os.cpu_count() or 1) / len(ms):.2f} "
-          f"ms of CPU time per request on the machine)")
+    print(
+        f"  CPU per request: server {per[0]} ms, {f'nginx {per[1]} ms, ' if args.proxy else ''}PostgreSQL {per[2]} ms, "
+        f"load generator {per[3]} ms (of {1000 * wall * (os.cpu_count() or 1) / len(ms):.2f} "
+        f"ms of CPU time per request on the machine)"
+    )
     for f in failures[:3]:
         print("  failure:", f)
-    return {"rate": rate, "p99": ms[int(0.99 * (len(ms) - 1))],
-            "ok": not failures and stored == expected and not wrong_choice}
+    return {
+        "rate": rate,
+        "p99": ms[int(0.99 * (len(ms) - 1))],
+        "ok": not failures and stored == expected and not wrong_choice,
+    }
 
 
 def main() -> None:
@@ -296,12 +363,23 @@ def main() -> None:
     ap.add_argument("--participants", type=int, default=60)
     ap.add_argument("--trials", type=int, default=20, help="votes per participant")
     ap.add_argument("--replays", type=float, default=0.1, help="share of votes sent twice")
-    ap.add_argument("--server", action="append", choices=sorted(SERVERS),
-                    help="a server to measure, repeatable (default: gunicorn, then daphne)")
-    ap.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1),
-                    help="server processes (default: 2 per CPU, as docker-compose runs gunicorn)")
-    ap.add_argument("--proxy", action="store_true",
-                    help="put deploy/nginx.conf (Debian's nginx) in front of each server, as docker-compose does")
+    ap.add_argument(
+        "--server",
+        action="append",
+        choices=sorted(SERVERS),
+        help="a server to measure, repeatable (default: gunicorn, then daphne)",
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=2 * (os.cpu_count() or 1),
+        help="server processes (default: 2 per CPU, as docker-compose runs gunicorn)",
+    )
+    ap.add_argument(
+        "--proxy",
+        action="store_true",
+        help="put deploy/nginx.conf (Debian's nginx) in front of each server, as docker-compose does",
+    )
     args = ap.parse_args()
     servers = args.server or ["gunicorn", "daphne"]
     recreate_database()
@@ -311,8 +389,12 @@ def main() -> None:
     results = {server: run(server, args) for server in servers}
     if len(servers) > 1:
         first = servers[0]
-        print("  ".join(f"{first}/{other} throughput {results[first]['rate'] / results[other]['rate']:.2f}x"
-                        for other in servers[1:]))
+        print(
+            "  ".join(
+                f"{first}/{other} throughput {results[first]['rate'] / results[other]['rate']:.2f}x"
+                for other in servers[1:]
+            )
+        )
     for server, r in results.items():
         print(f"goal >= 300 votes/s on {server}: {'met' if r['rate'] >= 300 else 'NOT met'} ({r['rate']:.0f})")
     if not all(r["ok"] for r in results.values()):

@@ -15,12 +15,17 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 def render(scratch: Path, port: int, web: int, ws: int) -> Path:
     """The config listening on 127.0.0.1:``port`` with HTTP to ``web`` and websockets to ``ws``."""
     text = CONFIG.read_text()
-    for old, new in (("server web:8000;", f"server 127.0.0.1:{web};"), ("server ws:8001;", f"server 127.0.0.1:{ws};"),
-                     ("listen 80;", f"listen 127.0.0.1:{port};")):
+    for old, new in (
+        ("server web:8000;", f"server 127.0.0.1:{web};"),
+        ("server ws:8001;", f"server 127.0.0.1:{ws};"),
+        ("listen 80;", f"listen 127.0.0.1:{port};"),
+    ):
         if old not in text:  # run the real config or nothing, never a different one
             raise ValueError(f"{CONFIG} has no {old!r}: update {__file__} with it")
         text = text.replace(old, new)
-    temp = "".join(f"    {kind}_temp_path {scratch}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temp = "".join(
+        f"    {kind}_temp_path {scratch}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     path = scratch / "nginx.conf"
     path.write_text(text.replace("http {\n", "http {\n" + temp, 1))
     return path
@@ -29,5 +34,8 @@ def render(scratch: Path, port: int, web: int, ws: int) -> Path:
 def start(scratch: Path, port: int, web: int, ws: int) -> subprocess.Popen:
     """nginx in the foreground with that config; its output goes to ``scratch``/nginx.log."""
     config = render(scratch, port, web, ws)
-    return subprocess.Popen([NGINX, "-p", str(scratch), "-c", str(config), "-g", f"daemon off; pid {scratch}/nginx.pid;"],
-                            stdout=(scratch / "nginx.log").open("w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [NGINX, "-p", str(scratch), "-c", str(config), "-g", f"daemon off; pid {scratch}/nginx.pid;"],
+        stdout=(scratch / "nginx.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )

@@ -24,6 +24,7 @@ def pytest_configure(config):
     settings.REDIS_PREFIX = REDIS_PREFIX
     settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"{REDIS_PREFIX}:asgi"
 
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -41,20 +42,32 @@ def quick_checkpoint():
     """Train a real one-step run of the tiny backbone into ``out`` (TrainConfig fields override the
     quick defaults), so that there is a checkpoint (``step_000001``) to evaluate or to put in a
     study; returns its folder."""
+
     def make(out, **overrides):
         from vpo.train import train
         from vpo.train.config import TrainConfig
         from vpo.train.runner import latest_checkpoint
         from vpo.train.sinks import JsonlSink
 
-        cfg = TrainConfig.from_dict({"steps": 1, "num_candidates": 2, "sampling_steps": 4, "heldout_every": 0,
-                                     "checkpoint_every": 1, "prompts": "demo", **overrides, "out": str(out)})
+        cfg = TrainConfig.from_dict(
+            {
+                "steps": 1,
+                "num_candidates": 2,
+                "sampling_steps": 4,
+                "heldout_every": 0,
+                "checkpoint_every": 1,
+                "prompts": "demo",
+                **overrides,
+                "out": str(out),
+            }
+        )
         sink = JsonlSink(cfg.out, 1, progress=False)
         try:
             train(cfg, sink)
         finally:
             sink.close()
         return latest_checkpoint(cfg.out)
+
     return make
 
 
@@ -80,7 +93,9 @@ class Process:
 
     def __init__(self, name, cmd, env, ready: str, timeout: float = 120):
         self.name, self.lines = name, []
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         threading.Thread(target=self._read, daemon=True).start()
         deadline = time.time() + timeout
         while not any(ready in line for line in self.lines):
@@ -107,21 +122,50 @@ def live_stack(django_db_setup, django_db_blocker, tmp_path_factory):
     Redis of REDIS_URL as broker and channel layer. Yields the server's base URL."""
     media = tmp_path_factory.mktemp("media")
     with django_db_blocker.unblock():
-        env = {**os.environ, "DATABASE_URL": subprocess_database_url(), "MEDIA_ROOT": str(media), "DEBUG": "1",
-               "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "DATABASE_URL": subprocess_database_url(),
+            "MEDIA_ROOT": str(media),
+            "DEBUG": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
     port = free_port()
-    worker = Process("celery worker", [str(BIN / "celery"), "-A", "worker.celery", "worker", "-Q", "gpu,cpu",
-                                       "--pool=solo", "--without-gossip", "--without-mingle", "-l", "info",
-                                       "-n", f"test-{port}@%h"], env, ready="ready.")
-    server = Process("daphne", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "webapp.asgi:application"],
-                     env, ready="Listening on")
+    worker = Process(
+        "celery worker",
+        [
+            str(BIN / "celery"),
+            "-A",
+            "worker.celery",
+            "worker",
+            "-Q",
+            "gpu,cpu",
+            "--pool=solo",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "info",
+            "-n",
+            f"test-{port}@%h",
+        ],
+        env,
+        ready="ready.",
+    )
+    server = Process(
+        "daphne",
+        [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "webapp.asgi:application"],
+        env,
+        ready="Listening on",
+    )
     from django.conf import settings
 
     old_media = settings.MEDIA_ROOT
     settings.MEDIA_ROOT = media
     try:
-        yield type("Stack", (), {"url": f"http://127.0.0.1:{port}", "port": port, "worker": worker,
-                                 "server": server, "media": media})
+        yield type(
+            "Stack",
+            (),
+            {"url": f"http://127.0.0.1:{port}", "port": port, "worker": worker, "server": server, "media": media},
+        )
     finally:
         settings.MEDIA_ROOT = old_media
         server.stop()

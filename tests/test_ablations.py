@@ -8,10 +8,18 @@ from vpo.train.config import TrainConfig
 
 
 def test_ablate_writes_a_report_with_every_study_and_its_plot(tmp_path):
-    base = TrainConfig(steps=1, num_candidates=2, sampling_steps=2, heldout_count=2, heldout_every=1,
-                       checkpoint_every=1, prompts="demo")
-    report = ablate(base, seeds=[0], out=tmp_path / "runs", results=tmp_path / "results.md", eval_prompts=2,
-                    progress=False)
+    base = TrainConfig(
+        steps=1,
+        num_candidates=2,
+        sampling_steps=2,
+        heldout_count=2,
+        heldout_every=1,
+        checkpoint_every=1,
+        prompts="demo",
+    )
+    report = ablate(
+        base, seeds=[0], out=tmp_path / "runs", results=tmp_path / "results.md", eval_prompts=2, progress=False
+    )
     text = report.read_text()
     for study, (title, _) in STUDIES.items():
         assert f"## ({study}) {title}" in text
@@ -19,7 +27,8 @@ def test_ablate_writes_a_report_with_every_study_and_its_plot(tmp_path):
     assert text.count("the paper**") == len(STUDIES)  # a verdict per study: "matches" or "does not match"
     for name in VARIANTS:
         assert (tmp_path / "runs" / f"{name}-s0" / "eval.json").exists()
-    again = ablate(base, seeds=[0], out=tmp_path / "runs", results=tmp_path / "again.md", eval_prompts=2,
-                   progress=False)  # finished runs are reused, not retrained
+    again = ablate(
+        base, seeds=[0], out=tmp_path / "runs", results=tmp_path / "again.md", eval_prompts=2, progress=False
+    )  # finished runs are reused, not retrained
     tables = lambda md: [line for line in md.splitlines() if line.startswith("|")]  # noqa: E731
     assert tables(Path(again).read_text()) == tables(text)

@@ -12,8 +12,23 @@ def vpo(*args, cwd=None):
 def test_sample_writes_frames_mp4s_and_a_manifest(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("# two prompts\na red ball moving right\n\na green square rising\n")
-    r = vpo("sample", "--backbone", "tiny", "--prompts", str(prompts), "--out", str(tmp_path / "out"),
-            "--seed", "3", "--num-per-prompt", "2", "--steps", "3", "--guidance", "3")
+    r = vpo(
+        "sample",
+        "--backbone",
+        "tiny",
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(tmp_path / "out"),
+        "--seed",
+        "3",
+        "--num-per-prompt",
+        "2",
+        "--steps",
+        "3",
+        "--guidance",
+        "3",
+    )
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["backbone"] == "tiny" and manifest["frames"] == 16 and manifest["fps"] == 8
@@ -79,7 +94,10 @@ def test_feedback_reports_mrr_per_available_source(tmp_path):
         clean = scene.render()
         rng = np.random.default_rng(s)
         flicker = np.clip(clean.astype(int) + rng.integers(-60, 60, clean.shape), 0, 255).astype(np.uint8)
-        paths = [str(tmp_path / video_io.save_video(v, tmp_path, f"{s}_{i}", 8)["frames"]) for i, v in enumerate([flicker, clean])]
+        paths = [
+            str(tmp_path / video_io.save_video(v, tmp_path, f"{s}_{i}", 8)["frames"])
+            for i, v in enumerate([flicker, clean])
+        ]
         groups.append({"prompt": scene.caption, "videos": paths, "chosen": 1})
     (tmp_path / "groups.json").write_text(json.dumps(groups))
     r = vpo("feedback", str(tmp_path / "groups.json"), "--dimension", "temporal", "--json")

@@ -21,19 +21,47 @@ from deploy import local_nginx
 from test_web_studies import make_study
 from webapp.studies.models import Participant, Vote
 
-pytestmark = pytest.mark.skipif(not os.path.exists(local_nginx.NGINX), reason="nginx is not installed "
-                                "(scripts/setup.sh installs it for the tests: apt-get install nginx)")
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(local_nginx.NGINX),
+    reason="nginx is not installed (scripts/setup.sh installs it for the tests: apt-get install nginx)",
+)
 
 
 @pytest.fixture
 def front_door(transactional_db, tmp_path):
-    env = {**os.environ, "DATABASE_URL": subprocess_database_url(), "DEBUG": "0", "SECRET_KEY": settings.SECRET_KEY,
-           "ALLOWED_HOSTS": "127.0.0.1", "SECURE_SSL_REDIRECT": "0", "VPO_PROXIES": "1", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": subprocess_database_url(),
+        "DEBUG": "0",
+        "SECRET_KEY": settings.SECRET_KEY,
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "SECURE_SSL_REDIRECT": "0",
+        "VPO_PROXIES": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
     port, web, ws = free_port(), free_port(), free_port()
-    procs = [Process("gunicorn", [str(BIN / "gunicorn"), "--preload", "--workers", "2", "--bind", f"127.0.0.1:{web}",
-                                  "webapp.wsgi:application"], env, ready="Booting worker"),
-             Process("daphne", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(ws), "webapp.asgi:application"], env,
-                     ready="Listening on")]
+    procs = [
+        Process(
+            "gunicorn",
+            [
+                str(BIN / "gunicorn"),
+                "--preload",
+                "--workers",
+                "2",
+                "--bind",
+                f"127.0.0.1:{web}",
+                "webapp.wsgi:application",
+            ],
+            env,
+            ready="Booting worker",
+        ),
+        Process(
+            "daphne",
+            [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(ws), "webapp.asgi:application"],
+            env,
+            ready="Listening on",
+        ),
+    ]
     nginx = local_nginx.start(tmp_path, port, web, ws)
     try:
         deadline = time.time() + 30
@@ -80,14 +108,24 @@ def test_nginx_sends_http_to_gunicorn_and_websockets_to_daphne(front_door, tmp_p
     cookie = f"sessionid={client.cookies['sessionid'].value}"
 
     # the researcher's results page listens through nginx (Daphne behind it)
-    with connect(f"ws://127.0.0.1:{port}/ws/studies/{study.pk}/", origin=f"http://127.0.0.1:{port}",
-                 additional_headers={"Cookie": cookie}, open_timeout=10) as ws:
+    with connect(
+        f"ws://127.0.0.1:{port}/ws/studies/{study.pk}/",
+        origin=f"http://127.0.0.1:{port}",
+        additional_headers={"Cookie": cookie},
+        open_timeout=10,
+    ) as ws:
         # a volunteer, from 127.0.0.3, claiming another address in X-Forwarded-For
         cookies, forged = {}, {"X-Forwarded-For": "6.6.6.6"}
         request(port, "GET", f"/s/{study.token}/", headers=forged, source="127.0.0.3", cookies=cookies)
         status, location, _ = request(
-            port, "POST", f"/s/{study.token}/", urlencode({"consent": "1", "csrfmiddlewaretoken": cookies["csrftoken"]}),
-            {**forged, "Content-Type": "application/x-www-form-urlencoded"}, source="127.0.0.3", cookies=cookies)
+            port,
+            "POST",
+            f"/s/{study.token}/",
+            urlencode({"consent": "1", "csrfmiddlewaretoken": cookies["csrftoken"]}),
+            {**forged, "Content-Type": "application/x-www-form-urlencoded"},
+            source="127.0.0.3",
+            cookies=cookies,
+        )
         assert status == 302, status
         p = Participant.objects.get(token=re.search(r"/p/([^/]+)/", location).group(1))
         # the address nginx saw: neither gunicorn's peer (127.0.0.1, nginx) nor the client's claim
@@ -95,10 +133,15 @@ def test_nginx_sends_http_to_gunicorn_and_websockets_to_daphne(front_door, tmp_p
         assert p.ip_hash not in (study.hashed("127.0.0.1"), study.hashed("6.6.6.6"))
 
         item = p.plan[0]
-        status, _, body = request(port, "POST", f"/s/{study.token}/p/{p.token}/vote",
-                                  json.dumps({"trial": item["trial"], "choice": "left"}),
-                                  {"Content-Type": "application/json", "X-CSRFToken": cookies["csrftoken"]},
-                                  source="127.0.0.3", cookies=cookies)
+        status, _, body = request(
+            port,
+            "POST",
+            f"/s/{study.token}/p/{p.token}/vote",
+            json.dumps({"trial": item["trial"], "choice": "left"}),
+            {"Content-Type": "application/json", "X-CSRFToken": cookies["csrftoken"]},
+            source="127.0.0.3",
+            cookies=cookies,
+        )
         assert status == 200 and json.loads(body)["stored"] is True
         assert json.loads(ws.recv(timeout=10)) == {"type": "vote"}
     assert Vote.objects.get(participant=p).chosen_id == item["left"]

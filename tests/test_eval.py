@@ -1,4 +1,5 @@
 """`vpo eval`: the paired difference's statistics, and the command end to end on a real checkpoint."""
+
 import json
 import subprocess
 import sys
@@ -13,8 +14,10 @@ from vpo.eval import COLUMNS, format_table, paired_difference, summarise
 def test_the_paired_difference_matches_scipys_paired_t_interval():
     rng = np.random.default_rng(0)
     base = {"temporal_flickering": rng.uniform(0.95, 0.98, 20), "alignment": rng.uniform(0.5, 1, 20)}
-    tuned = {"temporal_flickering": base["temporal_flickering"] + rng.normal(0.002, 0.001, 20),
-             "alignment": base["alignment"].copy()}
+    tuned = {
+        "temporal_flickering": base["temporal_flickering"] + rng.normal(0.002, 0.001, 20),
+        "alignment": base["alignment"].copy(),
+    }
     base["alignment"][:4] = np.nan  # prompts the detector cannot parse are left out, not counted as 0
     tuned["alignment"][5] -= 0.25
     d = paired_difference(base, tuned)
@@ -24,8 +27,9 @@ def test_the_paired_difference_matches_scipys_paired_t_interval():
     assert d["temporal_flickering"]["ci95"] == pytest.approx([ci.low, ci.high])
     assert d["temporal_flickering"]["better"] == int((diff > 0).sum())
     assert d["alignment"]["n"] == 16 and d["alignment"]["better"] == 0 and d["alignment"]["worse"] == 1
-    table = format_table({"base": summarise({**base, **_rest()}), "checkpoint": summarise({**tuned, **_rest()}),
-                          "difference": d})
+    table = format_table(
+        {"base": summarise({**base, **_rest()}), "checkpoint": summarise({**tuned, **_rest()}), "difference": d}
+    )
     assert f"{d['temporal_flickering']['better']}/20" in table and "0/16" in table
 
 
@@ -37,17 +41,38 @@ def test_vpo_eval_prints_base_checkpoint_and_their_paired_difference(tmp_path, q
     checkpoint = quick_checkpoint(tmp_path / "run", sampling_steps=2, tie_tolerance=0.0, lr=0.05)
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red ball moving right\na blue square falling\na purple blob\n")
-    r = subprocess.run([sys.executable, "-m", "vpo", "eval", "--checkpoint", str(checkpoint),
-                        "--prompts", str(prompts), "--steps", "2", "--json"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vpo",
+            "eval",
+            "--checkpoint",
+            str(checkpoint),
+            "--prompts",
+            str(prompts),
+            "--steps",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert set(result) == {"base", "checkpoint", "difference", "suite", "labels", "quality"}
     assert set(COLUMNS) <= set(result["base"]) and result["base"]["videos"] == 3
-    assert result["labels"]["imaging_quality"].startswith("proxy (") and result["labels"]["temporal_flickering_all"].startswith("exact")
-    assert "not VBench's score" in result["quality"]["label"] and "background_consistency" in result["quality"]["missing"]
+    assert result["labels"]["imaging_quality"].startswith("proxy (") and result["labels"][
+        "temporal_flickering_all"
+    ].startswith("exact")
+    assert (
+        "not VBench's score" in result["quality"]["label"] and "background_consistency" in result["quality"]["missing"]
+    )
     assert result["quality"]["value"] is None and result["base"]["quality_score"] > 0  # the value is per row
     flicker = result["difference"]["temporal_flickering_all"]
     assert flicker["n"] == 3 and flicker["better"] + flicker["worse"] <= 3
-    assert flicker["mean"] == pytest.approx(result["checkpoint"]["temporal_flickering_all"]
-                                            - result["base"]["temporal_flickering_all"], abs=1e-6)
+    assert flicker["mean"] == pytest.approx(
+        result["checkpoint"]["temporal_flickering_all"] - result["base"]["temporal_flickering_all"], abs=1e-6
+    )
     assert flicker["ci95"][0] <= flicker["mean"] <= flicker["ci95"][1]

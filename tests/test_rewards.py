@@ -147,7 +147,7 @@ def test_feedback_analysis_ranks_the_unshuffled_video_first_on_temporal(metrics,
     videos, prompts = moving(batch)
     groups = []
     for i in range(4):
-        cands = torch.stack([shuffled(videos[i:i + 1], seed)[0] for seed in (1, 2)] + [videos[i]])
+        cands = torch.stack([shuffled(videos[i : i + 1], seed)[0] for seed in (1, 2)] + [videos[i]])
         groups.append(Group(prompts[i], cands.numpy(), chosen=2))
     temporal = analyse(metrics, "temporal", groups)
     assert temporal["mrr"] == 1.0 and temporal["recall@1"] == 1.0

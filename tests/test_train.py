@@ -21,19 +21,32 @@ def text_encoder():
 @pytest.fixture
 def small(text_encoder):
     """A small random backbone of the real classes: fast, and fresh for each test (adapters)."""
+
     def make():
         torch.manual_seed(0)
         bb = TinyBackbone(TinyConfig(dim=32, heads=2, depth=1, mlp_ratio=2), text_encoder=text_encoder).eval()
-        with torch.no_grad():  # a fresh model outputs 0 (zero-initialised gates); as if pretrained, make every path count
+        with (
+            torch.no_grad()
+        ):  # a fresh model outputs 0 (zero-initialised gates); as if pretrained, make every path count
             for p in bb.transformer.parameters():
                 p.add_(0.05 * torch.randn_like(p))
         return bb
+
     return make
 
 
 def cfg_for(tmp_path, **kw):
-    base = dict(steps=2, num_candidates=3, sampling_steps=3, heldout_count=2, heldout_every=0, checkpoint_every=1,
-                tie_tolerance=0.0, lr=1e-2, out=str(tmp_path / "run"))
+    base = dict(
+        steps=2,
+        num_candidates=3,
+        sampling_steps=3,
+        heldout_count=2,
+        heldout_every=0,
+        checkpoint_every=1,
+        tie_tolerance=0.0,
+        lr=1e-2,
+        out=str(tmp_path / "run"),
+    )
     return TrainConfig.from_dict({**base, **kw})
 
 
@@ -46,11 +59,15 @@ def run_train(cfg, backbone, stop=None, resume=False):
 
 
 def test_the_loss_equals_a_hand_computed_value():
-    loss, stats = flow_dpo_loss(torch.tensor([0.5]), torch.tensor([0.7]), torch.tensor([0.6]), torch.tensor([0.6]), beta=10)
+    loss, stats = flow_dpo_loss(
+        torch.tensor([0.5]), torch.tensor([0.7]), torch.tensor([0.6]), torch.tensor([0.6]), beta=10
+    )
     # bracket = (0.5 - 0.6) - (0.7 - 0.6) = -0.2; L = -log sigmoid(-10 / 2 * -0.2) = log(1 + e^-1)
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
     assert stats["dpo/implicit_acc"] == 1.0
-    loss2, stats2 = flow_dpo_loss(torch.tensor([0.7]), torch.tensor([0.5]), torch.tensor([0.6]), torch.tensor([0.6]), beta=10)
+    loss2, stats2 = flow_dpo_loss(
+        torch.tensor([0.7]), torch.tensor([0.5]), torch.tensor([0.6]), torch.tensor([0.6]), beta=10
+    )
     assert loss2.item() == pytest.approx(math.log(1 + math.exp(1)), rel=1e-6) and stats2["dpo/implicit_acc"] == 0.0
     assert per_video_mse(torch.ones(2, 3, 4), torch.zeros(2, 3, 4)).tolist() == [1.0, 1.0]
 
@@ -107,8 +124,9 @@ def test_every_noise_draw_is_shared_by_winner_and_loser(tmp_path, small, draws):
     stats = dpo_update(run, x, x.clone(), ["a red ball moving left", "a blue box rising"], step=0)
     assert stats["dpo/loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert stats["dpo/mse_w"] == stats["dpo/mse_l"]
-    assert dpo_update(run, x, other, ["a red ball moving left", "a blue box rising"], step=1)["dpo/loss"] != \
-        pytest.approx(math.log(2), abs=1e-6)
+    assert dpo_update(run, x, other, ["a red ball moving left", "a blue box rising"], step=1)[
+        "dpo/loss"
+    ] != pytest.approx(math.log(2), abs=1e-6)
     sink.close()
 
 
@@ -116,9 +134,24 @@ def test_online_dpo_logs_namespaced_metrics_and_held_out_measures(tmp_path, smal
     cfg = cfg_for(tmp_path, steps=2, heldout_every=2, ref_update_every=1)
     run_train(cfg, small())
     row = read_metrics(cfg.out)[-1]
-    for key in ("reward/mean", "reward/max", "reward/min", "reward/margin", "dpo/loss", "dpo/implicit_acc",
-                "dpo/mse_w", "dpo/mse_l", "dpo/mse_ref_w", "dpo/mse_ref_l", "perf/step_s", "perf/peak_mem_mb",
-                "heldout/dynamic", "heldout/alignment", "heldout/temporal", "train/ref_updated"):
+    for key in (
+        "reward/mean",
+        "reward/max",
+        "reward/min",
+        "reward/margin",
+        "dpo/loss",
+        "dpo/implicit_acc",
+        "dpo/mse_w",
+        "dpo/mse_l",
+        "dpo/mse_ref_w",
+        "dpo/mse_ref_l",
+        "perf/step_s",
+        "perf/peak_mem_mb",
+        "heldout/dynamic",
+        "heldout/alignment",
+        "heldout/temporal",
+        "train/ref_updated",
+    ):
         assert key in row, key
     samples = json.loads((tmp_path / "run" / "samples" / "step_000002_candidates" / "samples.json").read_text())
     assert sorted(v["label"] for v in samples["videos"]) == ["", "loser", "winner"]
@@ -146,7 +179,10 @@ def test_a_nan_reward_stops_with_a_clear_error_and_the_last_checkpoint_loads(tmp
     calls = iter(range(100))
     run_train(cfg, small(), stop=lambda: next(calls) >= 2)
     prompts.write_text("a photo of a cat\n")  # alignment is unavailable (NaN) for this prompt
-    with pytest.raises(TrainingDiverged, match=r"step 3: reward metrics/alignment is nan for prompt 'a photo of a cat'.*last good checkpoint is .*step_000002"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"step 3: reward metrics/alignment is nan for prompt 'a photo of a cat'.*last good checkpoint is .*step_000002",
+    ):
         run_train(cfg, small(), resume=True)
     bb = small()
     assert load_policy(bb, tmp_path / "run" / "checkpoints" / "step_000002")["dimension"] == "alignment"
@@ -155,13 +191,22 @@ def test_a_nan_reward_stops_with_a_clear_error_and_the_last_checkpoint_loads(tmp
 def test_a_misspelt_config_field_fails_at_creation():
     with pytest.raises(ValueError, match="unknown config field.*'num_candidate'.*valid:.*num_candidates"):
         TrainConfig.from_dict({"num_candidate": 6})
-    with pytest.raises(ValueError, match="unknown dimension 'speed' for reward source 'metrics'; valid: visual, temporal, dynamic, alignment, global"):
+    with pytest.raises(
+        ValueError,
+        match="unknown dimension 'speed' for reward source 'metrics'; valid: visual, temporal, dynamic, alignment, global",
+    ):
         TrainConfig(dimension="speed")
-    with pytest.raises(ValueError, match="unknown dimension 'dynamic' for reward source 'image-metrics'; valid: visual, temporal, global"):
+    with pytest.raises(
+        ValueError,
+        match="unknown dimension 'dynamic' for reward source 'image-metrics'; valid: visual, temporal, global",
+    ):
         TrainConfig(reward="image-metrics", dimension="dynamic")
     with pytest.raises(ValueError, match="refl needs a differentiable reward source; 'videoscore' is not"):
         TrainConfig(algorithm="refl", reward="videoscore")
-    with pytest.raises(ValueError, match=r"unknown dimension 'global' \(refl needs a differentiable one of 'metrics'\); valid: visual, temporal"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown dimension 'global' \(refl needs a differentiable one of 'metrics'\); valid: visual, temporal",
+    ):
         TrainConfig(algorithm="refl", dimension="global")
     with pytest.raises(ValueError, match="unknown algorithm 'ppo'; valid: online-dpo, offline-dpo, refl"):
         TrainConfig(algorithm="ppo")

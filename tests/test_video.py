@@ -23,7 +23,9 @@ def test_mp4_decodes_back_to_the_frame_count_at_a_judgeable_size(tmp_path, clip)
 
 def test_mp4_is_browser_playable_h264_yuv420p_with_faststart(tmp_path, clip):
     path = video_io.write_mp4(clip, tmp_path / "v.mp4", fps=8)
-    info = subprocess.run([video_io.ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True).stderr
+    info = subprocess.run(
+        [video_io.ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True
+    ).stderr
     assert "h264" in info and "yuv420p" in info
     data = path.read_bytes()
     assert data.index(b"moov") < data.index(b"mdat")  # +faststart: index before the media

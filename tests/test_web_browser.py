@@ -10,8 +10,15 @@ import pytest
 from django.contrib.auth import get_user_model
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--autoplay-policy=no-user-gesture-required",
+]
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +74,14 @@ def test_launch_watch_play_and_cancel_in_the_browser(live_stack, transactional_d
 
     page.goto(f"{live_stack.url}/experiments/new/")
     page.fill("input[name=name]", "browser run")
-    for field, value in {"steps": "60", "num_candidates": "3", "sampling_steps": "6", "heldout_every": "2",
-                         "heldout_count": "2", "checkpoint_every": "5"}.items():
+    for field, value in {
+        "steps": "60",
+        "num_candidates": "3",
+        "sampling_steps": "6",
+        "heldout_every": "2",
+        "heldout_count": "2",
+        "checkpoint_every": "5",
+    }.items():
         page.fill(f"input[name={field}]", value)
     page.select_option("select[name=prompts]", "demo")
     page.click("#launch")
@@ -100,17 +113,25 @@ def test_launch_watch_play_and_cancel_in_the_browser(live_stack, transactional_d
 
 
 @pytest.mark.timeout(900)
-def test_a_volunteer_votes_through_a_study_and_the_researcher_sees_the_counts(live_stack, transactional_db, page,
-                                                                             quick_checkpoint):
+def test_a_volunteer_votes_through_a_study_and_the_researcher_sees_the_counts(
+    live_stack, transactional_db, page, quick_checkpoint
+):
     from webapp.experiments.forms import validated_config
     from webapp.experiments.models import Experiment
     from webapp.studies.models import Study, System
 
     researcher = get_user_model().objects.create_user("rita", password="a-long-password")
-    experiment = Experiment.objects.create(owner=researcher, name="tuned", status="finished", config=validated_config({}))
+    experiment = Experiment.objects.create(
+        owner=researcher, name="tuned", status="finished", config=validated_config({})
+    )
     quick_checkpoint(experiment.run_dir / "run")
-    study = Study.objects.create(owner=researcher, name="base vs tuned", prompts="a red ball moving right\n"
-                                 "a blue square falling", gold_rate=0.25, trials_per_participant=4)
+    study = Study.objects.create(
+        owner=researcher,
+        name="base vs tuned",
+        prompts="a red ball moving right\na blue square falling",
+        gold_rate=0.25,
+        trials_per_participant=4,
+    )
     System.objects.create(study=study, label="base")
     System.objects.create(study=study, label="tuned", experiment=experiment, checkpoint="step_000001")
     study.launch()  # the real worker renders the clips with paired seeds
@@ -126,7 +147,9 @@ def test_a_volunteer_votes_through_a_study_and_the_researcher_sees_the_counts(li
         page.wait_for_selector("button.choice")
         buttons = page.locator("button.choice")
         assert all(buttons.nth(i).is_disabled() for i in range(buttons.count()))  # not before both played
-        page.wait_for_function("[...document.querySelectorAll('button.choice')].every(b => !b.disabled)", timeout=30_000)
+        page.wait_for_function(
+            "[...document.querySelectorAll('button.choice')].every(b => !b.disabled)", timeout=30_000
+        )
         with page.expect_navigation():
             page.keyboard.press("ArrowLeft" if trials % 2 else "ArrowRight")
         trials += 1

@@ -33,10 +33,14 @@ def experiment(owner, tmp_path, settings):
 
 
 def urls_of(e):
-    return [reverse("experiments:detail", args=[e.pk]), reverse("experiments:metrics", args=[e.pk]),
-            reverse("experiments:samples", args=[e.pk]), reverse("experiments:export", args=[e.pk]),
-            reverse("experiments:media", args=[e.pk, "samples/v.mp4"]),
-            reverse("experiments:compare") + f"?ids={e.pk}&ids={e.pk + 1}"]
+    return [
+        reverse("experiments:detail", args=[e.pk]),
+        reverse("experiments:metrics", args=[e.pk]),
+        reverse("experiments:samples", args=[e.pk]),
+        reverse("experiments:export", args=[e.pk]),
+        reverse("experiments:media", args=[e.pk, "samples/v.mp4"]),
+        reverse("experiments:compare") + f"?ids={e.pk}&ids={e.pk + 1}",
+    ]
 
 
 def logged_in(user) -> Client:
@@ -100,13 +104,16 @@ def test_bad_hyperparameters_show_a_clear_error_next_to_the_field(owner):
     assert not Experiment.objects.exists()
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"a red ball\n" * 10_000, "the limit is 65,536"),
-    (b"\xff\xfe\x00garbage", "not UTF-8 text"),
-    (b"ok\x00binary", "binary"),
-    (b"# only a comment\n\n", "has no prompts"),
-    (("x" * 400 + "\n").encode(), "a prompt has 400 characters"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"a red ball\n" * 10_000, "the limit is 65,536"),
+        (b"\xff\xfe\x00garbage", "not UTF-8 text"),
+        (b"ok\x00binary", "binary"),
+        (b"# only a comment\n\n", "has no prompts"),
+        (("x" * 400 + "\n").encode(), "a prompt has 400 characters"),
+    ],
+)
 def test_oversize_or_garbled_prompt_files_are_form_errors(owner, content, message):
     client = logged_in(owner)
     upload = io.BytesIO(content)
@@ -159,8 +166,9 @@ def test_an_evaluation_shows_base_checkpoint_and_their_paired_difference(owner, 
     from webapp.experiments.models import Evaluation
 
     settings.MEDIA_ROOT = tmp_path
-    e = Experiment.objects.create(owner=owner, name="tuned", status="finished",
-                                  config=validated_config({"sampling_steps": 2}))
+    e = Experiment.objects.create(
+        owner=owner, name="tuned", status="finished", config=validated_config({"sampling_steps": 2})
+    )
     quick_checkpoint(e.run_dir / "run")
     ev = Evaluation.objects.create(experiment=e, checkpoint="step_000001", prompts="demo")
     ev.run()  # what the worker's task calls

@@ -65,7 +65,9 @@ def test_the_consumer_backfills_then_pushes_in_order_without_gaps_or_duplicates(
             await sync_to_async(sink.metrics)(step, {"reward/mean": step / 10})
         received += await receive_steps(comm, 5)
         # the channel layer dropped step 6's announcement: step 7's brings it from the database
-        await sync_to_async(MetricPoint.objects.create)(experiment=experiment, step=6, wall=6.0, values={"reward/mean": 0.6})
+        await sync_to_async(MetricPoint.objects.create)(
+            experiment=experiment, step=6, wall=6.0, values={"reward/mean": 0.6}
+        )
         await sync_to_async(sink.metrics)(7, {"reward/mean": 0.7, "heldout/alignment": float("nan")})
         received += await receive_steps(comm, 7)
         # an announcement repeated (a replay) is not sent again
@@ -118,9 +120,20 @@ def test_launching_through_the_view_trains_on_a_worker_and_streams_over_the_webs
 
     client = Client()
     client.force_login(owner)
-    form = {"name": "3 steps", **validated_config({"steps": 3, "num_candidates": 3, "sampling_steps": 8,
-                                                   "heldout_every": 1, "heldout_count": 2, "checkpoint_every": 3,
-                                                   "prompts": "demo"})}
+    form = {
+        "name": "3 steps",
+        **validated_config(
+            {
+                "steps": 3,
+                "num_candidates": 3,
+                "sampling_steps": 8,
+                "heldout_every": 1,
+                "heldout_count": 2,
+                "checkpoint_every": 3,
+                "prompts": "demo",
+            }
+        ),
+    }
     r = client.post("/experiments/new/", form)
     assert r.status_code == 302, r.content.decode()[:2000]
     experiment = Experiment.objects.get()
@@ -133,8 +146,11 @@ def test_launching_through_the_view_trains_on_a_worker_and_streams_over_the_webs
 
     headers = {"Cookie": session_cookie(owner), "Origin": live_stack.url}
     batches, status = [], None
-    with connect(f"ws://127.0.0.1:{live_stack.port}/ws/experiments/{experiment.pk}/?after=-1",
-                 additional_headers=headers, open_timeout=10) as ws:
+    with connect(
+        f"ws://127.0.0.1:{live_stack.port}/ws/experiments/{experiment.pk}/?after=-1",
+        additional_headers=headers,
+        open_timeout=10,
+    ) as ws:
         while status not in ("finished", "failed", "cancelled"):
             msg = json.loads(ws.recv(timeout=120))
             if msg["type"] == "points":

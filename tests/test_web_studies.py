@@ -21,8 +21,15 @@ def make_study(owner, media, systems=("base", "tuned"), **kw) -> Study:
     from vpo.data import world
     from vpo.studies import degrade
 
-    study = Study.objects.create(owner=owner, name="s", prompts="\n".join(PROMPTS), status=StudyStatus.OPEN,
-                                 trials_per_participant=kw.pop("trials_per_participant", 4), gold_rate=0.25, **kw)
+    study = Study.objects.create(
+        owner=owner,
+        name="s",
+        prompts="\n".join(PROMPTS),
+        status=StudyStatus.OPEN,
+        trials_per_participant=kw.pop("trials_per_participant", 4),
+        gold_rate=0.25,
+        **kw,
+    )
     for label in systems:
         system = System.objects.create(study=study, label=label)
         for i, prompt in enumerate(PROMPTS):
@@ -47,8 +54,11 @@ def study(owner, tmp_path, settings):
 def join(client, study, **prolific) -> Participant:
     query = "&".join(f"{k}={v}" for k, v in prolific.items())
     client.get(reverse("studies:welcome", args=[study.token]) + (f"?{query}" if query else ""))
-    fields = {"prolific_pid": prolific.get("PROLIFIC_PID", ""), "prolific_study_id": prolific.get("STUDY_ID", ""),
-              "prolific_session_id": prolific.get("SESSION_ID", "")}
+    fields = {
+        "prolific_pid": prolific.get("PROLIFIC_PID", ""),
+        "prolific_study_id": prolific.get("STUDY_ID", ""),
+        "prolific_session_id": prolific.get("SESSION_ID", ""),
+    }
     r = client.post(reverse("studies:welcome", args=[study.token]), {"consent": "1", **fields})
     assert r.status_code == 302, r.content
     return Participant.objects.get(token=r["Location"].rstrip("/").split("/")[-1])
@@ -60,8 +70,11 @@ def altered(token: str) -> str:
 
 
 def cast(client, study, participant, trial, choice):
-    return client.post(reverse("studies:vote", args=[study.token, participant.token]),
-                       json.dumps({"trial": trial, "choice": choice}), content_type="application/json")
+    return client.post(
+        reverse("studies:vote", args=[study.token, participant.token]),
+        json.dumps({"trial": trial, "choice": choice}),
+        content_type="application/json",
+    )
 
 
 def answer_all(client, study, participant, good=True, side="left"):
@@ -69,8 +82,11 @@ def answer_all(client, study, participant, good=True, side="left"):
     last = None
     for item in participant.plan:
         if item["gold"]:
-            choice = ("left" if item["left"] == item["good"] else "right") if good else \
-                     ("right" if item["left"] == item["good"] else "left")
+            choice = (
+                ("left" if item["left"] == item["good"] else "right")
+                if good
+                else ("right" if item["left"] == item["good"] else "left")
+            )
         else:
             choice = side
         last = cast(client, study, participant, item["trial"], choice)
@@ -109,7 +125,9 @@ def test_a_double_click_or_replay_stores_one_vote_and_gets_the_same_answer(study
 def test_one_vote_per_participant_and_trial_is_a_database_constraint(study):
     p = join(Client(), study)
     item = p.plan[0]
-    Vote.objects.create(participant=p, trial_id=item["trial"], choice="left", left_id=item["left"], chosen_id=item["left"])
+    Vote.objects.create(
+        participant=p, trial_id=item["trial"], choice="left", left_id=item["left"], chosen_id=item["left"]
+    )
     with pytest.raises(IntegrityError), transaction.atomic():
         Vote.objects.create(participant=p, trial_id=item["trial"], choice="tie", left_id=item["left"])
 
@@ -213,11 +231,13 @@ def test_guessed_or_altered_tokens_get_404(study):
     p = join(client, study)
     clip = Clip.objects.filter(study=study).first()
     other = make_study(study.owner, None)
-    for url in (reverse("studies:welcome", args=[altered(study.token)]),
-                reverse("studies:trial", args=[study.token, altered(p.token)]),
-                reverse("studies:trial", args=[other.token, p.token]),  # a real participant, another study
-                reverse("studies:clip", args=[study.token, altered(clip.token)]),
-                reverse("studies:clip", args=[other.token, clip.token])):
+    for url in (
+        reverse("studies:welcome", args=[altered(study.token)]),
+        reverse("studies:trial", args=[study.token, altered(p.token)]),
+        reverse("studies:trial", args=[other.token, p.token]),  # a real participant, another study
+        reverse("studies:clip", args=[study.token, altered(clip.token)]),
+        reverse("studies:clip", args=[other.token, clip.token]),
+    ):
         assert client.get(url).status_code == 404, url
     assert client.get(reverse("studies:clip", args=[study.token, clip.token])).status_code == 200
     trial = p.plan[0]["trial"]
@@ -232,8 +252,14 @@ def test_the_vote_endpoints_participant_loads_only_what_a_vote_needs_and_the_res
     p = join(Client(), study, PROLIFIC_PID="pid-7")
     Study.objects.filter(pk=study.pk).update(allow_tie=False)
     light = Participant.for_vote(study.token, p.token)
-    assert (light.pk, light.plan, light.completed, light.study.pk, light.study.status, light.study.allow_tie) == \
-        (p.pk, p.plan, None, study.pk, StudyStatus.OPEN, False)
+    assert (light.pk, light.plan, light.completed, light.study.pk, light.study.status, light.study.allow_tie) == (
+        p.pk,
+        p.plan,
+        None,
+        study.pk,
+        StudyStatus.OPEN,
+        False,
+    )
     assert not light._state.adding and light.study_id == study.pk
     assert light.get_deferred_fields() >= {"prolific_pid", "ip_hash"}
     assert light.prolific_pid == "pid-7" and light.study.name == study.name  # loaded on access
@@ -261,8 +287,10 @@ def test_the_owner_closes_and_reopens_and_changes_the_plan_size(study, owner):
     study.refresh_from_db()
     assert study.status == "closed"
     client.post(reverse("studies:manage", args=[study.pk]), {"action": "reopen"})
-    client.post(reverse("studies:manage", args=[study.pk]), {"action": "settings", "trials_per_participant": 2,
-                                                             "votes_per_trial": 9})
+    client.post(
+        reverse("studies:manage", args=[study.pk]),
+        {"action": "settings", "trials_per_participant": 2, "votes_per_trial": 9},
+    )
     study.refresh_from_db()
     assert (study.status, study.trials_per_participant, study.votes_per_trial) == ("open", 2, 9)
     assert len(join(Client(), study).plan) == 2

@@ -24,12 +24,14 @@ def test_the_web_process_imports_no_torch_even_validating_a_config():
     import subprocess
     import sys
 
-    code = ("import django, os, sys; os.environ['DJANGO_SETTINGS_MODULE']='webapp.settings'; django.setup(); "
-            "import webapp.urls, webapp.asgi, worker.celery, worker.tasks; "
-            "from webapp.experiments.forms import ExperimentForm; "
-            "f = ExperimentForm({'name': 'x', 'backbone': 'tiny', 'reward': 'metrics'}); f.is_valid(); "
-            "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'cv2') if m in sys.modules]; "
-            "sys.exit(f'imported {heavy}' if heavy else 0)")
+    code = (
+        "import django, os, sys; os.environ['DJANGO_SETTINGS_MODULE']='webapp.settings'; django.setup(); "
+        "import webapp.urls, webapp.asgi, worker.celery, worker.tasks; "
+        "from webapp.experiments.forms import ExperimentForm; "
+        "f = ExperimentForm({'name': 'x', 'backbone': 'tiny', 'reward': 'metrics'}); f.is_valid(); "
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'cv2') if m in sys.modules]; "
+        "sys.exit(f'imported {heavy}' if heavy else 0)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
@@ -41,8 +43,13 @@ def test_production_settings_pass_the_deploy_check():
     # without the browser tests' async-unsafe flag, whichever order the tests ran in
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
     env.update(DEBUG="0", SECRET_KEY="x" * 20 + "-deploy-check-" + "y" * 30, ALLOWED_HOSTS="vpo.example")
-    r = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-                       capture_output=True, text=True, env=env, cwd=settings.BASE_DIR)
+    r = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=settings.BASE_DIR,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 

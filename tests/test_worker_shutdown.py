@@ -21,10 +21,27 @@ STEPS = 5
 
 
 def start_worker(queue: str, pool: str, env: dict) -> Process:
-    return Process(f"celery worker ({pool})", [str(BIN / "celery"), "-A", "worker.celery", "worker", "-Q", queue,
-                                                f"--pool={pool}", "--concurrency=1", "--without-gossip",
-                                                "--without-mingle", "-l", "info", "-n", f"{queue}-{pool}@%h"],
-                   env, ready="ready.")
+    return Process(
+        f"celery worker ({pool})",
+        [
+            str(BIN / "celery"),
+            "-A",
+            "worker.celery",
+            "worker",
+            "-Q",
+            queue,
+            f"--pool={pool}",
+            "--concurrency=1",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "info",
+            "-n",
+            f"{queue}-{pool}@%h",
+        ],
+        env,
+        ready="ready.",
+    )
 
 
 def wait_for(condition, timeout: float, what: str, proc: Process) -> None:
@@ -34,24 +51,46 @@ def wait_for(condition, timeout: float, what: str, proc: Process) -> None:
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("pool, sig", [("solo", signal.SIGINT), ("prefork", signal.SIGTERM)],
-                         ids=["solo-ctrl-c", "prefork-term"])
-def test_a_worker_that_shuts_down_mid_run_pauses_it_and_the_next_worker_finishes_it(transactional_db, tmp_path,
-                                                                                    settings, pool, sig):
+@pytest.mark.parametrize(
+    "pool, sig", [("solo", signal.SIGINT), ("prefork", signal.SIGTERM)], ids=["solo-ctrl-c", "prefork-term"]
+)
+def test_a_worker_that_shuts_down_mid_run_pauses_it_and_the_next_worker_finishes_it(
+    transactional_db, tmp_path, settings, pool, sig
+):
     settings.MEDIA_ROOT = tmp_path
     owner = get_user_model().objects.create_user("alice")
-    experiment = Experiment.objects.create(owner=owner, name="interrupted", config=validated_config(
-        {"steps": STEPS, "num_candidates": 3, "sampling_steps": 6, "noise_draws": 1, "heldout_every": 0,
-         "checkpoint_every": 100, "prompts": "demo"}))
-    env = {**os.environ, "DATABASE_URL": subprocess_database_url(), "MEDIA_ROOT": str(tmp_path),
-           "PYTHONUNBUFFERED": "1"}
+    experiment = Experiment.objects.create(
+        owner=owner,
+        name="interrupted",
+        config=validated_config(
+            {
+                "steps": STEPS,
+                "num_candidates": 3,
+                "sampling_steps": 6,
+                "noise_draws": 1,
+                "heldout_every": 0,
+                "checkpoint_every": 100,
+                "prompts": "demo",
+            }
+        ),
+    )
+    env = {
+        **os.environ,
+        "DATABASE_URL": subprocess_database_url(),
+        "MEDIA_ROOT": str(tmp_path),
+        "PYTHONUNBUFFERED": "1",
+    }
     queue = f"shutdown-{uuid.uuid4().hex[:8]}"  # only this test's workers see its task
     train_experiment.apply_async((experiment.pk,), queue=queue)
 
     first = start_worker(queue, pool, env)
     try:
-        wait_for(lambda: MetricPoint.objects.filter(experiment=experiment, step__gte=1).exists(), 300,
-                 "the first worker trained a step", first)
+        wait_for(
+            lambda: MetricPoint.objects.filter(experiment=experiment, step__gte=1).exists(),
+            300,
+            "the first worker trained a step",
+            first,
+        )
         first.proc.send_signal(sig)
         t0 = time.time()
         first.proc.wait(120)  # a warm shutdown used to wait for all STEPS (hours for a real run)
@@ -70,8 +109,12 @@ def test_a_worker_that_shuts_down_mid_run_pauses_it_and_the_next_worker_finishes
 
     second = start_worker(queue, "solo", env)  # the task came back to the queue: nobody re-submits it
     try:
-        wait_for(lambda: Experiment.objects.get(pk=experiment.pk).status not in ("paused", "running"), 300,
-                 "the second worker finished the run", second)
+        wait_for(
+            lambda: Experiment.objects.get(pk=experiment.pk).status not in ("paused", "running"),
+            300,
+            "the second worker finished the run",
+            second,
+        )
     finally:
         second.stop()
     experiment.refresh_from_db()

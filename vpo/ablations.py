@@ -99,8 +99,10 @@ def ablate(base: TrainConfig, seeds: list[int], out, results, eval_prompts: int 
     prompts = read_prompts(base.heldout_prompts)[:eval_prompts]
     t0 = time.perf_counter()
     runs = {(name, s): run_variant(base, name, s, out, progress) for name in VARIANTS for s in seeds}
-    evals = {key: evaluated(folder / "eval.json", prompts, base.sampling_steps, base.guidance, latest_checkpoint(folder))
-             for key, folder in runs.items()}
+    evals = {
+        key: evaluated(folder / "eval.json", prompts, base.sampling_steps, base.guidance, latest_checkpoint(folder))
+        for key, folder in runs.items()
+    }
     base_eval = evaluated(out / "base-eval.json", prompts, base.sampling_steps, base.guidance)
     wall = time.perf_counter() - t0
     curves = {key: read_metrics(folder) for key, folder in runs.items()}
@@ -147,12 +149,19 @@ def report(base, seeds, evals, base_eval, curves, figures, results, train_s, wal
     ]
     for study, (title, names) in STUDIES.items():
         column, paper = VERDICTS[study]
-        lines += [f"## ({study}) {title}", "", f"![{title}]({figures.relative_to(results.parent) / f'{study}.png'})", ""]
+        lines += [
+            f"## ({study}) {title}",
+            "",
+            f"![{title}]({figures.relative_to(results.parent) / f'{study}.png'})",
+            "",
+        ]
         lines.append("| model | " + " | ".join(head) + " |")
         lines.append("|---|" + "---|" * len(head))
         lines.append("| base | " + " | ".join(f"{100 * base_eval[c]:.2f}" for c in cols) + " |")
         for name in names:
-            lines.append(f"| {name} | " + " | ".join(_mean_range([evals[(name, s)][c] for s in seeds]) for c in cols) + " |")
+            lines.append(
+                f"| {name} | " + " | ".join(_mean_range([evals[(name, s)][c] for s in seeds]) for c in cols) + " |"
+            )
         a, b = names
         da = np.mean([evals[(a, s)][column] for s in seeds])
         db = np.mean([evals[(b, s)][column] for s in seeds])
@@ -161,13 +170,16 @@ def report(base, seeds, evals, base_eval, curves, figures, results, train_s, wal
         ties = [evals[(a, s)][column] == evals[(b, s)][column] for s in seeds]
         if study == "c":  # the reward-hacking question: who lost more held-out dynamic degree?
             drop_a, drop_b = base_eval[column] - da, base_eval[column] - db
-            finding = (f"held-out {column} vs base: {a} {-100 * drop_a:+.2f}, {b} {-100 * drop_b:+.2f} points; "
-                       f"final training reward {a} {_final(curves, a, seeds):.3f}, {b} {_final(curves, b, seeds):.3f}")
+            finding = (
+                f"held-out {column} vs base: {a} {-100 * drop_a:+.2f}, {b} {-100 * drop_b:+.2f} points; "
+                f"final training reward {a} {_final(curves, a, seeds):.3f}, {b} {_final(curves, b, seeds):.3f}"
+            )
         else:
             finding = f"{column}: {a} {100 * da:.2f} vs {b} {100 * db:.2f} (the paper's direction in {sum(holds)} of {len(seeds)} seeds)"
         # a direction counts only when every seed shows it; a split or a tie is no evidence either way
-        verdict = ("matches" if all(holds) else "is inconclusive against" if any(holds) or any(ties)
-                   else "does not match")
+        verdict = (
+            "matches" if all(holds) else "is inconclusive against" if any(holds) or any(ties) else "does not match"
+        )
         lines += ["", f"Paper: {paper}. Here: {finding} — **{verdict} the paper**.", ""]
     return "\n".join(lines) + "\n"
 
@@ -183,8 +195,12 @@ def plot_study(study: str, curves: dict, seeds: list[int], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     title, names = STUDIES[study]
-    panels = [("reward/mean", "training reward (own source)"), ("heldout/temporal", "held-out temporal (metrics)"),
-              ("heldout/dynamic", "held-out dynamic degree"), ("heldout/alignment", "held-out alignment")]
+    panels = [
+        ("reward/mean", "training reward (own source)"),
+        ("heldout/temporal", "held-out temporal (metrics)"),
+        ("heldout/dynamic", "held-out dynamic degree"),
+        ("heldout/alignment", "held-out alignment"),
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for ax, (key, label) in zip(axes, panels):
         for colour, name in zip(("C0", "C1"), names):
@@ -192,8 +208,9 @@ def plot_study(study: str, curves: dict, seeds: list[int], path: Path) -> None:
                 pts = [(r["step"], r[key]) for r in curves[(name, s)] if key in r]
                 if pts:
                     x, y = zip(*pts)
-                    ax.plot(x, y, color=colour, alpha=0.8 if s == seeds[0] else 0.45,
-                            label=name if s == seeds[0] else None)
+                    ax.plot(
+                        x, y, color=colour, alpha=0.8 if s == seeds[0] else 0.45, label=name if s == seeds[0] else None
+                    )
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

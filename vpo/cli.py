@@ -25,7 +25,9 @@ def _add_sample(sub):
     p.add_argument("--num-per-prompt", type=int, default=1)
     p.add_argument("--steps", type=int, default=20, help="sampling steps")
     p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--checkpoint", help="a training checkpoint folder (its adapter is applied) or backbone weights (.safetensors)")
+    p.add_argument(
+        "--checkpoint", help="a training checkpoint folder (its adapter is applied) or backbone weights (.safetensors)"
+    )
     p.set_defaults(run=cmd_sample)
 
 
@@ -43,8 +45,16 @@ def cmd_sample(args) -> int:
 
         load_policy(backbone, args.checkpoint)
     t0 = time.perf_counter()
-    manifest = sample_to_dir(backbone, prompts, args.out, seed=args.seed, num_per_prompt=args.num_per_prompt,
-                             steps=args.steps, guidance=args.guidance, checkpoint=args.checkpoint)
+    manifest = sample_to_dir(
+        backbone,
+        prompts,
+        args.out,
+        seed=args.seed,
+        num_per_prompt=args.num_per_prompt,
+        steps=args.steps,
+        guidance=args.guidance,
+        checkpoint=args.checkpoint,
+    )
     n = len(json.loads(manifest.read_text())["videos"])
     print(f"{n} videos in {time.perf_counter() - t0:.1f} s -> {manifest}")
     return 0
@@ -68,8 +78,14 @@ def _add_pretrain(sub):
 def cmd_pretrain(args) -> int:
     from vpo.pretrain import PretrainConfig, pretrain
 
-    cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         checkpoint_every=args.checkpoint_every, out=args.out)
+    cfg = PretrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        out=args.out,
+    )
     t0 = time.perf_counter()
     weights = pretrain(cfg, resume=args.resume)
     print(f"weights -> {weights} ({time.perf_counter() - t0:.0f} s)")
@@ -83,8 +99,17 @@ def _add_demo(sub):
 
 
 def cmd_demo(args) -> int:
-    args = argparse.Namespace(backbone="tiny", prompt=None, prompts="demo", out=args.out, seed=0,
-                              num_per_prompt=2, steps=20, guidance=4.0, checkpoint=None)
+    args = argparse.Namespace(
+        backbone="tiny",
+        prompt=None,
+        prompts="demo",
+        out=args.out,
+        seed=0,
+        num_per_prompt=2,
+        steps=20,
+        guidance=4.0,
+        checkpoint=None,
+    )
     cmd_sample(args)
     for mp4 in sorted(Path(args.out).glob("*.mp4")):
         print(f"  {mp4.resolve()}")
@@ -112,7 +137,9 @@ def _load_inputs(inputs, prompt):
         if path.suffix == ".json":
             manifest = json.loads(path.read_text())
             for v in manifest["videos"]:
-                items.append((str(path.parent / v["frames"]), v["prompt"], video_io.load_frames(path.parent / v["frames"])))
+                items.append(
+                    (str(path.parent / v["frames"]), v["prompt"], video_io.load_frames(path.parent / v["frames"]))
+                )
         elif path.suffix in (".npy", ".mp4"):
             if prompt is None:
                 raise ValueError(f"{path} carries no prompt: pass --prompt (or score a manifest.json)")
@@ -136,9 +163,14 @@ def cmd_score(args) -> int:
     rows = []
     for i, (name, prompt, _) in enumerate(items):
         scores = {d: float(result.scores[d][i]) for d in dims}
-        rows.append({"video": name, "prompt": prompt,
-                     "scores": {d: (None if np.isnan(s) else round(s, 4)) for d, s in scores.items()},
-                     **({"unavailable": result.unavailable[i]} if i in result.unavailable else {})})
+        rows.append(
+            {
+                "video": name,
+                "prompt": prompt,
+                "scores": {d: (None if np.isnan(s) else round(s, 4)) for d, s in scores.items()},
+                **({"unavailable": result.unavailable[i]} if i in result.unavailable else {}),
+            }
+        )
     if args.json:
         print(json.dumps({"reward": source.name, "videos": rows}, indent=2))
         return 0
@@ -169,8 +201,10 @@ def cmd_feedback(args) -> int:
     path = Path(args.groups)
     try:
         raw = json.loads(path.read_text())
-        groups = [Group(g["prompt"], np.stack([f for _, _, f in _load_inputs(g["videos"], g["prompt"])]), int(g["chosen"]))
-                  for g in raw]
+        groups = [
+            Group(g["prompt"], np.stack([f for _, _, f in _load_inputs(g["videos"], g["prompt"])]), int(g["chosen"]))
+            for g in raw
+        ]
     except (KeyError, TypeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: expected a list of {{prompt, videos, chosen}} objects ({e})") from None
     if args.reward:
@@ -189,8 +223,10 @@ def cmd_feedback(args) -> int:
         return 0
     print(f"{'source':<15} {'dimension':<10} {'groups':>6} {'MRR':>7} {'R@1':>6} {'R@2':>6} {'R@4':>6}")
     for r in rows:
-        print(f"{r['source']:<15} {r['dimension']:<10} {r['groups']:>6} {r['mrr']:>7.4f} "
-              f"{r['recall@1']:>6.3f} {r['recall@2']:>6.3f} {r['recall@4']:>6.3f}")
+        print(
+            f"{r['source']:<15} {r['dimension']:<10} {r['groups']:>6} {r['mrr']:>7.4f} "
+            f"{r['recall@1']:>6.3f} {r['recall@2']:>6.3f} {r['recall@4']:>6.3f}"
+        )
     for name, why in missing.items():
         print(f"skipped {name}: {why}")
     return 0
@@ -206,8 +242,12 @@ def _add_train(sub):
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
     for f in fields(TrainConfig):
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg_{f.name}", type=type(f.default),
-                       help=f"{f.metadata['help']} (default: {f.default})")
+        p.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f"cfg_{f.name}",
+            type=type(f.default),
+            help=f"{f.metadata['help']} (default: {f.default})",
+        )
     p.set_defaults(run=cmd_train)
 
 
@@ -230,7 +270,9 @@ def cmd_train(args) -> int:
         last = train(cfg, sink, resume=args.resume)
     finally:
         sink.close()
-    print(f"done in {time.perf_counter() - t0:.0f} s; last checkpoint: {last}; metrics: {Path(cfg.out) / 'metrics.jsonl'}")
+    print(
+        f"done in {time.perf_counter() - t0:.0f} s; last checkpoint: {last}; metrics: {Path(cfg.out) / 'metrics.jsonl'}"
+    )
     return 0
 
 
@@ -242,11 +284,18 @@ def _add_eval(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=4.0)
-    p.add_argument("--suite", default="builtin", help="builtin (weight-free measures, each labelled exact/proxy) or "
-                   "vbench (the official package in .venv-vbench, weights in VBENCH_CACHE_DIR; `vpo vbench check`)")
+    p.add_argument(
+        "--suite",
+        default="builtin",
+        help="builtin (weight-free measures, each labelled exact/proxy) or "
+        "vbench (the official package in .venv-vbench, weights in VBENCH_CACHE_DIR; `vpo vbench check`)",
+    )
     p.add_argument("--vbench-device", default=None, help="device of the official package (default: cpu)")
-    p.add_argument("--vbench-dimension", action="append", help="--suite vbench: only these dimensions (repeatable; "
-                   "default: VBench's 7 quality dimensions)")
+    p.add_argument(
+        "--vbench-dimension",
+        action="append",
+        help="--suite vbench: only these dimensions (repeatable; default: VBench's 7 quality dimensions)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_eval)
 
@@ -255,9 +304,17 @@ def cmd_eval(args) -> int:
     from vpo.data.prompts import read_prompts
     from vpo.eval import compare, format_table
 
-    result = compare(args.backbone, args.checkpoint, read_prompts(args.prompts), seed=args.seed, steps=args.steps,
-                     guidance=args.guidance, suite=args.suite, vbench_device=args.vbench_device,
-                     vbench_dimensions=args.vbench_dimension)
+    result = compare(
+        args.backbone,
+        args.checkpoint,
+        read_prompts(args.prompts),
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        suite=args.suite,
+        vbench_device=args.vbench_device,
+        vbench_dimensions=args.vbench_dimension,
+    )
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
 

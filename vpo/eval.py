@@ -25,14 +25,30 @@ from vpo import vbench
 from vpo.rewards import measures as M
 from vpo.rewards.metrics import alignment_score
 
-COLUMNS = ("temporal_flickering", "temporal_flickering_all", "subject_consistency", "motion_smoothness",
-           "dynamic_degree", "imaging_quality", "alignment", "quality_score")
+COLUMNS = (
+    "temporal_flickering",
+    "temporal_flickering_all",
+    "subject_consistency",
+    "motion_smoothness",
+    "dynamic_degree",
+    "imaging_quality",
+    "alignment",
+    "quality_score",
+)
 VBENCH_COLUMNS = (*vbench.SUITE_DIMENSIONS, "quality_score")
 SUITES = ("builtin", "vbench")
-SHORT = {"temporal_flickering": "flicker", "temporal_flickering_all": "flicker.all", "subject_consistency": "subject",
-         "background_consistency": "background", "motion_smoothness": "smooth", "dynamic_degree": "dynamic",
-         "aesthetic_quality": "aesthetic", "imaging_quality": "imaging", "alignment": "align",
-         "quality_score": "quality"}
+SHORT = {
+    "temporal_flickering": "flicker",
+    "temporal_flickering_all": "flicker.all",
+    "subject_consistency": "subject",
+    "background_consistency": "background",
+    "motion_smoothness": "smooth",
+    "dynamic_degree": "dynamic",
+    "aesthetic_quality": "aesthetic",
+    "imaging_quality": "imaging",
+    "alignment": "align",
+    "quality_score": "quality",
+}
 
 
 def per_video(videos: torch.Tensor, prompts: list[str], fps: int) -> dict[str, np.ndarray]:
@@ -57,14 +73,18 @@ def per_video(videos: torch.Tensor, prompts: list[str], fps: int) -> dict[str, n
     return values
 
 
-def summarise(values: dict[str, np.ndarray], labels: dict[str, vbench.Dimension] | None = None,
-              quality_over: tuple[str, ...] | None = None) -> dict[str, float]:
+def summarise(
+    values: dict[str, np.ndarray],
+    labels: dict[str, vbench.Dimension] | None = None,
+    quality_over: tuple[str, ...] | None = None,
+) -> dict[str, float]:
     """Means per column (NaN where no video has a value), ``static_kept`` (videos the static filter kept)
     and ``videos``, and the quality score over ``quality_over`` (default: the quality dimensions with a
     value)."""
     labels = vbench.BUILTIN_DIMENSIONS if labels is None else labels
-    row = {k: float(np.nanmean(x)) if np.isfinite(x).any() else float("nan") for k, x in values.items()
-           if k != "static"}
+    row = {
+        k: float(np.nanmean(x)) if np.isfinite(x).any() else float("nan") for k, x in values.items() if k != "static"
+    }
     row["videos"] = len(next(iter(values.values())))
     if "static" in values:
         row["static_kept"] = int(values["static"].sum())
@@ -99,21 +119,38 @@ def paired_difference(base: dict[str, np.ndarray], tuned: dict[str, np.ndarray])
         if n == 0:
             continue
         half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
-        out[k] = {"mean": float(d.mean()), "ci95": [float(d.mean() - half), float(d.mean() + half)],
-                  "better": int((d > 0).sum()), "worse": int((d < 0).sum()), "n": n}
+        out[k] = {
+            "mean": float(d.mean()),
+            "ci95": [float(d.mean() - half), float(d.mean() + half)],
+            "better": int((d > 0).sum()),
+            "worse": int((d < 0).sum()),
+            "n": n,
+        }
     return out
 
 
 def sample_all(backbone, prompts, seed: int, steps: int, guidance: float, chunk: int = 12) -> torch.Tensor:
     seeds = [seed + i for i in range(len(prompts))]
-    parts = [backbone.sample(prompts[i:i + chunk], seeds[i:i + chunk], steps=steps, guidance=guidance)
-             for i in range(0, len(prompts), chunk)]
+    parts = [
+        backbone.sample(prompts[i : i + chunk], seeds[i : i + chunk], steps=steps, guidance=guidance)
+        for i in range(0, len(prompts), chunk)
+    ]
     return torch.cat(parts)
 
 
-def compare(backbone_name: str, checkpoint, prompts: list[str], seed: int = 0, steps: int = 20,
-            guidance: float = 4.0, device: str = "cpu", suite: str = "builtin", vbench_device: str | None = None,
-            vbench_dimensions: tuple[str, ...] | list[str] | None = None, work_dir: Path | None = None) -> dict:
+def compare(
+    backbone_name: str,
+    checkpoint,
+    prompts: list[str],
+    seed: int = 0,
+    steps: int = 20,
+    guidance: float = 4.0,
+    device: str = "cpu",
+    suite: str = "builtin",
+    vbench_device: str | None = None,
+    vbench_dimensions: tuple[str, ...] | list[str] | None = None,
+    work_dir: Path | None = None,
+) -> dict:
     """{"base": row, "checkpoint": row, "difference": ``paired_difference`` of the two, "suite", "labels":
     {column: "exact" / "proxy (...)" / ...}, "quality": ``QualityScore.as_dict``} on the same prompts and
     seeds. Both rows' quality scores are over the dimensions both have. ``vbench_dimensions``: the official
@@ -138,23 +175,34 @@ def compare(backbone_name: str, checkpoint, prompts: list[str], seed: int = 0, s
         labels = vbench.OFFICIAL_DIMENSIONS
         with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
             base = official_per_video(base_videos, prompts, fps, Path(tmp) / "base", vbench_device or device, dims)
-            tuned = official_per_video(tuned_videos, prompts, fps, Path(tmp) / "checkpoint", vbench_device or device,
-                                       dims)
+            tuned = official_per_video(
+                tuned_videos, prompts, fps, Path(tmp) / "checkpoint", vbench_device or device, dims
+            )
     rows = {"base": summarise(base, labels), "checkpoint": summarise(tuned, labels)}
     quality = quality_info(list(rows.values()), labels)
     for name, values in (("base", base), ("checkpoint", tuned)):
         rows[name] = summarise(values, labels, quality.dimensions)
-    return {**rows, "difference": paired_difference(_columns(base), _columns(tuned)), "suite": suite,
-            "labels": {c: labels[c].label for c in labels} | {"quality_score": quality.label},
-            "quality": quality.as_dict()}
+    return {
+        **rows,
+        "difference": paired_difference(_columns(base), _columns(tuned)),
+        "suite": suite,
+        "labels": {c: labels[c].label for c in labels} | {"quality_score": quality.label},
+        "quality": quality.as_dict(),
+    }
 
 
 def _columns(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: x for k, x in values.items() if k != "static"}
 
 
-def official_per_video(videos: torch.Tensor, prompts: list[str], fps: int, folder: Path, device: str,
-                       dimensions: tuple[str, ...] = vbench.SUITE_DIMENSIONS) -> dict[str, np.ndarray]:
+def official_per_video(
+    videos: torch.Tensor,
+    prompts: list[str],
+    fps: int,
+    folder: Path,
+    device: str,
+    dimensions: tuple[str, ...] = vbench.SUITE_DIMENSIONS,
+) -> dict[str, np.ndarray]:
     """Per-video scores of the official package on the mp4s ``vpo.video.write_mp4`` makes of ``videos``
     (H.264, what VBench reads; codec noise included)."""
     from vpo.video import write_mp4
@@ -162,8 +210,7 @@ def official_per_video(videos: torch.Tensor, prompts: list[str], fps: int, folde
     folder.mkdir(parents=True, exist_ok=True)
     paths = [write_mp4(x, folder / f"{i:04d}.mp4", fps) for i, x in enumerate(videos.numpy())]
     result = vbench.run_official(paths, prompts, list(dimensions), folder / "vbench", device=device)
-    return {d: np.array([np.nan if x is None else x for x in r["per_video"]], dtype=float)
-            for d, r in result.items()}
+    return {d: np.array([np.nan if x is None else x for x in r["per_video"]], dtype=float) for d, r in result.items()}
 
 
 def columns_of(result: dict) -> tuple[str, ...]:
@@ -186,15 +233,25 @@ def format_table(result: dict) -> str:
             return f"{fmt(diff[c]):>13}" if c in diff else f"{'':>13}"
 
         lines.append(f"{'difference':<11}" + "".join(cell(c, lambda d: f"{100 * d['mean']:+.2f}") for c in cols))
-        lines.append(f"{'  95% CI':<11}" + "".join(
-            cell(c, lambda d: f"{100 * d['ci95'][0]:+.2f}..{100 * d['ci95'][1]:+.2f}") for c in cols))
+        lines.append(
+            f"{'  95% CI':<11}"
+            + "".join(cell(c, lambda d: f"{100 * d['ci95'][0]:+.2f}..{100 * d['ci95'][1]:+.2f}") for c in cols)
+        )
         lines.append(f"{'  better':<11}" + "".join(cell(c, lambda d: f"{d['better']}/{d['n']}") for c in cols))
-        lines.append("difference: checkpoint - base in points, paired by video (same prompt and seed); "
-                     "95% CI: t-interval; better: videos where the checkpoint scores higher.")
+        lines.append(
+            "difference: checkpoint - base in points, paired by video (same prompt and seed); "
+            "95% CI: t-interval; better: videos where the checkpoint scores higher."
+        )
     if "static_kept" in result["base"]:
-        lines.append("flicker: on videos VBench's static filter keeps: base {}/{}, checkpoint {}/{}; flicker.all: on "
-                     "every video.".format(result["base"]["static_kept"], result["base"]["videos"],
-                                           result["checkpoint"]["static_kept"], result["checkpoint"]["videos"]))
+        lines.append(
+            "flicker: on videos VBench's static filter keeps: base {}/{}, checkpoint {}/{}; flicker.all: on "
+            "every video.".format(
+                result["base"]["static_kept"],
+                result["base"]["videos"],
+                result["checkpoint"]["static_kept"],
+                result["checkpoint"]["videos"],
+            )
+        )
     labels = result.get("labels", {})
     for c in cols:
         if c not in result["base"]:

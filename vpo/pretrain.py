@@ -134,8 +134,17 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, u
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == until:
             log.flush()
             tmp = ckpt_path.with_suffix(".tmp")
-            torch.save({"config": asdict(cfg), "step": step + 1, "seconds": time.perf_counter() - t0,
-                        "model": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict()}, tmp)
+            torch.save(
+                {
+                    "config": asdict(cfg),
+                    "step": step + 1,
+                    "seconds": time.perf_counter() - t0,
+                    "model": net.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": opt.state_dict(),
+                },
+                tmp,
+            )
             os.replace(tmp, ckpt_path)  # atomic: an interrupted save never corrupts the last one
     log.close()
     model.transformer = ema

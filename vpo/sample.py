@@ -32,7 +32,7 @@ def sample_to_dir(
     spec = backbone.spec
     entries = []
     for start in range(0, len(jobs), CHUNK):
-        chunk = jobs[start:start + CHUNK]
+        chunk = jobs[start : start + CHUNK]
         videos = backbone.sample([p for p, _ in chunk], [s for _, s in chunk], steps=steps, guidance=guidance)
         for j, ((prompt, s), v) in enumerate(zip(chunk, videos.numpy())):
             files = video_io.save_video(v, out, f"{start + j:04d}", spec.fps)

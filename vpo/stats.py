@@ -48,8 +48,9 @@ def pairwise(a: str, b: str, wins_a: int, wins_b: int, ties: int, confidence: fl
         return PairResult(a, b, total, wins_a, wins_b, ties, None, None, None, None, ties / total if total else None)
     test = binomtest(wins_a, n, 0.5)
     ci = test.proportion_ci(confidence_level=confidence, method="wilson")
-    return PairResult(a, b, total, wins_a, wins_b, ties, wins_a / n, float(ci.low), float(ci.high),
-                      float(test.pvalue), ties / total)
+    return PairResult(
+        a, b, total, wins_a, wins_b, ties, wins_a / n, float(ci.low), float(ci.high), float(test.pvalue), ties / total
+    )
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,15 @@ def side_bias(left: int, right: int, alpha: float = 0.05) -> BiasResult:
     return BiasResult(left, right, left / n, p, p < alpha)
 
 
-def _fit(k: int, first: np.ndarray, second: np.ndarray, score: np.ndarray, prior: float, iterations: int = 1000,
-         tol: float = 1e-10) -> np.ndarray:
+def _fit(
+    k: int,
+    first: np.ndarray,
+    second: np.ndarray,
+    score: np.ndarray,
+    prior: float,
+    iterations: int = 1000,
+    tol: float = 1e-10,
+) -> np.ndarray:
     """Log-strengths of k systems from votes given as index arrays, by MM iterations (Hunter 2004, Eq. 3:
     p_i <- W_i / sum_j n_ij / (p_i + p_j)), plus ``prior`` virtual ties of each system against an opponent
     of strength 1 (half a win and one game each). A system with no vote in the arrays gets NaN."""
@@ -130,8 +138,9 @@ class BTFit:
     prior: float  # virtual ties per system used (0: plain maximum likelihood)
 
 
-def bradley_terry_fit(systems: list[str], votes: list[tuple[str, str, float]], anchor: str,
-                      prior: float | None = None) -> BTFit:
+def bradley_terry_fit(
+    systems: list[str], votes: list[tuple[str, str, float]], anchor: str, prior: float | None = None
+) -> BTFit:
     """Log-strengths (natural log) with ``anchor`` at 0. ``votes``: (first, second, score of first)
     with score 1 (first won), 0 (second won) or 0.5 (tie). ``prior``: None = none when the MLE exists,
     else 0.5 (module docstring)."""
@@ -144,18 +153,24 @@ def bradley_terry_fit(systems: list[str], votes: list[tuple[str, str, float]], a
     a = systems.index(anchor)
     if np.isnan(log_p[a]):
         return BTFit({s: None for s in systems}, prior)  # nothing to anchor on
-    return BTFit({s: None if np.isnan(log_p[i]) else float(log_p[i] - log_p[a]) for i, s in enumerate(systems)},
-                 prior)
+    return BTFit({s: None if np.isnan(log_p[i]) else float(log_p[i] - log_p[a]) for i, s in enumerate(systems)}, prior)
 
 
-def bradley_terry(systems: list[str], votes: list[tuple[str, str, float]], anchor: str,
-                  prior: float | None = None) -> dict[str, float | None]:
+def bradley_terry(
+    systems: list[str], votes: list[tuple[str, str, float]], anchor: str, prior: float | None = None
+) -> dict[str, float | None]:
     return bradley_terry_fit(systems, votes, anchor, prior).ratings
 
 
-def bradley_terry_bootstrap(systems: list[str], votes: list[tuple[str, str, float]], anchor: str,
-                            samples: int = 1000, seed: int = 0, confidence: float = 0.95,
-                            prior: float | None = None) -> dict[str, tuple[float, float, float] | None]:
+def bradley_terry_bootstrap(
+    systems: list[str],
+    votes: list[tuple[str, str, float]],
+    anchor: str,
+    samples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    prior: float | None = None,
+) -> dict[str, tuple[float, float, float] | None]:
     """{system: (rating, low, high)}: the fit on all votes and a percentile bootstrap interval (votes
     resampled with replacement, each resample fitted with the prior of the full fit, or with 0.5 where the full
     fit needed none but the resample has no finite MLE; a resample in which a system has no vote says nothing

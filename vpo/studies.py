@@ -11,9 +11,15 @@ import numpy as np
 CHUNK = 6  # videos per sampling batch
 
 
-def render_system(backbone_name: str, checkpoint: Path | None, jobs: list[tuple[str, int]],
-                  saved: Callable[[int, np.ndarray, int], None], steps: int = 20, guidance: float = 4.0,
-                  device: str | None = None) -> None:
+def render_system(
+    backbone_name: str,
+    checkpoint: Path | None,
+    jobs: list[tuple[str, int]],
+    saved: Callable[[int, np.ndarray, int], None],
+    steps: int = 20,
+    guidance: float = 4.0,
+    device: str | None = None,
+) -> None:
     """Sample ``(prompt, seed)`` jobs from a backbone (with a training checkpoint's adapter, if
     given), calling ``saved(job index, uint8 video (F, H, W, C), fps)`` as each video is ready.
     Every system samples the same jobs, so the clips of one trial share prompt and seed."""
@@ -27,7 +33,7 @@ def render_system(backbone_name: str, checkpoint: Path | None, jobs: list[tuple[
     if checkpoint is not None:
         load_policy(backbone, checkpoint)
     for start in range(0, len(jobs), CHUNK):
-        chunk = jobs[start:start + CHUNK]
+        chunk = jobs[start : start + CHUNK]
         videos = backbone.sample([p for p, _ in chunk], [s for _, s in chunk], steps=steps, guidance=guidance)
         for i, video in enumerate(videos.numpy()):
             saved(start + i, video, backbone.spec.fps)

@@ -48,8 +48,7 @@ def write_mp4(video: np.ndarray, path, fps: int) -> Path:
     (
         ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{w}x{h}", framerate=fps)
         .filter("scale", out_w, out_h, flags="neighbor")
-        .output(str(path), vcodec="libx264", pix_fmt="yuv420p", movflags="+faststart", crf=18,
-                preset="veryfast", r=fps)
+        .output(str(path), vcodec="libx264", pix_fmt="yuv420p", movflags="+faststart", crf=18, preset="veryfast", r=fps)
         .overwrite_output()
         .run(cmd=ffmpeg_exe(), input=video.tobytes(), capture_stdout=True, capture_stderr=True)
     )
@@ -60,7 +59,8 @@ def read_mp4(path) -> np.ndarray:
     """Decode an mp4 to uint8 (F, H, W, 3) at its stored size."""
     w, h = _size(path)
     out, _ = (
-        ffmpeg.input(str(path)).output("pipe:", format="rawvideo", pix_fmt="rgb24")
+        ffmpeg.input(str(path))
+        .output("pipe:", format="rawvideo", pix_fmt="rgb24")
         .run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True)
     )
     return np.frombuffer(out, np.uint8).reshape(-1, h, w, 3)

@@ -15,7 +15,9 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from webapp.experiments.routing import websocket_urlpatterns as experiment_routes  # noqa: E402
 from webapp.studies.routing import websocket_urlpatterns as study_routes  # noqa: E402
 
-application = ProtocolTypeRouter({
-    "http": django_asgi,
-    "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(experiment_routes + study_routes))),
-})
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi,
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(experiment_routes + study_routes))),
+    }
+)

@@ -19,5 +19,6 @@ def healthz(request):
     except redis.RedisError as e:
         checks["redis"] = f"error: {e}"
     ok = all(v == "ok" for v in checks.values())
-    return JsonResponse({"status": "ok" if ok else "error", **checks, "database_vendor": connection.vendor},
-                        status=200 if ok else 503)
+    return JsonResponse(
+        {"status": "ok" if ok else "error", **checks, "database_vendor": connection.vendor}, status=200 if ok else 503
+    )

@@ -23,8 +23,10 @@ app.conf.update(
     broker_transport_options={"visibility_timeout": LONGEST_RUN_S + 3600, "global_keyprefix": f"{prefix}:celery:"},
     result_backend_transport_options={"global_keyprefix": f"{prefix}:celery:"},
     task_default_queue="cpu",
-    task_routes={name: {"queue": "gpu"} for name in
-                 ("worker.tasks.train_experiment", "worker.tasks.evaluate_checkpoint", "worker.tasks.render_study")}
+    task_routes={
+        name: {"queue": "gpu"}
+        for name in ("worker.tasks.train_experiment", "worker.tasks.evaluate_checkpoint", "worker.tasks.render_study")
+    }
     | {"worker.tasks.evaluate_checkpoint_vbench": {"queue": "vbench"}},
     task_soft_time_limit=LONGEST_RUN_S,
     task_time_limit=LONGEST_RUN_S + 600,

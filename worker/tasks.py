@@ -16,8 +16,9 @@ def train_experiment(self, experiment_id: int) -> None:
     experiment = Experiment.objects.filter(pk=experiment_id).first()
     hostname = self.request.hostname
     if experiment is not None and not experiment.run(worker_stopping=lambda: worker_stopping(hostname)):
-        raise Reject(f"worker {hostname} is shutting down; experiment {experiment_id} goes back to the queue",
-                     requeue=True)
+        raise Reject(
+            f"worker {hostname} is shutting down; experiment {experiment_id} goes back to the queue", requeue=True
+        )
 
 
 @app.task

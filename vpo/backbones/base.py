@@ -122,10 +122,7 @@ class Backbone(torch.nn.Module):
 
     def initial_noise(self, seeds: list[int]) -> torch.Tensor:
         """One generator per video, so a video depends on its own seed only, not on its batch."""
-        noise = [
-            torch.randn(self.latent_shape(), generator=torch.Generator().manual_seed(int(s)))
-            for s in seeds
-        ]
+        noise = [torch.randn(self.latent_shape(), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
         return torch.stack(noise).to(self.device)
 
     def make_scheduler(self, steps: int) -> FlowMatchEulerDiscreteScheduler:
@@ -163,9 +160,9 @@ class Backbone(torch.nn.Module):
             for t in scheduler.timesteps:
                 sigma = (t / scheduler.config.num_train_timesteps).expand(b)
                 if use_cfg:
-                    v_cond, v_uncond = self.predict_velocity(
-                        torch.cat([x, x]), torch.cat([sigma, sigma]), text_in
-                    ).float().chunk(2)
+                    v_cond, v_uncond = (
+                        self.predict_velocity(torch.cat([x, x]), torch.cat([sigma, sigma]), text_in).float().chunk(2)
+                    )
                     v = v_uncond + guidance * (v_cond - v_uncond)
                 else:
                     v = self.predict_velocity(x, sigma, text_in).float()

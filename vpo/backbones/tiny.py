@@ -69,14 +69,23 @@ class TinyConfig:
     def __post_init__(self):
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
-        for size, p, name in zip((self.frames, self.height, self.width), self.patch_size, ("frames", "height", "width")):
+        for size, p, name in zip(
+            (self.frames, self.height, self.width), self.patch_size, ("frames", "height", "width")
+        ):
             if size % p:
                 raise ValueError(f"{name}={size} is not divisible by its patch size {p}")
 
     def build_transformer(self) -> "SpaceTimeTransformer":
-        return SpaceTimeTransformer(dim=self.dim, heads=self.heads, depth=self.depth, mlp_ratio=self.mlp_ratio,
-                                    patch_size=tuple(self.patch_size), frames=self.frames, height=self.height,
-                                    width=self.width)
+        return SpaceTimeTransformer(
+            dim=self.dim,
+            heads=self.heads,
+            depth=self.depth,
+            mlp_ratio=self.mlp_ratio,
+            patch_size=tuple(self.patch_size),
+            frames=self.frames,
+            height=self.height,
+            width=self.width,
+        )
 
 
 # --- the denoiser ----------------------------------------------------------------------------
@@ -172,7 +181,7 @@ def sincos_positions(grid: tuple[int, int, int], dim: int) -> torch.Tensor:
     freqs = 1.0 / 10000 ** (torch.arange(per_axis // 2) / (per_axis // 2))
     for axis, c in enumerate(coords):
         angles = c[..., None] * freqs
-        out[..., axis * per_axis:(axis + 1) * per_axis] = torch.cat([angles.sin(), angles.cos()], -1)
+        out[..., axis * per_axis : (axis + 1) * per_axis] = torch.cat([angles.sin(), angles.cos()], -1)
     return out.reshape(-1, dim)
 
 
@@ -181,9 +190,20 @@ class SpaceTimeTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
     gates and output), i.e. as the preconditioning's skip path alone."""
 
     @register_to_config
-    def __init__(self, dim: int = 128, heads: int = 4, depth: int = 6, mlp_ratio: int = 4,
-                 patch_size: tuple[int, int, int] = (2, 4, 4), frames: int = 16, height: int = 32, width: int = 32,
-                 channels: int = 3, text_dim: int = TEXT_DIM, freq_dim: int = 256):
+    def __init__(
+        self,
+        dim: int = 128,
+        heads: int = 4,
+        depth: int = 6,
+        mlp_ratio: int = 4,
+        patch_size: tuple[int, int, int] = (2, 4, 4),
+        frames: int = 16,
+        height: int = 32,
+        width: int = 32,
+        channels: int = 3,
+        text_dim: int = TEXT_DIM,
+        freq_dim: int = 256,
+    ):
         super().__init__()
         pt, ph, pw = patch_size
         self.grid = (frames // pt, height // ph, width // pw)
@@ -249,8 +269,9 @@ class MiniLM(nn.Module):
 
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> torch.Tensor:
-        tok = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=TEXT_TOKENS,
-                             return_tensors="pt").to(self.model.device)
+        tok = self.tokenizer(
+            prompts, padding="max_length", truncation=True, max_length=TEXT_TOKENS, return_tensors="pt"
+        ).to(self.model.device)
         states = self.model(**tok).last_hidden_state
         # zero the padding so that it reads as "nothing", like the null text
         return states * tok["attention_mask"].unsqueeze(-1).to(states.dtype)
@@ -331,8 +352,10 @@ class TinyBackbone(Backbone):
         except Exception as e:  # safetensors raises its own error types for any malformed file
             raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
         if meta.get("backbone") != cls.name or "config" not in meta:
-            raise ValueError(f"{path} is not a {cls.name!r} backbone checkpoint (its metadata names "
-                             f"backbone {meta.get('backbone')!r}); use weights written by `vpo pretrain`")
+            raise ValueError(
+                f"{path} is not a {cls.name!r} backbone checkpoint (its metadata names "
+                f"backbone {meta.get('backbone')!r}); use weights written by `vpo pretrain`"
+            )
         raw = json.loads(meta["config"])
         raw["patch_size"] = tuple(raw["patch_size"])
         try:
@@ -349,9 +372,16 @@ def load_state(module: nn.Module, state: dict[str, torch.Tensor], path) -> None:
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if k in state and state[k].shape != v.shape]
+    wrong = [
+        (k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or wrong:
-        detail = (f"shape of {wrong[0][0]} is {wrong[0][1]}, expected {wrong[0][2]}" if wrong else
-                  f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}")
+        detail = (
+            f"shape of {wrong[0][0]} is {wrong[0][1]}, expected {wrong[0][2]}"
+            if wrong
+            else f"missing {missing[:3]}"
+            if missing
+            else f"unexpected {unexpected[:3]}"
+        )
         raise ValueError(f"checkpoint {path} does not fit this backbone: {detail}")
     module.load_state_dict(state)

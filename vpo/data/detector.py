@@ -61,7 +61,9 @@ def detect(video: np.ndarray) -> list[Detection]:
         seen = counts >= MIN_PIXELS
         if seen.sum() < max(3, len(video) // 4):
             continue
-        alpha = np.where(nearest == k, np.clip((value - BACKGROUND_MAX) / (_PALETTE[k].max() - BACKGROUND_MAX), 0, 1), 0)
+        alpha = np.where(
+            nearest == k, np.clip((value - BACKGROUND_MAX) / (_PALETTE[k].max() - BACKGROUND_MAX), 0, 1), 0
+        )
         shape = _shape(alpha, masks, seen)
         detections.append((counts.sum(), Detection(name, shape, _motion(masks, seen), int(seen.sum()))))
     return [det for _, det in sorted(detections, key=lambda x: -x[0])]
@@ -110,7 +112,7 @@ def _motion(masks: np.ndarray, seen: np.ndarray) -> str:
     # bouncing: leaves the floor, rises, comes back down (y is image-down)
     if len(t) >= 8 and 0 < np.argmin(ys) < len(t) - 1:
         top = int(np.argmin(ys))
-        if ys[:top + 1].max() - ys[top] > 3 and ys[top:].max() - ys[top] > 3:
+        if ys[: top + 1].max() - ys[top] > 3 and ys[top:].max() - ys[top] > 3:
             return "bouncing"
     if growth > 1.35 and abs(dx) < 4 and abs(dy) < 4:
         return "growing"

@@ -22,9 +22,10 @@ def world_fidelity(backbone, n: int = 64, steps: int = 20, guidance: float = 4.0
     scenes = world.heldout_scenes(n)
     videos = []
     for i in range(0, n, chunk):
-        part = scenes[i:i + chunk]
-        videos.extend(backbone.sample([s.caption for s in part], [s.seed for s in part], steps=steps,
-                                      guidance=guidance).numpy())
+        part = scenes[i : i + chunk]
+        videos.extend(
+            backbone.sample([s.caption for s in part], [s.seed for s in part], steps=steps, guidance=guidance).numpy()
+        )
     colour_ok = direction_ok = shape_ok = 0
     for scene, video in zip(scenes, videos):
         target = scene.objects[0]
@@ -40,5 +41,7 @@ def world_fidelity(backbone, n: int = 64, steps: int = 20, guidance: float = 4.0
         "direction_accuracy": direction_ok / n,
         "shape_accuracy": shape_ok / n,
         "flicker_generated": float(temporal_flickering(torch.from_numpy(np.stack(videos)).float()).mean()),
-        "flicker_ground_truth": float(temporal_flickering(torch.from_numpy(np.stack([s.render() for s in scenes])).float()).mean()),
+        "flicker_ground_truth": float(
+            temporal_flickering(torch.from_numpy(np.stack([s.render() for s in scenes])).float()).mean()
+        ),
     }

@@ -128,8 +128,15 @@ def make_caption(rng: np.random.Generator, background: str, objects, templates) 
     for i, o in enumerate(objects):
         obj, motion = _obj_phrase(rng, o), str(rng.choice(MOTION_WORDS[o.motion]))
         if i == 0:
-            parts.append(template.format(obj=obj, obj_cap=obj[0].upper() + obj[1:], motion=motion,
-                                         motion_cap=motion[0].upper() + motion[1:], bg=bg))
+            parts.append(
+                template.format(
+                    obj=obj,
+                    obj_cap=obj[0].upper() + obj[1:],
+                    motion=motion,
+                    motion_cap=motion[0].upper() + motion[1:],
+                    bg=bg,
+                )
+            )
         else:
             parts.append(f"and {obj} {motion}")
     return " ".join(parts)
@@ -168,9 +175,7 @@ def sample_scene(seed: int, heldout: bool = False, two_objects: float = 0.2) -> 
     background = str(rng.choice(list(BACKGROUNDS)))
     n = 2 if rng.random() < two_objects else 1
     colours = rng.choice(list(COLOURS), size=n, replace=False)
-    objects = tuple(
-        _sample_object(rng, str(c), str(rng.choice(SHAPES)), str(rng.choice(MOTIONS))) for c in colours
-    )
+    objects = tuple(_sample_object(rng, str(c), str(rng.choice(SHAPES)), str(rng.choice(MOTIONS))) for c in colours)
     caption = make_caption(rng, background, objects, HELDOUT_TEMPLATES if heldout else TRAIN_TEMPLATES)
     return Scene(seed, background, objects, caption)
 
@@ -251,9 +256,12 @@ def parse_caption(text: str) -> list[tuple[str, str, str]] | None:
 
 
 _MOTION_KEYWORDS = {
-    "left": ("left",), "right": ("right",), "up": ("moving up", "rising", "upwards", "climbing"),
+    "left": ("left",),
+    "right": ("right",),
+    "up": ("moving up", "rising", "upwards", "climbing"),
     "down": ("moving down", "sinking", "downwards", "descending"),
-    "falling": ("falling", "dropping", "plummeting"), "bouncing": ("bouncing", "hopping"),
+    "falling": ("falling", "dropping", "plummeting"),
+    "bouncing": ("bouncing", "hopping"),
     "growing": ("growing", "bigger", "expanding", "swelling"),
     "shrinking": ("shrinking", "smaller", "contracting", "dwindling"),
     "still": ("still", "resting", "not moving", "staying put"),

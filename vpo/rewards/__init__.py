@@ -23,12 +23,24 @@ class Source:
 
 
 REWARD_SOURCES: dict[str, Source] = {
-    "metrics": Source("vpo.rewards.metrics:MetricsSource", ("visual", "temporal", "dynamic", "alignment"),
-                      ("visual", "temporal"), "weight-free VBench-style measures (CPU); visual is a proxy"),
-    "image-metrics": Source("vpo.rewards.image_metrics:ImageMetricsSource", ("visual", "temporal"),
-                            ("visual", "temporal"), "per-frame measures averaged over frames: the image-level baseline"),
-    "videoscore": Source("vpo.rewards.videoscore:VideoScoreSource", ("visual", "temporal", "dynamic", "alignment"),
-                         (), "VideoScore (Idefics2 regression) from a local weights directory"),
+    "metrics": Source(
+        "vpo.rewards.metrics:MetricsSource",
+        ("visual", "temporal", "dynamic", "alignment"),
+        ("visual", "temporal"),
+        "weight-free VBench-style measures (CPU); visual is a proxy",
+    ),
+    "image-metrics": Source(
+        "vpo.rewards.image_metrics:ImageMetricsSource",
+        ("visual", "temporal"),
+        ("visual", "temporal"),
+        "per-frame measures averaged over frames: the image-level baseline",
+    ),
+    "videoscore": Source(
+        "vpo.rewards.videoscore:VideoScoreSource",
+        ("visual", "temporal", "dynamic", "alignment"),
+        (),
+        "VideoScore (Idefics2 regression) from a local weights directory",
+    ),
 }
 
 

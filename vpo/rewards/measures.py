@@ -14,8 +14,10 @@ import torch.nn.functional as F
 from vpo.vbench import NORMALISE
 
 # VBench's normalisation ranges (scripts/constant.py, kept in vpo/vbench.py) for the dimensions measured here
-VBENCH_RANGE = {k: NORMALISE[k] for k in ("subject_consistency", "temporal_flickering", "motion_smoothness",
-                                          "dynamic_degree", "imaging_quality")}
+VBENCH_RANGE = {
+    k: NORMALISE[k]
+    for k in ("subject_consistency", "temporal_flickering", "motion_smoothness", "dynamic_degree", "imaging_quality")
+}
 
 
 def normalise(value: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -46,7 +48,7 @@ def _frame_features(v: torch.Tensor, bins: int = 4, sigma: float = 40.0, max_sid
     pixels = x.flatten(2).transpose(1, 2)  # (BF, P, 3)
     centres = (torch.arange(bins, dtype=v.dtype, device=v.device) + 0.5) * (256.0 / bins)
     grid = torch.cartesian_prod(centres, centres, centres)  # (bins^3, 3)
-    weights = torch.exp(-torch.cdist(pixels, grid.unsqueeze(0).expand(len(pixels), -1, -1)) ** 2 / (2 * sigma**2))
+    weights = torch.exp(-(torch.cdist(pixels, grid.unsqueeze(0).expand(len(pixels), -1, -1)) ** 2) / (2 * sigma**2))
     # saliency: distance from the frame's median colour, so the subject, not the background,
     # dominates the features (a small floor keeps an empty frame's histogram defined)
     median = pixels.detach().median(dim=1, keepdim=True).values
@@ -80,8 +82,9 @@ def _upscale(video: np.ndarray) -> tuple[np.ndarray, int]:
     up = max(1, int(np.ceil(64 / min(h, w))))
     if up == 1:
         return video.astype(np.float32), 1
-    return np.stack([cv2.resize(f.astype(np.float32), (w * up, h * up), interpolation=cv2.INTER_CUBIC)
-                     for f in video]), up
+    return np.stack(
+        [cv2.resize(f.astype(np.float32), (w * up, h * up), interpolation=cv2.INTER_CUBIC) for f in video]
+    ), up
 
 
 def _grey(frame: np.ndarray) -> np.ndarray:

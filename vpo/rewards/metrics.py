@@ -28,8 +28,10 @@ VISUAL_RANGE = (0.0, 0.3)
 
 def temporal_score(v: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     flicker, subject = M.temporal_flickering(v), M.subject_consistency(v)
-    score = (M.normalise(flicker, *M.VBENCH_RANGE["temporal_flickering"])
-             + M.normalise(subject, *M.VBENCH_RANGE["subject_consistency"])) / 2
+    score = (
+        M.normalise(flicker, *M.VBENCH_RANGE["temporal_flickering"])
+        + M.normalise(subject, *M.VBENCH_RANGE["subject_consistency"])
+    ) / 2
     return score, {"temporal_flickering": flicker, "subject_consistency": subject}
 
 
@@ -67,12 +69,16 @@ class MetricsSource(RewardSource):
         dyn = [M.dynamic_degree(x) for x in numpy_videos]
         raw["dynamic_degree"] = torch.tensor([d for d, _ in dyn])
         raw["flow_top5"] = torch.tensor([m for _, m in dyn])
-        result = ScoreResult(scores={"visual": visual, "temporal": temporal, "dynamic": raw["dynamic_degree"].clone()}, raw=raw)
+        result = ScoreResult(
+            scores={"visual": visual, "temporal": temporal, "dynamic": raw["dynamic_degree"].clone()}, raw=raw
+        )
         align = []
         for i, (x, p) in enumerate(zip(numpy_videos, prompts)):
             a = alignment_score(x, p)
             if a is None:
-                result.unavailable[i] = f"alignment unavailable: {p!r} names no colour, shape and motion of the synthetic world"
+                result.unavailable[i] = (
+                    f"alignment unavailable: {p!r} names no colour, shape and motion of the synthetic world"
+                )
                 a = float("nan")
             align.append(a)
         result.scores["alignment"] = torch.tensor(align)

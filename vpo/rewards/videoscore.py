@@ -45,8 +45,12 @@ def _model_class():
             self.post_init()
 
         def forward(self, input_ids, attention_mask, pixel_values, pixel_attention_mask=None):
-            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-                                pixel_attention_mask=pixel_attention_mask).last_hidden_state
+            hidden = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                pixel_values=pixel_values,
+                pixel_attention_mask=pixel_attention_mask,
+            ).last_hidden_state
             last = attention_mask.sum(1) - 1  # right padding: the last real token
             return self.score(hidden[torch.arange(len(hidden), device=hidden.device), last])
 
@@ -64,15 +68,19 @@ class VideoScoreSource(RewardSource):
     def __init__(self, directory=None, device: str | None = None):
         raw = directory or os.environ.get(SETTING)
         if not raw:
-            raise ValueError(f"the videoscore reward source needs its weights in a local directory: "
-                             f"set {SETTING} to it (nothing is downloaded)")
+            raise ValueError(
+                f"the videoscore reward source needs its weights in a local directory: "
+                f"set {SETTING} to it (nothing is downloaded)"
+            )
         self.directory = Path(raw)
         if not (self.directory / "config.json").is_file():
             raise ValueError(f"{SETTING}={self.directory} holds no VideoScore checkpoint (no config.json there)")
         template = self.directory / "query_prompt.txt"
         if not template.is_file():
-            raise ValueError(f"{template} is missing: put the query your VideoScore checkpoint was trained "
-                             "with there, with {text_prompt} where the prompt goes")
+            raise ValueError(
+                f"{template} is missing: put the query your VideoScore checkpoint was trained "
+                "with there, with {text_prompt} where the prompt goes"
+            )
         self.template = template.read_text(encoding="utf-8")
         if "{text_prompt}" not in self.template:
             raise ValueError(f"{template} has no {{text_prompt}} placeholder")
@@ -83,8 +91,10 @@ class VideoScoreSource(RewardSource):
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.model = _model_class().from_pretrained(self.directory, dtype=dtype).to(self.device).eval()
         if self.model.config.num_labels != len(OUTPUTS):
-            raise ValueError(f"{self.directory}: expected a {len(OUTPUTS)}-output regression head, "
-                             f"found {self.model.config.num_labels}")
+            raise ValueError(
+                f"{self.directory}: expected a {len(OUTPUTS)}-output regression head, "
+                f"found {self.model.config.num_labels}"
+            )
 
     @torch.no_grad()
     def raw_scores(self, video: np.ndarray, prompt: str) -> torch.Tensor:

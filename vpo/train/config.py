@@ -29,8 +29,11 @@ class TrainConfig:
     num_candidates: int = _f(6, "N: candidates sampled per prompt (OnlineVPO: 6)")
     ref_update_every: int = _f(20, "K: copy the policy into the reference every K steps; 0 = fixed reference")
     beta: float = _f(100.0, "Flow-DPO beta (constant; flow_grpo uses 100)")
-    noise_draws: int = _f(8, "DPO: (sigma, eps) draws per pair in each update, averaged; each shared by winner and loser "
-                             "(on tiny, 40 steps: 1 draw moved held-out flickering -0.01 points, 8 draws +0.13)")
+    noise_draws: int = _f(
+        8,
+        "DPO: (sigma, eps) draws per pair in each update, averaged; each shared by winner and loser "
+        "(on tiny, 40 steps: 1 draw moved held-out flickering -0.01 points, 8 draws +0.13)",
+    )
     tie_tolerance: float = _f(1e-3, "skip a prompt whose best and worst scores differ by less")
     lora_rank: int = _f(8, "LoRA rank")
     lr: float = _f(1e-3, "AdamW learning rate of the adapter (on tiny, 60 steps: 3e-4 barely moved it, 1e-2 diverged)")
@@ -61,27 +64,47 @@ class TrainConfig:
         if self.algorithm == "refl":
             if not source.differentiable:
                 differentiable = [n for n, s in REWARD_SOURCES.items() if s.differentiable]
-                raise ConfigError("reward", f"refl needs a differentiable reward source; {self.reward!r} is not "
-                                            f"(valid: {', '.join(differentiable)})")
-            _choice("dimension", self.dimension, source.differentiable, f" (refl needs a differentiable one of {self.reward!r})")
+                raise ConfigError(
+                    "reward",
+                    f"refl needs a differentiable reward source; {self.reward!r} is not "
+                    f"(valid: {', '.join(differentiable)})",
+                )
+            _choice(
+                "dimension",
+                self.dimension,
+                source.differentiable,
+                f" (refl needs a differentiable one of {self.reward!r})",
+            )
         else:
             _choice("dimension", self.dimension, (*source.dimensions, GLOBAL), f" for reward source {self.reward!r}")
-        for name in ("steps", "prompts_per_step", "noise_draws", "lora_rank", "sampling_steps", "refl_depth",
-                     "heldout_count", "checkpoint_every"):
+        for name in (
+            "steps",
+            "prompts_per_step",
+            "noise_draws",
+            "lora_rank",
+            "sampling_steps",
+            "refl_depth",
+            "heldout_count",
+            "checkpoint_every",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("ref_update_every", "heldout_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"{name} must be >= 0 (0 = never), got {getattr(self, name)}")
         if self.num_candidates < 2:
-            raise ConfigError("num_candidates", f"num_candidates must be >= 2 to form a pair, got {self.num_candidates}")
+            raise ConfigError(
+                "num_candidates", f"num_candidates must be >= 2 to form a pair, got {self.num_candidates}"
+            )
         for name in ("beta", "lr", "grad_clip"):
             if not getattr(self, name) > 0:  # also refuses NaN
                 raise ConfigError(name, f"{name} must be > 0, got {getattr(self, name)}")
         if not self.tie_tolerance >= 0:
             raise ConfigError("tie_tolerance", f"tie_tolerance must be >= 0, got {self.tie_tolerance}")
         if self.refl_depth > self.sampling_steps:
-            raise ConfigError("refl_depth", f"refl_depth ({self.refl_depth}) cannot exceed sampling_steps ({self.sampling_steps})")
+            raise ConfigError(
+                "refl_depth", f"refl_depth ({self.refl_depth}) cannot exceed sampling_steps ({self.sampling_steps})"
+            )
         if self.guidance < 1:
             raise ConfigError("guidance", f"guidance must be >= 1 (1 = no guidance), got {self.guidance}")
 
@@ -91,7 +114,9 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown config field(s) {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown config field(s) {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(known))}"
+            )
         typed = {}
         for f in fields(cls):
             if f.name in data:

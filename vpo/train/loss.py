@@ -20,8 +20,9 @@ def per_video_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((pred.float() - target.float()) ** 2).flatten(1).mean(1)
 
 
-def flow_dpo_loss(mse_w: torch.Tensor, mse_l: torch.Tensor, ref_mse_w: torch.Tensor, ref_mse_l: torch.Tensor,
-                  beta: float) -> tuple[torch.Tensor, dict[str, float]]:
+def flow_dpo_loss(
+    mse_w: torch.Tensor, mse_l: torch.Tensor, ref_mse_w: torch.Tensor, ref_mse_l: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean loss over pairs and the metrics to log (``dpo/...``)."""
     bracket = (mse_w - ref_mse_w) - (mse_l - ref_mse_l)
     loss = -F.logsigmoid(-beta / 2 * bracket).mean()

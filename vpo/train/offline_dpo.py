@@ -23,8 +23,9 @@ def build_pairs(run: Run) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.
     winners, losers, prompts, margins = [], [], [], []
     for i, prompt in enumerate(run.prompts):
         seeds = run.candidate_seeds(-1, i, n)  # step -1: before training
-        videos, latents = run.backbone.sample([prompt] * n, seeds, steps=cfg.sampling_steps, guidance=cfg.guidance,
-                                              return_latents=True)
+        videos, latents = run.backbone.sample(
+            [prompt] * n, seeds, steps=cfg.sampling_steps, guidance=cfg.guidance, return_latents=True
+        )
         scores = run.score(videos, [prompt] * n)
         for _, w, l in pick_pairs(scores[None], cfg.tie_tolerance):
             winners.append(latents[w])

@@ -81,8 +81,9 @@ def train(cfg, sink, stop=None, resume: bool = False, device: str = "cpu", backb
         # 1. sample N candidates per prompt from the current policy, all in one batch
         flat_prompts = [p for p in prompts for _ in range(n)]
         seeds = [s for i in range(len(prompts)) for s in run.candidate_seeds(step, i, n)]
-        videos, latents = bb.sample(flat_prompts, seeds, steps=cfg.sampling_steps, guidance=cfg.guidance,
-                                    return_latents=True)
+        videos, latents = bb.sample(
+            flat_prompts, seeds, steps=cfg.sampling_steps, guidance=cfg.guidance, return_latents=True
+        )
         t_sample = time.perf_counter()
 
         # 2. score them on the chosen dimension
@@ -91,8 +92,12 @@ def train(cfg, sink, stop=None, resume: bool = False, device: str = "cpu", backb
 
         # 3. winner = argmax, loser = argmin; prompts whose spread is under the tolerance are skipped
         pairs = pick_pairs(scores, cfg.tie_tolerance)
-        values = {"reward/mean": scores.mean().item(), "reward/max": scores.max().item(),
-                  "reward/min": scores.min().item(), "train/skipped_prompts": len(prompts) - len(pairs)}
+        values = {
+            "reward/mean": scores.mean().item(),
+            "reward/max": scores.max().item(),
+            "reward/min": scores.min().item(),
+            "train/skipped_prompts": len(prompts) - len(pairs),
+        }
 
         # 4. Flow-DPO update on the pairs
         if pairs:
@@ -107,12 +112,20 @@ def train(cfg, sink, stop=None, resume: bool = False, device: str = "cpu", backb
         run.maybe_update_reference(done, values)
 
         # 6. log, held-out monitor, sample videos, checkpoint
-        values.update({"perf/sample_s": t_sample - t0, "perf/score_s": t_score - t_sample,
-                       "perf/update_s": time.perf_counter() - t_score, "perf/step_s": time.perf_counter() - t0})
+        values.update(
+            {
+                "perf/sample_s": t_sample - t0,
+                "perf/score_s": t_score - t_sample,
+                "perf/update_s": time.perf_counter() - t_score,
+                "perf/step_s": time.perf_counter() - t0,
+            }
+        )
         if cfg.heldout_every and done % cfg.heldout_every == 0:
             labels = ["" for _ in flat_prompts]
             for i, w, l in pairs:
                 labels[i * n + w], labels[i * n + l] = "winner", "loser"
-            sink.samples(done, "candidates", videos.numpy(), flat_prompts, scores.flatten().tolist(), labels, bb.spec.fps)
+            sink.samples(
+                done, "candidates", videos.numpy(), flat_prompts, scores.flatten().tolist(), labels, bb.spec.fps
+            )
         run.end_step(done, values)
     return run.finish()

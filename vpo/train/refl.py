@@ -34,7 +34,9 @@ def reward_gradient_step(run: Run, prompts: list[str], step: int) -> dict:
         for i, t in enumerate(timesteps[:last]):
             sigma = (t / scheduler.config.num_train_timesteps).expand(b)
             with torch.set_grad_enabled(i >= grad_from):
-                v_cond, v_uncond = bb.predict_velocity(torch.cat([x, x]), torch.cat([sigma, sigma]), text).float().chunk(2)
+                v_cond, v_uncond = (
+                    bb.predict_velocity(torch.cat([x, x]), torch.cat([sigma, sigma]), text).float().chunk(2)
+                )
                 v = v_uncond + cfg.guidance * (v_cond - v_uncond)
                 if i == last - 1:
                     x0 = x - sigma.view(-1, *[1] * (x.ndim - 1)) * v  # one-step x0 prediction
@@ -45,9 +47,15 @@ def reward_gradient_step(run: Run, prompts: list[str], step: int) -> dict:
     run.check_finite("the differentiable reward", reward)
     loss = -reward.mean()
     norm = run.optimizer_step(loss)
-    return {"reward/mean": reward.mean().item(), "reward/max": reward.max().item(), "reward/min": reward.min().item(),
-            "refl/loss": loss.item(), "refl/grad_norm": norm, "refl/grad_steps": float(cfg.refl_depth),
-            "refl/stop_index": float(last)}
+    return {
+        "reward/mean": reward.mean().item(),
+        "reward/max": reward.max().item(),
+        "reward/min": reward.min().item(),
+        "refl/loss": loss.item(),
+        "refl/grad_norm": norm,
+        "refl/grad_steps": float(cfg.refl_depth),
+        "refl/stop_index": float(last),
+    }
 
 
 def train(cfg, sink, stop=None, resume: bool = False, device: str = "cpu", backbone=None):

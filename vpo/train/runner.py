@@ -50,8 +50,12 @@ class Run:
         self.out = Path(cfg.out)
         self.backbone = backbone if backbone is not None else load_backbone(cfg.backbone, device=device)
         self.transformer = self.backbone.transformer
-        lora = dict(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, target_modules=list(self.backbone.lora_target_modules),
-                    init_lora_weights=True)
+        lora = dict(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_rank,
+            target_modules=list(self.backbone.lora_target_modules),
+            init_lora_weights=True,
+        )
         add_policy_and_ref(self.transformer, lora)  # freezes the base
         self.transformer.set_adapter(POLICY)
         self.optimizer = torch.optim.AdamW(self.adapter_params(POLICY).values(), lr=cfg.lr, weight_decay=0.0)
@@ -103,12 +107,18 @@ class Run:
         if not torch.isfinite(scores).all():
             bad = int((~torch.isfinite(scores)).nonzero()[0])
             why = result.unavailable.get(bad, "the reward source returned a non-finite score")
-            raise self.diverged(f"reward {self.cfg.reward}/{self.cfg.dimension} is {scores[bad].item()} "
-                                f"for prompt {prompts[bad]!r} ({why})")
+            raise self.diverged(
+                f"reward {self.cfg.reward}/{self.cfg.dimension} is {scores[bad].item()} "
+                f"for prompt {prompts[bad]!r} ({why})"
+            )
         return scores
 
     def diverged(self, what: str) -> TrainingDiverged:
-        kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
+        kept = (
+            f"the last good checkpoint is {self.last_checkpoint}"
+            if self.last_checkpoint
+            else "no checkpoint was written yet"
+        )
         return TrainingDiverged(f"training stopped at step {self.step + 1}: {what}; {kept}")
 
     def check_finite(self, name: str, value: torch.Tensor) -> None:
@@ -139,7 +149,6 @@ class Run:
             if values:
                 self.sink.metrics(0, values)
         return start
-
 
     def maybe_update_reference(self, done: int, values: dict) -> None:
         """Step 5 of DPO: the curriculum reference update every K steps (K = 0: never)."""
@@ -172,8 +181,15 @@ class Run:
         result = self.monitor.score(videos, self.heldout)
         values = {f"heldout/{d}": float(torch.nanmean(s)) for d, s in result.scores.items()}
         values["heldout/temporal_flickering"] = float(result.raw["temporal_flickering"].mean())
-        self.sink.samples(step, "heldout", videos.numpy(), self.heldout, result.scores["global"].tolist(),
-                          ["heldout"] * len(seeds), self.backbone.spec.fps)
+        self.sink.samples(
+            step,
+            "heldout",
+            videos.numpy(),
+            self.heldout,
+            result.scores["global"].tolist(),
+            ["heldout"] * len(seeds),
+            self.backbone.spec.fps,
+        )
         return values
 
     # --- checkpoints ---------------------------------------------------------------------------
@@ -182,11 +198,24 @@ class Run:
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        tensors = {k: p.detach().cpu().contiguous() for name in (POLICY, REF) for k, p in self.adapter_params(name).items()}
-        save_file(tensors, str(tmp / "adapter.safetensors"),
-                  metadata={"backbone": self.cfg.backbone, "step": str(step), "config": json.dumps(self.cfg.to_dict())})
-        torch.save({"step": step, "config": self.cfg.to_dict(), "optimizer": self.optimizer.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state()}, tmp / "state.pt")
+        tensors = {
+            k: p.detach().cpu().contiguous() for name in (POLICY, REF) for k, p in self.adapter_params(name).items()
+        }
+        save_file(
+            tensors,
+            str(tmp / "adapter.safetensors"),
+            metadata={"backbone": self.cfg.backbone, "step": str(step), "config": json.dumps(self.cfg.to_dict())},
+        )
+        torch.save(
+            {
+                "step": step,
+                "config": self.cfg.to_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "numpy_rng": np.random.get_state(),
+            },
+            tmp / "state.pt",
+        )
         (tmp / "config.toml").write_text(self.cfg.to_toml())
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
@@ -230,7 +259,9 @@ def load_adapters(transformer, path) -> None:
     with torch.no_grad():
         for k, v in saved.items():
             if own[k].shape != v.shape:
-                raise ValueError(f"{path} does not fit this model: {k} is {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+                raise ValueError(
+                    f"{path} does not fit this model: {k} is {tuple(v.shape)}, expected {tuple(own[k].shape)}"
+                )
             own[k].copy_(v)
 
 
@@ -271,5 +302,3 @@ def _mix(seed: int, step: int, purpose: str) -> int:
     import zlib
 
     return (seed * 1_000_003 + step * 7919 + zlib.crc32(purpose.encode())) % (2**63 - 1)
-
-

@@ -21,8 +21,16 @@ from vpo import video as video_io
 class Sink(Protocol):
     def metrics(self, step: int, values: dict[str, float]) -> None: ...
 
-    def samples(self, step: int, kind: str, videos: np.ndarray, prompts: list[str], scores: list[float],
-                labels: list[str], fps: int) -> None: ...
+    def samples(
+        self,
+        step: int,
+        kind: str,
+        videos: np.ndarray,
+        prompts: list[str],
+        scores: list[float],
+        labels: list[str],
+        fps: int,
+    ) -> None: ...
 
 
 class JsonlSink:
@@ -37,8 +45,13 @@ class JsonlSink:
         self.file.write(json.dumps({"step": step, "time": round(time.time() - self.t0, 3), **values}) + "\n")
         self.file.flush()
         if "reward/mean" in values:
-            self.bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in values.items()
-                                  if k in ("reward/mean", "reward/margin", "dpo/loss", "dpo/implicit_acc")})
+            self.bar.set_postfix(
+                {
+                    k.split("/")[-1]: f"{v:.3f}"
+                    for k, v in values.items()
+                    if k in ("reward/mean", "reward/margin", "dpo/loss", "dpo/implicit_acc")
+                }
+            )
             self.bar.n = step
             self.bar.refresh()
 

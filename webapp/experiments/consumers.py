@@ -63,7 +63,7 @@ class ExperimentConsumer(AsyncJsonWebsocketConsumer):
     async def send_points(self, points: list[dict]) -> None:
         points = [p for p in points if p["step"] > self.last]
         for i in range(0, len(points), CHUNK):
-            await self.send_json({"type": "points", "points": points[i:i + CHUNK]})
+            await self.send_json({"type": "points", "points": points[i : i + CHUNK]})
         if points:
             self.last = points[-1]["step"]
 
@@ -78,8 +78,9 @@ class ExperimentConsumer(AsyncJsonWebsocketConsumer):
             await self.send_points(await points_between(self.experiment, self.last, event["step"]))
 
     async def samples_event(self, event):
-        await self.send_json({"type": "samples", "step": event["step"], "kind": event["kind"],
-                              "samples": event["samples"]})
+        await self.send_json(
+            {"type": "samples", "step": event["step"], "kind": event["kind"], "samples": event["samples"]}
+        )
 
     async def status_event(self, event):
         await self.send_json({"type": "status", **{k: event[k] for k in ("status", "error", "cancel_requested")}})

@@ -60,16 +60,20 @@ def read_prompt_file(upload) -> str:
         raise forms.ValidationError(f"the file has {len(prompts):,} prompts; the limit is {MAX_PROMPTS:,}")
     longest = max(prompts, key=len)
     if len(longest) > MAX_PROMPT_CHARS:
-        raise forms.ValidationError(f"a prompt has {len(longest)} characters; the limit is {MAX_PROMPT_CHARS} "
-                                    f"({longest[:40]!r}...)")
+        raise forms.ValidationError(
+            f"a prompt has {len(longest)} characters; the limit is {MAX_PROMPT_CHARS} ({longest[:40]!r}...)"
+        )
     return text
 
 
 class ExperimentForm(forms.Form):
     name = forms.CharField(max_length=120)
-    prompts_file = forms.FileField(required=False, label="prompt file",
-                                   help_text=f"with prompts = {UPLOADED}: UTF-8 text, one prompt per line, "
-                                             f"<= {MAX_PROMPTS} prompts of <= {MAX_PROMPT_CHARS} characters")
+    prompts_file = forms.FileField(
+        required=False,
+        label="prompt file",
+        help_text=f"with prompts = {UPLOADED}: UTF-8 text, one prompt per line, "
+        f"<= {MAX_PROMPTS} prompts of <= {MAX_PROMPT_CHARS} characters",
+    )
 
     def __init__(self, *args, config: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -114,9 +118,11 @@ class ExperimentForm(forms.Form):
 class EvaluationForm(forms.Form):
     checkpoint = forms.ChoiceField()
     prompts = forms.ChoiceField(choices=[(p, p) for p in BUILTIN], initial="heldout64")
-    suite = forms.ChoiceField(choices=[("builtin", "built-in measures (exact/proxy)"),
-                                       ("vbench", "official VBench (queue vbench)")], initial="builtin",
-                              required=False)
+    suite = forms.ChoiceField(
+        choices=[("builtin", "built-in measures (exact/proxy)"), ("vbench", "official VBench (queue vbench)")],
+        initial="builtin",
+        required=False,
+    )
 
     def clean_suite(self) -> str:
         return self.cleaned_data.get("suite") or "builtin"

@@ -118,7 +118,8 @@ class Experiment(models.Model):
         if self.is_done:
             return
         if Experiment.objects.filter(pk=self.pk, status__in=(Status.QUEUED, Status.PAUSED)).update(
-                status=Status.CANCELLED, cancel_requested=True, finished=timezone.now()):
+            status=Status.CANCELLED, cancel_requested=True, finished=timezone.now()
+        ):
             self.refresh_from_db()
             from webapp.experiments.sink import push
 
@@ -164,8 +165,13 @@ class Experiment(models.Model):
         try:
             cfg = self.train_config()
             resume = redelivered and latest_checkpoint(cfg.out) is not None
-            train(cfg, DatabaseSink(self), stop=lambda: self.stop_requested() or worker_stopping(), resume=resume,
-                  device=worker_device())
+            train(
+                cfg,
+                DatabaseSink(self),
+                stop=lambda: self.stop_requested() or worker_stopping(),
+                resume=resume,
+                device=worker_device(),
+            )
         except Exception as e:  # any failure ends the run with its message shown on the page...
             if not worker_stopping() or self.stop_requested():
                 log.exception("experiment %s failed", self.pk)
@@ -185,8 +191,11 @@ class Experiment(models.Model):
 
     def checkpoints(self) -> list[str]:
         folder = self.run_dir / "run" / "checkpoints"
-        return sorted(p.name for p in folder.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")) \
-            if folder.is_dir() else []
+        return (
+            sorted(p.name for p in folder.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+            if folder.is_dir()
+            else []
+        )
 
 
 def worker_device() -> str:
@@ -225,11 +234,20 @@ class Sample(models.Model):
 
     class Meta:
         ordering = ["step", "kind", "index"]
-        constraints = [models.UniqueConstraint(fields=["experiment", "step", "kind", "index"], name="one_sample_per_slot")]
+        constraints = [
+            models.UniqueConstraint(fields=["experiment", "step", "kind", "index"], name="one_sample_per_slot")
+        ]
 
     def as_event(self) -> dict:
-        return {"step": self.step, "kind": self.kind, "index": self.index, "prompt": self.prompt, "score": self.score,
-                "label": self.label, "url": reverse("experiments:media", args=[self.experiment_id, self.path])}
+        return {
+            "step": self.step,
+            "kind": self.kind,
+            "index": self.index,
+            "prompt": self.prompt,
+            "score": self.score,
+            "label": self.label,
+            "url": reverse("experiments:media", args=[self.experiment_id, self.path]),
+        }
 
 
 class Evaluation(models.Model):
@@ -253,8 +271,10 @@ class Evaluation(models.Model):
         """(model, values in %) for the Table-3 layout."""
         if not self.result:
             return []
-        return [(model, [f"{100 * v:.2f}" if v is not None else "–" for v in self.result[model]])
-                for model in ("base", "checkpoint")]
+        return [
+            (model, [f"{100 * v:.2f}" if v is not None else "–" for v in self.result[model]])
+            for model in ("base", "checkpoint")
+        ]
 
     @property
     def difference_rows(self) -> list[tuple[str, list[str]]]:
@@ -268,10 +288,14 @@ class Evaluation(models.Model):
         def show(fmt) -> list[str]:
             return ["–" if c is None or c["mean"] is None else fmt(c) for c in cells]
 
-        return [("difference", show(lambda c: f"{100 * c['mean']:+.2f}")),
-                ("95% CI", show(lambda c: "–" if None in c["ci95"] else
-                                f"{100 * c['ci95'][0]:+.2f} to {100 * c['ci95'][1]:+.2f}")),
-                ("better on", show(lambda c: f"{c['better']}/{c['n']}"))]
+        return [
+            ("difference", show(lambda c: f"{100 * c['mean']:+.2f}")),
+            (
+                "95% CI",
+                show(lambda c: "–" if None in c["ci95"] else f"{100 * c['ci95'][0]:+.2f} to {100 * c['ci95'][1]:+.2f}"),
+            ),
+            ("better on", show(lambda c: f"{c['better']}/{c['n']}")),
+        ]
 
     @property
     def header(self) -> list[tuple[str, str]]:
@@ -298,17 +322,27 @@ class Evaluation(models.Model):
         try:
             cfg = self.experiment.config
             folder = self.experiment.run_dir / "run" / "checkpoints" / self.checkpoint
-            rows = compare(cfg["backbone"], folder, read_prompts(self.prompts), steps=cfg["sampling_steps"],
-                           guidance=cfg["guidance"], device=worker_device(), suite=self.suite)
+            rows = compare(
+                cfg["backbone"],
+                folder,
+                read_prompts(self.prompts),
+                steps=cfg["sampling_steps"],
+                guidance=cfg["guidance"],
+                device=worker_device(),
+                suite=self.suite,
+            )
             columns = columns_of(rows)
             # jsonb does not keep key order: store the columns' order with the values
             diff = rows["difference"]
-            self.result = {"columns": list(columns), "labels": rows["labels"], "quality": rows["quality"],
-                           "suite": self.suite,
-                           **{m: [finite_or_none(rows[m][c]) for c in columns] for m in ("base", "checkpoint")},
-                           "static": {m: [rows[m].get("static_kept"), rows[m]["videos"]]
-                                      for m in ("base", "checkpoint")},
-                           "difference": [_difference_cell(diff.get(c)) for c in columns]}
+            self.result = {
+                "columns": list(columns),
+                "labels": rows["labels"],
+                "quality": rows["quality"],
+                "suite": self.suite,
+                **{m: [finite_or_none(rows[m][c]) for c in columns] for m in ("base", "checkpoint")},
+                "static": {m: [rows[m].get("static_kept"), rows[m]["videos"]] for m in ("base", "checkpoint")},
+                "difference": [_difference_cell(diff.get(c)) for c in columns],
+            }
             self.status = Status.FINISHED
         except Exception as e:  # shown on the page next to the evaluation
             log.exception("evaluation %s failed", self.pk)
@@ -324,5 +358,10 @@ def _difference_cell(d: dict | None) -> dict | None:
 
     if d is None:
         return None
-    return {"mean": finite_or_none(d["mean"]), "ci95": [finite_or_none(x) for x in d["ci95"]],
-            "better": d["better"], "worse": d["worse"], "n": d["n"]}
+    return {
+        "mean": finite_or_none(d["mean"]),
+        "ci95": [finite_or_none(x) for x in d["ci95"]],
+        "better": d["better"],
+        "worse": d["worse"],
+        "n": d["n"],
+    }

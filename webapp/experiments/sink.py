@@ -54,7 +54,8 @@ class DatabaseSink:
         with transaction.atomic():
             # update_or_create: a run resumed from an earlier checkpoint re-reports the steps after it
             point, _ = MetricPoint.objects.update_or_create(
-                experiment=self.experiment, step=step, defaults={"wall": time.time() - self.t0, "values": clean})
+                experiment=self.experiment, step=step, defaults={"wall": time.time() - self.t0, "values": clean}
+            )
             update = {"last_step": step}
             reward = clean.get("reward/mean")
             if reward is not None:
@@ -70,10 +71,22 @@ class DatabaseSink:
         rows = []
         for i, (video, prompt, score, label) in enumerate(zip(videos, prompts, scores, labels)):
             files = video_io.save_video(video, self.experiment.run_dir / folder, f"{i:02d}", fps)
-            rows.append(Sample(experiment=self.experiment, step=step, kind=kind, index=i, prompt=prompt,
-                               score=finite_or_none(score), label=label, path=f"{folder}/{files['mp4']}"))
+            rows.append(
+                Sample(
+                    experiment=self.experiment,
+                    step=step,
+                    kind=kind,
+                    index=i,
+                    prompt=prompt,
+                    score=finite_or_none(score),
+                    label=label,
+                    path=f"{folder}/{files['mp4']}",
+                )
+            )
         with transaction.atomic():
             Sample.objects.filter(experiment=self.experiment, step=step, kind=kind).delete()
             Sample.objects.bulk_create(rows)
-        push(self.experiment.group, {"type": "samples.event", "step": step, "kind": kind,
-                                     "samples": [r.as_event() for r in rows]})
+        push(
+            self.experiment.group,
+            {"type": "samples.event", "step": step, "kind": kind, "samples": [r.as_event() for r in rows]},
+        )

@@ -15,8 +15,17 @@ from webapp.experiments.models import Evaluation, Experiment
 from webapp.media import ranged_file_response
 
 # the demo on the list page: small enough to finish in a few minutes on a 2-core CPU
-DEMO_CONFIG = {"backbone": "tiny", "reward": "metrics", "dimension": "temporal", "algorithm": "online-dpo",
-               "prompts": "train", "steps": 30, "num_candidates": 6, "heldout_every": 5, "checkpoint_every": 10}
+DEMO_CONFIG = {
+    "backbone": "tiny",
+    "reward": "metrics",
+    "dimension": "temporal",
+    "algorithm": "online-dpo",
+    "prompts": "train",
+    "steps": 30,
+    "num_candidates": 6,
+    "heldout_every": 5,
+    "checkpoint_every": 10,
+}
 
 
 def visible_or_404(request, pk) -> Experiment:
@@ -37,8 +46,9 @@ def experiment_new(request):
     if request.method == "POST":
         form = ExperimentForm(request.POST, request.FILES)
         if form.is_valid():
-            experiment = Experiment.objects.create(owner=request.user, name=form.cleaned_data["name"],
-                                                   config=form.config, prompts_text=form.prompts_text)
+            experiment = Experiment.objects.create(
+                owner=request.user, name=form.cleaned_data["name"], config=form.config, prompts_text=form.prompts_text
+            )
             experiment.launch()
             return redirect(experiment)
     else:
@@ -50,8 +60,9 @@ def experiment_new(request):
 @login_required
 @require_POST
 def demo(request):
-    experiment = Experiment.objects.create(owner=request.user, name="Demo: online DPO on temporal (tiny)",
-                                           config=validated_config(DEMO_CONFIG))
+    experiment = Experiment.objects.create(
+        owner=request.user, name="Demo: online DPO on temporal (tiny)", config=validated_config(DEMO_CONFIG)
+    )
     experiment.launch()
     return redirect(experiment)
 
@@ -60,13 +71,17 @@ def demo(request):
 def experiment_detail(request, pk):
     experiment = visible_or_404(request, pk)
     checkpoints = experiment.checkpoints()
-    return render(request, "experiments/detail.html", {
-        "experiment": experiment,
-        "config_rows": sorted(experiment.config.items()),
-        "evaluations": experiment.evaluations.all(),
-        "evaluation_form": EvaluationForm(checkpoints=checkpoints) if checkpoints else None,
-        "studies": studies_of(experiment),
-    })
+    return render(
+        request,
+        "experiments/detail.html",
+        {
+            "experiment": experiment,
+            "config_rows": sorted(experiment.config.items()),
+            "evaluations": experiment.evaluations.all(),
+            "evaluation_form": EvaluationForm(checkpoints=checkpoints) if checkpoints else None,
+            "studies": studies_of(experiment),
+        },
+    )
 
 
 @login_required
@@ -93,11 +108,13 @@ def metrics_json(request, pk):
         return JsonResponse({"error": "after must be an integer step"}, status=400)
     points = list(experiment.points.filter(step__gt=after).values_list("step", "wall", "values"))
     names = sorted({k for _, _, values in points for k in values})
-    return JsonResponse({
-        "steps": [p[0] for p in points],
-        "wall": [round(p[1], 3) for p in points],
-        "series": {name: [p[2].get(name) for p in points] for name in names},
-    })
+    return JsonResponse(
+        {
+            "steps": [p[0] for p in points],
+            "wall": [round(p[1], 3) for p in points],
+            "series": {name: [p[2].get(name) for p in points] for name in names},
+        }
+    )
 
 
 @login_required
@@ -144,13 +161,20 @@ def compare(request):
     if len(experiments) != len(ids):
         raise Http404("no such experiment")
     if len(experiments) < 2:
-        return render(request, "experiments/compare.html", {"error": "pick two or more experiments to compare"},
-                      status=400)
+        return render(
+            request, "experiments/compare.html", {"error": "pick two or more experiments to compare"}, status=400
+        )
     keys = sorted({k for e in experiments for k in e.config})
-    differing = [(k, [e.config.get(k) for e in experiments]) for k in keys
-                 if len({repr(e.config.get(k)) for e in experiments}) > 1]
-    return render(request, "experiments/compare.html",
-                  {"experiments": experiments, "differing": differing, "ids": [e.pk for e in experiments]})
+    differing = [
+        (k, [e.config.get(k) for e in experiments])
+        for k in keys
+        if len({repr(e.config.get(k)) for e in experiments}) > 1
+    ]
+    return render(
+        request,
+        "experiments/compare.html",
+        {"experiments": experiments, "differing": differing, "ids": [e.pk for e in experiments]},
+    )
 
 
 @login_required

@@ -11,7 +11,7 @@ MAX_CLIPS = 2000  # systems x prompts x videos per prompt: what one study may as
 
 
 def system_choices(user) -> list[tuple[str, str]]:
-    """"base" and every checkpoint of the user's finished or cancelled experiments."""
+    """ "base" and every checkpoint of the user's finished or cancelled experiments."""
     choices = [(BASE, "base model (tiny, untuned)")]
     for e in Experiment.objects.visible_to(user).filter(status__in=(Status.FINISHED, Status.CANCELLED)):
         for ckpt in reversed(e.checkpoints()):
@@ -28,16 +28,26 @@ class StudyForm(forms.Form):
     videos_per_prompt = forms.IntegerField(min_value=1, max_value=8, initial=1)
     seed = forms.IntegerField(initial=0)
     question = forms.CharField(max_length=200, initial="Which video looks better?")
-    instructions = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
-                                   initial="Watch both clips to the end, then choose the one that looks better: "
-                                           "smoother, steadier, and closer to its description.")
+    instructions = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}),
+        required=False,
+        initial="Watch both clips to the end, then choose the one that looks better: "
+        "smoother, steadier, and closer to its description.",
+    )
     allow_tie = forms.BooleanField(required=False, initial=True, label='offer "Can\'t tell"')
-    gold_rate = forms.FloatField(min_value=0, max_value=0.5, initial=0.1,
-                                 help_text="share of a volunteer's trials that are gold (one clip visibly degraded)")
+    gold_rate = forms.FloatField(
+        min_value=0,
+        max_value=0.5,
+        initial=0.1,
+        help_text="share of a volunteer's trials that are gold (one clip visibly degraded)",
+    )
     votes_per_trial = forms.IntegerField(min_value=1, max_value=1000, initial=5)
     trials_per_participant = forms.IntegerField(min_value=1, max_value=500, initial=10)
-    completion_url = forms.URLField(required=False, assume_scheme="https", help_text="optional: where volunteers go after their last vote "
-                                                              "(e.g. Prolific's completion link)")
+    completion_url = forms.URLField(
+        required=False,
+        assume_scheme="https",
+        help_text="optional: where volunteers go after their last vote (e.g. Prolific's completion link)",
+    )
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)

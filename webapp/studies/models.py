@@ -63,8 +63,9 @@ class Study(models.Model):
     votes_per_trial = models.PositiveIntegerField(default=5, help_text="votes wanted per trial")
     trials_per_participant = models.PositiveIntegerField(default=10)
     completion_code = models.CharField(max_length=20, default=new_completion_code)
-    completion_url = models.URLField(blank=True, help_text="e.g. Prolific's completion link; volunteers go there "
-                                                           "once their last vote is stored")
+    completion_url = models.URLField(
+        blank=True, help_text="e.g. Prolific's completion link; volunteers go there once their last vote is stored"
+    )
     rendered = models.PositiveIntegerField(default=0)
     to_render = models.PositiveIntegerField(default=0)
     feedback = models.JSONField(null=True, blank=True)  # feedback-source analysis (MRR, Recall@k) of the votes
@@ -120,6 +121,7 @@ class Study(models.Model):
         self.media_dir.mkdir(parents=True, exist_ok=True)
         try:
             for system in systems:
+
                 def saved(job_index, video, fps, system=system):
                     prompt, seed = jobs[job_index]
                     clip = Clip(study=self, system=system, prompt=prompt, seed=seed)
@@ -145,8 +147,9 @@ class Study(models.Model):
         from vpo.rewards import GLOBAL, available_sources
         from webapp.studies.results import human_groups
 
-        groups = [Group(prompt, np.stack([c.frames() for c in clips]), chosen)
-                  for prompt, clips, chosen in human_groups(self)]
+        groups = [
+            Group(prompt, np.stack([c.frames() for c in clips]), chosen) for prompt, clips, chosen in human_groups(self)
+        ]
         sources, skipped = available_sources()
         rows = []
         if groups:
@@ -175,11 +178,22 @@ class Study(models.Model):
         trials = []
         for prompt, seed in keys:
             for i, a in enumerate(systems):
-                for b in systems[i + 1:]:
-                    trials.append(Trial(study=self, clip_a=clips[(a.pk, prompt, seed, False)],
-                                        clip_b=clips[(b.pk, prompt, seed, False)]))
-                trials.append(Trial(study=self, clip_a=clips[(a.pk, prompt, seed, False)],
-                                    clip_b=clips[(a.pk, prompt, seed, True)], is_gold=True))
+                for b in systems[i + 1 :]:
+                    trials.append(
+                        Trial(
+                            study=self,
+                            clip_a=clips[(a.pk, prompt, seed, False)],
+                            clip_b=clips[(b.pk, prompt, seed, False)],
+                        )
+                    )
+                trials.append(
+                    Trial(
+                        study=self,
+                        clip_a=clips[(a.pk, prompt, seed, False)],
+                        clip_b=clips[(a.pk, prompt, seed, True)],
+                        is_gold=True,
+                    )
+                )
         Trial.objects.bulk_create(trials)
 
     # --- volunteers ----------------------------------------------------------------------------
@@ -187,9 +201,12 @@ class Study(models.Model):
         """A volunteer's trials: the regular trials with the fewest votes so far (balanced
         coverage), gold trials mixed in at ``gold_rate``, in random order, each with a random side."""
         n_gold = round(self.trials_per_participant * self.gold_rate)
-        regular = list(self.trials.filter(is_gold=False).annotate(
-            n=Count("votes", filter=Q(votes__participant__excluded=False))).order_by("n", "?")
-            .values_list("pk", "clip_a_id", "clip_b_id")[: self.trials_per_participant - n_gold])
+        regular = list(
+            self.trials.filter(is_gold=False)
+            .annotate(n=Count("votes", filter=Q(votes__participant__excluded=False)))
+            .order_by("n", "?")
+            .values_list("pk", "clip_a_id", "clip_b_id")[: self.trials_per_participant - n_gold]
+        )
         gold = list(self.trials.filter(is_gold=True).order_by("?").values_list("pk", "clip_a_id", "clip_b_id")[:n_gold])
         plan = []
         for (t, a, b), is_gold in [(t, False) for t in regular] + [(t, True) for t in gold]:
@@ -284,8 +301,11 @@ class Participant(models.Model):
     exclusion_reason = models.CharField(max_length=200, blank=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["study", "prolific_pid"], condition=~Q(prolific_pid=""),
-                                               name="one_participant_per_prolific_pid")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study", "prolific_pid"], condition=~Q(prolific_pid=""), name="one_participant_per_prolific_pid"
+            )
+        ]
 
     def next_item(self, answered: set[int]) -> dict | None:
         return next((item for item in self.plan if item["trial"] not in answered), None)
@@ -304,7 +324,9 @@ class Participant(models.Model):
             cursor.execute(
                 "SELECT p.id, p.plan, p.completed, s.id, s.status, s.allow_tie"
                 f" FROM {cls._meta.db_table} p JOIN {Study._meta.db_table} s ON s.id = p.study_id"
-                " WHERE p.token = %s AND s.token = %s", [ptoken, token])
+                " WHERE p.token = %s AND s.token = %s",
+                [ptoken, token],
+            )
             row = cursor.fetchone()
         if row is None:
             return None
@@ -346,7 +368,9 @@ class Vote(models.Model):
             cursor.execute(
                 f"INSERT INTO {cls._meta.db_table} (participant_id, trial_id, choice, left_id, chosen_id, created)"
                 " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (participant_id, trial_id) DO NOTHING",
-                [participant_id, item["trial"], choice, item["left"], chosen, timezone.now()])
-            cursor.execute(f"SELECT trial_id, chosen_id FROM {cls._meta.db_table} WHERE participant_id = %s",
-                           [participant_id])
+                [participant_id, item["trial"], choice, item["left"], chosen, timezone.now()],
+            )
+            cursor.execute(
+                f"SELECT trial_id, chosen_id FROM {cls._meta.db_table} WHERE participant_id = %s", [participant_id]
+            )
             return dict(cursor.fetchall())

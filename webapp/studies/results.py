@@ -17,9 +17,11 @@ from webapp.studies.models import Participant, Study, Vote
 
 def vote_rows(study: Study):
     """Every vote with what it compared, oldest first."""
-    return (Vote.objects.filter(trial__study=study)
-            .select_related("participant", "trial__clip_a__system", "trial__clip_b__system", "left", "chosen")
-            .order_by("created", "pk"))
+    return (
+        Vote.objects.filter(trial__study=study)
+        .select_related("participant", "trial__clip_a__system", "trial__clip_b__system", "left", "chosen")
+        .order_by("created", "pk")
+    )
 
 
 def summarise(study: Study, bootstrap: int = 500) -> dict:
@@ -57,8 +59,10 @@ def summarise(study: Study, bootstrap: int = 500) -> dict:
     if len(systems) >= 3 and bt_votes:
         fit = bradley_terry_bootstrap([s.label for s in systems], bt_votes, anchor, samples=bootstrap)
         # a system without votes has no rating (vpo.stats): it is listed after the rated ones, without numbers
-        ratings = [{"system": s, **dict(zip(("rating", "low", "high"), v or (None, None, None)))} for s, v in
-                   sorted(fit.items(), key=lambda kv: -kv[1][0] if kv[1] else np.inf)]
+        ratings = [
+            {"system": s, **dict(zip(("rating", "low", "high"), v or (None, None, None)))}
+            for s, v in sorted(fit.items(), key=lambda kv: -kv[1][0] if kv[1] else np.inf)
+        ]
     participants = Participant.objects.filter(study=study)
     return {
         "systems": [s.label for s in systems],
@@ -70,13 +74,30 @@ def summarise(study: Study, bootstrap: int = 500) -> dict:
         "completed": participants.filter(completed__isnull=False).count(),
         "votes": sum(sum(c.values()) for c in counts.values()),
         "gold": {"votes": gold_votes, "passed": gold_passed},
-        "excluded": [{"participant": p.token[:8], "prolific_pid": p.prolific_pid, "reason": p.exclusion_reason}
-                     for p in participants.filter(excluded=True).order_by("created")],
+        "excluded": [
+            {"participant": p.token[:8], "prolific_pid": p.prolific_pid, "reason": p.exclusion_reason}
+            for p in participants.filter(excluded=True).order_by("created")
+        ],
     }
 
 
-CSV_HEADER = ["vote_id", "created", "participant", "prolific_pid", "prolific_study_id", "prolific_session_id",
-              "excluded", "trial", "gold", "prompt", "seed", "left_system", "right_system", "choice", "chosen_system"]
+CSV_HEADER = [
+    "vote_id",
+    "created",
+    "participant",
+    "prolific_pid",
+    "prolific_study_id",
+    "prolific_session_id",
+    "excluded",
+    "trial",
+    "gold",
+    "prompt",
+    "seed",
+    "left_system",
+    "right_system",
+    "choice",
+    "chosen_system",
+]
 
 
 def votes_csv(study: Study) -> str:
@@ -90,9 +111,25 @@ def votes_csv(study: Study) -> str:
         right_label = f"{right.system.label}{' (degraded)' if right.degraded else ''}"
         chosen = "" if v.chosen_id is None else (left_label if v.chosen_id == v.left_id else right_label)
         p = v.participant
-        writer.writerow([v.pk, v.created.isoformat(), p.token, p.prolific_pid, p.prolific_study_id,
-                         p.prolific_session_id, int(p.excluded), v.trial_id, int(v.trial.is_gold), a.prompt, a.seed,
-                         left_label, right_label, v.choice, chosen])
+        writer.writerow(
+            [
+                v.pk,
+                v.created.isoformat(),
+                p.token,
+                p.prolific_pid,
+                p.prolific_study_id,
+                p.prolific_session_id,
+                int(p.excluded),
+                v.trial_id,
+                int(v.trial.is_gold),
+                a.prompt,
+                a.seed,
+                left_label,
+                right_label,
+                v.choice,
+                chosen,
+            ]
+        )
     return out.getvalue()
 
 

@@ -31,19 +31,32 @@ def study_new(request):
         d = form.cleaned_data
         with transaction.atomic():
             study = Study.objects.create(
-                owner=request.user, name=d["name"], prompts="\n".join(d["prompts"]),
-                videos_per_prompt=d["videos_per_prompt"], seed=d["seed"], question=d["question"],
-                instructions=d["instructions"], allow_tie=d["allow_tie"], gold_rate=d["gold_rate"],
-                votes_per_trial=d["votes_per_trial"], trials_per_participant=d["trials_per_participant"],
-                completion_url=d["completion_url"])
+                owner=request.user,
+                name=d["name"],
+                prompts="\n".join(d["prompts"]),
+                videos_per_prompt=d["videos_per_prompt"],
+                seed=d["seed"],
+                question=d["question"],
+                instructions=d["instructions"],
+                allow_tie=d["allow_tie"],
+                gold_rate=d["gold_rate"],
+                votes_per_trial=d["votes_per_trial"],
+                trials_per_participant=d["trials_per_participant"],
+                completion_url=d["completion_url"],
+            )
             for choice in d["systems"]:
                 if choice == BASE:
                     System.objects.create(study=study, label="base")
                 else:
                     pk, checkpoint = choice.split(":")
                     experiment = Experiment.objects.visible_to(request.user).get(pk=pk)
-                    System.objects.create(study=study, label=f"#{pk} {checkpoint}", experiment=experiment,
-                                          backbone=experiment.config["backbone"], checkpoint=checkpoint)
+                    System.objects.create(
+                        study=study,
+                        label=f"#{pk} {checkpoint}",
+                        experiment=experiment,
+                        backbone=experiment.config["backbone"],
+                        checkpoint=checkpoint,
+                    )
             study.launch()
         return redirect(study)
     return render(request, "studies/new.html", {"form": form}, status=400 if form.errors else 200)
@@ -53,21 +66,33 @@ def study_new(request):
 def study_detail(request, pk):
     study = visible_or_404(request, pk)
     link = request.build_absolute_uri(study.public_url())
-    return render(request, "studies/detail.html", {
-        "study": study, "link": link,
-        # Prolific fills these placeholders in with each volunteer's ids
-        "prolific_link": link + "?PROLIFIC_PID={{%PROLIFIC_PID%}}&STUDY_ID={{%STUDY_ID%}}&SESSION_ID={{%SESSION_ID%}}",
-        "trials": study.trials.filter(is_gold=False).count(), "systems": study.systems.all(),
-        "manage": ManageForm(initial={"votes_per_trial": study.votes_per_trial,
-                                      "trials_per_participant": study.trials_per_participant}),
-    })
+    return render(
+        request,
+        "studies/detail.html",
+        {
+            "study": study,
+            "link": link,
+            # Prolific fills these placeholders in with each volunteer's ids
+            "prolific_link": link
+            + "?PROLIFIC_PID={{%PROLIFIC_PID%}}&STUDY_ID={{%STUDY_ID%}}&SESSION_ID={{%SESSION_ID%}}",
+            "trials": study.trials.filter(is_gold=False).count(),
+            "systems": study.systems.all(),
+            "manage": ManageForm(
+                initial={
+                    "votes_per_trial": study.votes_per_trial,
+                    "trials_per_participant": study.trials_per_participant,
+                }
+            ),
+        },
+    )
 
 
 @login_required
 def progress(request, pk):
     study = visible_or_404(request, pk)
-    return JsonResponse({"status": study.status, "rendered": study.rendered, "to_render": study.to_render,
-                         "error": study.error})
+    return JsonResponse(
+        {"status": study.status, "rendered": study.rendered, "to_render": study.to_render, "error": study.error}
+    )
 
 
 @login_required

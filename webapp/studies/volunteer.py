@@ -65,15 +65,25 @@ def welcome(request, token):
     prolific = {field: request.GET.get(param, "")[:64] for param, field in PROLIFIC.items()}
     if request.method == "POST":
         if not request.POST.get("consent"):
-            return render(request, "studies/welcome.html", {"study": study, "prolific": prolific, "need_consent": True},
-                          status=400)
+            return render(
+                request,
+                "studies/welcome.html",
+                {"study": study, "prolific": prolific, "need_consent": True},
+                status=400,
+            )
         prolific = {field: request.POST.get(field, "")[:64] for field in PROLIFIC.values()}
         participant = returning or join(request, study, prolific)
         if participant is None:
             return render(request, "studies/busy.html", {"study": study}, status=429)
         response = redirect("studies:trial", token=study.token, ptoken=participant.token)
-        response.set_cookie(cookie_name(study), participant.token, max_age=30 * 86400, httponly=True,
-                            samesite="Lax", secure=request.is_secure())
+        response.set_cookie(
+            cookie_name(study),
+            participant.token,
+            max_age=30 * 86400,
+            httponly=True,
+            samesite="Lax",
+            secure=request.is_secure(),
+        )
         return response
     if returning is not None:  # came back: carry on where they stopped
         return redirect("studies:trial", token=study.token, ptoken=returning.token)
@@ -93,8 +103,12 @@ def join(request, study: Study, prolific: dict) -> Participant | None:
     try:
         with transaction.atomic():
             return Participant.objects.create(
-                study=study, plan=study.plan_for(random.Random()), ip_hash=study.hashed(client_ip(request)),
-                ua_hash=study.hashed(request.headers.get("User-Agent", "")), **prolific)
+                study=study,
+                plan=study.plan_for(random.Random()),
+                ip_hash=study.hashed(client_ip(request)),
+                ua_hash=study.hashed(request.headers.get("User-Agent", "")),
+                **prolific,
+            )
     except IntegrityError:  # the same Prolific id joined in another request just now
         return Participant.objects.get(study=study, prolific_pid=prolific["prolific_pid"])
 
@@ -111,13 +125,22 @@ def trial(request, token, ptoken):
         return redirect("studies:done", token=token, ptoken=ptoken)
     right = item["right"]
     clips = {c.pk: c for c in Clip.objects.filter(pk__in=(item["left"], right))}
-    return render(request, "studies/trial.html", {
-        "study": study, "participant": participant, "trial_id": item["trial"],
-        "left": clips[item["left"]], "right": clips[right], "prompt": clips[right].prompt,
-        "answered": len(answered), "total": len(participant.plan),
-        "percent": round(100 * len(answered) / max(1, len(participant.plan))),
-        "vote_url": reverse("studies:vote", args=[token, ptoken]),
-    })
+    return render(
+        request,
+        "studies/trial.html",
+        {
+            "study": study,
+            "participant": participant,
+            "trial_id": item["trial"],
+            "left": clips[item["left"]],
+            "right": clips[right],
+            "prompt": clips[right].prompt,
+            "answered": len(answered),
+            "total": len(participant.plan),
+            "percent": round(100 * len(answered) / max(1, len(participant.plan))),
+            "vote_url": reverse("studies:vote", args=[token, ptoken]),
+        },
+    )
 
 
 @require_POST
@@ -142,18 +165,25 @@ def vote(request, token, ptoken):
         return JsonResponse({"error": "that trial is not one of yours"}, status=400)
     choice = form.cleaned_data["choice"]
     if choice == "tie" and not study.allow_tie:
-        return JsonResponse({"error": "this study has no \"can't tell\" option"}, status=400)
+        return JsonResponse({"error": 'this study has no "can\'t tell" option'}, status=400)
     limits = settings.STUDY_RATE_LIMITS
-    over = exceeded([(f"vote:p:{participant.pk}", *limits["vote_participant"]),
-                     (f"vote:ip:{study.hashed(client_ip(request))}", *limits["vote_ip"])])
+    over = exceeded(
+        [
+            (f"vote:p:{participant.pk}", *limits["vote_participant"]),
+            (f"vote:ip:{study.hashed(client_ip(request))}", *limits["vote_ip"]),
+        ]
+    )
     if over:
-        return JsonResponse({"error": "too many votes too fast: please slow down", "limit": over.split(":")[1]},
-                            status=429)
+        return JsonResponse(
+            {"error": "too many votes too fast: please slow down", "limit": over.split(":")[1]}, status=429
+        )
     stored = Vote.store(participant.pk, item, choice)  # with this vote, or the first one on this trial
     if item["gold"] and stored[item["trial"]] != item["good"]:  # idempotent: a replay changes nothing
         Participant.objects.filter(pk=participant.pk, excluded=False).update(
-            excluded=True, exclusion_reason=f"failed gold trial {item['trial']}: "
-                                            f"{'chose the degraded clip' if stored[item['trial']] else 'could not tell'}")
+            excluded=True,
+            exclusion_reason=f"failed gold trial {item['trial']}: "
+            f"{'chose the degraded clip' if stored[item['trial']] else 'could not tell'}",
+        )
     answered = len(stored)
     done = answered >= len(participant.plan)
     if done:
@@ -162,7 +192,9 @@ def vote(request, token, ptoken):
         # the results page refetches a moment after a notice, so one notice a second is enough
         push(study.group, {"type": "vote.event"})
     nxt = reverse("studies:done" if done else "studies:trial", args=[token, ptoken])
-    return JsonResponse({"stored": True, "next": nxt, "done": done, "answered": answered, "total": len(participant.plan)})
+    return JsonResponse(
+        {"stored": True, "next": nxt, "done": done, "answered": answered, "total": len(participant.plan)}
+    )
 
 
 def done(request, token, ptoken):

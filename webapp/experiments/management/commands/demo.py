@@ -23,5 +23,7 @@ class Command(BaseCommand):
             user.save()
             self.stdout.write(f"demo account: username {username!r}, password {password!r}")
         else:
-            self.stdout.write(f"demo account {username!r} exists (its password was printed when it was made; "
-                              f"`manage.py demo --reset` makes a new one)")
+            self.stdout.write(
+                f"demo account {username!r} exists (its password was printed when it was made; "
+                f"`manage.py demo --reset` makes a new one)"
+            )
