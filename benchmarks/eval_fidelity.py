@@ -71,7 +71,8 @@ def main() -> None:
     for name, xs in clips.items():
         v = square(xs)
         print(
-            f"  {name:<22} {linear_smoothness(v):.4f}         {M.motion_smoothness(torch.tensor(v)[None].float()).item():.4f}"
+            f"  {name:<22} {linear_smoothness(v):.4f}         "
+            f"{M.motion_smoothness(torch.tensor(v)[None].float()).item():.4f}"
         )
 
     videos = np.stack([world.sample_scene(s).render() for s in range(args.videos)])
@@ -99,7 +100,8 @@ def main() -> None:
         kept = sum(M.is_static(v) for v in vs)
         print(
             f"{name}: flickering lossless {100 * lossless.mean():.2f}, from mp4 {100 * mp4.mean():.2f} "
-            f"(mp4 - lossless {100 * (mp4 - lossless).mean():+.3f} points, per video {100 * (mp4 - lossless).min():+.3f}"
+            f"(mp4 - lossless {100 * (mp4 - lossless).mean():+.3f} points, "
+            f"per video {100 * (mp4 - lossless).min():+.3f}"
             f"..{100 * (mp4 - lossless).max():+.3f}); static filter keeps {kept}/{len(vs)}"
         )
 

@@ -38,12 +38,13 @@ def main() -> None:
     videos = backbone.sample(prompts, seeds, steps=args.steps)
     t_sample, _ = median_time(lambda: backbone.sample(prompts, seeds, steps=args.steps), max(3, args.repeats // 2))
     print(
-        f"{args.candidates} candidates {tuple(videos.shape[1:])}; sampling ({args.steps} steps, CFG): median {t_sample:.2f} s"
+        f"{args.candidates} candidates {tuple(videos.shape[1:])}; "
+        f"sampling ({args.steps} steps, CFG): median {t_sample:.2f} s"
     )
     for name in ("metrics", "image-metrics"):
         source = load_reward(name)
         source.score(videos, prompts)  # warm-up
-        t, runs = median_time(lambda: source.score(videos, prompts), args.repeats)
+        t, runs = median_time(lambda source=source: source.score(videos, prompts), args.repeats)
         print(
             f"{name:<14} scoring: median {t * 1000:6.0f} ms  ({t / t_sample:.1%} of sampling time; "
             f"runs {', '.join(f'{x * 1000:.0f}' for x in runs)} ms)"

@@ -93,7 +93,8 @@ def main() -> None:
         f"({flops_step / (2 * n) / 1e9:.3f} GFLOP per video forward)"
     )
     print(
-        f"achieved: {achieved:.0f} GFLOP/s in the batch; {str(dtype).removeprefix('torch.')} matmul peak measured now: {peak:.0f} GFLOP/s "
+        f"achieved: {achieved:.0f} GFLOP/s in the batch; "
+        f"{str(dtype).removeprefix('torch.')} matmul peak measured now: {peak:.0f} GFLOP/s "
         f"({achieved / peak:.0%} of peak)"
     )
     print(

@@ -19,6 +19,7 @@ DPO's, which has no such knob, stays put.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -32,6 +33,7 @@ import torch
 from vpo.backbones import load_backbone
 from vpo.backbones.base import keep_freed_memory
 from vpo.backbones.tiny import TinyBackbone, TinyConfig
+from vpo.device import pick_device
 from vpo.train import train
 from vpo.train.config import TrainConfig
 from vpo.train.runner import Run
@@ -86,7 +88,7 @@ def peak_rss_mb() -> float:
 
 def measure_one(algorithm: str, frames: int, depth: int) -> dict:
     """One step of ``algorithm`` in this (fresh) process; returns its extra peak memory in MB."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device()
     if device == "cpu":
         # glibc's defaults, not the heap-keeping setting the backbone module applies for speed:
         # freed blocks go back to the kernel, so the resident peak is the memory in use, as the
@@ -127,10 +129,7 @@ def measure_one(algorithm: str, frames: int, depth: int) -> dict:
         else:
             online_step(run, prompts)
         seconds = time.perf_counter() - t0
-        if device == "cuda":
-            peak = (torch.cuda.max_memory_allocated() - before) / 2**20
-        else:
-            peak = peak_rss_mb() - before
+        peak = (torch.cuda.max_memory_allocated() - before) / 2**20 if device == "cuda" else peak_rss_mb() - before
     return {
         "algorithm": algorithm,
         "frames": frames,
@@ -142,7 +141,7 @@ def measure_one(algorithm: str, frames: int, depth: int) -> dict:
 
 
 def online_step(run: Run, prompts: list[str]) -> None:
-    """Steps 1-4 of ``online_dpo.train`` for one prompt: sample, score, pick, update."""
+    """Steps 1-4 of ``online_dpo.train_run`` for one prompt: sample, score, pick, update."""
     from vpo.train.online_dpo import dpo_update, pick_pairs
 
     n = run.cfg.num_candidates
@@ -180,8 +179,7 @@ def main() -> None:
         return
 
     print(
-        f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{'cuda' if torch.cuda.is_available() else 'cpu'}"
+        f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, {pick_device()}"
     )
     if args.steps > 0:  # --steps 0: memory only
         with tempfile.TemporaryDirectory() as out:
@@ -211,17 +209,16 @@ def main() -> None:
         print(f"   {frames:>6}  {dpo:>8.0f}  " + "  ".join(f"{refl[d]:>10.0f}" for d in depths) + f"  {ratios}")
     for frames, (dpo, refl) in table.items():
         meets = [d for d in depths if dpo <= refl[d] / 3]
-        grows = all(refl[a] < refl[b] for a, b in zip(depths, depths[1:]))
+        grows = all(refl[a] < refl[b] for a, b in itertools.pairwise(depths))
         verdict = "n/a (one depth)" if len(depths) < 2 else "yes" if grows else "NO"
         print(
             f"   {frames} frames: DPO <= 1/3 of ReFL at depth(s) {meets or 'none'}; "
             f"ReFL memory grows with depth: {verdict} "
             f"({refl[depths[0]]:.0f} -> {refl[depths[-1]]:.0f} MB)"
         )
-    (dpo16, _), (dpo32, _) = table[16], table[32]
-    print(
-        f"   twice the frames: DPO x{dpo32 / dpo16:.2f}, ReFL d={depths[-1]} x{table[32][1][depths[-1]] / table[16][1][depths[-1]]:.2f}"
-    )
+    (dpo16, refl16), (dpo32, refl32) = table[16], table[32]
+    deepest = depths[-1]
+    print(f"   twice the frames: DPO x{dpo32 / dpo16:.2f}, ReFL d={deepest} x{refl32[deepest] / refl16[deepest]:.2f}")
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def cpu_seconds(*groups: list[int]) -> list[float]:
         for _ in range(3):  # children, grandchildren
             tree |= {pid for pid, (ppid, _, _) in stats.items() if ppid in tree}
         totals.append(sum(stats[pid][2] for pid in tree if pid in stats))
-    return totals + [sum(cpu for _, name, cpu in stats.values() if name == "postgres")]
+    return [*totals, sum(cpu for _, name, cpu in stats.values() if name == "postgres")]
 
 
 def recreate_database() -> None:
@@ -239,6 +239,7 @@ def start_proxy(web: int, scratch: Path) -> tuple[subprocess.Popen, int]:
 def run(server: str, args) -> dict:
     """One server under the whole load; returns its figures (and whether integrity held)."""
     import django
+
     from webapp.studies.models import Participant, Vote
 
     study = make_study(args.trials)
@@ -336,7 +337,8 @@ def run(server: str, args) -> dict:
     )
     print(
         f"  stored {stored} of {expected} votes: lost {expected - stored}, counted twice "
-        f"{max(0, stored - expected)}, first choice kept: {expected - wrong_choice}/{expected}; failures {len(failures)}"
+        f"{max(0, stored - expected)}, first choice kept: {expected - wrong_choice}/{expected}; "
+        f"failures {len(failures)}"
     )
     print(f"  throughput {rate:.0f} requests/s, {expected / wall:.0f} stored votes/s ({wall:.2f} s)")
     print(

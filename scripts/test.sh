@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # README command B: set up (with the browser the UI tests drive), then run the whole test suite
-# (extra arguments go to pytest).
+# (extra arguments go to pytest). VPO_LINT=1 runs scripts/lint.sh (ruff, mypy) before the tests.
 set -euo pipefail
 export VPO_BROWSER=1
 source "$(dirname "$0")/setup.sh"
+# CI (.ci/run) checks style and types first: a failure there stops before the slow tests
+if [[ "${VPO_LINT:-0}" == 1 ]]; then
+  bash scripts/lint.sh
+fi
 exec .venv/bin/python -m pytest "$@"

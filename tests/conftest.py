@@ -45,8 +45,8 @@ def quick_checkpoint():
 
     def make(out, **overrides):
         from vpo.train import train
+        from vpo.train.checkpoints import latest_checkpoint
         from vpo.train.config import TrainConfig
-        from vpo.train.runner import latest_checkpoint
         from vpo.train.sinks import JsonlSink
 
         cfg = TrainConfig.from_dict(

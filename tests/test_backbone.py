@@ -62,9 +62,10 @@ def test_a_checkpoint_of_the_wrong_shape_is_a_clear_error(tmp_path, tiny):
     path = tmp_path / "small.safetensors"
     small.save(path)
     # claim the default architecture in the metadata while the tensors are the small model's
-    from safetensors.torch import load_file, save_file
     import json
     from dataclasses import asdict
+
+    from safetensors.torch import load_file, save_file
 
     save_file(load_file(path), str(path), metadata={"backbone": "tiny", "config": json.dumps(asdict(TinyConfig()))})
     with pytest.raises(ValueError, match=r"does not fit this backbone: shape of .* is \(\d+.*expected"):

@@ -1,8 +1,8 @@
 """docker-compose's front door, run for real: deploy/nginx.conf in Debian's nginx (upstream
 addresses swapped for local ports by deploy/local_nginx.py) in front of gunicorn (HTTP, sync
-workers, --preload, as compose starts it) and Daphne (websockets), on the test database and Redis. A volunteer votes through
-nginx; the researcher's results page hears about it over a websocket through nginx; the address
-kept for the volunteer is the one nginx saw, not what the client claimed."""
+workers, --preload, as compose starts it) and Daphne (websockets), on the test database and Redis.
+A volunteer votes through nginx; the researcher's results page hears about it over a websocket
+through nginx; the address kept for the volunteer is the one nginx saw, not what the client claimed."""
 
 import http.client
 import json
@@ -12,13 +12,13 @@ import time
 from urllib.parse import urlencode
 
 import pytest
+from conftest import BIN, Process, free_port, subprocess_database_url
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import Client
-
-from conftest import BIN, Process, free_port, subprocess_database_url
-from deploy import local_nginx
 from test_web_studies import make_study
+
+from deploy import local_nginx
 from webapp.studies.models import Participant, Vote
 
 pytestmark = pytest.mark.skipif(

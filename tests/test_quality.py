@@ -1,6 +1,6 @@
 """The shipped base model is good enough to tune, and leaves tuning room to show."""
 
-from vpo.data.fidelity import world_fidelity
+from vpo.fidelity import world_fidelity
 
 
 def test_base_model_follows_heldout_wordings_and_flickers_more_than_ground_truth(tiny):

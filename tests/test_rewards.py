@@ -70,10 +70,12 @@ def test_alignment_picks_the_right_prompt_among_distractors(metrics):
         scene = world.sample_scene(10_000 + seed, two_objects=0.0)
         truth = scene.objects[0]
         # distractors differ in exactly one of colour, shape, motion (the hard case), plus a random scene
+        motion = world.MOTION_WORDS[truth.motion][0]
+        other_motion = world.MOTION_WORDS[next(m for m in world.MOTIONS if m != truth.motion)][0]
         distractors = [
-            f"a {next(c for c in world.COLOURS if c != truth.colour)} {truth.shape} {world.MOTION_WORDS[truth.motion][0]}",
-            f"a {truth.colour} {next(s for s in world.SHAPES if s != truth.shape)} {world.MOTION_WORDS[truth.motion][0]}",
-            f"a {truth.colour} {truth.shape} {world.MOTION_WORDS[next(m for m in world.MOTIONS if m != truth.motion)][0]}",
+            f"a {next(c for c in world.COLOURS if c != truth.colour)} {truth.shape} {motion}",
+            f"a {truth.colour} {next(s for s in world.SHAPES if s != truth.shape)} {motion}",
+            f"a {truth.colour} {truth.shape} {other_motion}",
         ]
         prompts = [scene.caption, *distractors]
         video = torch.from_numpy(scene.render())[None].repeat(len(prompts), 1, 1, 1, 1)

@@ -6,10 +6,11 @@ import torch
 
 from vpo.backbones.tiny import MiniLM, TinyBackbone, TinyConfig
 from vpo.train import ALGORITHMS, train
+from vpo.train.checkpoints import POLICY, REF, load_policy
 from vpo.train.config import TrainConfig
 from vpo.train.loss import flow_dpo_loss, per_video_mse
 from vpo.train.online_dpo import dpo_update
-from vpo.train.runner import POLICY, REF, Run, TrainingDiverged, load_policy
+from vpo.train.runner import Run, TrainingDiverged
 from vpo.train.sinks import JsonlSink, read_metrics
 
 
@@ -181,7 +182,8 @@ def test_a_nan_reward_stops_with_a_clear_error_and_the_last_checkpoint_loads(tmp
     prompts.write_text("a photo of a cat\n")  # alignment is unavailable (NaN) for this prompt
     with pytest.raises(
         TrainingDiverged,
-        match=r"step 3: reward metrics/alignment is nan for prompt 'a photo of a cat'.*last good checkpoint is .*step_000002",
+        match=r"step 3: reward metrics/alignment is nan for prompt 'a photo of a cat'"
+        r".*last good checkpoint is .*step_000002",
     ):
         run_train(cfg, small(), resume=True)
     bb = small()
@@ -189,11 +191,12 @@ def test_a_nan_reward_stops_with_a_clear_error_and_the_last_checkpoint_loads(tmp
 
 
 def test_a_misspelt_config_field_fails_at_creation():
-    with pytest.raises(ValueError, match="unknown config field.*'num_candidate'.*valid:.*num_candidates"):
+    with pytest.raises(ValueError, match=r"unknown config field.*'num_candidate'.*valid:.*num_candidates"):
         TrainConfig.from_dict({"num_candidate": 6})
     with pytest.raises(
         ValueError,
-        match="unknown dimension 'speed' for reward source 'metrics'; valid: visual, temporal, dynamic, alignment, global",
+        match="unknown dimension 'speed' for reward source 'metrics'; "
+        "valid: visual, temporal, dynamic, alignment, global",
     ):
         TrainConfig(dimension="speed")
     with pytest.raises(

@@ -210,7 +210,7 @@ def test_vbench_check_lists_every_missing_file_per_dimension_with_exit_2(tmp_pat
 def test_the_official_backend_refuses_before_running_when_weights_are_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("VBENCH_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("VBENCH_PYTHON", sys.executable)
-    with pytest.raises(vbench.VBenchUnavailable, match="raft-things.pth"):
+    with pytest.raises(vbench.VBenchUnavailable, match=r"raft-things\.pth"):
         vbench.run_official([tmp_path / "x.mp4"], ["p"], ["temporal_flickering", "dynamic_degree"], tmp_path / "o")
     assert not (tmp_path / "o").exists()
 

@@ -126,5 +126,5 @@ def test_a_checkpoint_without_its_query_template_is_refused(tiny_videoscore_dir,
     copy = tmp_path / "vs"
     shutil.copytree(tiny_videoscore_dir, copy)
     (copy / "query_prompt.txt").unlink()
-    with pytest.raises(ValueError, match="query_prompt.txt is missing"):
+    with pytest.raises(ValueError, match=r"query_prompt\.txt is missing"):
         VideoScoreSource(copy)

@@ -119,6 +119,7 @@ def test_a_volunteer_votes_through_a_study_and_the_researcher_sees_the_counts(
     from webapp.experiments.forms import validated_config
     from webapp.experiments.models import Experiment
     from webapp.studies.models import Study, System
+    from webapp.studies.tasks import render_study
 
     researcher = get_user_model().objects.create_user("rita", password="a-long-password")
     experiment = Experiment.objects.create(
@@ -134,7 +135,7 @@ def test_a_volunteer_votes_through_a_study_and_the_researcher_sees_the_counts(
     )
     System.objects.create(study=study, label="base")
     System.objects.create(study=study, label="tuned", experiment=experiment, checkpoint="step_000001")
-    study.launch()  # the real worker renders the clips with paired seeds
+    render_study.delay_on_commit(study.pk)  # the real worker renders the clips with paired seeds
     wait_for(lambda: Study.objects.get(pk=study.pk).status != "rendering", timeout=300, what="rendering")
     study.refresh_from_db()
     assert study.status == "open", study.error

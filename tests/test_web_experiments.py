@@ -87,7 +87,7 @@ def test_the_owner_gets_the_dashboard_data_and_a_ranged_video(owner, experiment)
 
 def form_data(**overrides):
     data = {"name": "x", **validated_config({}), **overrides}
-    return {k: v for k, v in data.items()}
+    return dict(data)
 
 
 def test_bad_hyperparameters_show_a_clear_error_next_to_the_field(owner):
@@ -163,6 +163,7 @@ def test_cancelling_a_queued_experiment_cancels_it_at_once(owner, experiment):
 
 def test_an_evaluation_shows_base_checkpoint_and_their_paired_difference(owner, tmp_path, settings, quick_checkpoint):
     from vpo.data.prompts import read_prompts
+    from webapp.experiments import jobs
     from webapp.experiments.models import Evaluation
 
     settings.MEDIA_ROOT = tmp_path
@@ -171,7 +172,7 @@ def test_an_evaluation_shows_base_checkpoint_and_their_paired_difference(owner, 
     )
     quick_checkpoint(e.run_dir / "run")
     ev = Evaluation.objects.create(experiment=e, checkpoint="step_000001", prompts="demo")
-    ev.run()  # what the worker's task calls
+    jobs.evaluate(ev.pk)  # what the worker's task calls
     ev.refresh_from_db()
     assert ev.status == "finished", ev.error
     rows = dict(ev.difference_rows)

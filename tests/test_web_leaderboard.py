@@ -9,6 +9,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import reverse
 
+from webapp.experiments import jobs
 from webapp.experiments.forms import validated_config
 from webapp.experiments.models import Evaluation, Experiment
 
@@ -100,7 +101,7 @@ def test_a_closed_study_of_a_run_shows_on_its_evaluation_view(owner, tmp_path, s
 def test_an_official_vbench_evaluation_goes_to_queue_vbench_and_fails_clearly_without_weights(
     owner, tmp_path, monkeypatch
 ):
-    from worker.celery import app
+    from webapp.celery import app
 
     route = app.amqp.router.route({}, "worker.tasks.evaluate_checkpoint_vbench")
     assert route["queue"].name == "vbench"
@@ -109,6 +110,6 @@ def test_an_official_vbench_evaluation_goes_to_queue_vbench_and_fails_clearly_wi
     monkeypatch.setenv("VBENCH_PYTHON", "/bin/true")
     e = Experiment.objects.create(owner=owner, name="r", status="finished", config=validated_config({}))
     ev = Evaluation.objects.create(experiment=e, checkpoint="step_000001", prompts="demo", suite="vbench")
-    ev.run()  # what the vbench worker's task calls
+    jobs.evaluate(ev.pk)  # what the vbench worker's task calls
     ev.refresh_from_db()
     assert ev.status == "failed" and "dino_vitbase16_pretrain.pth" in ev.error and "vpo vbench check" in ev.error

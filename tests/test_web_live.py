@@ -78,7 +78,7 @@ def test_the_consumer_backfills_then_pushes_in_order_without_gaps_or_duplicates(
 
     received = async_to_sync(scenario)()
     assert received[0] == [0, 1, 2]  # one backfill message
-    assert sum(received, []) == list(range(8))  # then live, in order, nothing missing or twice
+    assert sum(received, []) == list(range(8))  # noqa: RUF017  # then live, in order, nothing missing or twice
     row = MetricPoint.objects.get(experiment=experiment, step=7)
     assert row.values == {"reward/mean": 0.7, "heldout/alignment": None}  # NaN kept as null, not dropped
 
@@ -161,7 +161,7 @@ def test_launching_through_the_view_trains_on_a_worker_and_streams_over_the_webs
     assert status == "finished", experiment.error
     rows = list(MetricPoint.objects.filter(experiment=experiment).values_list("step", flat=True))
     assert rows == [0, 1, 2, 3]  # step 0: the base model's held-out check
-    assert sum(batches, []) == rows  # in order, none missing, none twice
+    assert sum(batches, []) == rows  # noqa: RUF017  # in order, none missing, none twice
     assert batches[0][0] == 0 and 1 in batches[0]  # the backfill came first...
     assert len(batches) > 1  # ...then live points
     assert experiment.samples.filter(step=0, kind="heldout").count() == 2

@@ -26,7 +26,7 @@ def test_the_web_process_imports_no_torch_even_validating_a_config():
 
     code = (
         "import django, os, sys; os.environ['DJANGO_SETTINGS_MODULE']='webapp.settings'; django.setup(); "
-        "import webapp.urls, webapp.asgi, worker.celery, worker.tasks; "
+        "import webapp.urls, webapp.asgi, worker.celery, webapp.experiments.tasks, webapp.studies.tasks; "
         "from webapp.experiments.forms import ExperimentForm; "
         "f = ExperimentForm({'name': 'x', 'backbone': 'tiny', 'reward': 'metrics'}); f.is_valid(); "
         "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'cv2') if m in sys.modules]; "
@@ -60,7 +60,7 @@ def test_the_models_have_all_their_migrations(db):
 
 
 def test_docker_compose_has_the_stores_web_and_both_workers_with_health_checks():
-    compose = yaml.safe_load(open(settings.BASE_DIR / "docker-compose.yml"))
+    compose = yaml.safe_load((settings.BASE_DIR / "docker-compose.yml").read_text())
     services = compose["services"]
     assert set(services) == {"postgres", "redis", "web", "ws", "proxy", "worker-gpu", "worker-cpu", "worker-vbench"}
     for name, service in services.items():

@@ -5,7 +5,6 @@ resumes it. Real worker processes on the real Redis and the test database."""
 
 import os
 import signal
-import subprocess
 import time
 import uuid
 
@@ -15,7 +14,7 @@ from django.contrib.auth import get_user_model
 from tests.conftest import BIN, Process, subprocess_database_url
 from webapp.experiments.forms import validated_config
 from webapp.experiments.models import Experiment, MetricPoint
-from worker.tasks import train_experiment
+from webapp.experiments.tasks import train_experiment
 
 STEPS = 5
 

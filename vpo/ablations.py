@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from vpo.train.config import TrainConfig
+from vpo.train.keys import REWARD_MEAN, heldout
 
 # name -> the settings that differ from the baseline
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "online": {},
     "offline": {"algorithm": "offline-dpo"},
     "fixed-ref": {"ref_update_every": 0},
@@ -53,7 +54,7 @@ VERDICTS = {
 def run_variant(base: TrainConfig, name: str, seed: int, out: Path, progress: bool = True) -> Path:
     """Train one variant for one seed (or reuse a finished run); returns its run folder."""
     from vpo.train import train
-    from vpo.train.runner import latest_checkpoint
+    from vpo.train.checkpoints import latest_checkpoint
     from vpo.train.sinks import JsonlSink
 
     folder = out / f"{name}-s{seed}"
@@ -73,7 +74,7 @@ def evaluated(path: Path, prompts: list[str], steps: int, guidance: float, check
     """``vpo eval`` columns of the base (``checkpoint`` None) or of a checkpoint, cached at ``path``."""
     from vpo.backbones import load_backbone
     from vpo.eval import COLUMNS, evaluate_videos, sample_all
-    from vpo.train.runner import load_policy
+    from vpo.train.checkpoints import load_policy
 
     if path.exists():
         row = json.loads(path.read_text())
@@ -91,7 +92,7 @@ def ablate(base: TrainConfig, seeds: list[int], out, results, eval_prompts: int 
     """Run every variant for every seed, evaluate, and write ``results`` (markdown) with plots
     beside it in ``<results stem>/``. Returns the path of the markdown file."""
     from vpo.data.prompts import read_prompts
-    from vpo.train.runner import latest_checkpoint
+    from vpo.train.checkpoints import latest_checkpoint
     from vpo.train.sinks import read_metrics
 
     out, results = Path(out), Path(results)
@@ -137,7 +138,8 @@ def report(base, seeds, evals, base_eval, curves, figures, results, train_s, wal
         f"{wall / 60:.0f} min in all, evaluation included; finished runs in `--out` are reused, not re-run).",
         "",
         f"Shared settings: `{base.reward}` reward on `{base.dimension}`, N = {base.num_candidates} candidates, "
-        f"K = {base.ref_update_every}, beta = {base.beta}, {base.noise_draws} noise draw(s) per pair, LoRA rank {base.lora_rank}, lr {base.lr}, "
+        f"K = {base.ref_update_every}, beta = {base.beta}, {base.noise_draws} noise draw(s) per pair, "
+        f"LoRA rank {base.lora_rank}, lr {base.lr}, "
         f"{base.steps} steps of {base.prompts_per_step} prompt(s), {base.sampling_steps} sampling steps, "
         f"CFG {base.guidance}; ReFL back-propagates through the last {base.refl_depth} step(s). "
         f"Evaluation: {n_prompts} held-out prompts (wordings never seen in pretraining), fixed seeds, "
@@ -175,7 +177,10 @@ def report(base, seeds, evals, base_eval, curves, figures, results, train_s, wal
                 f"final training reward {a} {_final(curves, a, seeds):.3f}, {b} {_final(curves, b, seeds):.3f}"
             )
         else:
-            finding = f"{column}: {a} {100 * da:.2f} vs {b} {100 * db:.2f} (the paper's direction in {sum(holds)} of {len(seeds)} seeds)"
+            finding = (
+                f"{column}: {a} {100 * da:.2f} vs {b} {100 * db:.2f} "
+                f"(the paper's direction in {sum(holds)} of {len(seeds)} seeds)"
+            )
         # a direction counts only when every seed shows it; a split or a tie is no evidence either way
         verdict = (
             "matches" if all(holds) else "is inconclusive against" if any(holds) or any(ties) else "does not match"
@@ -185,7 +190,7 @@ def report(base, seeds, evals, base_eval, curves, figures, results, train_s, wal
 
 
 def _final(curves, name, seeds) -> float:
-    return float(np.mean([[r["reward/mean"] for r in curves[(name, s)] if "reward/mean" in r][-1] for s in seeds]))
+    return float(np.mean([[r[REWARD_MEAN] for r in curves[(name, s)] if REWARD_MEAN in r][-1] for s in seeds]))
 
 
 def plot_study(study: str, curves: dict, seeds: list[int], path: Path) -> None:
@@ -196,10 +201,10 @@ def plot_study(study: str, curves: dict, seeds: list[int], path: Path) -> None:
 
     title, names = STUDIES[study]
     panels = [
-        ("reward/mean", "training reward (own source)"),
-        ("heldout/temporal", "held-out temporal (metrics)"),
-        ("heldout/dynamic", "held-out dynamic degree"),
-        ("heldout/alignment", "held-out alignment"),
+        (REWARD_MEAN, "training reward (own source)"),
+        (heldout("temporal"), "held-out temporal (metrics)"),
+        (heldout("dynamic"), "held-out dynamic degree"),
+        (heldout("alignment"), "held-out alignment"),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for ax, (key, label) in zip(axes, panels):

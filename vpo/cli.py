@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vpo.rewards import DIMENSIONS, GLOBAL
+
 
 def _add_sample(sub):
     p = sub.add_parser("sample", help="sample videos to a folder with a manifest")
@@ -41,7 +43,7 @@ def cmd_sample(args) -> int:
     adapter = args.checkpoint and Path(args.checkpoint).is_dir()
     backbone = load_backbone(args.backbone, None if adapter else args.checkpoint)
     if adapter:
-        from vpo.train.runner import load_policy
+        from vpo.train.checkpoints import load_policy
 
         load_policy(backbone, args.checkpoint)
     t0 = time.perf_counter()
@@ -157,7 +159,7 @@ def cmd_score(args) -> int:
     from vpo.rewards import load_reward
 
     source = load_reward(args.reward)
-    dims = [source.check_dimension(args.dimension)] if args.dimension else [*source.dimensions, "global"]
+    dims = [source.check_dimension(args.dimension)] if args.dimension else [*source.dimensions, GLOBAL]
     items = _load_inputs(args.inputs, args.prompt)
     result = source.score(np.stack([f for _, _, f in items]), [p for _, p, _ in items])
     rows = []
@@ -189,7 +191,7 @@ def _add_feedback(sub):
     p = sub.add_parser("feedback", help="MRR / Recall@k of reward sources against human choices (OnlineVPO Eq. 5)")
     p.add_argument("groups", help='JSON: [{"prompt": ..., "videos": [".npy or .mp4", ...], "chosen": index}, ...]')
     p.add_argument("--reward", action="append", help="reward source (repeatable; default: all)")
-    p.add_argument("--dimension", default="global")
+    p.add_argument("--dimension", default=GLOBAL, help=f"one of {', '.join([*DIMENSIONS, GLOBAL])}")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_feedback)
 
@@ -207,13 +209,14 @@ def cmd_feedback(args) -> int:
         ]
     except (KeyError, TypeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: expected a list of {{prompt, videos, chosen}} objects ({e})") from None
+    missing: dict[str, str] = {}
     if args.reward:
-        sources, missing = [load_reward(name) for name in args.reward], {}
+        sources = [load_reward(name) for name in args.reward]
     else:
         sources, missing = available_sources()
     rows = []
     for source in sources:
-        if args.dimension not in (*source.dimensions, "global"):
+        if args.dimension not in (*source.dimensions, GLOBAL):
             continue  # a source without this dimension has nothing to say about it
         rows.append(analyse(source, args.dimension, groups))
     if not rows:

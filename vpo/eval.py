@@ -131,11 +131,7 @@ def paired_difference(base: dict[str, np.ndarray], tuned: dict[str, np.ndarray])
 
 def sample_all(backbone, prompts, seed: int, steps: int, guidance: float, chunk: int = 12) -> torch.Tensor:
     seeds = [seed + i for i in range(len(prompts))]
-    parts = [
-        backbone.sample(prompts[i : i + chunk], seeds[i : i + chunk], steps=steps, guidance=guidance)
-        for i in range(0, len(prompts), chunk)
-    ]
-    return torch.cat(parts)
+    return backbone.sample_many(prompts, seeds, steps=steps, guidance=guidance, chunk=chunk)
 
 
 def compare(
@@ -156,7 +152,7 @@ def compare(
     seeds. Both rows' quality scores are over the dimensions both have. ``vbench_dimensions``: the official
     suite's dimensions (default: VBench's 7 quality dimensions)."""
     from vpo.backbones import load_backbone
-    from vpo.train.runner import load_policy
+    from vpo.train.checkpoints import load_policy
 
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")

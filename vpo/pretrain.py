@@ -93,7 +93,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, u
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
         start, seconds = ckpt["step"], ckpt["seconds"]
-    log = open(out / "loss.csv", "a" if start else "w")
+    log = open(out / "loss.csv", "a" if start else "w")  # noqa: SIM115 (written every step, closed at the end)
     if not start:
         log.write("step,loss,lr,seconds\n")
     bar = tqdm(range(start, until), initial=start, total=cfg.steps, disable=not progress, desc="pretrain")

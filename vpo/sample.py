@@ -31,10 +31,11 @@ def sample_to_dir(
     jobs = [(p, seed + i) for i, p in enumerate(p for p in prompts for _ in range(num_per_prompt))]
     spec = backbone.spec
     entries = []
-    for start in range(0, len(jobs), CHUNK):
-        chunk = jobs[start : start + CHUNK]
-        videos = backbone.sample([p for p, _ in chunk], [s for _, s in chunk], steps=steps, guidance=guidance)
-        for j, ((prompt, s), v) in enumerate(zip(chunk, videos.numpy())):
+    for start, videos in backbone.sample_chunks(
+        [p for p, _ in jobs], [s for _, s in jobs], steps=steps, guidance=guidance, chunk=CHUNK
+    ):
+        for j, v in enumerate(videos.numpy()):
+            prompt, s = jobs[start + j]
             files = video_io.save_video(v, out, f"{start + j:04d}", spec.fps)
             entries.append({"prompt": prompt, "seed": s, **files})
     manifest = {

@@ -1,4 +1,4 @@
-"""Statistics of two-alternative forced-choice (2AFC) studies (``shared/DESIGN.md``, human studies).
+"""Statistics of two-alternative forced-choice (2AFC) studies (formulas: ``docs/algorithm.md``, "Human studies").
 
 * pairwise: win rate on non-tie votes, Wilson 95% interval and an exact two-sided binomial test
   against 0.5 (scipy's ``binomtest``), tie rate;
@@ -152,7 +152,7 @@ def bradley_terry_fit(
     log_p = _fit(len(systems), first, second, score, prior)
     a = systems.index(anchor)
     if np.isnan(log_p[a]):
-        return BTFit({s: None for s in systems}, prior)  # nothing to anchor on
+        return BTFit(dict.fromkeys(systems), prior)  # nothing to anchor on
     return BTFit({s: None if np.isnan(log_p[i]) else float(log_p[i] - log_p[a]) for i, s in enumerate(systems)}, prior)
 
 

@@ -23,18 +23,16 @@ def render_system(
     """Sample ``(prompt, seed)`` jobs from a backbone (with a training checkpoint's adapter, if
     given), calling ``saved(job index, uint8 video (F, H, W, C), fps)`` as each video is ready.
     Every system samples the same jobs, so the clips of one trial share prompt and seed."""
-    import torch
-
     from vpo.backbones import load_backbone
-    from vpo.train.runner import load_policy
+    from vpo.device import pick_device
+    from vpo.train.checkpoints import load_policy
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    backbone = load_backbone(backbone_name, device=device)
+    backbone = load_backbone(backbone_name, device=pick_device(device))
     if checkpoint is not None:
         load_policy(backbone, checkpoint)
-    for start in range(0, len(jobs), CHUNK):
-        chunk = jobs[start : start + CHUNK]
-        videos = backbone.sample([p for p, _ in chunk], [s for _, s in chunk], steps=steps, guidance=guidance)
+    for start, videos in backbone.sample_chunks(
+        [p for p, _ in jobs], [s for _, s in jobs], steps=steps, guidance=guidance, chunk=CHUNK
+    ):
         for i, video in enumerate(videos.numpy()):
             saved(start + i, video, backbone.spec.fps)
 

@@ -40,7 +40,7 @@ def check_video(video: np.ndarray) -> np.ndarray:
 
 def write_mp4(video: np.ndarray, path, fps: int) -> Path:
     video = check_video(video)
-    f, h, w, _ = video.shape
+    _, h, w, _ = video.shape
     scale = max(1, -(-MIN_DISPLAY // min(h, w)))  # ceil: the short side reaches >= 256 px
     out_w, out_h = w * scale, h * scale
     out_w, out_h = out_w + out_w % 2, out_h + out_h % 2  # yuv420p needs even sizes

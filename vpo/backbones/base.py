@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import functools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -29,8 +30,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 def keep_freed_memory(keep: bool = True) -> None:
     """Ask glibc to keep freed blocks of up to 32 MiB in the heap instead of returning them to the
     kernel. By default PyTorch's CPU tensors above a few MiB are mmap-ed and unmapped on every op,
-    and each reuse pays page faults and zeroing: measured here, a 6-video sampling batch took 3.0 s
-    with the default and 2.2 s with this (``benchmarks/sampling.py``). ``keep=False`` restores
+    and each reuse pays page faults and zeroing, which made a sampling batch slower than sampling
+    one video at a time (measured in ``docs/tiny-backbone.md``). ``keep=False`` restores
     glibc's defaults, so that the resident set follows the memory in use (what a memory benchmark
     wants to see). No-op off glibc."""
     try:
@@ -50,9 +51,8 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
     """The dtype matmuls run in on ``device_type`` (None = plain fp32), from ``VPO_AUTOCAST``:
 
     * ``auto`` (default): bf16 on CUDA; on a CPU, bf16 only where oneDNN has bf16 kernels (AVX-512
-      and newer, ``torch.ops.mkldnn._is_mkldnn_bf16_supported``). Measured on two 2-core machines
-      of ours: with native bf16, matmuls ran at ~900 GFLOP/s vs ~60 in fp32; on an AVX2-only CPU
-      bf16 is emulated and ran at ~1 GFLOP/s vs 120 in fp32 — there fp32 is 100x faster;
+      and newer, ``torch.ops.mkldnn._is_mkldnn_bf16_supported``): elsewhere bf16 is emulated and
+      far slower than fp32 (measured in ``docs/tiny-backbone.md``);
     * ``bf16`` / ``fp32``: forced.
     """
     choice = os.environ.get("VPO_AUTOCAST", "auto").strip().lower() or "auto"
@@ -151,20 +151,54 @@ class Backbone(torch.nn.Module):
             raise ValueError(f"steps must be >= 1, got {steps}")
         x = self.initial_noise(seeds)
         b = len(prompts)
-        cond = self.encode_prompts(prompts)
-        use_cfg = guidance != 1.0
-        # CFG: conditional and unconditional halves share one forward pass (one batch of 2B)
-        text_in = torch.cat([cond, self.null_text(b)]) if use_cfg else cond
+        text = self.guidance_text(prompts, guidance)
         scheduler = self.make_scheduler(steps)
         with self.autocast():
-            for t in scheduler.timesteps:
+            for i, t in enumerate(scheduler.timesteps):
                 sigma = (t / scheduler.config.num_train_timesteps).expand(b)
-                if use_cfg:
-                    v_cond, v_uncond = (
-                        self.predict_velocity(torch.cat([x, x]), torch.cat([sigma, sigma]), text_in).float().chunk(2)
-                    )
-                    v = v_uncond + guidance * (v_cond - v_uncond)
-                else:
-                    v = self.predict_velocity(x, sigma, text_in).float()
-                x = scheduler.step(v, t, x).prev_sample
+                x = euler_step(scheduler, i, x, self.guided_velocity(x, sigma, text, guidance))
         return (self.decode(x), x) if return_latents else self.decode(x)
+
+    def guidance_text(self, prompts: list[str], guidance: float) -> torch.Tensor:
+        """The text conditioning ``guided_velocity`` takes: with classifier-free guidance (guidance
+        != 1) the prompts' and the unconditional conditioning stacked (2B), else the prompts' (B)."""
+        cond = self.encode_prompts(prompts)
+        return torch.cat([cond, self.null_text(len(prompts))]) if guidance != 1.0 else cond
+
+    def guided_velocity(
+        self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor, guidance: float
+    ) -> torch.Tensor:
+        """Velocity with classifier-free guidance, ``v_uncond + w (v_cond - v_uncond)`` (Ho & Salimans
+        2022, Eq. 6 written for velocities); the two halves share one forward pass (a batch of 2B).
+        ``text`` comes from ``guidance_text``. Returned in fp32 whatever the autocast dtype."""
+        if guidance == 1.0:
+            return self.predict_velocity(x, sigma, text).float()
+        v_cond, v_uncond = self.predict_velocity(torch.cat([x, x]), torch.cat([sigma, sigma]), text).float().chunk(2)
+        return v_uncond + guidance * (v_cond - v_uncond)
+
+    def sample_chunks(
+        self, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = 4.0, chunk: int = 12
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """``sample`` over a long list in batches of at most ``chunk`` videos (x2 with CFG), which
+        bounds memory: yields (index of the batch's first video, its uint8 videos). A video depends
+        only on its own seed, so the batching changes nothing but memory and speed."""
+        if len(prompts) != len(seeds):
+            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt")
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        for start in range(0, len(prompts), chunk):
+            end = start + chunk
+            yield start, self.sample(prompts[start:end], seeds[start:end], steps=steps, guidance=guidance)
+
+    def sample_many(
+        self, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = 4.0, chunk: int = 12
+    ) -> torch.Tensor:
+        """All the videos of ``sample_chunks`` in one uint8 tensor (B, F, H, W, C)."""
+        return torch.cat([videos for _, videos in self.sample_chunks(prompts, seeds, steps, guidance, chunk)])
+
+
+def euler_step(scheduler: FlowMatchEulerDiscreteScheduler, i: int, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """One Euler step of the rectified-flow ODE from the scheduler's i-th noise level to the next,
+    ``x_{i+1} = x_i + (sigma_{i+1} - sigma_i) v`` (what ``FlowMatchEulerDiscreteScheduler.step``
+    computes, without its step counter, so that ReFL can differentiate through it)."""
+    return x + (scheduler.sigmas[i + 1] - scheduler.sigmas[i]) * v

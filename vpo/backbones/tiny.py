@@ -4,10 +4,9 @@ The denoiser is a compact factorised space-time transformer in the manner of Ope
 Latte: every block attends *within* each frame (spatial), then *across* frames at each position
 (temporal), then to the text (cross-attention), then runs an MLP; timestep and sentence embedding
 modulate the blocks through adaLN-Zero (DiT). Why not diffusers' ``WanTransformer3DModel`` at toy
-size, which we tried first: with full attention over 512 tokens its sampling batch (6 videos x 20
-steps, CFG) took 6.3 s on the 2-core target CPU, over the 6 s budget, and a training step 3 s;
-factorised attention with plain bf16 matmuls brings these to about 4 s and 1.9 s
-(``benchmarks/sampling.py``, ``docs/tiny-backbone.md``). It is still a diffusers ``ModelMixin`` with
+size, which we tried first: full attention over 512 tokens made sampling and training steps slower
+than the CPU budget allows; factorised attention with plain bf16 matmuls fits it (the figures:
+``docs/tiny-backbone.md``). It is still a diffusers ``ModelMixin`` with
 ``PeftAdapterMixin``, so LoRA adapters attach exactly as they do to the real backbones.
 
 Pixels play the role of latents (3 channels, no VAE). Text: the frozen all-MiniLM-L6-v2 encoder
@@ -34,13 +33,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.modeling_utils import ModelMixin
-from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -75,7 +74,7 @@ class TinyConfig:
             if size % p:
                 raise ValueError(f"{name}={size} is not divisible by its patch size {p}")
 
-    def build_transformer(self) -> "SpaceTimeTransformer":
+    def build_transformer(self) -> SpaceTimeTransformer:
         return SpaceTimeTransformer(
             dim=self.dim,
             heads=self.heads,
@@ -95,7 +94,8 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 class Attention(nn.Module):
     """Multi-head attention as explicit matmuls: for the short sequences here (8, 24 and 64 keys)
-    bf16 matmuls + an fp32 softmax run 2-4x faster on the CPU than torch's fused kernels."""
+    bf16 matmuls + an fp32 softmax run faster on the CPU than torch's fused kernels
+    (``docs/tiny-backbone.md``)."""
 
     def __init__(self, dim: int, heads: int, context_dim: int | None = None):
         super().__init__()
@@ -121,7 +121,7 @@ class ConvMLP(nn.Module):
     "Conv-FFN" of PVTv2 and LocalViT). Attention alone left a fresh model drawing an object as
     scattered, uncoordinated patches; the convolution lets neighbouring patches agree on one
     object's outline from the start. Spatial only: time is mixed by temporal attention, and a 3-D
-    depthwise convolution's backward pass is 20x slower on the CPU."""
+    depthwise convolution's backward pass is much slower on the CPU (``docs/tiny-backbone.md``)."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -341,14 +341,14 @@ class TinyBackbone(Backbone):
         save_file(state, str(path), metadata={"backbone": self.name, "config": json.dumps(asdict(self.config))})
 
     @classmethod
-    def load(cls, path=None, text_encoder: MiniLM | None = None) -> "TinyBackbone":
+    def load(cls, path=None, text_encoder: MiniLM | None = None) -> TinyBackbone:
         path = Path(path or WEIGHTS)
         if not path.is_file():
             raise FileNotFoundError(f"no tiny backbone weights at {path}")
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-                state = {k: f.get_tensor(k) for k in f.keys()}
+                state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle is not a dict)
         except Exception as e:  # safetensors raises its own error types for any malformed file
             raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
         if meta.get("backbone") != cls.name or "config" not in meta:

@@ -78,7 +78,7 @@ _CENTROID_DY = {"circle": 0.0, "square": 0.0, "triangle": 1 / 3}
 def _shape(alpha: np.ndarray, masks: np.ndarray, seen: np.ndarray) -> str | None:
     """Template fit: per frame, render each shape with the observed area and centroid, keep the
     one closest to the observed coverage; majority vote over frames where the object is whole."""
-    f, h, w = masks.shape
+    _, h, w = masks.shape
     py, px = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
     votes = []
     for i in np.nonzero(seen)[0]:
@@ -88,12 +88,12 @@ def _shape(alpha: np.ndarray, masks: np.ndarray, seen: np.ndarray) -> str | None
         a = alpha[i]
         area = a.sum()
         cy, cx = (a * py).sum() / area, (a * px).sum() / area
-        errors = {}
+        errors: dict[str, float] = {}
         for shape in world.SHAPES:
             r = np.sqrt(area / _AREA[shape])
             cov = world._coverage(shape, px, py, cx, cy - _CENTROID_DY[shape] * r, r)
             errors[shape] = np.abs(cov - a).sum()
-        votes.append(min(errors, key=errors.get))
+        votes.append(min(errors, key=errors.__getitem__))
     if not votes:
         return None
     names, counts = np.unique(votes, return_counts=True)

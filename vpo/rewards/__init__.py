@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-DIMENSIONS = ("visual", "temporal", "dynamic", "alignment")
 GLOBAL = "global"  # the mean of a source's dimensions, each normalised to [0, 1]
 
 
@@ -20,6 +19,11 @@ class Source:
     dimensions: tuple[str, ...]
     differentiable: tuple[str, ...]  # dimensions with a torch-differentiable score
     description: str
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """What a run may train on with this source: its dimensions and ``global``."""
+        return (*self.dimensions, GLOBAL)
 
 
 REWARD_SOURCES: dict[str, Source] = {
@@ -42,6 +46,9 @@ REWARD_SOURCES: dict[str, Source] = {
         "VideoScore (Idefics2 regression) from a local weights directory",
     ),
 }
+
+# every dimension some source offers, in the order the sources first name them
+DIMENSIONS: tuple[str, ...] = tuple(dict.fromkeys(d for s in REWARD_SOURCES.values() for d in s.dimensions))
 
 
 def source_info(name: str) -> Source:

@@ -93,7 +93,7 @@ def _grey(frame: np.ndarray) -> np.ndarray:
 
 def _farneback(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Dense flow from grey frame a to b, (H, W, 2) in pixels: a(x) ~ b(x + flow(x))."""
-    return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 2, 9, 3, 5, 1.1, 0)  # type: ignore[call-overload]
+    return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 2, 9, 3, 5, 1.1, 0)
 
 
 def flow_midpoint(a: np.ndarray, b: np.ndarray) -> np.ndarray:

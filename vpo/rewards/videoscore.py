@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vpo.device import pick_device
 from vpo.rewards.base import RewardSource, ScoreResult, check_videos
 
 SETTING = "VPO_VIDEOSCORE_DIR"
@@ -84,7 +85,7 @@ class VideoScoreSource(RewardSource):
         self.template = template.read_text(encoding="utf-8")
         if "{text_prompt}" not in self.template:
             raise ValueError(f"{template} has no {{text_prompt}} placeholder")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(pick_device(device))
         from transformers import AutoProcessor
 
         self.processor = AutoProcessor.from_pretrained(self.directory)

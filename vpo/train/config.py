@@ -9,34 +9,44 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
+
+# the registries import nothing heavy: the web process validates with this same code
+from vpo.backbones import BACKBONES
+from vpo.data.prompts import BUILTIN
+from vpo.rewards import DIMENSIONS, GLOBAL, REWARD_SOURCES
+from vpo.train import ALGORITHMS
 
 
-def _f(default, help: str):
+def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
+
+
+def _one_of(names: Any) -> str:
+    names = list(names)
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
 
 
 @dataclass
 class TrainConfig:
     backbone: str = _f("tiny", "video generator (BACKBONES)")
     reward: str = _f("metrics", "reward source (REWARD_SOURCES)")
-    dimension: str = _f("temporal", "reward dimension trained on: visual, temporal, dynamic, alignment or global")
-    algorithm: str = _f("online-dpo", "online-dpo, offline-dpo or refl (ALGORITHMS)")
-    prompts: str = _f("train", "prompt set: a built-in name (train, demo, heldout64) or a text file")
+    dimension: str = _f("temporal", f"reward dimension trained on: {_one_of([*DIMENSIONS, GLOBAL])}")
+    algorithm: str = _f("online-dpo", f"{_one_of(ALGORITHMS)} (ALGORITHMS)")
+    prompts: str = _f("train", f"prompt set: a built-in name ({', '.join(BUILTIN)}) or a text file")
     steps: int = _f(60, "optimizer steps")
     prompts_per_step: int = _f(1, "prompts per step (each gives one pair for DPO)")
     num_candidates: int = _f(6, "N: candidates sampled per prompt (OnlineVPO: 6)")
     ref_update_every: int = _f(20, "K: copy the policy into the reference every K steps; 0 = fixed reference")
     beta: float = _f(100.0, "Flow-DPO beta (constant; flow_grpo uses 100)")
     noise_draws: int = _f(
-        8,
-        "DPO: (sigma, eps) draws per pair in each update, averaged; each shared by winner and loser "
-        "(on tiny, 40 steps: 1 draw moved held-out flickering -0.01 points, 8 draws +0.13)",
+        8, "DPO: (sigma, eps) draws per pair in each update, averaged; each shared by winner and loser"
     )
     tie_tolerance: float = _f(1e-3, "skip a prompt whose best and worst scores differ by less")
     lora_rank: int = _f(8, "LoRA rank")
-    lr: float = _f(1e-3, "AdamW learning rate of the adapter (on tiny, 60 steps: 3e-4 barely moved it, 1e-2 diverged)")
+    lr: float = _f(1e-3, "AdamW learning rate of the adapter")
     grad_clip: float = _f(1.0, "max gradient norm")
     sampling_steps: int = _f(20, "denoising steps when sampling candidates")
     guidance: float = _f(4.0, "classifier-free guidance scale")
@@ -48,12 +58,7 @@ class TrainConfig:
     checkpoint_every: int = _f(20, "C: checkpoint every C steps")
     out: str = _f("runs/train", "run folder: checkpoints, metrics.jsonl, videos")
 
-    def __post_init__(self):
-        # the registries import nothing heavy: the web process validates with this same code
-        from vpo.backbones import BACKBONES
-        from vpo.rewards import GLOBAL, REWARD_SOURCES
-        from vpo.train import ALGORITHMS
-
+    def __post_init__(self) -> None:
         for f in fields(self):
             if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
                 raise ConfigError(f.name, f"{f.name} must be a finite number, got {getattr(self, f.name)}")
@@ -76,7 +81,7 @@ class TrainConfig:
                 f" (refl needs a differentiable one of {self.reward!r})",
             )
         else:
-            _choice("dimension", self.dimension, (*source.dimensions, GLOBAL), f" for reward source {self.reward!r}")
+            _choice("dimension", self.dimension, source.choices, f" for reward source {self.reward!r}")
         for name in (
             "steps",
             "prompts_per_step",
@@ -110,7 +115,7 @@ class TrainConfig:
 
     # --- (de)serialisation -------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -124,7 +129,7 @@ class TrainConfig:
         return cls(**typed)
 
     @classmethod
-    def from_toml(cls, path) -> "TrainConfig":
+    def from_toml(cls, path: str | Path) -> TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no config file {path}")
@@ -145,10 +150,6 @@ class TrainConfig:
             lines.append(f"{f.name} = {_toml_value(value)}")
         return "\n".join(lines) + "\n"
 
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        return {f.name: f.metadata["help"] for f in fields(cls) if f.default is not MISSING}
-
 
 class ConfigError(ValueError):
     """A bad value, with the field it belongs to (the web form shows it next to that field)."""
@@ -158,12 +159,12 @@ class ConfigError(ValueError):
         self.field = field
 
 
-def _choice(name: str, value, valid, context: str = "") -> None:
+def _choice(name: str, value: Any, valid: Any, context: str = "") -> None:
     if value not in valid:
         raise ConfigError(name, f"unknown {name} {value!r}{context}; valid: {', '.join(valid)}")
 
 
-def _coerce(name: str, value, kind: type):
+def _coerce(name: str, value: Any, kind: type) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is float and isinstance(value, str):
@@ -178,7 +179,7 @@ def _coerce(name: str, value, kind: type):
     return value
 
 
-def _toml_value(value) -> str:
+def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, float):

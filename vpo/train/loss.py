@@ -1,4 +1,4 @@
-"""The Flow-DPO loss (OnlineVPO Sec. 2.3 with Diffusion-DPO's form; see ``shared/DESIGN.md``).
+"""The Flow-DPO loss (OnlineVPO Sec. 2.3 with Diffusion-DPO's form; ``docs/algorithm.md``, Eq. 2).
 
 Winner and loser are noised with the *same* eps and the *same* sigma. With
 ``mse_m(x) = mean((v_m(x_t, sigma) - (eps - x))^2)`` over all elements of a video,
@@ -14,6 +14,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vpo.train.keys import (
+    DPO_IMPLICIT_ACC,
+    DPO_LOSS,
+    DPO_MSE_L,
+    DPO_MSE_REF_L,
+    DPO_MSE_REF_W,
+    DPO_MSE_W,
+)
+
 
 def per_video_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(B, ...) -> (B,): mean squared error over every element of each video."""
@@ -27,11 +36,11 @@ def flow_dpo_loss(
     bracket = (mse_w - ref_mse_w) - (mse_l - ref_mse_l)
     loss = -F.logsigmoid(-beta / 2 * bracket).mean()
     stats = {
-        "dpo/loss": loss.item(),
-        "dpo/implicit_acc": (bracket < 0).float().mean().item(),
-        "dpo/mse_w": mse_w.mean().item(),
-        "dpo/mse_l": mse_l.mean().item(),
-        "dpo/mse_ref_w": ref_mse_w.mean().item(),
-        "dpo/mse_ref_l": ref_mse_l.mean().item(),
+        DPO_LOSS: loss.item(),
+        DPO_IMPLICIT_ACC: (bracket < 0).float().mean().item(),
+        DPO_MSE_W: mse_w.mean().item(),
+        DPO_MSE_L: mse_l.mean().item(),
+        DPO_MSE_REF_W: ref_mse_w.mean().item(),
+        DPO_MSE_REF_L: ref_mse_l.mean().item(),
     }
     return loss, stats

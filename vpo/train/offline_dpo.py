@@ -7,12 +7,14 @@ candidates each — and then the same Flow-DPO loss is applied to that fixed set
 from __future__ import annotations
 
 import random
-import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
+from vpo.train.keys import OFFLINE_MARGIN, OFFLINE_PAIRS, REWARD_MARGIN
 from vpo.train.online_dpo import dpo_update, pick_pairs
-from vpo.train.runner import Run, _mix
+from vpo.train.runner import Run, derive_seed
 
 
 def build_pairs(run: Run) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
@@ -37,26 +39,21 @@ def build_pairs(run: Run) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.
     return torch.stack(winners), torch.stack(losers), prompts, torch.tensor(margins)
 
 
-def train(cfg, sink, stop=None, resume: bool = False, device: str = "cpu", backbone=None):
-    run = Run(cfg, sink, device, backbone)
+def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
+    cfg = run.cfg
     # the pairs come from the base model: build them before loading any trained adapter
     winners, losers, pair_prompts, margins = build_pairs(run)
-    start = run.begin(resume, {"train/offline_pairs": len(pair_prompts), "train/offline_margin": margins.mean().item()})
-    for step in range(start, cfg.steps):
-        if stop is not None and stop():
-            break
-        run.step = step
-        t0 = time.perf_counter()
+    start = run.begin(resume, {OFFLINE_PAIRS: len(pair_prompts), OFFLINE_MARGIN: margins.mean().item()})
+
+    def one_step(step: int) -> dict:
         # 1.-3. take this step's pairs from the fixed set (no sampling, no scoring)
-        rng = random.Random(_mix(cfg.seed, step, "offline-pairs"))
+        rng = random.Random(derive_seed(cfg.seed, step, "offline-pairs"))
         idx = [rng.randrange(len(pair_prompts)) for _ in range(cfg.prompts_per_step)]
         # 4. the same Flow-DPO update as online-dpo
         values = dpo_update(run, winners[idx], losers[idx], [pair_prompts[i] for i in idx], step)
-        values["reward/margin"] = margins[idx].mean().item()
-        done = step + 1
-        # 5. curriculum reference update every K steps
-        run.maybe_update_reference(done, values)
-        # 6. log, held-out monitor, checkpoint
-        values["perf/step_s"] = time.perf_counter() - t0
-        run.end_step(done, values)
-    return run.finish()
+        values[REWARD_MARGIN] = margins[idx].mean().item()
+        # 5. curriculum reference update every K steps; 6. (run.loop) log, held-out monitor, checkpoint
+        run.maybe_update_reference(step + 1, values)
+        return values
+
+    return run.loop(start, stop, one_step)

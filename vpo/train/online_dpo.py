@@ -13,9 +13,23 @@ paper uses VideoScore); N, K and the sampling steps are smaller defaults sized f
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
+from vpo.train.keys import (
+    DPO_GRAD_NORM,
+    REWARD_MARGIN,
+    REWARD_MAX,
+    REWARD_MEAN,
+    REWARD_MIN,
+    SAMPLE_S,
+    SCORE_S,
+    SKIPPED_PROMPTS,
+    STEP_S,
+    UPDATE_S,
+)
 from vpo.train.loss import flow_dpo_loss, per_video_mse
 from vpo.train.runner import Run
 
@@ -23,11 +37,10 @@ from vpo.train.runner import Run
 def dpo_update(run: Run, winners: torch.Tensor, losers: torch.Tensor, prompts: list[str], step: int) -> dict:
     """One Flow-DPO optimizer step on latent pairs (P, ...) with their prompts.
 
-    The loss is an expectation over sigma and eps (DESIGN.md); it is estimated with
-    ``noise_draws`` draws per pair, each draw shared by the pair's winner and loser. One draw per
-    pair made so noisy a gradient on tiny that 40 steps moved held-out flickering by -0.01 points;
-    8 draws moved it by +0.13 (``docs/training-probes.md``). Each draw is back-propagated on its own and
-    the gradients add up, so memory does not grow with the draws."""
+    The loss is an expectation over sigma and eps (``docs/algorithm.md``, Eq. 3); it is estimated
+    with ``noise_draws`` draws per pair, each draw shared by the pair's winner and loser (one draw
+    gives too noisy a gradient: ``docs/training-probes.md``). Each draw is back-propagated on its
+    own and the gradients add up, so memory does not grow with the draws."""
     p, draws = len(prompts), run.cfg.noise_draws
     g = run.generator(step, "dpo")
     text = run.backbone.encode_prompts(prompts)
@@ -36,7 +49,7 @@ def dpo_update(run: Run, winners: torch.Tensor, losers: torch.Tensor, prompts: l
     run.optimizer.zero_grad(set_to_none=True)
     parts = []
     for _ in range(draws):
-        # the same sigma and the same eps for a pair's winner and loser (DESIGN.md)
+        # the same sigma and the same eps for a pair's winner and loser (docs/algorithm.md, Eq. 2)
         sigma = torch.rand(p, generator=g).to(winners.device)
         eps = torch.randn(winners.shape, generator=g).to(winners.device)
         noise, s = torch.cat([eps, eps]), torch.cat([sigma, sigma])
@@ -52,7 +65,7 @@ def dpo_update(run: Run, winners: torch.Tensor, losers: torch.Tensor, prompts: l
         (loss / draws).backward()
         parts.append(stats)
     stats = {k: sum(part[k] for part in parts) / draws for k in parts[0]}
-    stats["dpo/grad_norm"] = run.apply_gradients()
+    stats[DPO_GRAD_NORM] = run.apply_gradients()
     return stats
 
 
@@ -66,15 +79,12 @@ def pick_pairs(scores: torch.Tensor, tolerance: float) -> list[tuple[int, int, i
     return pairs
 
 
-def train(cfg, sink, stop=None, resume: bool = False, device: str = "cpu", backbone=None):
-    """Run ``cfg`` (algorithm ``online-dpo``); returns the folder of the last checkpoint."""
-    run = Run(cfg, sink, device, backbone)
-    start = run.begin(resume)
+def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
+    """Train ``run`` (algorithm ``online-dpo``); returns the folder of the last checkpoint."""
+    cfg, sink = run.cfg, run.sink
     n, bb = cfg.num_candidates, run.backbone
-    for step in range(start, cfg.steps):
-        if stop is not None and stop():
-            break
-        run.step = step
+
+    def one_step(step: int) -> dict:
         t0 = time.perf_counter()
         prompts = run.pick_prompts(step)
 
@@ -93,10 +103,10 @@ def train(cfg, sink, stop=None, resume: bool = False, device: str = "cpu", backb
         # 3. winner = argmax, loser = argmin; prompts whose spread is under the tolerance are skipped
         pairs = pick_pairs(scores, cfg.tie_tolerance)
         values = {
-            "reward/mean": scores.mean().item(),
-            "reward/max": scores.max().item(),
-            "reward/min": scores.min().item(),
-            "train/skipped_prompts": len(prompts) - len(pairs),
+            REWARD_MEAN: scores.mean().item(),
+            REWARD_MAX: scores.max().item(),
+            REWARD_MIN: scores.min().item(),
+            SKIPPED_PROMPTS: len(prompts) - len(pairs),
         }
 
         # 4. Flow-DPO update on the pairs
@@ -104,20 +114,21 @@ def train(cfg, sink, stop=None, resume: bool = False, device: str = "cpu", backb
             lat = latents.view(len(prompts), n, *latents.shape[1:])
             winners = torch.stack([lat[i, w] for i, w, _ in pairs])
             losers = torch.stack([lat[i, l] for i, _, l in pairs])
-            values["reward/margin"] = float(sum(scores[i, w] - scores[i, l] for i, w, l in pairs) / len(pairs))
+            values[REWARD_MARGIN] = float(sum(scores[i, w] - scores[i, l] for i, w, l in pairs) / len(pairs))
             values.update(dpo_update(run, winners, losers, [prompts[i] for i, _, _ in pairs], step))
         done = step + 1
 
         # 5. curriculum reference update every K steps
         run.maybe_update_reference(done, values)
 
-        # 6. log, held-out monitor, sample videos, checkpoint
+        # 6. (with run.end_step) log, held-out monitor, sample videos, checkpoint; the step's time
+        # leaves out writing its videos
         values.update(
             {
-                "perf/sample_s": t_sample - t0,
-                "perf/score_s": t_score - t_sample,
-                "perf/update_s": time.perf_counter() - t_score,
-                "perf/step_s": time.perf_counter() - t0,
+                SAMPLE_S: t_sample - t0,
+                SCORE_S: t_score - t_sample,
+                UPDATE_S: time.perf_counter() - t_score,
+                STEP_S: time.perf_counter() - t0,
             }
         )
         if cfg.heldout_every and done % cfg.heldout_every == 0:
@@ -127,5 +138,6 @@ def train(cfg, sink, stop=None, resume: bool = False, device: str = "cpu", backb
             sink.samples(
                 done, "candidates", videos.numpy(), flat_prompts, scores.flatten().tolist(), labels, bb.spec.fps
             )
-        run.end_step(done, values)
-    return run.finish()
+        return values
+
+    return run.loop(run.begin(resume), stop, one_step)

@@ -11,65 +11,62 @@ video size — the scalability point of OnlineVPO's Fig. 3. Needs a differentiab
 from __future__ import annotations
 
 import random
-import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from vpo.train.runner import Run, _mix
+from vpo.backbones.base import euler_step
+from vpo.train.keys import (
+    REFL_GRAD_NORM,
+    REFL_GRAD_STEPS,
+    REFL_LOSS,
+    REFL_STOP_INDEX,
+    REWARD_MAX,
+    REWARD_MEAN,
+    REWARD_MIN,
+)
+from vpo.train.runner import Run, derive_seed
 
 
 def reward_gradient_step(run: Run, prompts: list[str], step: int) -> dict:
     cfg, bb = run.cfg, run.backbone
     b = len(prompts)
     x = bb.initial_noise(run.candidate_seeds(step, 0, b))
-    cond = bb.encode_prompts(prompts)
-    text = torch.cat([cond, bb.null_text(b)])
+    text = bb.guidance_text(prompts, cfg.guidance)
     scheduler = bb.make_scheduler(cfg.sampling_steps)
     timesteps = scheduler.timesteps
     # stop the no-grad phase at a random step, leaving refl_depth steps to differentiate through
-    rng = random.Random(_mix(cfg.seed, step, "refl-stop"))
+    rng = random.Random(derive_seed(cfg.seed, step, "refl-stop"))
     last = rng.randrange(max(cfg.refl_depth, len(timesteps) // 2), len(timesteps) + 1)
     grad_from = last - cfg.refl_depth
     with bb.autocast():
         for i, t in enumerate(timesteps[:last]):
             sigma = (t / scheduler.config.num_train_timesteps).expand(b)
             with torch.set_grad_enabled(i >= grad_from):
-                v_cond, v_uncond = (
-                    bb.predict_velocity(torch.cat([x, x]), torch.cat([sigma, sigma]), text).float().chunk(2)
-                )
-                v = v_uncond + cfg.guidance * (v_cond - v_uncond)
+                v = bb.guided_velocity(x, sigma, text, cfg.guidance)  # the same CFG as Backbone.sample
                 if i == last - 1:
                     x0 = x - sigma.view(-1, *[1] * (x.ndim - 1)) * v  # one-step x0 prediction
                 else:
-                    x = x + (scheduler.sigmas[i + 1] - scheduler.sigmas[i]) * v  # Euler, as the scheduler
+                    x = euler_step(scheduler, i, x, v)  # the same Euler step as Backbone.sample
     videos = bb.decode_differentiable(x0)
     reward = run.reward.score_differentiable(videos, prompts, cfg.dimension)
     run.check_finite("the differentiable reward", reward)
     loss = -reward.mean()
     norm = run.optimizer_step(loss)
     return {
-        "reward/mean": reward.mean().item(),
-        "reward/max": reward.max().item(),
-        "reward/min": reward.min().item(),
-        "refl/loss": loss.item(),
-        "refl/grad_norm": norm,
-        "refl/grad_steps": float(cfg.refl_depth),
-        "refl/stop_index": float(last),
+        REWARD_MEAN: reward.mean().item(),
+        REWARD_MAX: reward.max().item(),
+        REWARD_MIN: reward.min().item(),
+        REFL_LOSS: loss.item(),
+        REFL_GRAD_NORM: norm,
+        REFL_GRAD_STEPS: float(cfg.refl_depth),
+        REFL_STOP_INDEX: float(last),
     }
 
 
-def train(cfg, sink, stop=None, resume: bool = False, device: str = "cpu", backbone=None):
-    run = Run(cfg, sink, device, backbone)  # TrainConfig checked that the reward is differentiable
-    start = run.begin(resume)
-    for step in range(start, cfg.steps):
-        if stop is not None and stop():
-            break
-        run.step = step
-        t0 = time.perf_counter()
-        # 1.-4. denoise, differentiate the reward through the last steps, update
-        values = reward_gradient_step(run, run.pick_prompts(step), step)
-        done = step + 1
-        # 6. log, held-out monitor, checkpoint (ReFL has no reference model: no step 5)
-        values["perf/step_s"] = time.perf_counter() - t0
-        run.end_step(done, values)
-    return run.finish()
+def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
+    # TrainConfig checked that the reward is differentiable
+    # 1.-4. per step: denoise, differentiate the reward through the last steps, update; 6. (run.loop)
+    # log, held-out monitor, checkpoint. ReFL has no reference model: no step 5.
+    return run.loop(run.begin(resume), stop, lambda step: reward_gradient_step(run, run.pick_prompts(step), step))

@@ -10,42 +10,40 @@ until the first curriculum update copies the policy into it. No second copy of t
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import random
 import resource
-import shutil
-import warnings
+import time
+import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from peft import LoraConfig
-from safetensors.torch import load_file, save_file
 
 from vpo.backbones import load_backbone
+from vpo.backbones.base import Backbone
 from vpo.data.prompts import read_prompts
 from vpo.rewards import load_reward
+from vpo.train.checkpoints import (
+    POLICY,
+    REF,
+    add_policy_and_ref,
+    latest_checkpoint,
+    load_adapters,
+    save_checkpoint,
+)
 from vpo.train.config import TrainConfig
-
-POLICY, REF = "policy", "ref"
+from vpo.train.keys import PEAK_MEM_MB, REF_UPDATED, STEP_S, heldout
+from vpo.train.sinks import Sink
 
 
 class TrainingDiverged(ValueError):
     """A NaN or inf reward or loss: the run stops, the last good checkpoint stays."""
 
 
-def add_policy_and_ref(transformer, lora: dict) -> None:
-    """The policy and the reference: two LoRA adapters on the one frozen base (no second copy)."""
-    with warnings.catch_warnings():
-        # peft warns on a model's second adapter; two adapters are the design here
-        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-        for name in (POLICY, REF):
-            transformer.add_adapter(LoraConfig(**lora), adapter_name=name)
-
-
 class Run:
-    def __init__(self, cfg: TrainConfig, sink, device: str = "cpu", backbone=None):
+    def __init__(self, cfg: TrainConfig, sink: Sink, device: str = "cpu", backbone: Backbone | None = None):
         self.cfg, self.sink = cfg, sink
         self.out = Path(cfg.out)
         self.backbone = backbone if backbone is not None else load_backbone(cfg.backbone, device=device)
@@ -90,14 +88,14 @@ class Run:
 
     # --- randomness: every draw is a function of (seed, step, purpose) -----------------------
     def generator(self, step: int, purpose: str) -> torch.Generator:
-        return torch.Generator().manual_seed(_mix(self.cfg.seed, step, purpose))
+        return torch.Generator().manual_seed(derive_seed(self.cfg.seed, step, purpose))
 
     def candidate_seeds(self, step: int, prompt_index: int, n: int) -> list[int]:
-        base = _mix(self.cfg.seed, step, f"candidates-{prompt_index}") % (2**31)
+        base = derive_seed(self.cfg.seed, step, f"candidates-{prompt_index}") % (2**31)
         return [base + i for i in range(n)]
 
     def pick_prompts(self, step: int) -> list[str]:
-        rng = random.Random(_mix(self.cfg.seed, step, "prompts"))
+        rng = random.Random(derive_seed(self.cfg.seed, step, "prompts"))
         return [rng.choice(self.prompts) for _ in range(self.cfg.prompts_per_step)]
 
     # --- scoring and checks ------------------------------------------------------------------
@@ -137,6 +135,21 @@ class Run:
         return float(norm)
 
     # --- the start and the end of every step, whatever the algorithm -------------------------
+    def loop(self, start: int, stop: Callable[[], bool] | None, one_step: Callable[[int], dict[str, Any]]) -> Path:
+        """The skeleton of every algorithm's loop: from step ``start``, until ``cfg.steps`` or until
+        ``stop()`` says so (checked before each step), run ``one_step(step)`` (steps 1-5 of the
+        algorithm; returns the step's metrics), time it as ``perf/step_s`` unless the step timed
+        itself, then step 6 (``end_step``). Returns the folder of the last checkpoint."""
+        for step in range(start, self.cfg.steps):
+            if stop is not None and stop():
+                break
+            self.step = step
+            t0 = time.perf_counter()
+            values = one_step(step)
+            values.setdefault(STEP_S, time.perf_counter() - t0)
+            self.end_step(step + 1, values)
+        return self.finish()
+
     def begin(self, resume: bool, extra: dict | None = None) -> int:
         """Load the latest checkpoint when resuming; returns the first step to run. A fresh run logs
         step 0 once: ``extra`` and the base model's held-out check, which is what the dashboard shows
@@ -154,11 +167,11 @@ class Run:
         """Step 5 of DPO: the curriculum reference update every K steps (K = 0: never)."""
         if self.cfg.ref_update_every and done % self.cfg.ref_update_every == 0:
             self.update_reference()
-            values["train/ref_updated"] = 1.0
+            values[REF_UPDATED] = 1.0
 
     def end_step(self, done: int, values: dict) -> None:
         """Step 6: held-out check every E steps, metrics to the sink, checkpoint every C steps."""
-        values["perf/peak_mem_mb"] = peak_memory_mb(self.backbone.device)
+        values[PEAK_MEM_MB] = peak_memory_mb(self.backbone.device)
         if self.cfg.heldout_every and done % self.cfg.heldout_every == 0:
             values.update(self.heldout_check(done))
         self.sink.metrics(done, values)
@@ -169,7 +182,7 @@ class Run:
     def finish(self) -> Path:
         """Keep the work of a run that stopped early or ended between checkpoints."""
         if self.last_checkpoint is None or self.last_checkpoint.name != f"step_{self.step:06d}":
-            self.save_checkpoint(self.step)
+            return self.save_checkpoint(self.step)
         return self.last_checkpoint
 
     # --- held-out monitor: the reward-hacking alarm -----------------------------------------
@@ -179,8 +192,8 @@ class Run:
         seeds = [1_000_003 * (i + 1) for i in range(len(self.heldout))]
         videos = self.backbone.sample(self.heldout, seeds, steps=self.cfg.sampling_steps, guidance=self.cfg.guidance)
         result = self.monitor.score(videos, self.heldout)
-        values = {f"heldout/{d}": float(torch.nanmean(s)) for d, s in result.scores.items()}
-        values["heldout/temporal_flickering"] = float(result.raw["temporal_flickering"].mean())
+        values = {heldout(d): float(torch.nanmean(s)) for d, s in result.scores.items()}
+        values[heldout("temporal_flickering")] = float(result.raw["temporal_flickering"].mean())
         self.sink.samples(
             step,
             "heldout",
@@ -194,37 +207,9 @@ class Run:
 
     # --- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> Path:
-        folder = self.out / "checkpoints" / f"step_{step:06d}"
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        tensors = {
-            k: p.detach().cpu().contiguous() for name in (POLICY, REF) for k, p in self.adapter_params(name).items()
-        }
-        save_file(
-            tensors,
-            str(tmp / "adapter.safetensors"),
-            metadata={"backbone": self.cfg.backbone, "step": str(step), "config": json.dumps(self.cfg.to_dict())},
-        )
-        torch.save(
-            {
-                "step": step,
-                "config": self.cfg.to_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "numpy_rng": np.random.get_state(),
-            },
-            tmp / "state.pt",
-        )
-        (tmp / "config.toml").write_text(self.cfg.to_toml())
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-        # the pointer moves only once the checkpoint is complete: a crash never leaves a bad "latest"
-        pointer = self.out / "checkpoints" / "latest"
-        pointer.with_suffix(".tmp").write_text(folder.name)
-        os.replace(pointer.with_suffix(".tmp"), pointer)
-        self.last_checkpoint = folder
-        return folder
+        adapters = {k: p for name in (POLICY, REF) for k, p in self.adapter_params(name).items()}
+        self.last_checkpoint = save_checkpoint(self.out, step, self.cfg, adapters, self.optimizer)
+        return self.last_checkpoint
 
     def resume(self) -> int:
         """Load the latest checkpoint of ``cfg.out``; returns the step to continue from."""
@@ -244,52 +229,6 @@ class Run:
         return state["step"]
 
 
-def latest_checkpoint(out) -> Path | None:
-    pointer = Path(out) / "checkpoints" / "latest"
-    return Path(out) / "checkpoints" / pointer.read_text().strip() if pointer.exists() else None
-
-
-def load_adapters(transformer, path) -> None:
-    """Copy saved adapter tensors into a transformer that has the same adapters."""
-    saved = load_file(str(path))
-    own = dict(transformer.named_parameters())
-    missing = [k for k in saved if k not in own]
-    if missing:
-        raise ValueError(f"{path} does not fit this model: no parameter {missing[0]}")
-    with torch.no_grad():
-        for k, v in saved.items():
-            if own[k].shape != v.shape:
-                raise ValueError(
-                    f"{path} does not fit this model: {k} is {tuple(v.shape)}, expected {tuple(own[k].shape)}"
-                )
-            own[k].copy_(v)
-
-
-def load_policy(backbone, checkpoint) -> dict:
-    """Give ``backbone`` the trained policy adapter of a training checkpoint folder (or its
-    ``adapter.safetensors``); returns the run's config."""
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "adapter.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"no training checkpoint at {checkpoint} (expected a folder with adapter.safetensors)")
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if "config" not in meta:
-        raise ValueError(f"{path} is not a training checkpoint (no config in its metadata)")
-    cfg = json.loads(meta["config"])
-    if cfg["backbone"] != backbone.name:
-        raise ValueError(f"{path} was trained on backbone {cfg['backbone']!r}, not {backbone.name!r}")
-    lora = dict(r=cfg["lora_rank"], lora_alpha=cfg["lora_rank"], target_modules=list(backbone.lora_target_modules))
-    add_policy_and_ref(backbone.transformer, lora)
-    load_adapters(backbone.transformer, path)
-    backbone.transformer.set_adapter(POLICY)
-    backbone.transformer.requires_grad_(False)
-    return cfg
-
-
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory: CUDA's allocator peak, or on the CPU the process's resident high-water mark."""
     if device.type == "cuda":
@@ -297,8 +236,8 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _mix(seed: int, step: int, purpose: str) -> int:
-    # stable across processes (unlike hash()): resume must draw exactly what the first run drew
-    import zlib
-
+def derive_seed(seed: int, step: int, purpose: str) -> int:
+    """The seed of one random draw of a run: a function of (run seed, step, purpose), so that every
+    step draws the same whatever ran before it (a resumed run draws exactly what the first run drew)."""
+    # crc32, not hash(): stable across processes
     return (seed * 1_000_003 + step * 7919 + zlib.crc32(purpose.encode())) % (2**63 - 1)

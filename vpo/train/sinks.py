@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vpo import video as video_io
+from vpo.train.keys import PROGRESS, REWARD_MEAN
 
 
 class Sink(Protocol):
@@ -34,28 +35,31 @@ class Sink(Protocol):
 
 
 class JsonlSink:
-    def __init__(self, out, total_steps: int, progress: bool = True, start_step: int = 0):
+    def __init__(self, out: str | Path, total_steps: int, progress: bool = True, start_step: int = 0) -> None:
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.out / "metrics.jsonl", "a")
+        self.file = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115 (open for the run; close() closes it)
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not progress, desc="train")
         self.t0 = time.time()
 
-    def metrics(self, step, values):
+    def metrics(self, step: int, values: dict[str, float]) -> None:
         self.file.write(json.dumps({"step": step, "time": round(time.time() - self.t0, 3), **values}) + "\n")
         self.file.flush()
-        if "reward/mean" in values:
-            self.bar.set_postfix(
-                {
-                    k.split("/")[-1]: f"{v:.3f}"
-                    for k, v in values.items()
-                    if k in ("reward/mean", "reward/margin", "dpo/loss", "dpo/implicit_acc")
-                }
-            )
+        if REWARD_MEAN in values:
+            self.bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in values.items() if k in PROGRESS})
             self.bar.n = step
             self.bar.refresh()
 
-    def samples(self, step, kind, videos, prompts, scores, labels, fps):
+    def samples(
+        self,
+        step: int,
+        kind: str,
+        videos: np.ndarray,
+        prompts: list[str],
+        scores: list[float],
+        labels: list[str],
+        fps: int,
+    ) -> None:
         folder = self.out / "samples" / f"step_{step:06d}_{kind}"
         entries = []
         for i, (v, p, s, label) in enumerate(zip(videos, prompts, scores, labels)):
@@ -63,11 +67,11 @@ class JsonlSink:
             entries.append({"prompt": p, "score": s, "label": label, **files})
         (folder / "samples.json").write_text(json.dumps({"step": step, "kind": kind, "videos": entries}, indent=1))
 
-    def close(self):
+    def close(self) -> None:
         self.bar.close()
         self.file.close()
 
 
-def read_metrics(out) -> list[dict]:
+def read_metrics(out: str | Path) -> list[dict]:
     path = Path(out) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -8,15 +8,13 @@ from dataclasses import fields
 from django import forms
 
 from vpo.backbones import BACKBONES
-from vpo.data.prompts import BUILTIN, parse_prompts
+from vpo.data.prompts import BUILTIN
 from vpo.rewards import DIMENSIONS, GLOBAL, REWARD_SOURCES
 from vpo.train import ALGORITHMS
 from vpo.train.config import ConfigError, TrainConfig
+from webapp.prompt_files import MAX_PROMPT_CHARS, MAX_PROMPTS, read_prompt_file
 
 UPLOADED = "uploaded"  # the config's "prompts" when they come from a file
-MAX_PROMPT_FILE_BYTES = 64 * 1024
-MAX_PROMPTS = 1000
-MAX_PROMPT_CHARS = 300
 
 CHOICES = {
     "backbone": list(BACKBONES),
@@ -40,30 +38,6 @@ CONFIG_FIELDS = [f for f in fields(TrainConfig) if f.name not in SERVER_SIDE]
 def validated_config(data: dict) -> dict:
     """``data`` through TrainConfig (defaults filled, values checked), without server-side fields."""
     return {k: v for k, v in TrainConfig.from_dict(data).to_dict().items() if k not in SERVER_SIDE}
-
-
-def read_prompt_file(upload) -> str:
-    """The text of an uploaded prompt file, or a ValidationError saying what is wrong with it."""
-    if upload.size > MAX_PROMPT_FILE_BYTES:
-        raise forms.ValidationError(f"the file is {upload.size:,} bytes; the limit is {MAX_PROMPT_FILE_BYTES:,}")
-    raw = upload.read()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise forms.ValidationError(f"the file is not UTF-8 text (byte {e.start} cannot be decoded)") from None
-    if "\x00" in text:
-        raise forms.ValidationError("the file is binary, not text (it contains NUL bytes)")
-    prompts = parse_prompts(text)
-    if not prompts:
-        raise forms.ValidationError("the file has no prompts: put one prompt per line ('#' starts a comment)")
-    if len(prompts) > MAX_PROMPTS:
-        raise forms.ValidationError(f"the file has {len(prompts):,} prompts; the limit is {MAX_PROMPTS:,}")
-    longest = max(prompts, key=len)
-    if len(longest) > MAX_PROMPT_CHARS:
-        raise forms.ValidationError(
-            f"a prompt has {len(longest)} characters; the limit is {MAX_PROMPT_CHARS} ({longest[:40]!r}...)"
-        )
-    return text
 
 
 class ExperimentForm(forms.Form):

@@ -1,15 +1,14 @@
 """Experiments: a training config, its owner and status, and what its run reported.
 
-Data flow (``shared/DESIGN.md``): the form creates an ``Experiment``; on commit a Celery task on
-the ``gpu`` queue calls ``Experiment.run``, which runs ``vpo.train.train`` with a ``DatabaseSink``
-(``sink.py``): every metric and sample is written here first, then announced on the channel layer;
-the websocket consumer (``consumers.py``) backfills from these tables. Nothing here imports torch
-at import time: ``vpo`` is imported inside the methods the worker calls.
+Data flow (``docs/architecture.md``): the form creates an ``Experiment``; on commit the view queues
+``tasks.train_experiment`` (``gpu`` queue), whose job (``jobs.train``) runs ``vpo.train.train`` with
+a ``DatabaseSink`` (``sink.py``): every metric and sample is written here first, then announced on
+the channel layer; the websocket consumer (``consumers.py``) backfills from these tables. Nothing
+here imports torch: ``vpo`` is imported inside the methods that need it.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from django.conf import settings
@@ -17,7 +16,7 @@ from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
-log = logging.getLogger(__name__)
+from webapp.live import push
 
 
 class Status(models.TextChoices):
@@ -105,12 +104,6 @@ class Experiment(models.Model):
         return header + TrainConfig.from_dict(data).to_toml()
 
     # --- lifecycle ---------------------------------------------------------------------------
-    def launch(self) -> None:
-        """Queue the run once the current transaction commits (the worker must see the row)."""
-        from worker.tasks import train_experiment
-
-        train_experiment.delay_on_commit(self.pk)
-
     def request_cancel(self) -> None:
         """Cancel = a flag the training loop's stop callable reads every step (no revoke/terminate:
         the loop stops between steps and saves a final checkpoint). A run that has not started yet
@@ -121,8 +114,6 @@ class Experiment(models.Model):
             status=Status.CANCELLED, cancel_requested=True, finished=timezone.now()
         ):
             self.refresh_from_db()
-            from webapp.experiments.sink import push
-
             push(self.group, {"type": "status.event", **self.status_payload()})
         else:
             Experiment.objects.filter(pk=self.pk).update(cancel_requested=True)
@@ -135,8 +126,6 @@ class Experiment(models.Model):
         return {"status": self.status, "error": self.error, "cancel_requested": self.cancel_requested}
 
     def set_status(self, status: str, error: str = "") -> None:
-        from webapp.experiments.sink import push
-
         self.status, self.error = status, error
         if status == Status.RUNNING:
             self.started = self.started or timezone.now()
@@ -145,50 +134,6 @@ class Experiment(models.Model):
         self.save(update_fields=["status", "error", "started", "finished"])
         push(self.group, {"type": "status.event", **self.status_payload()})
 
-    def run(self, worker_stopping=lambda: False) -> bool:
-        """What the worker does for this experiment: train with a database sink until done,
-        cancelled or failed. ``worker_stopping`` says whether the worker is shutting down: then the
-        run stops at its next step with a checkpoint, is marked paused and this returns False, so
-        that the task goes back to the queue. A task that comes back (after a pause, or after its
-        worker died) finds the row paused or running and resumes from the run's last checkpoint."""
-        from vpo.train import train
-        from vpo.train.runner import latest_checkpoint
-        from webapp.experiments.sink import DatabaseSink
-
-        if self.is_done:
-            return True
-        if self.cancel_requested:
-            self.set_status(Status.CANCELLED)
-            return True
-        redelivered = self.status in (Status.RUNNING, Status.PAUSED)
-        self.set_status(Status.RUNNING)
-        try:
-            cfg = self.train_config()
-            resume = redelivered and latest_checkpoint(cfg.out) is not None
-            train(
-                cfg,
-                DatabaseSink(self),
-                stop=lambda: self.stop_requested() or worker_stopping(),
-                resume=resume,
-                device=worker_device(),
-            )
-        except Exception as e:  # any failure ends the run with its message shown on the page...
-            if not worker_stopping() or self.stop_requested():
-                log.exception("experiment %s failed", self.pk)
-                self.set_status(Status.FAILED, f"{type(e).__name__}: {e}")
-                return True
-            # ...unless the worker is going down (a cold shutdown cancels the task from inside): it
-            # is paused below, the checkpoint kept; the next worker resumes it, or fails it for good
-            log.warning("experiment %s interrupted by its worker's shutdown: %s", self.pk, e)
-        if self.stop_requested():
-            self.set_status(Status.CANCELLED)
-        elif worker_stopping():
-            self.set_status(Status.PAUSED)
-            return False
-        else:
-            self.set_status(Status.FINISHED)
-        return True
-
     def checkpoints(self) -> list[str]:
         folder = self.run_dir / "run" / "checkpoints"
         return (
@@ -196,12 +141,6 @@ class Experiment(models.Model):
             if folder.is_dir()
             else []
         )
-
-
-def worker_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class MetricPoint(models.Model):
@@ -267,6 +206,12 @@ class Evaluation(models.Model):
         ordering = ["-created"]
 
     @property
+    def column_names(self) -> list[str]:
+        """The table's headers, from the columns stored with the result (``vpo.eval.COLUMNS``)."""
+        short = {"imaging_quality": "imaging*", "quality_score": "quality"}  # * = the proxy, see the note
+        return [short.get(c, c.replace("_", " ")) for c in (self.result or {}).get("columns", [])]
+
+    @property
     def rows(self) -> list[tuple[str, list[str]]]:
         """(model, values in %) for the Table-3 layout."""
         if not self.result:
@@ -303,65 +248,3 @@ class Evaluation(models.Model):
         result = self.result or {}
         labels = result.get("labels", {})
         return [(c.replace("_", " "), labels.get(c, "")) for c in result.get("columns", [])]
-
-    def launch(self) -> None:
-        from worker.tasks import evaluate_checkpoint, evaluate_checkpoint_vbench
-
-        # the official VBench runs on workers of queue "vbench" (its virtualenv and weights live there)
-        (evaluate_checkpoint_vbench if self.suite == "vbench" else evaluate_checkpoint).delay_on_commit(self.pk)
-
-    def run(self) -> None:
-        from vpo.data.prompts import read_prompts
-        from vpo.eval import columns_of, compare
-        from webapp.experiments.sink import finite_or_none, push
-
-        if self.status in DONE:
-            return
-        self.status = Status.RUNNING
-        self.save(update_fields=["status"])
-        try:
-            cfg = self.experiment.config
-            folder = self.experiment.run_dir / "run" / "checkpoints" / self.checkpoint
-            rows = compare(
-                cfg["backbone"],
-                folder,
-                read_prompts(self.prompts),
-                steps=cfg["sampling_steps"],
-                guidance=cfg["guidance"],
-                device=worker_device(),
-                suite=self.suite,
-            )
-            columns = columns_of(rows)
-            # jsonb does not keep key order: store the columns' order with the values
-            diff = rows["difference"]
-            self.result = {
-                "columns": list(columns),
-                "labels": rows["labels"],
-                "quality": rows["quality"],
-                "suite": self.suite,
-                **{m: [finite_or_none(rows[m][c]) for c in columns] for m in ("base", "checkpoint")},
-                "static": {m: [rows[m].get("static_kept"), rows[m]["videos"]] for m in ("base", "checkpoint")},
-                "difference": [_difference_cell(diff.get(c)) for c in columns],
-            }
-            self.status = Status.FINISHED
-        except Exception as e:  # shown on the page next to the evaluation
-            log.exception("evaluation %s failed", self.pk)
-            self.status, self.error = Status.FAILED, f"{type(e).__name__}: {e}"
-        self.save(update_fields=["status", "result", "error"])
-        push(self.experiment.group, {"type": "evaluation.event", "id": self.pk, "status": self.status})
-
-
-def _difference_cell(d: dict | None) -> dict | None:
-    """One column of ``paired_difference`` as jsonb can hold it (no NaN); None where there is none
-    (the quality score is a score of means, not of videos)."""
-    from webapp.experiments.sink import finite_or_none
-
-    if d is None:
-        return None
-    return {
-        "mean": finite_or_none(d["mean"]),
-        "ci95": [finite_or_none(x) for x in d["ci95"]],
-        "better": d["better"],
-        "worse": d["worse"],
-        "n": d["n"],
-    }

@@ -1,23 +1,19 @@
-"""The worker's sink: what a training run reports goes to the database first, then is announced on
-the channel layer (at-most-once; it drops group messages when full), so the database stays the
+"""The worker's sink (``vpo.train.sinks.Sink``): what a training run reports goes to the database
+first, then is announced on the channel layer (``webapp.live.push``), so the database stays the
 source of truth and a websocket client that misses an event catches up from it."""
 
 from __future__ import annotations
 
-import logging
-import math
 import time
 from typing import TypedDict
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.db import transaction
 from django.db.models import FloatField, Value
 from django.db.models.functions import Coalesce, Greatest
 
+from vpo.train.keys import REWARD_MEAN
 from webapp.experiments.models import Experiment, MetricPoint, Sample
-
-log = logging.getLogger(__name__)
+from webapp.live import finite_or_none, push
 
 
 class MetricEvent(TypedDict):
@@ -25,20 +21,6 @@ class MetricEvent(TypedDict):
     step: int
     wall: float
     values: dict[str, float | None]
-
-
-def push(group: str, event: dict) -> None:
-    """Announce an event; a failure is logged, never raised: the data is already in the database."""
-    try:
-        async_to_sync(get_channel_layer().group_send)(group, event)
-    except Exception:  # Redis down or the layer full: clients catch up from the database
-        log.warning("could not push %s to %s", event.get("type"), group, exc_info=True)
-
-
-def finite_or_none(value) -> float | None:
-    """JSON (and PostgreSQL's jsonb) has no NaN: an unavailable value is stored as null, not dropped."""
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 class DatabaseSink:
@@ -57,7 +39,7 @@ class DatabaseSink:
                 experiment=self.experiment, step=step, defaults={"wall": time.time() - self.t0, "values": clean}
             )
             update = {"last_step": step}
-            reward = clean.get("reward/mean")
+            reward = clean.get(REWARD_MEAN)
             if reward is not None:
                 best = Greatest(Coalesce("best_reward", Value(reward, FloatField())), Value(reward, FloatField()))
                 update.update(last_reward=reward, best_reward=best)

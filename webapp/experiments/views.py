@@ -9,9 +9,11 @@ from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from vpo.train.keys import DASHBOARD, REWARD_MEAN
 from webapp.experiments.forms import EvaluationForm, ExperimentForm, validated_config
 from webapp.experiments.leaderboard import leaderboard, leaderboard_csv, studies_of
 from webapp.experiments.models import Evaluation, Experiment
+from webapp.experiments.tasks import evaluate_checkpoint, evaluate_checkpoint_vbench, train_experiment
 from webapp.media import ranged_file_response
 
 # the demo on the list page: small enough to finish in a few minutes on a 2-core CPU
@@ -49,7 +51,7 @@ def experiment_new(request):
             experiment = Experiment.objects.create(
                 owner=request.user, name=form.cleaned_data["name"], config=form.config, prompts_text=form.prompts_text
             )
-            experiment.launch()
+            train_experiment.delay_on_commit(experiment.pk)  # the worker must see the committed row
             return redirect(experiment)
     else:
         initial = {"name": f"{source.name} (copy)"} if source else {}
@@ -63,7 +65,7 @@ def demo(request):
     experiment = Experiment.objects.create(
         owner=request.user, name="Demo: online DPO on temporal (tiny)", config=validated_config(DEMO_CONFIG)
     )
-    experiment.launch()
+    train_experiment.delay_on_commit(experiment.pk)
     return redirect(experiment)
 
 
@@ -80,6 +82,7 @@ def experiment_detail(request, pk):
             "evaluations": experiment.evaluations.all(),
             "evaluation_form": EvaluationForm(checkpoints=checkpoints) if checkpoints else None,
             "studies": studies_of(experiment),
+            "charts": DASHBOARD,  # the dashboard's charts and the metric names they draw (vpo.train.keys)
         },
     )
 
@@ -173,7 +176,12 @@ def compare(request):
     return render(
         request,
         "experiments/compare.html",
-        {"experiments": experiments, "differing": differing, "ids": [e.pk for e in experiments]},
+        {
+            "experiments": experiments,
+            "differing": differing,
+            "ids": [e.pk for e in experiments],
+            "default_metric": REWARD_MEAN,
+        },
     )
 
 
@@ -185,7 +193,8 @@ def evaluate(request, pk):
     if not form.is_valid():
         return HttpResponse(f"cannot evaluate: {form.errors.as_text()}", status=400)
     evaluation = Evaluation.objects.create(experiment=experiment, **form.cleaned_data)
-    evaluation.launch()
+    # the official VBench runs on workers of queue "vbench" (its virtualenv and weights live there)
+    (evaluate_checkpoint_vbench if evaluation.suite == "vbench" else evaluate_checkpoint).delay_on_commit(evaluation.pk)
     return redirect(experiment)
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 from django import forms
 
 from vpo.data.prompts import BUILTIN, parse_prompts, read_prompts
-from webapp.experiments.forms import read_prompt_file
 from webapp.experiments.models import Experiment, Status
+from webapp.prompt_files import read_prompt_file
 
 BASE = "base"
 MAX_CLIPS = 2000  # systems x prompts x videos per prompt: what one study may ask the worker to render

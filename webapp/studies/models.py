@@ -1,7 +1,7 @@
 """2AFC user studies: systems, rendered clips, trials, volunteers and their votes.
 
 A researcher creates a ``Study`` over two or more ``System``s (the base backbone or experiment
-checkpoints). A Celery task renders every system's videos with paired seeds (same prompt and seed
+checkpoints). A Celery task (``jobs.render``) renders every system's videos with paired seeds (same prompt and seed
 for every system) plus degraded copies for gold trials, then builds the ``Trial``s and opens the
 study. Volunteers arrive at an unguessable link; each becomes a ``Participant`` with a plan of
 trials and, per trial, which clip is on the left (randomised, stored). One ``Vote`` per
@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import logging
 import random
 import secrets
 from pathlib import Path
@@ -23,8 +22,6 @@ from django.db import connection, models, transaction
 from django.db.models import Count, Q
 from django.urls import reverse
 from django.utils import timezone
-
-log = logging.getLogger(__name__)
 
 
 def new_token() -> str:
@@ -98,70 +95,10 @@ class Study(models.Model):
 
         return parse_prompts(self.prompts)
 
-    def base_system(self) -> "System":
+    def base_system(self) -> System:
         """The anchor of the ratings: the base model if it is one of the systems, else the first."""
         systems = list(self.systems.all())
         return next((s for s in systems if s.experiment_id is None), systems[0])
-
-    def launch(self) -> None:
-        from worker.tasks import render_study
-
-        render_study.delay_on_commit(self.pk)
-
-    # --- rendering (the worker) ----------------------------------------------------------------
-    def render(self) -> None:
-        """Sample every system's clips with paired seeds, make the gold copies, build the trials,
-        open the study. Progress is kept in ``rendered`` / ``to_render``."""
-        from vpo.studies import degrade, render_system
-
-        systems = list(self.systems.all())
-        prompts = self.prompt_list()
-        jobs = [(p, self.seed + k) for p in prompts for k in range(self.videos_per_prompt)]
-        Study.objects.filter(pk=self.pk).update(to_render=len(jobs) * len(systems), rendered=0)
-        self.media_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            for system in systems:
-
-                def saved(job_index, video, fps, system=system):
-                    prompt, seed = jobs[job_index]
-                    clip = Clip(study=self, system=system, prompt=prompt, seed=seed)
-                    clip.save_video(video, fps)
-                    gold = Clip(study=self, system=system, prompt=prompt, seed=seed, degraded=True)
-                    gold.save_video(degrade(video, seed), fps)
-                    Study.objects.filter(pk=self.pk).update(rendered=models.F("rendered") + 1)
-
-                render_system(self.backbone_of(system), system.checkpoint_path(), jobs, saved)
-            self.build_trials()
-        except Exception as e:  # shown on the study page
-            log.exception("study %s failed to render", self.pk)
-            Study.objects.filter(pk=self.pk).update(status=StudyStatus.FAILED, error=f"{type(e).__name__}: {e}")
-            return
-        Study.objects.filter(pk=self.pk).update(status=StudyStatus.OPEN)
-
-    def analyse_feedback(self) -> None:
-        """OnlineVPO Table 2 on this study: how often each reward source ranks first the clip
-        people preferred (MRR, Recall@k), per dimension. Stored in ``feedback``."""
-        import numpy as np
-
-        from vpo.feedback import Group, analyse
-        from vpo.rewards import GLOBAL, available_sources
-        from webapp.studies.results import human_groups
-
-        groups = [
-            Group(prompt, np.stack([c.frames() for c in clips]), chosen) for prompt, clips, chosen in human_groups(self)
-        ]
-        sources, skipped = available_sources()
-        rows = []
-        if groups:
-            for source in sources:
-                for dimension in (*source.dimensions, GLOBAL):
-                    try:
-                        row = analyse(source, dimension, groups)
-                        rows.append({k.replace("@", "_at_"): v for k, v in row.items()})  # template-friendly keys
-                    except ValueError as e:  # e.g. alignment unavailable for a prompt outside the world
-                        rows.append({"source": source.name, "dimension": dimension, "error": str(e)})
-        self.feedback = {"groups": len(groups), "rows": rows, "skipped": skipped, "at": timezone.now().isoformat()}
-        self.save(update_fields=["feedback"])
 
     def backbone_of(self, system) -> str:
         return system.experiment.config["backbone"] if system.experiment_id else system.backbone
@@ -318,8 +255,8 @@ class Participant(models.Model):
     def for_vote(cls, token: str, ptoken: str) -> Participant | None:
         """The participant ``ptoken`` of study ``token`` with only what a vote needs loaded (the other
         fields load on access, as with ``.only()``). The vote endpoint is a study's hot path, so this
-        is one written-out query: the same lookup through ``select_related`` costs about 5x the CPU
-        (0.94 vs 0.19 ms, benchmarks/vote_queries.py; docs/votes.md)."""
+        is one written-out query: the same lookup through ``select_related`` costs several times the
+        CPU (measured in docs/votes.md, benchmarks/vote_queries.py)."""
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT p.id, p.plan, p.completed, s.id, s.status, s.allow_tie"
@@ -361,7 +298,7 @@ class Vote(models.Model):
         all their stored votes (trial id -> chosen clip id, None for a tie): the first vote wins.
         INSERT ... ON CONFLICT DO NOTHING: the constraint refuses a second vote without an error, so
         no transaction or savepoint is needed and the insert commits by itself (``bulk_create`` adds
-        a transaction; with the ORM's query building this costs about 5x the CPU, 1.04 vs 0.19 ms,
+        a transaction; with the ORM's query building this costs several times the CPU: docs/votes.md,
         benchmarks/vote_queries.py)."""
         chosen = {"left": item["left"], "right": item["right"], "tie": None}[choice]
         with connection.cursor() as cursor:

@@ -13,6 +13,7 @@ from webapp.experiments.models import Experiment
 from webapp.studies.forms import BASE, ManageForm, StudyForm
 from webapp.studies.models import Study, StudyStatus, System
 from webapp.studies.results import summarise, votes_csv
+from webapp.studies.tasks import analyse_study_feedback, render_study
 
 
 def visible_or_404(request, pk) -> Study:
@@ -57,7 +58,7 @@ def study_new(request):
                         backbone=experiment.config["backbone"],
                         checkpoint=checkpoint,
                     )
-            study.launch()
+            render_study.delay_on_commit(study.pk)
         return redirect(study)
     return render(request, "studies/new.html", {"form": form}, status=400 if form.errors else 200)
 
@@ -138,8 +139,6 @@ def export_csv(request, pk):
 @login_required
 @require_POST
 def feedback(request, pk):
-    from worker.tasks import analyse_study_feedback
-
     study = visible_or_404(request, pk)
     analyse_study_feedback.delay(study.pk)
     return redirect("studies:results", pk=study.pk)

@@ -19,7 +19,7 @@ from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_POST
 
-from webapp.experiments.sink import push
+from webapp.live import push
 from webapp.media import ranged_file_response
 from webapp.ratelimit import exceeded, first_in_window
 from webapp.studies.forms import ChoiceForm

@@ -5,8 +5,9 @@
   const ids = JSON.parse(document.getElementById("experiment-ids").textContent);
   const runs = await Promise.all(ids.map((id) => fetch(`/experiments/${id}/metrics.json`).then((r) => r.json())));
   const names = [...new Set(runs.flatMap((r) => Object.keys(r.series)))].sort();
+  const shown = JSON.parse(document.getElementById("default-metric").textContent);  // vpo/train/keys.py
   const select = document.getElementById("metric");
-  for (const n of names) select.add(new Option(n, n, n === "reward/mean", n === "reward/mean"));
+  for (const n of names) select.add(new Option(n, n, n === shown, n === shown));
   const chart = new VPOCharts.Chart(document.getElementById("charts"), "", "step");
 
   function draw() {

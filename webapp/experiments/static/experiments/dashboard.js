@@ -8,14 +8,8 @@
   const id = JSON.parse(document.getElementById("experiment-id").textContent);
   const base = `/experiments/${id}`;
   const state = {steps: [], wall: [], series: {}, last: -1, samples: new Map()};
-  const CHARTS = [
-    {key: "reward", title: "Reward (mean, min–max band)", lines: ["reward/mean"], band: ["reward/min", "reward/max"]},
-    {key: "margin", title: "Reward margin (winner − loser)", lines: ["reward/margin"]},
-    {key: "loss", title: "Loss", lines: ["dpo/loss", "refl/loss"]},
-    {key: "acc", title: "DPO implicit accuracy", lines: ["dpo/implicit_acc"]},
-    {key: "heldout", title: "Held-out measures (not trained on: the reward-hacking alarm)", prefix: "heldout/"},
-    {key: "perf", title: "Step time (s)", lines: ["perf/step_s"]},
-  ];
+  // the charts and the metric names they draw: vpo/train/keys.py's DASHBOARD, handed over by the template
+  const CHARTS = JSON.parse(document.getElementById("dashboard-charts").textContent);
   const $ = (sel) => document.querySelector(sel);
   const chartsEl = $("#charts");
   const charts = {};

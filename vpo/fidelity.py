@@ -20,12 +20,11 @@ DIRECTION = {"falling": "down"}  # the coarse direction a fine motion counts as
 
 def world_fidelity(backbone, n: int = 64, steps: int = 20, guidance: float = 4.0, chunk: int = 16) -> dict:
     scenes = world.heldout_scenes(n)
-    videos = []
-    for i in range(0, n, chunk):
-        part = scenes[i : i + chunk]
-        videos.extend(
-            backbone.sample([s.caption for s in part], [s.seed for s in part], steps=steps, guidance=guidance).numpy()
-        )
+    videos = list(
+        backbone.sample_many(
+            [s.caption for s in scenes], [s.seed for s in scenes], steps=steps, guidance=guidance, chunk=chunk
+        ).numpy()
+    )
     colour_ok = direction_ok = shape_ok = 0
     for scene, video in zip(scenes, videos):
         target = scene.objects[0]

@@ -1,0 +1,116 @@
+"""Training checkpoints: the policy and reference adapter names, writing a checkpoint atomically,
+finding the latest, and loading adapters back (to resume, or to sample from a trained policy).
+
+A checkpoint is a folder ``<out>/checkpoints/step_NNNNNN/`` with ``adapter.safetensors`` (both
+adapters; the run's config in its metadata), ``state.pt`` (step, config, optimizer and RNG states)
+and ``config.toml``; ``<out>/checkpoints/latest`` names the newest complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from peft import LoraConfig
+from safetensors.torch import load_file, save_file
+
+from vpo.train.config import TrainConfig
+
+POLICY, REF = "policy", "ref"
+
+
+def add_policy_and_ref(transformer: Any, lora: dict[str, Any]) -> None:
+    """The policy and the reference: two LoRA adapters on the one frozen base (no second copy)."""
+    with warnings.catch_warnings():
+        # peft warns on a model's second adapter; two adapters are the design here
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        for name in (POLICY, REF):
+            transformer.add_adapter(LoraConfig(**lora), adapter_name=name)
+
+
+def save_checkpoint(
+    out: str | Path, step: int, cfg: TrainConfig, adapters: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer
+) -> Path:
+    """Write step ``step``'s checkpoint under ``out/checkpoints`` and point ``latest`` at it. The
+    folder is written under a temporary name and renamed, and the pointer moves only once the
+    folder is complete: a crash never leaves a bad ``latest``."""
+    folder = Path(out) / "checkpoints" / f"step_{step:06d}"
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tensors = {k: p.detach().cpu().contiguous() for k, p in adapters.items()}
+    save_file(
+        tensors,
+        str(tmp / "adapter.safetensors"),
+        metadata={"backbone": cfg.backbone, "step": str(step), "config": json.dumps(cfg.to_dict())},
+    )
+    torch.save(
+        {
+            "step": step,
+            "config": cfg.to_dict(),
+            "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+        },
+        tmp / "state.pt",
+    )
+    (tmp / "config.toml").write_text(cfg.to_toml())
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    pointer = Path(out) / "checkpoints" / "latest"
+    pointer.with_suffix(".tmp").write_text(folder.name)
+    os.replace(pointer.with_suffix(".tmp"), pointer)
+    return folder
+
+
+def latest_checkpoint(out: str | Path) -> Path | None:
+    """The newest complete checkpoint folder of the run in ``out``, or None."""
+    pointer = Path(out) / "checkpoints" / "latest"
+    return Path(out) / "checkpoints" / pointer.read_text().strip() if pointer.exists() else None
+
+
+def load_adapters(transformer: Any, path: str | Path) -> None:
+    """Copy saved adapter tensors into a transformer that has the same adapters."""
+    saved = load_file(str(path))
+    own = dict(transformer.named_parameters())
+    missing = [k for k in saved if k not in own]
+    if missing:
+        raise ValueError(f"{path} does not fit this model: no parameter {missing[0]}")
+    with torch.no_grad():
+        for k, v in saved.items():
+            if own[k].shape != v.shape:
+                raise ValueError(
+                    f"{path} does not fit this model: {k} is {tuple(v.shape)}, expected {tuple(own[k].shape)}"
+                )
+            own[k].copy_(v)
+
+
+def load_policy(backbone: Any, checkpoint: str | Path) -> dict[str, Any]:
+    """Give ``backbone`` the trained policy adapter of a training checkpoint folder (or its
+    ``adapter.safetensors``); returns the run's config."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / "adapter.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"no training checkpoint at {checkpoint} (expected a folder with adapter.safetensors)")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "config" not in meta:
+        raise ValueError(f"{path} is not a training checkpoint (no config in its metadata)")
+    cfg: dict[str, Any] = json.loads(meta["config"])
+    if cfg["backbone"] != backbone.name:
+        raise ValueError(f"{path} was trained on backbone {cfg['backbone']!r}, not {backbone.name!r}")
+    lora = dict(r=cfg["lora_rank"], lora_alpha=cfg["lora_rank"], target_modules=list(backbone.lora_target_modules))
+    add_policy_and_ref(backbone.transformer, lora)
+    load_adapters(backbone.transformer, path)
+    backbone.transformer.set_adapter(POLICY)
+    backbone.transformer.requires_grad_(False)
+    return cfg

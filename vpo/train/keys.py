@@ -1,0 +1,49 @@
+"""The names of the metrics a training run reports, defined once: the loops write them, both sinks
+and the ablations read them, and the dashboard gets ``DASHBOARD`` from its template. The table of
+what each means is ``docs/metrics.md``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# reward of this step's candidates on the trained source and dimension
+REWARD_MEAN, REWARD_MAX, REWARD_MIN = "reward/mean", "reward/max", "reward/min"
+REWARD_MARGIN = "reward/margin"  # winner minus loser, averaged over the step's pairs
+# Flow-DPO (vpo/train/loss.py)
+DPO_LOSS, DPO_IMPLICIT_ACC = "dpo/loss", "dpo/implicit_acc"
+DPO_MSE_W, DPO_MSE_L, DPO_MSE_REF_W, DPO_MSE_REF_L = "dpo/mse_w", "dpo/mse_l", "dpo/mse_ref_w", "dpo/mse_ref_l"
+DPO_GRAD_NORM = "dpo/grad_norm"
+# ReFL (vpo/train/refl.py)
+REFL_LOSS, REFL_GRAD_NORM = "refl/loss", "refl/grad_norm"
+REFL_GRAD_STEPS, REFL_STOP_INDEX = "refl/grad_steps", "refl/stop_index"
+# bookkeeping of the loop
+SKIPPED_PROMPTS, REF_UPDATED = "train/skipped_prompts", "train/ref_updated"
+OFFLINE_PAIRS, OFFLINE_MARGIN = "train/offline_pairs", "train/offline_margin"
+# time and memory
+STEP_S, SAMPLE_S, SCORE_S, UPDATE_S = "perf/step_s", "perf/sample_s", "perf/score_s", "perf/update_s"
+PEAK_MEM_MB = "perf/peak_mem_mb"
+HELDOUT_PREFIX = "heldout/"
+
+
+def heldout(measure: str) -> str:
+    """The held-out monitor's key of a dimension or raw measure: ``heldout/temporal``."""
+    return f"{HELDOUT_PREFIX}{measure}"
+
+
+# the shown progress of a run in the terminal (vpo/train/sinks.py)
+PROGRESS = (REWARD_MEAN, REWARD_MARGIN, DPO_LOSS, DPO_IMPLICIT_ACC)
+
+# the dashboard's charts, in order (webapp/experiments/static/experiments/dashboard.js): a chart
+# draws ``lines``, an optional min-max ``band``, or every series whose name starts with ``prefix``
+DASHBOARD: list[dict[str, Any]] = [
+    {"key": "reward", "title": "Reward (mean, min–max band)", "lines": [REWARD_MEAN], "band": [REWARD_MIN, REWARD_MAX]},
+    {"key": "margin", "title": "Reward margin (winner − loser)", "lines": [REWARD_MARGIN]},
+    {"key": "loss", "title": "Loss", "lines": [DPO_LOSS, REFL_LOSS]},
+    {"key": "acc", "title": "DPO implicit accuracy", "lines": [DPO_IMPLICIT_ACC]},
+    {
+        "key": "heldout",
+        "title": "Held-out measures (not trained on: the reward-hacking alarm)",
+        "prefix": HELDOUT_PREFIX,
+    },
+    {"key": "perf", "title": "Step time (s)", "lines": [STEP_S]},
+]

@@ -1,0 +1,74 @@
+"""The Celery app as both sides of the queue must agree on it: broker, key prefix, queues, routes,
+acknowledgement and time limits. The web process enqueues through it (each app's ``tasks.py``);
+the worker process is started from ``worker/celery.py``, which adds what only a worker does (finding
+the tasks, marking itself as stopping on shutdown). This module imports no Django: the worker sets
+``DJANGO_SETTINGS_MODULE`` and Celery's Django fix-up calls ``django.setup()``."""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+prefix = os.environ.get("VPO_REDIS_PREFIX", "vpo")  # = settings.REDIS_PREFIX
+LONGEST_RUN_S = int(os.environ.get("VPO_LONGEST_RUN_S", 12 * 3600))
+
+# Task names stay those of the tasks' first home (worker/tasks.py): a task already queued, or a
+# paused run put back on the queue, must still find its function after an upgrade.
+TRAIN, EVALUATE = "worker.tasks.train_experiment", "worker.tasks.evaluate_checkpoint"
+RENDER_STUDY, ANALYSE_FEEDBACK = "worker.tasks.render_study", "worker.tasks.analyse_study_feedback"
+EVALUATE_VBENCH = "worker.tasks.evaluate_checkpoint_vbench"
+
+app = Celery("vpo", broker=redis_url, backend=redis_url)
+app.conf.update(
+    task_acks_late=True,  # a worker that dies mid-run leaves the task queued, not lost
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,  # one long task at a time per worker process
+    # Redis re-delivers an unacknowledged task after this long: it must outlast the longest run
+    broker_transport_options={"visibility_timeout": LONGEST_RUN_S + 3600, "global_keyprefix": f"{prefix}:celery:"},
+    result_backend_transport_options={"global_keyprefix": f"{prefix}:celery:"},
+    task_default_queue="cpu",
+    # the official VBench runs on workers of queue "vbench" (its virtualenv and weights live there)
+    task_routes={name: {"queue": "gpu"} for name in (TRAIN, EVALUATE, RENDER_STUDY)}
+    | {EVALUATE_VBENCH: {"queue": "vbench"}},
+    task_soft_time_limit=LONGEST_RUN_S,
+    task_time_limit=LONGEST_RUN_S + 600,
+)
+
+
+# --- a worker shutting down mid-run ------------------------------------------------------------
+# A warm shutdown (TERM, the first Ctrl+C, `docker compose stop`) waits for running tasks, and a
+# training run can take hours. So the worker marks itself as stopping (worker/celery.py); a run
+# reads the mark at every step, stops there with a checkpoint and goes back to the queue
+# (webapp/experiments/tasks.py). The mark is a Redis key rather than a variable because with the
+# prefork pool the signal reaches the main process while the task runs in a child.
+def stopping_key(hostname: str) -> str:
+    return f"{prefix}:worker-stopping:{hostname}"
+
+
+def new_redis() -> Any:
+    """A new client: the signal handler may interrupt the task while it holds the shared client's
+    connection-pool lock, so it must not take that lock itself."""
+    import redis
+
+    return redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+
+
+@functools.cache
+def _shared_redis() -> Any:
+    """The client ``worker_stopping`` reuses at every training step (one connection, not one a step)."""
+    return new_redis()
+
+
+def worker_stopping(hostname: str) -> bool:
+    """Whether the worker called ``hostname`` is shutting down (read by a run at every step)."""
+    import redis
+
+    try:
+        return bool(_shared_redis().exists(stopping_key(hostname)))
+    except redis.RedisError:  # no answer is no news: the run goes on
+        return False
