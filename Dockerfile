@@ -11,4 +11,8 @@ COPY webapp webapp
 COPY worker worker
 COPY manage.py ./
 RUN pip install --no-cache-dir . && DEBUG=1 python manage.py collectstatic --noinput -v 0
+# the official VBench in a virtualenv of its own, for the vbench worker only (docker-compose.yml: worker-vbench)
+ARG WITH_VBENCH=0
+COPY scripts/setup_vbench.sh scripts/
+RUN if [ "$WITH_VBENCH" = 1 ]; then VBENCH_VENV=/opt/vbench bash scripts/setup_vbench.sh; fi
 ENV PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MEDIA_ROOT=/data/media

@@ -61,10 +61,18 @@ def test_vpo_eval_prints_base_checkpoint_and_their_paired_difference(tmp_path, q
     )
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
-    assert set(result) == {"base", "checkpoint", "difference"} and set(result["base"]) == set(COLUMNS)
-    flicker = result["difference"]["temporal_flickering"]
+    assert set(result) == {"base", "checkpoint", "difference", "suite", "labels", "quality"}
+    assert set(COLUMNS) <= set(result["base"]) and result["base"]["videos"] == 3
+    assert result["labels"]["imaging_quality"].startswith("proxy (") and result["labels"][
+        "temporal_flickering_all"
+    ].startswith("exact")
+    assert (
+        "not VBench's score" in result["quality"]["label"] and "background_consistency" in result["quality"]["missing"]
+    )
+    assert result["quality"]["value"] is None and result["base"]["quality_score"] > 0  # the value is per row
+    flicker = result["difference"]["temporal_flickering_all"]
     assert flicker["n"] == 3 and flicker["better"] + flicker["worse"] <= 3
     assert flicker["mean"] == pytest.approx(
-        result["checkpoint"]["temporal_flickering"] - result["base"]["temporal_flickering"], abs=1e-6
+        result["checkpoint"]["temporal_flickering_all"] - result["base"]["temporal_flickering_all"], abs=1e-6
     )
     assert flicker["ci95"][0] <= flicker["mean"] <= flicker["ci95"][1]

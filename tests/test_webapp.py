@@ -69,7 +69,7 @@ def test_the_models_have_all_their_migrations(db):
 def test_docker_compose_has_the_stores_web_and_both_workers_with_health_checks():
     compose = yaml.safe_load((settings.BASE_DIR / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "web", "ws", "proxy", "worker-gpu", "worker-cpu"}
+    assert set(services) == {"postgres", "redis", "web", "ws", "proxy", "worker-gpu", "worker-cpu", "worker-vbench"}
     for name, service in services.items():
         assert "healthcheck" in service, name
     # nginx in front: HTTP to gunicorn, websockets to Daphne (tests/test_deploy.py runs that config)
@@ -80,5 +80,8 @@ def test_docker_compose_has_the_stores_web_and_both_workers_with_health_checks()
     assert gpu["command"][gpu["command"].index("-Q") + 1] == "gpu"
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
     assert services["worker-cpu"]["command"][services["worker-cpu"]["command"].index("-Q") + 1] == "cpu"
+    vb = services["worker-vbench"]  # the official VBench: its own queue, image and read-only weights
+    assert vb["command"][vb["command"].index("-Q") + 1] == "vbench" and vb["build"]["args"]["WITH_VBENCH"] == "1"
+    assert any(v.endswith(":/data/vbench:ro") for v in vb["volumes"]) and "media:/data/media" in vb["volumes"]
     for name in ("web", "worker-gpu", "worker-cpu"):  # one media volume shared by all three
         assert "media:/data/media" in services[name]["volumes"], name

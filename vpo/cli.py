@@ -315,6 +315,18 @@ def _add_eval(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument(
+        "--suite",
+        default="builtin",
+        help="builtin (weight-free measures, each labelled exact/proxy) or "
+        "vbench (the official package in .venv-vbench, weights in VBENCH_CACHE_DIR; `vpo vbench check`)",
+    )
+    p.add_argument("--vbench-device", default=None, help="device of the official package (default: cpu)")
+    p.add_argument(
+        "--vbench-dimension",
+        action="append",
+        help="--suite vbench: only these dimensions (repeatable; default: VBench's 7 quality dimensions)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_eval)
 
@@ -326,10 +338,31 @@ def cmd_eval(args) -> int:
 
     backbone = args.backbone or checkpoint_config(args.checkpoint).get("backbone", "tiny")
     result = compare(
-        backbone, args.checkpoint, read_prompts(args.prompts), seed=args.seed, steps=args.steps, guidance=args.guidance
+        backbone,
+        args.checkpoint,
+        read_prompts(args.prompts),
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        suite=args.suite,
+        vbench_device=args.vbench_device,
+        vbench_dimensions=args.vbench_dimension,
     )
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
+
+
+def _add_vbench(sub):
+    p = sub.add_parser("vbench", help="the official VBench backend: `vpo vbench check` lists missing weight files")
+    p.add_argument("action", choices=["check"])
+    p.add_argument("--dimension", action="append", help="only these dimensions (repeatable; default: all 7 quality)")
+    p.set_defaults(run=cmd_vbench)
+
+
+def cmd_vbench(args) -> int:
+    from vpo.vbench import main_check
+
+    return main_check(args.dimension)
 
 
 def _add_ablate(sub):
@@ -383,6 +416,7 @@ def main(argv=None) -> int:
     _add_feedback(sub)
     _add_train(sub)
     _add_eval(sub)
+    _add_vbench(sub)
     _add_ablate(sub)
     _add_models(sub)
     args = parser.parse_args(argv)

@@ -5,9 +5,15 @@
 * left-side bias: the same test on how often the left clip was chosen (non-tie votes) — a voter
   who always clicks left shows up here, whatever the systems;
 * Bradley–Terry ratings for three or more systems (a tie = half a win to each side), fitted by
-  the MM algorithm (Hunter, "MM algorithms for generalized Bradley-Terry models", 2004), on a
+  the MM algorithm (Hunter, "MM algorithms for generalized Bradley-Terry models", 2004, Eq. 3), on a
   log scale anchored so that the anchor system (the base model) is 0, with bootstrap 95%
-  intervals from resampling votes.
+  intervals from resampling votes. A system without a vote gets no rating (None), never one the
+  prior alone made. The maximum-likelihood fit is plain MM when it exists (Hunter's condition: in
+  every split of the systems into two groups, some system of each group beat one of the other,
+  ties counting both ways); where it does not (a system that never lost, or never won) an optional
+  prior — ``prior`` virtual ties of each system against an opponent of strength 1 — keeps the
+  ratings finite. ``prior=None`` (the default) uses no prior when the MLE exists and 0.5 otherwise;
+  the fit says which (``BTFit.prior``).
 
 No Django here: the study results page and the CLI call the same functions.
 """
@@ -66,24 +72,34 @@ def side_bias(left: int, right: int, alpha: float = 0.05) -> BiasResult:
 
 
 def _fit(
-    k: int, first: np.ndarray, second: np.ndarray, score: np.ndarray, iterations: int = 1000, tol: float = 1e-10
+    k: int,
+    first: np.ndarray,
+    second: np.ndarray,
+    score: np.ndarray,
+    prior: float,
+    iterations: int = 1000,
+    tol: float = 1e-10,
 ) -> np.ndarray:
-    """Log-strengths of k systems from votes given as index arrays, by MM iterations."""
+    """Log-strengths of k systems from votes given as index arrays, by MM iterations (Hunter 2004, Eq. 3:
+    p_i <- W_i / sum_j n_ij / (p_i + p_j)), plus ``prior`` virtual ties of each system against an opponent
+    of strength 1 (half a win and one game each). A system with no vote in the arrays gets NaN."""
     wins = np.bincount(first, score, k) + np.bincount(second, 1 - score, k)
     games = np.zeros((k, k))
     np.add.at(games, (first, second), 1)
     games += games.T
-    # a system that never won (or never lost) has no finite maximum-likelihood strength: one
-    # virtual tie against an average opponent (strength 1) keeps every rating finite
-    prior = 0.5
+    voted = games.sum(1) > 0
     p = np.ones(k)
-    for _ in range(iterations):
-        new = (wins + prior) / ((games / (p[:, None] + p[None, :])).sum(1) + 2 * prior / (p + 1))
-        new /= np.exp(np.log(new).mean())
+    for _ in range(iterations if voted.any() else 0):
+        new = np.ones(k)
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 for systems without votes, not used
+            step = (wins + prior) / ((games / (p[:, None] + p[None, :])).sum(1) + 2 * prior / (p + 1))
+        new[voted] = step[voted]
+        new[voted] /= np.exp(np.log(new[voted]).mean())
         if np.abs(np.log(new) - np.log(p)).max() < tol:
-            return np.log(new)
+            p = new
+            break
         p = new
-    return np.log(p)
+    return np.where(voted, np.log(p), np.nan)
 
 
 def _arrays(systems, votes):
@@ -93,12 +109,57 @@ def _arrays(systems, votes):
     return first, second, np.array([float(x) for _, _, x in votes])
 
 
-def bradley_terry(systems: list[str], votes: list[tuple[str, str, float]], anchor: str) -> dict[str, float]:
+def mle_exists(k: int, first: np.ndarray, second: np.ndarray, score: np.ndarray) -> bool:
+    """Hunter's condition among the systems with votes: the 'beat' graph (i -> j when i won or tied against
+    j at least once) is strongly connected, so every rating is finite without a prior."""
+    beat = np.zeros((k, k), dtype=bool)
+    beat[first[score > 0], second[score > 0]] = True
+    beat[second[score < 1], first[score < 1]] = True
+    voted = np.flatnonzero(np.bincount(first, minlength=k) + np.bincount(second, minlength=k))
+    if len(voted) < 2:
+        return False
+
+    def reach(adj: np.ndarray) -> set[int]:
+        seen, todo = {int(voted[0])}, [int(voted[0])]
+        while todo:
+            i = todo.pop()
+            for j in np.flatnonzero(adj[i]):
+                if int(j) not in seen:
+                    seen.add(int(j))
+                    todo.append(int(j))
+        return seen
+
+    return set(voted.tolist()) <= reach(beat) and set(voted.tolist()) <= reach(beat.T)
+
+
+@dataclass(frozen=True)
+class BTFit:
+    ratings: dict[str, float | None]  # log-strength minus the anchor's; None for a system without votes
+    prior: float  # virtual ties per system used (0: plain maximum likelihood)
+
+
+def bradley_terry_fit(
+    systems: list[str], votes: list[tuple[str, str, float]], anchor: str, prior: float | None = None
+) -> BTFit:
     """Log-strengths (natural log) with ``anchor`` at 0. ``votes``: (first, second, score of first)
-    with score 1 (first won), 0 (second won) or 0.5 (tie)."""
-    log_p = _fit(len(systems), *_arrays(systems, votes))
+    with score 1 (first won), 0 (second won) or 0.5 (tie). ``prior``: None = none when the MLE exists,
+    else 0.5 (module docstring)."""
+    first, second, score = _arrays(systems, votes)
+    if prior is None:
+        prior = 0.0 if mle_exists(len(systems), first, second, score) else 0.5
+    elif prior < 0:
+        raise ValueError(f"prior must be >= 0, got {prior}")
+    log_p = _fit(len(systems), first, second, score, prior)
     a = systems.index(anchor)
-    return {s: float(log_p[i] - log_p[a]) for i, s in enumerate(systems)}
+    if np.isnan(log_p[a]):
+        return BTFit(dict.fromkeys(systems), prior)  # nothing to anchor on
+    return BTFit({s: None if np.isnan(log_p[i]) else float(log_p[i] - log_p[a]) for i, s in enumerate(systems)}, prior)
+
+
+def bradley_terry(
+    systems: list[str], votes: list[tuple[str, str, float]], anchor: str, prior: float | None = None
+) -> dict[str, float | None]:
+    return bradley_terry_fit(systems, votes, anchor, prior).ratings
 
 
 def bradley_terry_bootstrap(
@@ -108,17 +169,33 @@ def bradley_terry_bootstrap(
     samples: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
-) -> dict[str, tuple[float, float, float]]:
-    """{system: (rating, low, high)}: the fit on all votes and a percentile bootstrap interval
-    (votes resampled with replacement)."""
-    rating = bradley_terry(systems, votes, anchor)
+    prior: float | None = None,
+) -> dict[str, tuple[float, float, float] | None]:
+    """{system: (rating, low, high)}: the fit on all votes and a percentile bootstrap interval (votes
+    resampled with replacement, each resample fitted with the prior of the full fit, or with 0.5 where the full
+    fit needed none but the resample has no finite MLE; a resample in which a system has no vote says nothing
+    about it and is left out of its interval). None for a system without
+    votes (and for every system when the anchor has none)."""
+    full = bradley_terry_fit(systems, votes, anchor, prior)
     first, second, score = _arrays(systems, votes)
     a = systems.index(anchor)
     rng = np.random.default_rng(seed)
-    draws = np.empty((samples, len(systems)))
-    for b in range(samples):
-        idx = rng.integers(0, len(votes), len(votes))
-        log_p = _fit(len(systems), first[idx], second[idx], score[idx])
-        draws[b] = log_p - log_p[a]
-    lo, hi = np.percentile(draws, [50 * (1 - confidence), 50 * (1 + confidence)], axis=0)
-    return {s: (rating[s], float(lo[i]), float(hi[i])) for i, s in enumerate(systems)}
+    draws = np.full((samples, len(systems)), np.nan)
+    if votes:
+        for b in range(samples):
+            idx = rng.integers(0, len(votes), len(votes))
+            # a resample without a finite MLE (a system that never won in it) takes the default prior too
+            # when the full fit needed none; else its rating there would be -inf or unbounded
+            prior_b = full.prior or (0.0 if mle_exists(len(systems), first[idx], second[idx], score[idx]) else 0.5)
+            log_p = _fit(len(systems), first[idx], second[idx], score[idx], prior_b)
+            draws[b] = log_p - log_p[a]
+    out: dict[str, tuple[float, float, float] | None] = {}
+    for i, s in enumerate(systems):
+        rating = full.ratings[s]
+        column = draws[:, i][np.isfinite(draws[:, i])]
+        if rating is None or len(column) == 0:
+            out[s] = None
+            continue
+        lo, hi = np.percentile(column, [50 * (1 - confidence), 50 * (1 + confidence)])
+        out[s] = (rating, float(lo), float(hi))
+    return out

@@ -21,6 +21,7 @@ LONGEST_RUN_S = int(os.environ.get("VPO_LONGEST_RUN_S", 12 * 3600))
 # paused run put back on the queue, must still find its function after an upgrade.
 TRAIN, EVALUATE = "worker.tasks.train_experiment", "worker.tasks.evaluate_checkpoint"
 RENDER_STUDY, ANALYSE_FEEDBACK = "worker.tasks.render_study", "worker.tasks.analyse_study_feedback"
+EVALUATE_VBENCH = "worker.tasks.evaluate_checkpoint_vbench"
 
 app = Celery("vpo", broker=redis_url, backend=redis_url)
 app.conf.update(
@@ -31,7 +32,9 @@ app.conf.update(
     broker_transport_options={"visibility_timeout": LONGEST_RUN_S + 3600, "global_keyprefix": f"{prefix}:celery:"},
     result_backend_transport_options={"global_keyprefix": f"{prefix}:celery:"},
     task_default_queue="cpu",
-    task_routes={name: {"queue": "gpu"} for name in (TRAIN, EVALUATE, RENDER_STUDY)},
+    # the official VBench runs on workers of queue "vbench" (its virtualenv and weights live there)
+    task_routes={name: {"queue": "gpu"} for name in (TRAIN, EVALUATE, RENDER_STUDY)}
+    | {EVALUATE_VBENCH: {"queue": "vbench"}},
     task_soft_time_limit=LONGEST_RUN_S,
     task_time_limit=LONGEST_RUN_S + 600,
 )

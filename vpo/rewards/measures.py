@@ -6,24 +6,23 @@ units. Formulas and where they follow or approximate VBench: ``docs/metrics.md``
 
 from __future__ import annotations
 
-import itertools
-
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-# VBench's normalisation ranges (scripts/constant.py) for its quality score, and its weights.
+from vpo.vbench import NORMALISE
+
+# VBench's normalisation ranges (scripts/constant.py, kept in vpo/vbench.py) for the dimensions measured here
 VBENCH_RANGE = {
-    "subject_consistency": (0.1462, 1.0),
-    "temporal_flickering": (0.6293, 1.0),
-    "motion_smoothness": (0.706, 0.9975),
-    "dynamic_degree": (0.0, 1.0),
-    "imaging_quality": (0.0, 1.0),
+    k: NORMALISE[k]
+    for k in ("subject_consistency", "temporal_flickering", "motion_smoothness", "dynamic_degree", "imaging_quality")
 }
 
 
 def normalise(value: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Min-max to [0, 1], clamped: for reward scores. VBench's quality score does not clamp
+    (``vpo.vbench.quality_score``)."""
     return ((value - lo) / (hi - lo)).clamp(0, 1)
 
 
@@ -68,43 +67,118 @@ def subject_consistency(v: torch.Tensor) -> torch.Tensor:
 
 
 def motion_smoothness(v: torch.Tensor) -> torch.Tensor:
-    """VBench interpolates odd frames from even ones with AMT and scores (255 - MAE) / 255; we
-    interpolate linearly (no weights), which favours constant-velocity motion the same way."""
-    if v.shape[1] < 3:
-        return torch.ones(v.shape[0], dtype=v.dtype, device=v.device)
-    middle = (v[:, :-2:2] + v[:, 2::2]) / 2
-    mae = (middle - v[:, 1:-1:2][:, : middle.shape[1]]).abs().mean(dim=(2, 3, 4))
-    return ((255.0 - mae) / 255.0).mean(1)
+    """VBench's protocol (``vbench/motion_smoothness.py``): interpolate every odd frame from its even
+    neighbours and score ``(255 - MAE) / 255`` of interpolated vs real odd frames, averaged. VBench
+    interpolates with AMT-S; this proxy warps both neighbours half-way along Farneback optical flow
+    (``flow_midpoint``), so a constant-velocity motion is predicted exactly (score -> 1) and jitter or a
+    reversal of direction, which no midpoint explains, is not. Not differentiable."""
+    frames = v.detach().cpu().float().numpy()
+    return torch.tensor([_smoothness(x) for x in frames], dtype=v.dtype, device=v.device)
+
+
+def _upscale(video: np.ndarray) -> tuple[np.ndarray, int]:
+    """Frames upscaled (bicubic) to >= 64 px on the short side, where Farneback's window has room."""
+    h, w = video.shape[1:3]
+    up = max(1, int(np.ceil(64 / min(h, w))))
+    if up == 1:
+        return video.astype(np.float32), 1
+    return np.stack(
+        [cv2.resize(f.astype(np.float32), (w * up, h * up), interpolation=cv2.INTER_CUBIC) for f in video]
+    ), up
+
+
+def _grey(frame: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(np.clip(frame, 0, 255).astype(np.uint8), cv2.COLOR_RGB2GRAY)
+
+
+def _farneback(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dense flow from grey frame a to b, (H, W, 2) in pixels: a(x) ~ b(x + flow(x))."""
+    return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 2, 9, 3, 5, 1.1, 0)
+
+
+def flow_midpoint(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The frame half-way between float RGB frames a and b: each warped towards t = 1/2 along the
+    intermediate flows of Super SloMo (Jiang et al. 2018, Eq. 4 at t = 1/2:
+    F_t0 = -F_01/4 + F_10/4, F_t1 = F_01/4 - F_10/4), then averaged."""
+    ga, gb = _grey(a), _grey(b)
+    f01, f10 = _farneback(ga, gb), _farneback(gb, ga)
+    h, w = ga.shape
+    grid = np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), -1)
+
+    def warp(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
+        m = grid + flow
+        return cv2.remap(img, m[..., 0], m[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+    return (warp(a, (f10 - f01) / 4) + warp(b, (f01 - f10) / 4)) / 2
+
+
+def _smoothness(video: np.ndarray) -> float:
+    if len(video) < 3:
+        return 1.0
+    frames, _ = _upscale(video)
+    even, odd = frames[0::2], frames[1::2]
+    maes = [np.abs(flow_midpoint(a, b) - o).mean() for a, b, o in zip(even[:-1], even[1:], odd)]
+    return float((255.0 - np.mean(maes)) / 255.0)
 
 
 # --- dynamic ----------------------------------------------------------------------------------
-def flow_magnitudes(video: np.ndarray) -> np.ndarray:
-    """Per consecutive pair, the mean of the top 5% optical-flow magnitudes (pixels), as VBench
-    does with RAFT; here OpenCV's Farneback flow on frames upscaled to >= 64 px (Farneback's
-    window needs room), magnitudes scaled back to native pixels."""
-    grey = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in video]
-    h, w = grey[0].shape
-    up = max(1, int(np.ceil(64 / min(h, w))))
-    if up > 1:
-        grey = [cv2.resize(g, (w * up, h * up), interpolation=cv2.INTER_CUBIC) for g in grey]
+def flow_magnitudes(video: np.ndarray, top: float = 0.05, pairs: list[tuple[int, int]] | None = None) -> np.ndarray:
+    """Per frame pair (default: consecutive pairs), the mean of the top ``top`` share of optical-flow
+    magnitudes (pixels), as VBench does with RAFT (top 5% in dynamic degree, 2% in the static filter);
+    here OpenCV's Farneback flow on frames upscaled to >= 64 px (Farneback's window needs room),
+    magnitudes scaled back to native pixels."""
+    frames, up = _upscale(video)
+    grey = [_grey(f) for f in frames]
+    if pairs is None:
+        pairs = [(i, i + 1) for i in range(len(grey) - 1)]
     out = []
-    for a, b in itertools.pairwise(grey):
-        flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 2, 9, 3, 5, 1.1, 0)
-        mag = np.sqrt((flow**2).sum(-1)).ravel() / up
-        k = max(1, int(mag.size * 0.05))
+    for i, j in pairs:
+        mag = np.sqrt((_farneback(grey[i], grey[j]) ** 2).sum(-1)).ravel() / up
+        k = max(1, int(mag.size * top))
         out.append(np.partition(mag, -k)[-k:].mean())
     return np.array(out)
 
 
+def vbench_frame_interval(fps: float) -> int:
+    """VBench's dynamic degree reads every ``max(1, round(fps / 8))``-th frame (``DynamicDegree.get_frames``):
+    above 8 fps it subsamples to about 8 fps and keeps its threshold; at or below 8 fps it keeps every frame.
+    Python's round, as VBench's (half to even: 12 fps -> 2, 20 fps -> 2)."""
+    return max(1, round(fps / 8))
+
+
 def dynamic_degree(video: np.ndarray, fps: float = 8.0) -> tuple[float, float]:
-    """VBench's rule at our size: a pair moves if its top-5% flow exceeds
-    max(1, 8 / fps) * 6 * min(H, W) / 256 pixels; the video is dynamic once round(4 * F / 16)
-    pairs move. Returns (share of the needed moving pairs found, capped at 1; mean top-5% flow)."""
+    """VBench's rule (``vbench/dynamic_degree.py``) at our size: frames subsampled by
+    ``vbench_frame_interval(fps)``; a pair of the kept frames moves if its top-5% flow exceeds
+    ``6 * min(H, W) / 256`` pixels; the video is dynamic once ``round(4 * n / 16)`` pairs move (n = kept
+    frames). Returns (share of the needed moving pairs found, capped at 1 -- 1.0 exactly when VBench's rule
+    says dynamic; mean top-5% flow)."""
+    video = video[:: vbench_frame_interval(fps)]
+    n, h, w = video.shape[:3]
+    if n < 2:
+        return 0.0, 0.0
     mags = flow_magnitudes(video)
+    threshold = 6.0 * min(h, w) / 256.0
+    needed = round(4 * n / 16)
+    moving = float((mags > threshold).sum())
+    if needed == 0:  # VBench's check_move returns True at its first pair
+        return 1.0, float(mags.mean())
+    return min(1.0, moving / needed), float(mags.mean())
+
+
+def is_static(video: np.ndarray) -> bool:
+    """VBench's static filter (``static_filter.py``, run before scoring temporal flickering), with Farneback
+    flow in place of RAFT: top-2% flow per consecutive pair and for (first, last) and (last, first);
+    threshold ``3 * min(H, W) / 256`` px and ``c = round(2 * F / 16)``. Static unless more than c consecutive
+    pairs exceed the threshold or either first/last pair exceeds ``threshold * c * 2``. All frames are read
+    (no frame-rate subsampling in the filter)."""
     f, h, w = video.shape[:3]
-    threshold = max(1.0, 8.0 / fps) * 6.0 * min(h, w) / 256.0
-    needed = max(1, round(4 * f / 16))
-    return min(1.0, float((mags > threshold).sum()) / needed), float(mags.mean())
+    last = f - 1
+    pairs = [(i, i + 1) for i in range(last)] + [(0, last), (last, 0)]
+    scores = flow_magnitudes(video, top=0.02, pairs=pairs)
+    threshold, count_num = 3.0 * min(h, w) / 256.0, round(2 * f / 16)
+    if (scores[:-2] > threshold).sum() > count_num:
+        return False
+    return bool((scores[-2:] <= threshold * count_num * 2).all())
 
 
 # --- visual (a proxy: no MUSIQ / LAION weights here) ------------------------------------------

@@ -143,6 +143,14 @@ class ExperimentForm(forms.Form):
 class EvaluationForm(forms.Form):
     checkpoint = forms.ChoiceField()
     prompts = forms.ChoiceField(choices=[(p, p) for p in BUILTIN], initial="heldout64")
+    suite = forms.ChoiceField(
+        choices=[("builtin", "built-in measures (exact/proxy)"), ("vbench", "official VBench (queue vbench)")],
+        initial="builtin",
+        required=False,
+    )
+
+    def clean_suite(self) -> str:
+        return self.cleaned_data.get("suite") or "builtin"
 
     def __init__(self, *args, checkpoints: list[str], **kwargs):
         super().__init__(*args, **kwargs)

@@ -65,7 +65,7 @@ def evaluate(evaluation_id: int) -> None:
     the paired difference) stored on the row, then announced on the experiment's page."""
     from vpo.data.prompts import read_prompts
     from vpo.device import pick_device
-    from vpo.eval import COLUMNS, compare
+    from vpo.eval import columns_of, compare
 
     evaluation = Evaluation.objects.filter(pk=evaluation_id).select_related("experiment").first()
     if evaluation is None or evaluation.status in DONE:
@@ -82,13 +82,19 @@ def evaluate(evaluation_id: int) -> None:
             steps=cfg["sampling_steps"],
             guidance=cfg["guidance"],
             device=pick_device(),
+            suite=evaluation.suite,
         )
+        columns = columns_of(rows)
         # jsonb does not keep key order: store the columns' order with the values
-        diff = rows.pop("difference")
+        diff = rows["difference"]
         evaluation.result = {
-            "columns": list(COLUMNS),
-            **{model: [finite_or_none(row[c]) for c in COLUMNS] for model, row in rows.items()},
-            "difference": [difference_cell(diff.get(c)) for c in COLUMNS],
+            "columns": list(columns),
+            "labels": rows["labels"],
+            "quality": rows["quality"],
+            "suite": evaluation.suite,
+            **{m: [finite_or_none(rows[m][c]) for c in columns] for m in ("base", "checkpoint")},
+            "static": {m: [rows[m].get("static_kept"), rows[m]["videos"]] for m in ("base", "checkpoint")},
+            "difference": [difference_cell(diff.get(c)) for c in columns],
         }
         evaluation.status = Status.FINISHED
     except Exception as e:  # shown on the page next to the evaluation

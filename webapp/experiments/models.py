@@ -196,6 +196,8 @@ class Evaluation(models.Model):
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="evaluations")
     checkpoint = models.CharField(max_length=40)  # a folder name under the run's checkpoints/
     prompts = models.CharField(max_length=40, default="heldout64")
+    # vpo.eval.SUITES: "builtin" (weight-free, labelled exact/proxy) or "vbench" (the official package, queue vbench)
+    suite = models.CharField(max_length=10, default="builtin")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
@@ -240,3 +242,10 @@ class Evaluation(models.Model):
             ),
             ("better on", show(lambda c: f"{c['better']}/{c['n']}")),
         ]
+
+    @property
+    def header(self) -> list[tuple[str, str]]:
+        """(column, its label: exact / proxy (what it stands in for) / ...) in the stored order."""
+        result = self.result or {}
+        labels = result.get("labels", {})
+        return [(c.replace("_", " "), labels.get(c, "")) for c in result.get("columns", [])]

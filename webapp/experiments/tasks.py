@@ -10,7 +10,7 @@ from typing import Any
 
 from celery.exceptions import Reject
 
-from webapp.celery import EVALUATE, TRAIN, app, worker_stopping
+from webapp.celery import EVALUATE, EVALUATE_VBENCH, TRAIN, app, worker_stopping
 from webapp.experiments import jobs
 from webapp.experiments.models import Status
 
@@ -26,4 +26,10 @@ def train_experiment(self: Any, experiment_id: int) -> None:
 
 @app.task(name=EVALUATE)
 def evaluate_checkpoint(evaluation_id: int) -> None:
+    jobs.evaluate(evaluation_id)
+
+
+@app.task(name=EVALUATE_VBENCH)
+def evaluate_checkpoint_vbench(evaluation_id: int) -> None:
+    """The same on queue ``vbench``: workers that have .venv-vbench and VBENCH_CACHE_DIR's weights."""
     jobs.evaluate(evaluation_id)

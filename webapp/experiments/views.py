@@ -11,8 +11,9 @@ from django.views.decorators.http import require_POST
 
 from vpo.train.keys import DASHBOARD, REWARD_MEAN
 from webapp.experiments.forms import EvaluationForm, ExperimentForm, validated_config
+from webapp.experiments.leaderboard import leaderboard, leaderboard_csv, studies_of
 from webapp.experiments.models import Evaluation, Experiment
-from webapp.experiments.tasks import evaluate_checkpoint, train_experiment
+from webapp.experiments.tasks import evaluate_checkpoint, evaluate_checkpoint_vbench, train_experiment
 from webapp.media import ranged_file_response
 
 # the demo on the list page: small enough to finish in a few minutes on a 2-core CPU
@@ -82,9 +83,24 @@ def experiment_detail(request, pk):
             "config_rows": sorted(experiment.config.items()),
             "evaluations": experiment.evaluations.all(),
             "evaluation_form": EvaluationForm(checkpoints=checkpoints) if checkpoints else None,
+            "studies": studies_of(experiment),
             "charts": DASHBOARD,  # the dashboard's charts and the metric names they draw (vpo.train.keys)
         },
     )
+
+
+@login_required
+def leaderboard_view(request):
+    """Every evaluated run the user sees, as OnlineVPO's Table 3 (``webapp/experiments/leaderboard.py``);
+    ``?format=csv`` downloads it."""
+    tables = leaderboard(request.user)
+    if request.GET.get("format") == "csv":
+        response = HttpResponse(leaderboard_csv(tables), content_type="text/csv")
+        response["Content-Disposition"] = 'attachment; filename="leaderboard.csv"'
+        return response
+    if request.GET.get("format") not in (None, "html"):
+        return HttpResponse("format must be csv or html", status=400)
+    return render(request, "experiments/leaderboard.html", {"tables": tables})
 
 
 @login_required
@@ -179,7 +195,8 @@ def evaluate(request, pk):
     if not form.is_valid():
         return HttpResponse(f"cannot evaluate: {form.errors.as_text()}", status=400)
     evaluation = Evaluation.objects.create(experiment=experiment, **form.cleaned_data)
-    evaluate_checkpoint.delay_on_commit(evaluation.pk)
+    # the official VBench runs on workers of queue "vbench" (its virtualenv and weights live there)
+    (evaluate_checkpoint_vbench if evaluation.suite == "vbench" else evaluate_checkpoint).delay_on_commit(evaluation.pk)
     return redirect(experiment)
 
 

@@ -9,6 +9,8 @@ from collections import Counter, defaultdict
 from dataclasses import asdict
 from itertools import combinations
 
+import numpy as np
+
 from vpo.stats import bradley_terry_bootstrap, pairwise, side_bias
 from webapp.studies.models import Participant, Study, Vote
 
@@ -56,9 +58,10 @@ def summarise(study: Study, bootstrap: int = 500) -> dict:
     ratings = None
     if len(systems) >= 3 and bt_votes:
         fit = bradley_terry_bootstrap([s.label for s in systems], bt_votes, anchor, samples=bootstrap)
+        # a system without votes has no rating (vpo.stats): it is listed after the rated ones, without numbers
         ratings = [
-            {"system": s, "rating": r, "low": lo, "high": hi}
-            for s, (r, lo, hi) in sorted(fit.items(), key=lambda kv: -kv[1][0])
+            {"system": s, **dict(zip(("rating", "low", "high"), v or (None, None, None)))}
+            for s, v in sorted(fit.items(), key=lambda kv: -kv[1][0] if kv[1] else np.inf)
         ]
     participants = Participant.objects.filter(study=study)
     return {
