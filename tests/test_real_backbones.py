@@ -270,7 +270,7 @@ def test_train_save_resume_and_sample_a_checkpoint(tiny_models, tmp_path):
     from vpo.eval import compare
 
     result = compare("wan", checkpoint, PROMPTS, steps=2)
-    assert set(result) == {"base", "checkpoint", "difference"}
+    assert {"base", "checkpoint", "difference"} <= set(result)
 
 
 def test_vpo_train_wan_from_model_dir_runs_end_to_end(tiny_models, tmp_path):

@@ -92,13 +92,12 @@ def checkpoint_config(checkpoint) -> dict:
     import json
     from pathlib import Path
 
-    from safetensors import safe_open
+    from vpo.train.checkpoints import read_safetensors  # a damaged file: a ValueError naming it
 
     path = Path(checkpoint) / "adapter.safetensors"
     if not path.is_file():
         return {}
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("config", "{}"))
+    return json.loads(read_safetensors(path, metadata_only=True).get("config", "{}"))
 
 
 def load_for_checkpoint(name: str, checkpoint=None, device: str = "cpu"):
