@@ -19,7 +19,7 @@ from webapp.experiments.tasks import train_experiment
 STEPS = 5
 
 
-def start_worker(queue: str, pool: str, env: dict) -> Process:
+def start_worker(queue: str, pool: str, env: dict, name: str = "") -> Process:
     return Process(
         f"celery worker ({pool})",
         [
@@ -36,7 +36,7 @@ def start_worker(queue: str, pool: str, env: dict) -> Process:
             "-l",
             "info",
             "-n",
-            f"{queue}-{pool}@%h",
+            name or f"{queue}-{pool}@%h",
         ],
         env,
         ready="ready.",
