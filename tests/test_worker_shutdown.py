@@ -80,6 +80,7 @@ def test_a_worker_that_shuts_down_mid_run_pauses_it_and_the_next_worker_finishes
         "PYTHONUNBUFFERED": "1",
     }
     queue = f"shutdown-{uuid.uuid4().hex[:8]}"  # only this test's workers see its task
+    Experiment.objects.filter(pk=experiment.pk).update(queue=queue)  # where a reaper would send it again
     train_experiment.apply_async((experiment.pk,), queue=queue)
 
     first = start_worker(queue, pool, env)
