@@ -55,15 +55,17 @@ def reap(restarted: str = "") -> list[int]:
     runs whose worker is gone are queued again and resume from their last checkpoint; waiting rows
     whose message the broker lost are queued again. Returns the ids sent again."""
     sent = []
-    for e in jobs.runs_without_worker(restarted):
-        if enqueue(e):
-            sent.append(e.pk)
+    lost = jobs.runs_without_worker(restarted)
     waiting = jobs.waiting_runs()
     if waiting:
         held = queued_task_args(TRAIN, {e.queue for e in waiting})
         for e in waiting:
             if (e.pk,) not in held and jobs.requeued(e):
                 log.warning("experiment %s was %s but its message was lost: queued again", e.pk, e.status)
-                if enqueue(e):
-                    sent.append(e.pk)
+                lost.append(e)
+    for e in lost:
+        # not enqueue(): a send that fails here leaves the row paused or queued, and a later sweep
+        # (its message still missing) sends it again
+        train_experiment.apply_async((e.pk,), queue=e.queue)
+        sent.append(e.pk)
     return sent
