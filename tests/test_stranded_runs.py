@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tests.conftest import Process, free_port, subprocess_database_url
-from tests.test_worker_shutdown import start_worker, wait_for
+from tests.test_worker_shutdown import start_worker, tiny_run, wait_for
 from webapp.celery import app, prefix
 from webapp.experiments.forms import validated_config
 from webapp.experiments.models import Experiment, MetricPoint
@@ -38,17 +38,7 @@ def run(transactional_db, tmp_path, settings):
         owner=owner,
         name="stranded?",
         queue=queue,
-        config=validated_config(
-            {
-                "steps": STEPS,
-                "num_candidates": 3,
-                "sampling_steps": 6,
-                "noise_draws": 1,
-                "heldout_every": 0,
-                "checkpoint_every": 1,
-                "prompts": "demo",
-            }
-        ),
+        config=tiny_run(STEPS, checkpoint_every=1),
     )
     app_name = f"vpo-test-{queue}"
     env = {
