@@ -19,7 +19,22 @@ from webapp.experiments.tasks import train_experiment
 STEPS = 5
 
 
-def start_worker(queue: str, pool: str, env: dict) -> Process:
+def tiny_run(steps: int, checkpoint_every: int) -> dict:
+    """The config of a tiny run of a few seconds a step (2-core CPU), without held-out samples."""
+    return validated_config(
+        {
+            "steps": steps,
+            "num_candidates": 3,
+            "sampling_steps": 6,
+            "noise_draws": 1,
+            "heldout_every": 0,
+            "checkpoint_every": checkpoint_every,
+            "prompts": "demo",
+        }
+    )
+
+
+def start_worker(queue: str, pool: str, env: dict, name: str = "") -> Process:
     return Process(
         f"celery worker ({pool})",
         [
@@ -36,7 +51,7 @@ def start_worker(queue: str, pool: str, env: dict) -> Process:
             "-l",
             "info",
             "-n",
-            f"{queue}-{pool}@%h",
+            name or f"{queue}-{pool}@%h",
         ],
         env,
         ready="ready.",
@@ -61,17 +76,7 @@ def test_a_worker_that_shuts_down_mid_run_pauses_it_and_the_next_worker_finishes
     experiment = Experiment.objects.create(
         owner=owner,
         name="interrupted",
-        config=validated_config(
-            {
-                "steps": STEPS,
-                "num_candidates": 3,
-                "sampling_steps": 6,
-                "noise_draws": 1,
-                "heldout_every": 0,
-                "checkpoint_every": 100,
-                "prompts": "demo",
-            }
-        ),
+        config=tiny_run(STEPS, checkpoint_every=100),
     )
     env = {
         **os.environ,
@@ -80,6 +85,7 @@ def test_a_worker_that_shuts_down_mid_run_pauses_it_and_the_next_worker_finishes
         "PYTHONUNBUFFERED": "1",
     }
     queue = f"shutdown-{uuid.uuid4().hex[:8]}"  # only this test's workers see its task
+    Experiment.objects.filter(pk=experiment.pk).update(queue=queue)  # where a reaper would send it again
     train_experiment.apply_async((experiment.pk,), queue=queue)
 
     first = start_worker(queue, pool, env)

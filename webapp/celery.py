@@ -29,7 +29,17 @@ app.conf.update(
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,  # one long task at a time per worker process
     # Redis re-delivers an unacknowledged task after this long: it must outlast the longest run
-    broker_transport_options={"visibility_timeout": LONGEST_RUN_S + 3600, "global_keyprefix": f"{prefix}:celery:"},
+    # (a run whose worker died is not left to it: the reaper requeues it within VPO_HEARTBEAT_TIMEOUT_S)
+    broker_transport_options={
+        "visibility_timeout": LONGEST_RUN_S + 3600,
+        "global_keyprefix": f"{prefix}:celery:",
+        "socket_connect_timeout": 2,
+        "socket_timeout": 5,
+    },
+    # a launch while Redis is down fails within seconds (the row is marked failed, the user told),
+    # not after Celery's default retries
+    broker_connection_timeout=2,
+    task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5},
     result_backend_transport_options={"global_keyprefix": f"{prefix}:celery:"},
     task_default_queue="cpu",
     # the official VBench runs on workers of queue "vbench" (its virtualenv and weights live there)
@@ -72,3 +82,26 @@ def worker_stopping(hostname: str) -> bool:
         return bool(_shared_redis().exists(stopping_key(hostname)))
     except redis.RedisError:  # no answer is no news: the run goes on
         return False
+
+
+def queued_task_args(task: str, queues: set[str]) -> set[tuple]:
+    """The arguments of every ``task`` message Redis still holds: waiting in one of ``queues`` (any
+    priority) or delivered to a worker and not yet acknowledged. A row whose id is in none has lost
+    its message (a Redis restart without persistence). Reads the kombu Redis transport's layout:
+    a list per queue of JSON messages, and the ``unacked`` hash of ``[message, exchange, key]``."""
+    import ast
+    import json
+
+    r = new_redis()
+    key = f"{prefix}:celery:"
+    messages = [m for _, m in r.hscan_iter(key + "unacked")]
+    raw = [json.loads(m)[0] for m in messages]
+    for q in queues:  # kombu's priority steps 0, 3, 6, 9: queue, queue\x06\x163, ...
+        for name in (q, *(f"{q}\x06\x16{p}" for p in (3, 6, 9))):
+            raw += [json.loads(m) for m in r.lrange(key + name, 0, -1)]
+    found = set()
+    for m in raw:
+        headers = m.get("headers") or {}
+        if headers.get("task") == task:
+            found.add(tuple(ast.literal_eval(headers.get("argsrepr") or "()")))
+    return found

@@ -71,14 +71,24 @@ DATABASES = {"default": dj_database_url.config(default=f"sqlite:///{BASE_DIR / '
 if DATABASES["default"]["ENGINE"].endswith("postgresql"):
     # Daphne runs each request in a thread of a pool: persistent per-thread connections would pile
     # up to one per thread, so connections come from psycopg's pool instead (Django >= 5.1)
+    # application_name tells the processes apart in pg_stat_activity (the tests' fault injection)
     DATABASES["default"]["OPTIONS"] = {
-        "pool": {"min_size": 2, "max_size": int(os.environ.get("VPO_DB_POOL_SIZE", 16)), "timeout": 30}
+        "pool": {
+            "min_size": 2,
+            "max_size": int(os.environ.get("VPO_DB_POOL_SIZE", 16)),
+            "timeout": 30,
+        },
+        "application_name": os.environ.get("VPO_DB_APPLICATION_NAME", "vpo"),
     }
 elif DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # a file, not SQLite's in-memory test default: the tests' Celery worker and Daphne processes
     # must see the same test database
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
     DATABASES["default"]["OPTIONS"] = {"timeout": 30}  # web, worker and tests write concurrently
+# a connection the server dropped (restart, failover, pg_terminate_backend) is found dead when it is
+# taken from the pool (Django passes psycopg_pool's check_connection) or reused, and replaced,
+# instead of answering the next request with a 500
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 CHANNEL_LAYERS = {
     "default": {

@@ -6,9 +6,11 @@ next step with a checkpoint and goes back to the queue instead of making the shu
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from typing import Any
 
-from celery.signals import celeryd_init, worker_shutting_down
+from celery.signals import celeryd_init, worker_ready, worker_shutting_down
 
 from webapp.celery import app, new_redis, stopping_key, worker_stopping
 
@@ -34,3 +36,35 @@ def _mark_stopping(sender: str, **_: Any) -> None:
         new_redis().set(stopping_key(sender), 1, ex=24 * 3600)
     except redis.RedisError:  # the broker is gone too: the task comes back on its own (acks_late)
         logger.warning("could not mark worker %s as stopping: Redis did not answer", sender)
+
+
+# --- the reaper ----------------------------------------------------------------------------------
+# A worker killed outright (SIGKILL, out of memory, the machine gone) cannot put its run back, and
+# Redis would redeliver the message only after the visibility timeout (hours). So every worker, at
+# start-up and then every VPO_REAPER_INTERVAL_S, requeues the runs whose heartbeat is stale and the
+# queued rows whose message Redis lost (webapp/experiments/tasks.py: reap).
+REAPER_INTERVAL_S = float(os.environ.get("VPO_REAPER_INTERVAL_S", 30))
+
+
+def _reap_forever(hostname: str) -> None:
+    from django.db import connection
+
+    from webapp.experiments.tasks import reap
+
+    restarted = hostname  # at start-up: runs left "running" by an earlier process of this name
+    while True:
+        try:
+            sent = reap(restarted)
+            if sent:
+                logger.warning("reaper on %s queued again: experiments %s", hostname, sent)
+        except Exception:  # a sweep that fails (database or Redis down) is tried again next time
+            logger.exception("reaper sweep failed")
+        finally:
+            connection.close()
+        restarted = ""
+        threading.Event().wait(REAPER_INTERVAL_S)
+
+
+@worker_ready.connect
+def _start_reaper(sender: Any, **_: Any) -> None:
+    threading.Thread(target=_reap_forever, args=(sender.hostname,), name="reaper", daemon=True).start()

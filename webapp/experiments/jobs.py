@@ -5,52 +5,130 @@ functions: the web process imports this module through ``tasks.py`` and must sta
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
-from webapp.experiments.models import DONE, Evaluation, Experiment, Status
+from django.db import DatabaseError, connection
+from django.db.models import Q
+from django.utils import timezone
+
+from webapp.db import retry_once
+from webapp.experiments.models import (
+    DONE,
+    HEARTBEAT_S,
+    HEARTBEAT_TIMEOUT_S,
+    Evaluation,
+    Experiment,
+    Status,
+    stale_heartbeat,
+)
 from webapp.experiments.sink import DatabaseSink
 from webapp.live import finite_or_none, push
 
 log = logging.getLogger(__name__)
 
 
-def train(experiment_id: int, worker_stopping: Callable[[], bool] = lambda: False) -> str | None:
+class Heartbeat(threading.Thread):
+    """Writes ``heartbeat = now`` on the running row every HEARTBEAT_S, from its own thread (and so
+    its own database connection), as long as the row is still this worker's. If it no longer is
+    (the reaper gave the run to another worker after this one was unreachable), ``lost`` is set and
+    the run stops at its next step rather than run twice."""
+
+    def __init__(self, experiment_id: int, hostname: str):
+        super().__init__(name=f"heartbeat-{experiment_id}", daemon=True)
+        self.experiment_id, self.hostname = experiment_id, hostname
+        self.done, self.lost = threading.Event(), threading.Event()
+
+    def beat(self) -> int:
+        return Experiment.objects.filter(pk=self.experiment_id, status=Status.RUNNING, worker=self.hostname).update(
+            heartbeat=timezone.now()
+        )
+
+    def run(self) -> None:
+        try:
+            while not self.done.wait(HEARTBEAT_S):
+                try:
+                    if not retry_once(self.beat) and not self.done.is_set():
+                        self.lost.set()
+                        return
+                except DatabaseError as e:  # the database is down: the run's own writes will say so
+                    log.warning("heartbeat of experiment %s not written: %s", self.experiment_id, e)
+        finally:
+            connection.close()  # this thread's connection
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(5)
+
+
+def claim(experiment_id: int, hostname: str) -> bool:
+    """Marks the row running on ``hostname``, unless another live worker runs it already (a message
+    delivered twice: the reaper's and Redis's own redelivery). A running row may be taken over
+    when its heartbeat is stale, or by a worker of the same name (its previous process died)."""
+    free = Q(status__in=(Status.QUEUED, Status.PAUSED)) | Q(status=Status.RUNNING) & (
+        stale_heartbeat() | Q(worker=hostname)
+    )
+    now = timezone.now()
+    return bool(
+        retry_once(
+            lambda: Experiment.objects.filter(free, pk=experiment_id).update(
+                status=Status.RUNNING, worker=hostname, heartbeat=now, error=""
+            )
+        )
+    )
+
+
+def train(experiment_id: int, worker_stopping: Callable[[], bool] = lambda: False, hostname: str = "") -> str | None:
     """Train experiment ``experiment_id`` with a database sink until it is done, cancelled or failed;
-    returns its final status (None if the row is gone). ``worker_stopping`` says whether the worker
-    is shutting down: then the run stops at its next step with a checkpoint and is marked paused,
-    and the task is to go back to the queue. A task that comes back (after a pause, or after its
-    worker died) finds the row paused or running and resumes from the run's last checkpoint."""
+    returns its final status (None if the row is gone, or another worker runs it). ``worker_stopping``
+    says whether the worker is shutting down: then the run stops at its next step with a checkpoint
+    and is marked paused, and the task is to go back to the queue. A task that comes back (after a
+    pause, after its worker died, or queued again by the reaper) finds the row paused or running
+    and resumes from the run's last checkpoint. Every database write survives one dropped
+    connection (``webapp/db.py``), and the failure path never reuses the connection that failed."""
     from vpo.device import pick_device
     from vpo.train import train as train_config
     from vpo.train.checkpoints import latest_checkpoint
 
-    experiment = Experiment.objects.filter(pk=experiment_id).first()
+    experiment = retry_once(lambda: Experiment.objects.filter(pk=experiment_id).first())
     if experiment is None or experiment.is_done:
         return experiment and experiment.status
     if experiment.cancel_requested:
         experiment.set_status(Status.CANCELLED)
         return experiment.status
     redelivered = experiment.status in (Status.RUNNING, Status.PAUSED)
+    if not claim(experiment_id, hostname):
+        log.info("experiment %s is running on a live worker already: this copy of its task does nothing", experiment_id)
+        return None
     experiment.set_status(Status.RUNNING)
+    heartbeat = Heartbeat(experiment_id, hostname)
+    heartbeat.start()
     try:
         cfg = experiment.train_config()
         resume = redelivered and latest_checkpoint(cfg.out) is not None
         train_config(
             cfg,
             DatabaseSink(experiment),
-            stop=lambda: experiment.stop_requested() or worker_stopping(),
+            stop=lambda: heartbeat.lost.is_set() or experiment.stop_requested() or worker_stopping(),
             resume=resume,
             device=pick_device(),
         )
     except Exception as e:  # any failure ends the run with its message shown on the page...
         if not worker_stopping() or experiment.stop_requested():
             log.exception("experiment %s failed", experiment.pk)
+            heartbeat.stop()
             experiment.set_status(Status.FAILED, f"{type(e).__name__}: {e}")
             return experiment.status
         # ...unless the worker is going down (a cold shutdown cancels the task from inside): it
         # is paused below, the checkpoint kept; the next worker resumes it, or fails it for good
         log.warning("experiment %s interrupted by its worker's shutdown: %s", experiment.pk, e)
+    finally:
+        heartbeat.stop()
+    if heartbeat.lost.is_set():
+        log.warning("experiment %s was given to another worker while this one was unreachable", experiment.pk)
+        return None
     if experiment.stop_requested():
         experiment.set_status(Status.CANCELLED)
     elif worker_stopping():
@@ -58,6 +136,43 @@ def train(experiment_id: int, worker_stopping: Callable[[], bool] = lambda: Fals
     else:
         experiment.set_status(Status.FINISHED)
     return experiment.status
+
+
+def runs_without_worker(restarted: str = "") -> list[Experiment]:
+    """The reaper's first half: running rows whose heartbeat is stale (their worker is gone), and
+    at a worker's start-up those its previous process of the same name ``restarted`` left running,
+    are marked paused (so they resume from their last checkpoint) and returned, to be queued again."""
+    lost = Q(status=Status.RUNNING) & (stale_heartbeat() | (Q(worker=restarted) if restarted else Q(pk__in=[])))
+    taken = []
+    for e in retry_once(lambda: list(Experiment.objects.filter(lost))):
+        # taken only if nobody beat or took it meanwhile (another worker's reaper, a late heartbeat)
+        if Experiment.objects.filter(pk=e.pk, status=Status.RUNNING, heartbeat=e.heartbeat).update(
+            status=Status.PAUSED, worker="", heartbeat=timezone.now()
+        ):
+            log.warning("experiment %s lost its worker %s: queued again from its last checkpoint", e.pk, e.worker)
+            e.refresh_from_db()
+            push(e.group, {"type": "status.event", **e.status_payload()})
+            taken.append(e)
+    return taken
+
+
+def waiting_runs() -> list[Experiment]:
+    """The reaper's second half: rows waiting for a worker (queued, or paused) for longer than
+    HEARTBEAT_TIMEOUT_S, whose message may have been lost (a Redis restart without persistence);
+    the caller looks for their messages on the broker."""
+    cutoff = timezone.now() - timedelta(seconds=HEARTBEAT_TIMEOUT_S)
+    old = Q(heartbeat__lt=cutoff) | Q(heartbeat__isnull=True, created__lt=cutoff)
+    return retry_once(lambda: list(Experiment.objects.filter(old, status__in=(Status.QUEUED, Status.PAUSED))))
+
+
+def requeued(experiment: Experiment) -> bool:
+    """Notes that ``experiment``'s message was sent again now (the next sweep waits a timeout
+    before looking again); False if the row moved on meanwhile (a worker took it)."""
+    return bool(
+        Experiment.objects.filter(pk=experiment.pk, status=experiment.status, heartbeat=experiment.heartbeat).update(
+            heartbeat=timezone.now()
+        )
+    )
 
 
 def evaluate(evaluation_id: int) -> None:

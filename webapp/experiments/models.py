@@ -9,14 +9,24 @@ here imports torch: ``vpo`` is imported inside the methods that need it.
 
 from __future__ import annotations
 
+import os
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
+from webapp.db import retry_once
 from webapp.live import push
+
+# A running task writes its heartbeat every HEARTBEAT_S (webapp/experiments/jobs.py); one that has
+# not for HEARTBEAT_TIMEOUT_S has lost its worker (SIGKILL, out of memory, the machine gone): the
+# reaper (worker/celery.py) puts the run back on the queue and Cancel ends it at once.
+HEARTBEAT_S = float(os.environ.get("VPO_HEARTBEAT_S", 10))
+HEARTBEAT_TIMEOUT_S = float(os.environ.get("VPO_HEARTBEAT_TIMEOUT_S", 60))
 
 
 class Status(models.TextChoices):
@@ -29,6 +39,12 @@ class Status(models.TextChoices):
 
 
 DONE = (Status.FINISHED, Status.FAILED, Status.CANCELLED)
+
+
+def stale_heartbeat() -> Q:
+    """Rows whose worker has not said it is alive for HEARTBEAT_TIMEOUT_S (or never did)."""
+    cutoff = timezone.now() - timedelta(seconds=HEARTBEAT_TIMEOUT_S)
+    return Q(heartbeat__isnull=True) | Q(heartbeat__lt=cutoff)
 
 
 class ExperimentQuerySet(models.QuerySet):
@@ -54,6 +70,11 @@ class Experiment(models.Model):
     last_step = models.IntegerField(default=0)
     last_reward = models.FloatField(null=True, blank=True)
     best_reward = models.FloatField(null=True, blank=True)
+    # who runs it and when it last said so (a run whose heartbeat is stale has lost its worker),
+    # and the Celery queue its task goes to (the reaper puts a lost run back on the same queue)
+    worker = models.CharField(max_length=255, blank=True)
+    heartbeat = models.DateTimeField(null=True, blank=True)
+    queue = models.CharField(max_length=120, default="gpu")
 
     objects = ExperimentQuerySet.as_manager()
 
@@ -107,11 +128,12 @@ class Experiment(models.Model):
     # --- lifecycle ---------------------------------------------------------------------------
     def request_cancel(self) -> None:
         """Cancel = a flag the training loop's stop callable reads every step (no revoke/terminate:
-        the loop stops between steps and saves a final checkpoint). A run that has not started yet
-        is cancelled at once."""
+        the loop stops between steps and saves a final checkpoint). A run that has not started yet,
+        or whose worker is gone (a stale heartbeat), is cancelled at once."""
         if self.is_done:
             return
-        if Experiment.objects.filter(pk=self.pk, status__in=(Status.QUEUED, Status.PAUSED)).update(
+        not_running = Q(status__in=(Status.QUEUED, Status.PAUSED)) | Q(status=Status.RUNNING) & stale_heartbeat()
+        if Experiment.objects.filter(not_running, pk=self.pk).update(
             status=Status.CANCELLED, cancel_requested=True, finished=timezone.now()
         ):
             self.refresh_from_db()
@@ -121,7 +143,7 @@ class Experiment(models.Model):
             self.cancel_requested = True
 
     def stop_requested(self) -> bool:
-        return Experiment.objects.filter(pk=self.pk, cancel_requested=True).exists()
+        return retry_once(lambda: Experiment.objects.filter(pk=self.pk, cancel_requested=True).exists())
 
     def status_payload(self) -> dict:
         return {"status": self.status, "error": self.error, "cancel_requested": self.cancel_requested}
@@ -132,7 +154,8 @@ class Experiment(models.Model):
             self.started = self.started or timezone.now()
         if status in DONE:
             self.finished = timezone.now()
-        self.save(update_fields=["status", "error", "started", "finished"])
+        # the failure path too: never on the connection that just failed (webapp/db.py)
+        retry_once(lambda: self.save(update_fields=["status", "error", "started", "finished"]))
         push(self.group, {"type": "status.event", **self.status_payload()})
 
     def checkpoints(self) -> list[str]:

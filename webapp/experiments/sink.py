@@ -12,6 +12,7 @@ from django.db.models import FloatField, Value
 from django.db.models.functions import Coalesce, Greatest
 
 from vpo.train.keys import REWARD_MEAN
+from webapp.db import retry_once
 from webapp.experiments.models import Experiment, MetricPoint, Sample
 from webapp.live import finite_or_none, push
 
@@ -33,6 +34,12 @@ class DatabaseSink:
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         clean = {k: finite_or_none(v) for k, v in values.items()}
+        # the whole transaction again on a fresh connection if the database dropped this one
+        # (webapp/db.py): update_or_create makes the second try write the step once
+        point = retry_once(lambda: self._write_metrics(step, clean))
+        push(self.experiment.group, MetricEvent(type="metric.event", **point.as_event()))
+
+    def _write_metrics(self, step: int, clean: dict[str, float | None]) -> MetricPoint:
         with transaction.atomic():
             # update_or_create: a run resumed from an earlier checkpoint re-reports the steps after it
             point, _ = MetricPoint.objects.update_or_create(
@@ -44,7 +51,7 @@ class DatabaseSink:
                 best = Greatest(Coalesce("best_reward", Value(reward, FloatField())), Value(reward, FloatField()))
                 update.update(last_reward=reward, best_reward=best)
             Experiment.objects.filter(pk=self.experiment.pk).update(**update)
-        push(self.experiment.group, MetricEvent(type="metric.event", **point.as_event()))
+        return point
 
     def samples(self, step, kind, videos, prompts, scores, labels, fps) -> None:
         from vpo import video as video_io
@@ -65,9 +72,13 @@ class DatabaseSink:
                     path=f"{folder}/{files['mp4']}",
                 )
             )
-        with transaction.atomic():
-            Sample.objects.filter(experiment=self.experiment, step=step, kind=kind).delete()
-            Sample.objects.bulk_create(rows)
+
+        def write() -> None:
+            with transaction.atomic():
+                Sample.objects.filter(experiment=self.experiment, step=step, kind=kind).delete()
+                Sample.objects.bulk_create(rows)
+
+        retry_once(write)
         push(
             self.experiment.group,
             {"type": "samples.event", "step": step, "kind": kind, "samples": [r.as_event() for r in rows]},

@@ -5,6 +5,7 @@ experiment is indistinguishable from one that does not exist."""
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
+from django.db import transaction
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -13,7 +14,7 @@ from vpo.train.keys import DASHBOARD, REWARD_MEAN
 from webapp.experiments.forms import EvaluationForm, ExperimentForm, validated_config
 from webapp.experiments.leaderboard import leaderboard, leaderboard_csv, studies_of
 from webapp.experiments.models import Evaluation, Experiment
-from webapp.experiments.tasks import evaluate_checkpoint, evaluate_checkpoint_vbench, train_experiment
+from webapp.experiments.tasks import enqueue, evaluate_checkpoint, evaluate_checkpoint_vbench
 from webapp.media import ranged_file_response
 
 # the demo on the list page: small enough to finish in a few minutes on a 2-core CPU
@@ -28,6 +29,14 @@ DEMO_CONFIG = {
     "heldout_every": 5,
     "checkpoint_every": 10,
 }
+
+
+def enqueue_on_commit(experiment: Experiment) -> bool:
+    """Sends the run's task once its row is committed (at once under autocommit, as a view runs);
+    False if the broker refused it (the row is then failed with the reason, ``tasks.enqueue``)."""
+    sent: list[bool] = []
+    transaction.on_commit(lambda: sent.append(enqueue(experiment)))
+    return sent != [False]
 
 
 def visible_or_404(request, pk) -> Experiment:
@@ -50,11 +59,15 @@ def experiment_new(request):
     if request.method == "POST":
         form = ExperimentForm(request.POST, request.FILES)
         if form.is_valid():
+            # committed first (the worker must find the row), then sent; a send that fails marks
+            # the row failed with the reason, so no "queued" row is ever left without its message
             experiment = Experiment.objects.create(
                 owner=request.user, name=form.cleaned_data["name"], config=form.config, prompts_text=form.prompts_text
             )
-            train_experiment.delay_on_commit(experiment.pk)  # the worker must see the committed row
-            return redirect(experiment)
+            if enqueue_on_commit(experiment):
+                return redirect(experiment)
+            form.add_error(None, f"The run could not be queued: {experiment.error}. Try again in a moment.")
+            return render(request, "experiments/new.html", {"form": form, "source": source}, status=503)
     else:
         initial = {"name": f"{source.name} (copy)"} if source else {}
         form = ExperimentForm(initial=initial, config=source.config if source else None)
@@ -67,7 +80,8 @@ def demo(request):
     experiment = Experiment.objects.create(
         owner=request.user, name="Demo: online DPO on temporal (tiny)", config=validated_config(DEMO_CONFIG)
     )
-    train_experiment.delay_on_commit(experiment.pk)
+    if not enqueue_on_commit(experiment):
+        return HttpResponse(f"The demo could not be queued: {experiment.error}", status=503, content_type="text/plain")
     return redirect(experiment)
 
 
