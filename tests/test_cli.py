@@ -106,3 +106,11 @@ def test_feedback_reports_mrr_per_available_source(tmp_path):
     by_source = {row["source"]: row for row in out["results"]}
     assert by_source["metrics"]["mrr"] == 1.0 and by_source["metrics"]["groups"] == 3
     assert "videoscore" in out["skipped"]  # no weights directory here: said, not silently dropped
+
+
+def test_vpo_demo_samples_the_demo_prompts_and_prints_the_files(tmp_path):
+    """What command A runs first (scripts/run.sh)."""
+    r = vpo("demo", "--out", str(tmp_path / "demo"))
+    assert r.returncode == 0, r.stderr
+    mp4s = sorted((tmp_path / "demo").glob("*.mp4"))
+    assert mp4s and all(str(m.resolve()) in r.stdout for m in mp4s)

@@ -134,6 +134,10 @@ def cmd_demo(args) -> int:
         steps=20,
         guidance=4.0,
         checkpoint=None,
+        model_dir=None,
+        frames=0,  # 0: the backbone's own size
+        height=0,
+        width=0,
     )
     cmd_sample(args)
     for mp4 in sorted(Path(args.out).glob("*.mp4")):
