@@ -76,3 +76,18 @@ def test_vpo_eval_prints_base_checkpoint_and_their_paired_difference(tmp_path, q
         result["checkpoint"]["temporal_flickering_all"] - result["base"]["temporal_flickering_all"], abs=1e-6
     )
     assert flicker["ci95"][0] <= flicker["mean"] <= flicker["ci95"][1]
+
+
+def test_wide_intervals_do_not_run_into_their_neighbours():
+    rng = np.random.default_rng(1)
+    base = {c: rng.uniform(0.4, 0.6, 20) for c in ("presence", "motion_extent")}
+    tuned = {"presence": base["presence"] + rng.normal(0, 0.2, 20), "motion_extent": base["motion_extent"] - 0.1}
+    tuned["motion_extent"] += rng.normal(0, 0.15, 20)
+    d = paired_difference(base, tuned)
+    table = format_table(
+        {"base": summarise({**base, **_rest()}), "checkpoint": summarise({**tuned, **_rest()}), "difference": d}
+    )
+    ci_row = next(line for line in table.splitlines() if line.startswith("  95% CI"))
+    # one whitespace-separated token per column with a difference, each an interval "lo..hi"
+    tokens = ci_row.split()[2:]
+    assert len(tokens) == len(d) and all(t.count("..") == 1 for t in tokens)

@@ -151,6 +151,8 @@ def test_online_dpo_logs_namespaced_metrics_and_held_out_measures(tmp_path, smal
         "heldout/dynamic",
         "heldout/alignment",
         "heldout/temporal",
+        "heldout/presence",
+        "heldout/motion_extent",
         "train/ref_updated",
     ):
         assert key in row, key

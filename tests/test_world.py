@@ -68,3 +68,34 @@ def test_detector_is_right_on_at_least_95_percent_of_ground_truth_videos():
 def test_detector_rejects_a_float_video():
     with pytest.raises(ValueError, match="uint8"):
         detect(np.zeros((16, 32, 32, 3), np.float32))
+
+
+def _painted_over(scene: world.Scene) -> np.ndarray:
+    """The scene's background alone: its objects painted over."""
+    return world.Scene(scene.seed, scene.background, (), scene.caption).render()
+
+
+def test_presence_is_one_on_ground_truth_and_zero_with_the_object_painted_over():
+    from vpo.data.detector import presence
+
+    scenes = world.heldout_scenes(64)
+    truth = np.array([presence(s.render(), s.caption) for s in scenes])
+    painted = np.array([presence(_painted_over(s), s.caption) for s in scenes])
+    assert truth.mean() >= 0.97 and np.median(truth) == 1.0
+    assert painted.max() == 0.0
+    # half the frames blacked out: half the presence
+    half = scenes[0].render().copy()
+    half[8:] = _painted_over(scenes[0])[8:]
+    assert presence(half, scenes[0].caption) == pytest.approx(truth[0] / 2, abs=0.07)
+    assert presence(scenes[0].render(), "a calm lake at dawn") is None  # nothing the world knows
+
+
+def test_motion_extent_is_about_one_on_ground_truth_and_zero_when_the_object_freezes():
+    from vpo.data.detector import motion_extent
+
+    scenes = [s for s in world.heldout_scenes(64) if any(o.motion != "still" for o in s.objects)]
+    truth = np.array([motion_extent(s.render(), s.caption) for s in scenes])
+    frozen = np.array([motion_extent(np.repeat(s.render()[:1], world.FRAMES, 0), s.caption) for s in scenes])
+    assert 0.9 <= np.median(truth) <= 1.1
+    assert np.median(frozen) < 0.05 and frozen.max() < 0.3
+    assert all(motion_extent(_painted_over(s), s.caption) == 0.0 for s in scenes[:8])  # gone: no motion

@@ -205,6 +205,8 @@ def plot_study(study: str, curves: dict, seeds: list[int], path: Path) -> None:
         (heldout("temporal"), "held-out temporal (metrics)"),
         (heldout("dynamic"), "held-out dynamic degree"),
         (heldout("alignment"), "held-out alignment"),
+        (heldout("presence"), "held-out presence of the object"),
+        (heldout("motion_extent"), "held-out motion extent"),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for ax, (key, label) in zip(axes, panels):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from vpo import vbench
+from vpo.data.detector import detect, motion_extent, presence
 from vpo.rewards import measures as M
 from vpo.rewards.metrics import alignment_score
 
@@ -33,6 +34,8 @@ COLUMNS = (
     "dynamic_degree",
     "imaging_quality",
     "alignment",
+    "presence",
+    "motion_extent",
     "quality_score",
 )
 VBENCH_COLUMNS = (*vbench.SUITE_DIMENSIONS, "quality_score")
@@ -47,6 +50,8 @@ SHORT = {
     "aesthetic_quality": "aesthetic",
     "imaging_quality": "imaging",
     "alignment": "align",
+    "presence": "present",
+    "motion_extent": "motion",
     "quality_score": "quality",
 }
 
@@ -68,8 +73,13 @@ def per_video(videos: torch.Tensor, prompts: list[str], fps: int) -> dict[str, n
         "imaging_quality": M.imaging_proxy(v).numpy(),
         "static": static,
     }
-    aligned = [alignment_score(x, p) for x, p in zip(frames, prompts)]
-    values["alignment"] = np.array([np.nan if a is None else a for a in aligned], dtype=float)
+    found = [detect(x) for x in frames]
+    for name, values_of in (
+        ("alignment", [alignment_score(x, p, d) for x, p, d in zip(frames, prompts, found)]),
+        ("presence", [presence(x, p, d) for x, p, d in zip(frames, prompts, found)]),
+        ("motion_extent", [motion_extent(x, p) for x, p in zip(frames, prompts)]),
+    ):
+        values[name] = np.array([np.nan if a is None else a for a in values_of], dtype=float)
     return values
 
 
@@ -218,22 +228,24 @@ def columns_of(result: dict) -> tuple[str, ...]:
 
 def format_table(result: dict) -> str:
     cols = columns_of(result)
-    lines = [f"{'model':<11}" + "".join(f"{SHORT[c]:>13}" for c in cols)]
+    rows: list[tuple[str, list[str]]] = [("model", [SHORT[c] for c in cols])]
     for model in ("base", "checkpoint"):
         values = [result[model].get(c, float("nan")) for c in cols]
-        lines.append(f"{model:<11}" + "".join(f"{100 * v:>12.2f}%" if np.isfinite(v) else f"{'–':>13}" for v in values))
+        rows.append((model, [f"{100 * v:.2f}%" if np.isfinite(v) else "–" for v in values]))
     diff = result.get("difference")
     if diff:
 
-        def cell(c, fmt) -> str:
-            return f"{fmt(diff[c]):>13}" if c in diff else f"{'':>13}"
+        def cells(fmt) -> list[str]:
+            return [fmt(diff[c]) if c in diff else "" for c in cols]
 
-        lines.append(f"{'difference':<11}" + "".join(cell(c, lambda d: f"{100 * d['mean']:+.2f}") for c in cols))
-        lines.append(
-            f"{'  95% CI':<11}"
-            + "".join(cell(c, lambda d: f"{100 * d['ci95'][0]:+.2f}..{100 * d['ci95'][1]:+.2f}") for c in cols)
-        )
-        lines.append(f"{'  better':<11}" + "".join(cell(c, lambda d: f"{d['better']}/{d['n']}") for c in cols))
+        rows.append(("difference", cells(lambda d: f"{100 * d['mean']:+.2f}")))
+        rows.append(("  95% CI", cells(lambda d: f"{100 * d['ci95'][0]:+.2f}..{100 * d['ci95'][1]:+.2f}")))
+        rows.append(("  better", cells(lambda d: f"{d['better']}/{d['n']}")))
+    # every cell right-aligned in columns wide enough for the widest (a wide interval must not run into
+    # its neighbour)
+    width = max(13, *(len(cell) + 2 for _, cells_ in rows for cell in cells_))
+    lines = [f"{name:<11}" + "".join(f"{cell:>{width}}" for cell in cells_).rstrip() for name, cells_ in rows]
+    if diff:
         lines.append(
             "difference: checkpoint - base in points, paired by video (same prompt and seed); "
             "95% CI: t-interval; better: videos where the checkpoint scores higher."

@@ -92,6 +92,10 @@ BUILTIN_DIMENSIONS = {
     ),
     "imaging_quality": Dimension("proxy", "sharpness/noise/contrast, stands in for MUSIQ-SPAQ / 100; another scale"),
     "alignment": Dimension("other", "not VBench: the synthetic world's ground-truth detector"),
+    "presence": Dimension("other", "not VBench: share of frames showing the prompted object (the world's detector)"),
+    "motion_extent": Dimension(
+        "other", "not VBench: the prompted motion's travel over the world's median, 100% = like ground truth"
+    ),
 }
 OFFICIAL_DIMENSIONS = {
     d: Dimension(

@@ -43,17 +43,7 @@ class Detection:
 
 def detect(video: np.ndarray) -> list[Detection]:
     """Objects in a uint8 (F, H, W, 3) video, largest first."""
-    video = np.asarray(video)
-    if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
-        raise ValueError(f"expected uint8 video (F, H, W, 3), got {video.dtype} {video.shape}")
-    rgb = video.astype(np.float32) / 255.0
-    bright = rgb.max(-1) >= BRIGHT  # (F, H, W)
-    # nearest palette colour per pixel, by chromaticity-aware distance on normalised RGB
-    d = ((rgb[..., None, :] - _PALETTE) ** 2).sum(-1)  # (F, H, W, K)
-    nearest = d.argmin(-1)
-    label = np.where(bright, nearest, -1)
-    # soft coverage: how far a pixel's brightness sits between the dark background and the object
-    value = rgb.max(-1)
+    video, label, nearest, value = _labels(video)
     detections = []
     for k, name in enumerate(_PALETTE_NAMES):
         masks = label == k  # (F, H, W)
@@ -67,6 +57,106 @@ def detect(video: np.ndarray) -> list[Detection]:
         shape = _shape(alpha, masks, seen)
         detections.append((counts.sum(), Detection(name, shape, _motion(masks, seen), int(seen.sum()))))
     return [det for _, det in sorted(detections, key=lambda x: -x[0])]
+
+
+def _labels(video: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The checked video, each pixel's palette label (-1: background), its nearest palette colour,
+    and its brightness (max channel in [0, 1])."""
+    video = np.asarray(video)
+    if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
+        raise ValueError(f"expected uint8 video (F, H, W, 3), got {video.dtype} {video.shape}")
+    rgb = video.astype(np.float32) / 255.0
+    bright = rgb.max(-1) >= BRIGHT  # (F, H, W)
+    # nearest palette colour per pixel, by chromaticity-aware distance on normalised RGB
+    d = ((rgb[..., None, :] - _PALETTE) ** 2).sum(-1)  # (F, H, W, K)
+    nearest = d.argmin(-1)
+    # soft coverage (in ``detect``): how far a pixel's brightness sits between the dark background
+    # and the object
+    return video, np.where(bright, nearest, -1), nearest, rgb.max(-1)
+
+
+def presence(video: np.ndarray, prompt: str, detections: list[Detection] | None = None) -> float | None:
+    """Is the prompted object still there? For each object the prompt names, the share of frames in
+    which its colour covers >= ``MIN_PIXELS`` pixels, counted only if the video's object of that
+    colour has the prompted shape (or is never seen whole); the mean over the prompt's objects.
+    None if the prompt names nothing the world knows. ``detections``: ``detect(video)`` when already
+    computed.
+
+    1 on the world's own renders (every object stays in frame); it falls towards 0 when a model
+    deletes, fades or reshapes the subject — what a temporal reward can pay for, since an empty
+    frame does not flicker (``docs/metrics.md``)."""
+    wanted = world.parse_caption(prompt)
+    if wanted is None:
+        return None
+    video, label, _, _ = _labels(video)
+    shapes = {d.colour: d.shape for d in (detect(video) if detections is None else detections)}
+    total = 0.0
+    for colour, shape, _ in wanted:
+        k = _PALETTE_NAMES.index(colour)
+        seen = (label == k).reshape(len(video), -1).sum(1) >= MIN_PIXELS
+        if shapes.get(colour) in (shape, None):
+            total += float(seen.mean())
+    return total / len(wanted)
+
+
+def _extent(motion: str, ys: np.ndarray, xs: np.ndarray, size: np.ndarray) -> float | None:
+    """How far a trajectory goes in the way ``motion`` moves: end-to-end travel along its axis (the
+    mean of the first and last quarter as ends, as ``_motion``), the height of a hop, or the log of
+    the size change; None for ``still``."""
+    q = max(1, len(ys) // 4)
+    if motion in ("left", "right"):
+        return float(abs(xs[-q:].mean() - xs[:q].mean()))
+    if motion in ("up", "down", "falling"):
+        return float(abs(ys[-q:].mean() - ys[:q].mean()))
+    if motion == "bouncing":
+        return float(ys.max() - ys.min())
+    if motion in ("growing", "shrinking"):
+        return float(abs(np.log(max(size[-q:].mean(), 1e-6) / max(size[:q].mean(), 1e-6))))
+    return None
+
+
+def _typical_extents(n: int = 256) -> dict[str, float]:
+    """Median extent of each motion over ``n`` objects drawn as the world draws them, from their exact
+    trajectories (seeded: the same numbers everywhere)."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for motion in world.MOTIONS:
+        values = []
+        for _ in range(n):
+            o = world._sample_object(rng, "red", "circle", motion)
+            xs, ys, size = world.trajectory(o)
+            extent = _extent(motion, ys, xs, size)
+            if extent is not None:
+                values.append(extent)
+        if values:
+            out[motion] = float(np.median(values))
+    return out
+
+
+TYPICAL_EXTENT = _typical_extents()
+
+
+def motion_extent(video: np.ndarray, prompt: str) -> float | None:
+    """How much of the prompted motion happens: for each moving object the prompt names, its
+    detected travel (``_extent``) over the median travel of that motion in the world's renders,
+    averaged over those objects. About 1 on ground truth, 0 when the object freezes or vanishes; a
+    temporal reward also pays for stillness, which this catches. None when the prompt names no
+    moving object of the world."""
+    wanted = [w for w in world.parse_caption(prompt) or [] if w[2] in TYPICAL_EXTENT]
+    if not wanted:
+        return None
+    video, label, _, _ = _labels(video)
+    total = 0.0
+    for colour, _, motion in wanted:
+        masks = label == _PALETTE_NAMES.index(colour)
+        seen = masks.reshape(len(video), -1).sum(1) >= MIN_PIXELS
+        t = np.nonzero(seen)[0]
+        if len(t) < 2:
+            continue  # gone: no motion
+        ys, xs = np.array([np.argwhere(masks[i]).mean(0) for i in t]).T
+        size = np.sqrt(masks[t].reshape(len(t), -1).sum(1))
+        total += (_extent(motion, ys, xs, size) or 0.0) / TYPICAL_EXTENT[motion]
+    return total / len(wanted)
 
 
 # Area of each shape as a multiple of r^2 (world._coverage) and its centroid's offset below the

@@ -10,6 +10,11 @@ Dimensions (each normalised to [0, 1]; formulas in ``docs/metrics.md``):
 * ``alignment`` — the synthetic world's ground-truth detector against the prompt's parsed colour,
   shape and motion; NaN ("unavailable") for a prompt outside the world's vocabulary.
 
+Raw measures beside the dimensions (not rewards: the held-out monitor's alarms, ``vpo eval``'s columns):
+``presence`` (is the prompted object still in the frames) and ``motion_extent`` (how much of the prompted
+motion happens, 1 = like the world's renders), both from the detector; NaN where the prompt names nothing
+the world knows.
+
 ``temporal`` and ``visual`` also exist as differentiable torch functions for ReFL.
 """
 
@@ -18,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from vpo.data import world
-from vpo.data.detector import detect
+from vpo.data.detector import Detection, detect, motion_extent, presence
 from vpo.rewards import measures as M
 from vpo.rewards.base import RewardSource, ScoreResult, check_videos
 
@@ -40,13 +45,13 @@ def visual_score(v: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]
     return M.normalise(proxy, *VISUAL_RANGE), {"imaging_proxy": proxy}
 
 
-def alignment_score(video, prompt: str) -> float | None:
+def alignment_score(video, prompt: str, detections: list[Detection] | None = None) -> float | None:
     """Share of (colour found, shape right, motion right) over the prompt's objects; None if the
-    prompt names nothing the world knows."""
+    prompt names nothing the world knows. ``detections``: ``detect(video)`` when already computed."""
     wanted = world.parse_caption(prompt)
     if wanted is None:
         return None
-    found = {d.colour: d for d in detect(video)}
+    found = {d.colour: d for d in (detect(video) if detections is None else detections)}
     total = 0.0
     for colour, shape, motion in wanted:
         d = found.get(colour)
@@ -72,9 +77,12 @@ class MetricsSource(RewardSource):
         result = ScoreResult(
             scores={"visual": visual, "temporal": temporal, "dynamic": raw["dynamic_degree"].clone()}, raw=raw
         )
-        align = []
+        align, present, extent = [], [], []
         for i, (x, p) in enumerate(zip(numpy_videos, prompts)):
-            a = alignment_score(x, p)
+            found = detect(x)
+            present.append(presence(x, p, found))
+            extent.append(motion_extent(x, p))
+            a = alignment_score(x, p, found)
             if a is None:
                 result.unavailable[i] = (
                     f"alignment unavailable: {p!r} names no colour, shape and motion of the synthetic world"
@@ -82,6 +90,8 @@ class MetricsSource(RewardSource):
                 a = float("nan")
             align.append(a)
         result.scores["alignment"] = torch.tensor(align)
+        for name, values in (("presence", present), ("motion_extent", extent)):
+            raw[name] = torch.tensor([float("nan") if v is None else v for v in values])
         return self.with_global(result)
 
     def score_differentiable(self, videos, prompts, dimension):

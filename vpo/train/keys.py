@@ -23,6 +23,8 @@ OFFLINE_PAIRS, OFFLINE_MARGIN = "train/offline_pairs", "train/offline_margin"
 STEP_S, SAMPLE_S, SCORE_S, UPDATE_S = "perf/step_s", "perf/sample_s", "perf/score_s", "perf/update_s"
 PEAK_MEM_MB, CUDA_PEAK_GB = "perf/peak_mem_mb", "perf/cuda_peak_gb"
 HELDOUT_PREFIX = "heldout/"
+# the reward source's raw measures the held-out monitor logs beside its dimensions
+HELDOUT_RAW = ("temporal_flickering", "presence", "motion_extent")
 
 
 def heldout(measure: str) -> str:

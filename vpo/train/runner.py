@@ -35,7 +35,7 @@ from vpo.train.checkpoints import (
     save_checkpoint,
 )
 from vpo.train.config import TrainConfig
-from vpo.train.keys import CUDA_PEAK_GB, PEAK_MEM_MB, REF_UPDATED, STEP_S, heldout
+from vpo.train.keys import CUDA_PEAK_GB, HELDOUT_RAW, PEAK_MEM_MB, REF_UPDATED, STEP_S, heldout
 from vpo.train.sinks import Sink
 
 
@@ -200,7 +200,11 @@ class Run:
         videos = self.backbone.sample(self.heldout, seeds, steps=self.cfg.sampling_steps, guidance=self.cfg.guidance)
         result = self.monitor.score(videos, self.heldout)
         values = {heldout(d): float(torch.nanmean(s)) for d, s in result.scores.items()}
-        values[heldout("temporal_flickering")] = float(result.raw["temporal_flickering"].mean())
+        # raw measures that can fall while the reward rises: flickering, and whether the prompted
+        # object is still there and still moves as prompted (an empty or frozen frame does not flicker)
+        for measure in HELDOUT_RAW:
+            if measure in result.raw and torch.isfinite(result.raw[measure]).any():
+                values[heldout(measure)] = float(torch.nanmean(result.raw[measure]))
         self.sink.samples(
             step,
             "heldout",
