@@ -155,3 +155,22 @@ def test_feedback_analysis_ranks_the_unshuffled_video_first_on_temporal(metrics,
     assert temporal["mrr"] == 1.0 and temporal["recall@1"] == 1.0
     image = analyse(load_reward("image-metrics"), "temporal", groups)
     assert image["mrr"] < 1.0  # the image-level judge ties all three and so cannot pick the real one
+
+
+def test_the_subject_guard_never_lets_an_empty_or_frozen_video_win():
+    from vpo.data import world
+    from vpo.rewards.guard import subject_factor
+
+    scene = next(s for s in world.heldout_scenes(64) if s.objects[0].motion in ("left", "right", "up", "down"))
+    truth = scene.render()
+    empty = world.Scene(scene.seed, scene.background, (), scene.caption).render()
+    frozen = np.repeat(truth[:1], len(truth), 0)
+    temporal = load_reward("metrics").score(torch.from_numpy(np.stack([truth, empty, frozen])), [scene.caption] * 3)
+    raw = temporal.scores["temporal"]
+    assert raw[1] > raw[0] and raw[2] > raw[0]  # unguarded, deleting or freezing the subject wins
+    factors = [subject_factor(v, scene.caption) for v in (truth, empty, frozen)]
+    assert factors[0] == pytest.approx(1.0, abs=0.15) and factors[1] == 0.0 and factors[2] < 0.05
+    guarded = raw * torch.tensor(factors)
+    assert int(guarded.argmax()) == 0
+    with pytest.raises(ValueError, match="names no object"):
+        subject_factor(truth, "a calm lake at dawn")

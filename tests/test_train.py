@@ -1,13 +1,14 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from vpo.backbones.tiny import MiniLM, TinyBackbone, TinyConfig
 from vpo.train import ALGORITHMS, train
 from vpo.train.checkpoints import POLICY, REF, load_policy
-from vpo.train.config import TrainConfig
+from vpo.train.config import ConfigError, TrainConfig
 from vpo.train.loss import flow_dpo_loss, per_video_mse
 from vpo.train.online_dpo import dpo_update
 from vpo.train.runner import Run, TrainingDiverged
@@ -234,3 +235,30 @@ def test_checkpoints_store_the_config(tmp_path, small):
     state = torch.load(last / "state.pt", weights_only=False)
     assert state["config"] == cfg.to_dict() and state["step"] == 1
     assert TrainConfig.from_toml(last / "config.toml") == cfg
+
+
+def test_the_subject_guard_scales_the_candidates_scores(tmp_path, small):
+    from vpo.rewards import load_reward
+    from vpo.rewards.guard import subject_factor
+
+    with pytest.raises(ConfigError, match="refl") as e:
+        cfg_for(tmp_path, algorithm="refl", reward_guard="subject")
+    assert e.value.field == "reward_guard"
+    with pytest.raises(ConfigError) as e:
+        cfg_for(tmp_path, reward_guard="everything")
+    assert e.value.field == "reward_guard"
+    lake = tmp_path / "lake.txt"
+    lake.write_text("a red ball moving left\na calm lake at dawn\n")
+    with pytest.raises(ConfigError, match="calm lake") as e:
+        run_train(cfg_for(tmp_path, prompts=str(lake), reward_guard="subject"), small())
+    assert e.value.field == "reward_guard"
+
+    cfg = cfg_for(tmp_path, steps=1, heldout_every=1, reward_guard="subject")
+    run_train(cfg, small())
+    folder = tmp_path / "run" / "samples" / "step_000001_candidates"
+    videos = json.loads((folder / "samples.json").read_text())["videos"]
+    frames = np.stack([np.load(folder / v["frames"]) for v in videos])
+    prompts = [v["prompt"] for v in videos]
+    plain = load_reward("metrics").score(torch.from_numpy(frames), prompts).scores["temporal"]
+    factors = torch.tensor([subject_factor(f, p) for f, p in zip(frames, prompts)])
+    assert [v["score"] for v in videos] == pytest.approx((plain * factors).tolist(), abs=1e-6)

@@ -18,6 +18,7 @@ from typing import Any
 from vpo.backbones import BACKBONES
 from vpo.data.prompts import BUILTIN
 from vpo.rewards import DIMENSIONS, GLOBAL, REWARD_SOURCES
+from vpo.rewards.guard import GUARDS
 from vpo.train import ALGORITHMS
 
 
@@ -46,6 +47,11 @@ class TrainConfig:
         8, "DPO: (sigma, eps) draws per pair in each update, averaged; each shared by winner and loser"
     )
     tie_tolerance: float = _f(1e-3, "skip a prompt whose best and worst scores differ by less")
+    reward_guard: str = _f(
+        "none",
+        "none, or subject: scale each candidate's reward by the prompted subject's presence and motion "
+        "(online-dpo and offline-dpo; prompts of the synthetic world)",
+    )
     lora_rank: int = _f(8, "LoRA rank")
     lr: float = _f(1e-3, "AdamW learning rate of the adapter")
     grad_clip: float = _f(1.0, "max gradient norm")
@@ -133,6 +139,11 @@ class TrainConfig:
                 "flow_shift", f"flow_shift must be >= 0 (0 = the backbone's default), got {self.flow_shift}"
             )
         _choice("weights_dtype", self.weights_dtype, ("auto", "bf16", "fp32"))
+        _choice("reward_guard", self.reward_guard, GUARDS)
+        if self.reward_guard != "none" and self.algorithm == "refl":
+            raise ConfigError(
+                "reward_guard", "reward_guard applies to the candidates' scores of online-dpo and offline-dpo, not refl"
+            )
         for name in ("gradient_checkpointing", "vae_tiling", "cpu_offload"):
             _choice(name, getattr(self, name), SWITCHES)
         if self.guidance < 1:

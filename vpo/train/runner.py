@@ -25,6 +25,7 @@ from vpo.backbones import load_for_config
 from vpo.backbones.base import Backbone
 from vpo.data.prompts import read_prompts
 from vpo.rewards import load_reward
+from vpo.rewards.guard import subject_factor, unguardable
 from vpo.train.checkpoints import (
     POLICY,
     REF,
@@ -34,7 +35,7 @@ from vpo.train.checkpoints import (
     load_state,
     save_checkpoint,
 )
-from vpo.train.config import TrainConfig
+from vpo.train.config import ConfigError, TrainConfig
 from vpo.train.keys import CUDA_PEAK_GB, HELDOUT_RAW, PEAK_MEM_MB, REF_UPDATED, STEP_S, heldout
 from vpo.train.sinks import Sink
 
@@ -65,6 +66,10 @@ class Run:
         self.reward = load_reward(cfg.reward)
         self.reward.check_dimension(cfg.dimension)
         self.prompts = read_prompts(cfg.prompts)
+        if cfg.reward_guard != "none" and (bad := unguardable(self.prompts)) is not None:
+            raise ConfigError(
+                "reward_guard", f"reward_guard {cfg.reward_guard!r} cannot read the prompt {bad!r} of {cfg.prompts!r}"
+            )
         self.heldout = read_prompts(cfg.heldout_prompts)[: cfg.heldout_count]
         self.monitor = self.reward if cfg.reward == "metrics" else load_reward("metrics")
         self.step = 0
@@ -107,6 +112,9 @@ class Run:
     def score(self, videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         result = self.reward.score(videos, prompts)
         scores = result.scores[self.cfg.dimension]
+        if self.cfg.reward_guard == "subject":  # vpo/rewards/guard.py: deleting or freezing the subject never wins
+            frames = videos.numpy()
+            scores = scores * torch.tensor([subject_factor(v, p) for v, p in zip(frames, prompts)], dtype=scores.dtype)
         if not torch.isfinite(scores).all():
             bad = int((~torch.isfinite(scores)).nonzero()[0])
             why = result.unavailable.get(bad, "the reward source returned a non-finite score")

@@ -9,8 +9,9 @@ from django import forms
 
 from vpo.backbones import BACKBONES
 from vpo.backbones.real import weights_status
-from vpo.data.prompts import BUILTIN
+from vpo.data.prompts import BUILTIN, parse_prompts
 from vpo.rewards import DIMENSIONS, GLOBAL, REWARD_SOURCES
+from vpo.rewards.guard import GUARDS, unguardable
 from vpo.train import ALGORITHMS
 from vpo.train.config import SWITCHES, ConfigError, TrainConfig
 from webapp.prompt_files import MAX_PROMPT_CHARS, MAX_PROMPTS, read_prompt_file
@@ -25,12 +26,16 @@ CHOICES = {
     "prompts": [*BUILTIN, UPLOADED],
     "heldout_prompts": list(BUILTIN),
     "weights_dtype": ["auto", "bf16", "fp32"],
+    "reward_guard": list(GUARDS),
     **{name: list(SWITCHES) for name in ("gradient_checkpointing", "vae_tiling", "cpu_offload")},
 }
 SERVER_SIDE = {"out", "model_dir"}  # where a run lives and where weights are is the server's business
 FIELDSETS = [
     ("What to optimise", ["backbone", "reward", "dimension", "algorithm", "prompts", "prompts_file"]),
-    ("Algorithm", ["num_candidates", "ref_update_every", "beta", "noise_draws", "tie_tolerance", "refl_depth"]),
+    (
+        "Algorithm",
+        ["num_candidates", "ref_update_every", "beta", "noise_draws", "tie_tolerance", "reward_guard", "refl_depth"],
+    ),
     ("Optimiser", ["steps", "prompts_per_step", "lora_rank", "lr", "grad_clip", "seed"]),
     ("Sampling", ["sampling_steps", "guidance"]),
     ("Monitoring", ["heldout_prompts", "heldout_count", "heldout_every", "checkpoint_every"]),
@@ -137,6 +142,8 @@ class ExperimentForm(forms.Form):
             self.add_error(e.field if e.field in self.fields else None, str(e))
             return data
         self.prompts_text = data.get("prompts_file") or ""
+        if self.config.reward_guard != "none" and (bad := unguardable(parse_prompts(self.prompts_text))):
+            self.add_error("reward_guard", f"the guard cannot read the prompt {bad!r}: it names no object of the world")
         return data
 
 
