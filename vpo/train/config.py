@@ -55,7 +55,7 @@ class TrainConfig:
     guidance: float = _f(4.0, "classifier-free guidance scale")
     refl_depth: int = _f(1, "ReFL: final denoising steps back-propagated through")
     rwr_temperature: float = _f(
-        0.01,
+        0.005,
         "online-rwr only: tau of the weights softmax(reward / tau) over each prompt's candidates "
         "(smaller = sharper; compare with reward/margin)",
     )

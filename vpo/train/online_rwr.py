@@ -35,6 +35,7 @@ from vpo.train.keys import (
     UPDATE_S,
 )
 from vpo.train.loss import flow_rwr_loss, per_video_mse
+from vpo.train.online_dpo import sample_and_score
 from vpo.train.runner import Run
 
 
@@ -76,19 +77,10 @@ def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
 
     def one_step(step: int) -> dict:
         t0 = time.perf_counter()
-        prompts = run.pick_prompts(step)
-
-        # 1. sample N candidates per prompt from the current policy, all in one batch (the same
-        # seeds as online-dpo draws at this step: the two start from the same candidates)
-        flat_prompts = [p for p in prompts for _ in range(n)]
-        seeds = [s for i in range(len(prompts)) for s in run.candidate_seeds(step, i, n)]
-        videos, latents = bb.sample(
-            flat_prompts, seeds, steps=cfg.sampling_steps, guidance=cfg.guidance, return_latents=True
-        )
-        t_sample = time.perf_counter()
-
-        # 2. score them on the chosen dimension
-        scores = run.score(videos, flat_prompts).view(len(prompts), n)
+        # 1. sample N candidates per prompt from the current policy; 2. score them (the same
+        # candidates online-dpo draws at this step)
+        c = sample_and_score(run, step)
+        prompts, scores, latents = c.prompts, c.scores, c.latents
         t_score = time.perf_counter()
 
         # 3. reward-weighted flow matching on every candidate
@@ -105,17 +97,17 @@ def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
         # out writing its videos
         values.update(
             {
-                SAMPLE_S: t_sample - t0,
-                SCORE_S: t_score - t_sample,
+                SAMPLE_S: c.sample_s,
+                SCORE_S: c.score_s,
                 UPDATE_S: time.perf_counter() - t_score,
                 STEP_S: time.perf_counter() - t0,
             }
         )
         if cfg.heldout_every and (step + 1) % cfg.heldout_every == 0:
             best = set((scores.argmax(1) + torch.arange(len(prompts)) * n).tolist())
-            labels = ["best" if i in best else "" for i in range(len(flat_prompts))]
+            labels = ["best" if i in best else "" for i in range(len(c.flat_prompts))]
             sink.samples(
-                step + 1, "candidates", videos.numpy(), flat_prompts, scores.flatten().tolist(), labels, bb.spec.fps
+                step + 1, "candidates", c.videos.numpy(), c.flat_prompts, scores.flatten().tolist(), labels, bb.spec.fps
             )
         return values
 
