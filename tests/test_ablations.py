@@ -3,7 +3,9 @@ says for each study whether it matches the paper, with its plot."""
 
 from pathlib import Path
 
-from vpo.ablations import STUDIES, VARIANTS, ablate
+import pytest
+
+from vpo.ablations import STUDIES, VARIANTS, ablate, check_studies, merge_sections, report
 from vpo.train.config import TrainConfig
 
 
@@ -32,3 +34,28 @@ def test_ablate_writes_a_report_with_every_study_and_its_plot(tmp_path):
     )  # finished runs are reused, not retrained
     tables = lambda md: [line for line in md.splitlines() if line.startswith("|")]  # noqa: E731
     assert tables(Path(again).read_text()) == tables(text)
+
+
+def test_one_study_replaces_its_section_of_a_report_and_keeps_the_rest(tmp_path):
+    """``--studies e``: the section written for it replaces its namesake in an existing report, whose
+    other sections and hand-written notes stay; the section carries its own command."""
+    from vpo.eval import COLUMNS
+
+    row = dict.fromkeys(COLUMNS, 0.5)
+    names = STUDIES["e"][1]
+    evals = {(name, 0): {**row, "temporal_flickering_all": 0.6 - 0.1 * i} for i, name in enumerate(names)}
+    curves = {(name, 0): [{"step": 1, "reward/mean": 0.9}] for name in names}
+    base = TrainConfig(steps=3)
+    text = report(base, [0], evals, row, curves, tmp_path / "results", tmp_path / "r.md", 60, 90, 2, ["e"])
+    old = "# Ablations\n\nmeasured by hand on machine X\n\n## (a) A\n\nold a\n\n## (e) E\n\nold e\n"
+    merged = merge_sections(old, text)
+    assert "measured by hand on machine X" in merged and "old a" in merged and "old e" not in merged
+    assert merged.count("## (e) ") == 1 and f"## (e) {STUDIES['e'][0]}" in merged
+    section = merged.split("## (e)")[1]
+    assert "`vpo ablate --seeds 0 --steps 3 --studies e`" in section and "Flow-RWR: temperature" in section
+    assert "online 60.00 vs online-rwr 50.00" in section and "**matches the paper**" in section
+    assert merge_sections("# R\n\n## (a) A\n\na\n", text).index("## (a)") < merge_sections(
+        "# R\n\n## (a) A\n\na\n", text
+    ).index("## (e)")
+    with pytest.raises(ValueError, match="unknown study z; valid: a, b, c, d, e"):
+        check_studies(["z"])

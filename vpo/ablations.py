@@ -9,16 +9,21 @@ Four comparisons, each at equal steps and for every seed given:
     a model that raises its reward while the held-out measure falls is reward-hacking;
 (d) training on the video-level ``metrics`` temporal score vs the image-level ``image-metrics``
     one (Table 2's modality gap), both judged by the video-level temporal measure.
+(e) online DPO vs online Flow-RWR (VideoAlign's two training-time algorithms): the same prompts,
+    seeds, candidates and steps, only the update differs.
 
 Every variant starts from the same base and shares everything but the one setting compared; the
-online-DPO run with K = ``ref_update_every`` is the common baseline of all four. Each finished run
+online-DPO run with K = ``ref_update_every`` is the common baseline of all of them. Each finished run
 is evaluated like ``vpo eval`` (fixed held-out prompts and seeds, base alongside). Runs already
-finished in ``--out`` are reused, so an interrupted study resumes where it stopped.
+finished in ``--out`` are reused, so an interrupted study resumes where it stopped. ``studies``
+runs a subset (only their variants); its sections then replace or join those of the same letter in
+an existing report, each with its own command, settings and time, and the rest stays as it was.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -35,12 +40,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fixed-ref": {"ref_update_every": 0},
     "refl": {"algorithm": "refl"},
     "image-reward": {"reward": "image-metrics"},
+    "online-rwr": {"algorithm": "online-rwr"},
 }
 STUDIES = {
     "a": ("Online vs offline DPO", ["online", "offline"]),
     "b": ("Curriculum reference update vs fixed reference", ["online", "fixed-ref"]),
     "c": ("DPO vs ReFL: training reward and a held-out measure", ["online", "refl"]),
     "d": ("Video-level vs image-level reward, judged by the video-level temporal measure", ["online", "image-reward"]),
+    "e": ("Online DPO vs online Flow-RWR (VideoAlign)", ["online", "online-rwr"]),
 }
 # what each study's verdict looks at (an eval column, higher is better) and the paper's direction
 VERDICTS = {
@@ -48,7 +55,20 @@ VERDICTS = {
     "b": ("temporal_flickering_all", "curriculum > fixed (Sec. 2.3: the moving reference keeps improving)"),
     "c": ("dynamic_degree", "ReFL's held-out dynamic degree falls further than DPO's (ReFL reward-hacks)"),
     "d": ("temporal_flickering_all", "video-level reward > image-level reward on the video-level temporal measure"),
+    "e": ("temporal_flickering_all", "online-dpo > online-rwr (VideoAlign: Flow-DPO beats Flow-RWR)"),
 }
+
+
+def check_studies(studies) -> list[str]:
+    """The studies asked for, in report order; an unknown letter is a ValueError naming the valid ones."""
+    if not studies:
+        return list(STUDIES)
+    unknown = [s for s in studies if s not in STUDIES]
+    if unknown:
+        raise ValueError(
+            f"unknown stud{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}; valid: {', '.join(STUDIES)}"
+        )
+    return [s for s in STUDIES if s in studies]
 
 
 def run_variant(base: TrainConfig, name: str, seed: int, out: Path, progress: bool = True) -> Path:
@@ -88,18 +108,28 @@ def evaluated(path: Path, prompts: list[str], steps: int, guidance: float, check
     return row
 
 
-def ablate(base: TrainConfig, seeds: list[int], out, results, eval_prompts: int = 32, progress: bool = True) -> Path:
-    """Run every variant for every seed, evaluate, and write ``results`` (markdown) with plots
-    beside it in ``<results stem>/``. Returns the path of the markdown file."""
+def ablate(
+    base: TrainConfig,
+    seeds: list[int],
+    out,
+    results,
+    eval_prompts: int = 32,
+    progress: bool = True,
+    studies: list[str] | None = None,
+) -> Path:
+    """Run every variant of ``studies`` (default: all) for every seed, evaluate, and write ``results``
+    (markdown) with plots beside it in ``<results stem>/``. Returns the path of the markdown file."""
     from vpo.data.prompts import read_prompts
     from vpo.train.checkpoints import latest_checkpoint
     from vpo.train.sinks import read_metrics
 
+    chosen = check_studies(studies)
+    names = [name for name in VARIANTS if any(name in STUDIES[study][1] for study in chosen)]
     out, results = Path(out), Path(results)
     out.mkdir(parents=True, exist_ok=True)
     prompts = read_prompts(base.heldout_prompts)[:eval_prompts]
     t0 = time.perf_counter()
-    runs = {(name, s): run_variant(base, name, s, out, progress) for name in VARIANTS for s in seeds}
+    runs = {(name, s): run_variant(base, name, s, out, progress) for name in names for s in seeds}
     evals = {
         key: evaluated(folder / "eval.json", prompts, base.sampling_steps, base.guidance, latest_checkpoint(folder))
         for key, folder in runs.items()
@@ -111,10 +141,36 @@ def ablate(base: TrainConfig, seeds: list[int], out, results, eval_prompts: int 
     train_s = sum(max(r.get("time", 0.0) for r in rows) for rows in curves.values())
     figures = results.parent / results.stem
     figures.mkdir(parents=True, exist_ok=True)
-    for study in STUDIES:
+    for study in chosen:
         plot_study(study, curves, seeds, figures / f"{study}.png")
-    results.write_text(report(base, seeds, evals, base_eval, curves, figures, results, train_s, wall, len(prompts)))
+    text = report(base, seeds, evals, base_eval, curves, figures, results, train_s, wall, len(prompts), chosen)
+    if len(chosen) < len(STUDIES) and results.exists():
+        text = merge_sections(results.read_text(), text)
+    results.write_text(text)
     return results
+
+
+def merge_sections(old: str, new: str) -> str:
+    """``old`` with each ``## (x)`` section of ``new`` in place of its namesake (or added at the end)."""
+
+    def split(text: str) -> tuple[str, dict[str, str]]:
+        head, *parts = text.split("\n## (")
+        return head, {part.split(")", 1)[0]: "\n## (" + part.rstrip("\n") for part in parts}
+
+    head, sections = split(old)
+    sections.update(split(new)[1])
+    return head.rstrip("\n") + "\n" + "".join(f"\n{sections[k].lstrip(chr(10))}\n" for k in sorted(sections))
+
+
+def machine() -> str:
+    """This machine in a few words, for the report: CPU model, cores, native bf16 or not."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"{os.cpu_count()}-core CPU"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "CPU")
+    bf16 = "native bf16" if "avx512_bf16" in info or "amx_bf16" in info else "no native bf16"
+    return f"{os.cpu_count()}-core {model} ({bf16})"
 
 
 # --- report --------------------------------------------------------------------------------
@@ -125,23 +181,29 @@ def _mean_range(values: list[float]) -> str:
     return f"{100 * v.mean():.2f}" + (f" ± {100 * (v.max() - v.min()) / 2:.2f}" if len(v) > 1 else "")
 
 
-def report(base, seeds, evals, base_eval, curves, figures, results, train_s, wall, n_prompts) -> str:
+def report(base, seeds, evals, base_eval, curves, figures, results, train_s, wall, n_prompts, studies=None) -> str:
     from vpo.eval import COLUMNS, SHORT
 
+    studies = check_studies(studies)
+    subset = len(studies) < len(STUDIES)
     cols = COLUMNS
     head = tuple(SHORT[c] for c in cols)
-    lines = [
-        "# Ablations on the tiny backbone",
-        "",
-        f"Reproduce: `vpo ablate --seeds {','.join(map(str, seeds))} --steps {base.steps}` "
-        f"(2-core CPU: training {train_s / 60:.0f} min, the sum of the runs' own clocks; this command took "
-        f"{wall / 60:.0f} min in all, evaluation included; finished runs in `--out` are reused, not re-run).",
+    only = f" --studies {','.join(studies)}" if subset else ""
+    rwr = (
+        f" Flow-RWR: temperature {base.rwr_temperature}, {base.noise_draws} noise draw(s) per video, no reference."
+        if "e" in studies
+        else ""
+    )
+    about = [
+        f"Reproduce: `vpo ablate --seeds {','.join(map(str, seeds))} --steps {base.steps}{only}` "
+        f"({machine()}: training {train_s / 60:.1f} min, the sum of the runs' own clocks; this command took "
+        f"{wall / 60:.1f} min in all, evaluation included; finished runs in `--out` are reused, not re-run).",
         "",
         f"Shared settings: `{base.reward}` reward on `{base.dimension}`, N = {base.num_candidates} candidates, "
         f"K = {base.ref_update_every}, beta = {base.beta}, {base.noise_draws} noise draw(s) per pair, "
         f"LoRA rank {base.lora_rank}, lr {base.lr}, "
         f"{base.steps} steps of {base.prompts_per_step} prompt(s), {base.sampling_steps} sampling steps, "
-        f"CFG {base.guidance}; ReFL back-propagates through the last {base.refl_depth} step(s). "
+        f"CFG {base.guidance}; ReFL back-propagates through the last {base.refl_depth} step(s).{rwr} "
         f"Evaluation: {n_prompts} held-out prompts (wordings never seen in pretraining), fixed seeds, "
         f"the columns of `vpo eval` in %; each cell is the mean over seeds ± half their range.",
         "flicker: VBench's formula on videos its static filter keeps (flicker.all: on every video); subject, "
@@ -149,11 +211,16 @@ def report(base, seeds, evals, base_eval, curves, figures, results, train_s, wal
         "these 5 of its 7 quality dimensions, not VBench's score.",
         "",
     ]
-    for study, (title, names) in STUDIES.items():
+    # a subset's sections go into an existing report beside others run with other settings: each
+    # carries its own command and settings
+    lines = ["# Ablations on the tiny backbone", ""] + ([] if subset else about)
+    for study in studies:
+        title, names = STUDIES[study]
         column, paper = VERDICTS[study]
         lines += [
             f"## ({study}) {title}",
             "",
+            *(about if subset else []),
             f"![{title}]({figures.relative_to(results.parent) / f'{study}.png'})",
             "",
         ]

@@ -150,6 +150,9 @@ def _add_score(sub):
     p.add_argument("--reward", default="metrics", help="reward source (default: metrics)")
     p.add_argument("--dimension", help="one dimension (default: all the source has, and global)")
     p.add_argument("--prompt", help="prompt for .npy/.mp4 inputs (manifests carry their own)")
+    p.add_argument(
+        "--fps", type=float, help="frame rate of .npy/.mp4 inputs, for sources that sample in time (default: 8)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("inputs", nargs="+", metavar="VIDEO|MANIFEST", help=".npy frames, .mp4 or manifest.json")
     p.set_defaults(run=cmd_score)
@@ -188,6 +191,12 @@ def cmd_score(args) -> int:
     source = load_reward(args.reward)
     dims = [source.check_dimension(args.dimension)] if args.dimension else [*source.dimensions, GLOBAL]
     items = _load_inputs(args.inputs, args.prompt)
+    manifests = [json.loads(Path(a).read_text()) for a in args.inputs if a.endswith(".json")]
+    fps = args.fps or next((m["fps"] for m in manifests if isinstance(m, dict) and m.get("fps")), None)
+    if fps is not None:
+        if not fps > 0:
+            raise ValueError(f"--fps must be > 0, got {fps}")
+        source.video_fps = float(fps)
     result = source.score(np.stack([f for _, _, f in items]), [p for _, p, _ in items])
     rows = []
     for i, (name, prompt, _) in enumerate(items):
@@ -267,7 +276,7 @@ def _add_train(sub):
 
     from vpo.train.config import TrainConfig
 
-    p = sub.add_parser("train", help="preference-optimise a backbone (online-dpo, offline-dpo, refl)")
+    p = sub.add_parser("train", help="preference-optimise a backbone (online-dpo, offline-dpo, refl, online-rwr)")
     p.add_argument("--config", help="TOML file of TrainConfig fields; flags below override it")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
@@ -377,11 +386,16 @@ def _add_ablate(sub):
     p.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts each final model is evaluated on")
     p.add_argument("--out", default="runs/ablations", help="run folders (finished runs are reused)")
     p.add_argument("--results", default="docs/results.md", help="markdown report; plots go to a folder beside it")
+    p.add_argument(
+        "--studies",
+        help="comma-separated study letters to run (default: all); their sections replace those of the same "
+        "letter in an existing report, the rest stays",
+    )
     p.set_defaults(run=cmd_ablate)
 
 
 def cmd_ablate(args) -> int:
-    from vpo.ablations import ablate
+    from vpo.ablations import ablate, check_studies
     from vpo.train.config import TrainConfig
 
     base = TrainConfig.from_toml(args.config) if args.config else TrainConfig()
@@ -391,7 +405,8 @@ def cmd_ablate(args) -> int:
     except ValueError:
         raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     t0 = time.perf_counter()
-    path = ablate(base, seeds, args.out, args.results, eval_prompts=args.eval_prompts)
+    studies = check_studies(args.studies.split(",") if args.studies else None)
+    path = ablate(base, seeds, args.out, args.results, eval_prompts=args.eval_prompts, studies=studies)
     print(f"results -> {path} ({(time.perf_counter() - t0) / 60:.0f} min)")
     return 0
 

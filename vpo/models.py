@@ -4,15 +4,15 @@ asks the same question through ``vpo.backbones.real.weights_status``)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from vpo.backbones import BACKBONES
 from vpo.backbones.real import REAL_BACKBONES, weights_status
 from vpo.rewards import REWARD_SOURCES
+from vpo.rewards.local import SETTINGS as REWARD_SETTINGS
+from vpo.rewards.local import weights_status as weights_status_of_reward
 
 TINY_WEIGHTS = Path(__file__).parent / "backbones" / "weights" / "tiny.safetensors"
-VIDEOSCORE_SETTING = "VPO_VIDEOSCORE_DIR"  # as vpo.rewards.videoscore reads it
 
 
 def report() -> list[dict]:
@@ -44,35 +44,15 @@ def report() -> list[dict]:
                 }
             )
     for name, source in REWARD_SOURCES.items():
-        if name != "videoscore":
-            rows.append(
-                {
-                    "kind": "reward",
-                    "name": name,
-                    "what": source.description,
-                    "where": "-",
-                    "ok": True,
-                    "status": "built-in, no weights",
-                }
-            )
-            continue
-        raw = os.environ.get(VIDEOSCORE_SETTING, "").strip()
-        ok = bool(raw) and (Path(raw) / "config.json").is_file()
-        status = (
-            "present"
-            if ok
-            else f"missing: no config.json in {raw}"
-            if raw
-            else f"missing: set {VIDEOSCORE_SETTING} to its local folder"
-        )
+        place, problem = weights_status_of_reward(name)
         rows.append(
             {
                 "kind": "reward",
                 "name": name,
                 "what": source.description,
-                "where": raw or f"${VIDEOSCORE_SETTING}",
-                "ok": ok,
-                "status": status,
+                "where": place,
+                "ok": problem is None,
+                "status": problem or ("present" if name in REWARD_SETTINGS else "built-in, no weights"),
             }
         )
     return rows

@@ -45,6 +45,12 @@ REWARD_SOURCES: dict[str, Source] = {
         (),
         "VideoScore (Idefics2 regression) from a local weights directory",
     ),
+    "videoreward": Source(
+        "vpo.rewards.videoreward:VideoRewardSource",
+        ("visual", "temporal", "alignment"),
+        (),
+        "VideoReward (VideoAlign: Qwen2-VL-2B + reward head; VQ, MQ, TA) from a local weights directory",
+    ),
 }
 
 # every dimension some source offers, in the order the sources first name them

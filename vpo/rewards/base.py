@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vpo.data.world import FPS
 from vpo.rewards import GLOBAL, REWARD_SOURCES
 
 
@@ -26,6 +27,9 @@ class ScoreResult:
 
 class RewardSource:
     name: str = ""  # its key in REWARD_SOURCES, which also holds its dimensions and description
+    # frame rate of the videos scored, for a source that samples frames in time (videoreward); the
+    # training loop and ``vpo score`` (from a manifest) set it, the default is the tiny backbone's
+    video_fps: float = FPS
 
     @property
     def dimensions(self) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ ALGORITHMS = {
     "online-dpo": "vpo.train.online_dpo",
     "offline-dpo": "vpo.train.offline_dpo",
     "refl": "vpo.train.refl",
+    "online-rwr": "vpo.train.online_rwr",
 }
 
 

@@ -44,13 +44,15 @@ class TrainConfig:
     ref_update_every: int = _f(20, "K: copy the policy into the reference every K steps; 0 = fixed reference")
     beta: float = _f(100.0, "Flow-DPO beta (constant; flow_grpo uses 100)")
     noise_draws: int = _f(
-        8, "DPO: (sigma, eps) draws per pair in each update, averaged; each shared by winner and loser"
+        8,
+        "DPO and RWR: (sigma, eps) draws per video in each update, averaged; DPO shares each draw "
+        "between winner and loser",
     )
     tie_tolerance: float = _f(1e-3, "skip a prompt whose best and worst scores differ by less")
     reward_guard: str = _f(
         "none",
         "none, or subject: scale each candidate's reward by the prompted subject's presence and motion "
-        "(online-dpo and offline-dpo; prompts of the synthetic world)",
+        "(not refl; prompts of the synthetic world)",
     )
     lora_rank: int = _f(8, "LoRA rank")
     lr: float = _f(1e-3, "AdamW learning rate of the adapter")
@@ -58,6 +60,11 @@ class TrainConfig:
     sampling_steps: int = _f(20, "denoising steps when sampling candidates")
     guidance: float = _f(4.0, "classifier-free guidance scale")
     refl_depth: int = _f(1, "ReFL: final denoising steps back-propagated through")
+    rwr_temperature: float = _f(
+        0.005,
+        "online-rwr only: tau of the weights softmax(reward / tau) over each prompt's candidates "
+        "(smaller = sharper; compare with reward/margin)",
+    )
     seed: int = _f(0, "seed of prompts order, candidates' noise and DPO noise")
     heldout_prompts: str = _f("heldout64", "held-out prompt set for the reward-hacking monitor")
     heldout_count: int = _f(8, "held-out prompts sampled at each check (fixed prompts and seeds)")
@@ -127,6 +134,11 @@ class TrainConfig:
                 raise ConfigError(name, f"{name} must be > 0, got {getattr(self, name)}")
         if not self.tie_tolerance >= 0:
             raise ConfigError("tie_tolerance", f"tie_tolerance must be >= 0, got {self.tie_tolerance}")
+        # read by online-rwr alone, so checked for it alone: another algorithm's config never fails on it
+        if self.algorithm == "online-rwr" and not self.rwr_temperature > 0:
+            raise ConfigError(
+                "rwr_temperature", f"rwr_temperature must be > 0 for online-rwr, got {self.rwr_temperature}"
+            )
         if self.refl_depth > self.sampling_steps:
             raise ConfigError(
                 "refl_depth", f"refl_depth ({self.refl_depth}) cannot exceed sampling_steps ({self.sampling_steps})"
@@ -142,7 +154,8 @@ class TrainConfig:
         _choice("reward_guard", self.reward_guard, GUARDS)
         if self.reward_guard != "none" and self.algorithm == "refl":
             raise ConfigError(
-                "reward_guard", "reward_guard applies to the candidates' scores of online-dpo and offline-dpo, not refl"
+                "reward_guard",
+                "reward_guard scales the candidates' scores of online-dpo, offline-dpo and online-rwr; refl has none",
             )
         for name in ("gradient_checkpointing", "vae_tiling", "cpu_offload"):
             _choice(name, getattr(self, name), SWITCHES)
@@ -218,6 +231,8 @@ class TrainConfig:
         sampled = sizing.video_mb * max(self.prompts_per_step * self.num_candidates, self.heldout_count)
         if self.algorithm == "refl":
             update = sizing.refl_mb * self.prompts_per_step * self.refl_depth
+        elif self.algorithm == "online-rwr":  # all N candidates with gradients (no reference): N/2 pairs' worth
+            update = sizing.pair_mb * self.prompts_per_step * self.num_candidates / 2
         else:
             update = sizing.pair_mb * self.prompts_per_step
         return sizing.process_mb + sampled + update

@@ -13,6 +13,11 @@ REWARD_MARGIN = "reward/margin"  # winner minus loser, averaged over the step's 
 DPO_LOSS, DPO_IMPLICIT_ACC = "dpo/loss", "dpo/implicit_acc"
 DPO_MSE_W, DPO_MSE_L, DPO_MSE_REF_W, DPO_MSE_REF_L = "dpo/mse_w", "dpo/mse_l", "dpo/mse_ref_w", "dpo/mse_ref_l"
 DPO_GRAD_NORM = "dpo/grad_norm"
+# Flow-RWR (vpo/train/online_rwr.py): the weighted loss, the unweighted flow-matching error of the
+# candidates, and how peaked the softmax weights are (largest weight; effective sample size 1 / sum w^2,
+# N when the weights are uniform, 1 when one candidate takes all)
+RWR_LOSS, RWR_MSE, RWR_GRAD_NORM = "rwr/loss", "rwr/mse", "rwr/grad_norm"
+RWR_WEIGHT_MAX, RWR_ESS = "rwr/weight_max", "rwr/ess"
 # ReFL (vpo/train/refl.py)
 REFL_LOSS, REFL_GRAD_NORM = "refl/loss", "refl/grad_norm"
 REFL_GRAD_STEPS, REFL_STOP_INDEX = "refl/grad_steps", "refl/stop_index"
@@ -33,14 +38,14 @@ def heldout(measure: str) -> str:
 
 
 # the shown progress of a run in the terminal (vpo/train/sinks.py)
-PROGRESS = (REWARD_MEAN, REWARD_MARGIN, DPO_LOSS, DPO_IMPLICIT_ACC)
+PROGRESS = (REWARD_MEAN, REWARD_MARGIN, DPO_LOSS, DPO_IMPLICIT_ACC, RWR_LOSS, RWR_ESS)
 
 # the dashboard's charts, in order (webapp/experiments/static/experiments/dashboard.js): a chart
 # draws ``lines``, an optional min-max ``band``, or every series whose name starts with ``prefix``
 DASHBOARD: list[dict[str, Any]] = [
     {"key": "reward", "title": "Reward (mean, min–max band)", "lines": [REWARD_MEAN], "band": [REWARD_MIN, REWARD_MAX]},
     {"key": "margin", "title": "Reward margin (winner − loser)", "lines": [REWARD_MARGIN]},
-    {"key": "loss", "title": "Loss", "lines": [DPO_LOSS, REFL_LOSS]},
+    {"key": "loss", "title": "Loss", "lines": [DPO_LOSS, REFL_LOSS, RWR_LOSS]},
     {"key": "acc", "title": "DPO implicit accuracy", "lines": [DPO_IMPLICIT_ACC]},
     {
         "key": "heldout",

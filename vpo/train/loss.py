@@ -1,4 +1,5 @@
-"""The Flow-DPO loss (OnlineVPO Sec. 2.3 with Diffusion-DPO's form; ``docs/algorithm.md``, Eq. 2).
+"""The Flow-DPO loss (OnlineVPO Sec. 2.3 with Diffusion-DPO's form; ``docs/algorithm.md``, Eq. 2) and
+the Flow-RWR loss (VideoAlign, ``docs/algorithm.md``, Eq. 8).
 
 Winner and loser are noised with the *same* eps and the *same* sigma. With
 ``mse_m(x) = mean((v_m(x_t, sigma) - (eps - x))^2)`` over all elements of a video,
@@ -21,6 +22,10 @@ from vpo.train.keys import (
     DPO_MSE_REF_L,
     DPO_MSE_REF_W,
     DPO_MSE_W,
+    RWR_ESS,
+    RWR_LOSS,
+    RWR_MSE,
+    RWR_WEIGHT_MAX,
 )
 
 
@@ -42,5 +47,32 @@ def flow_dpo_loss(
         DPO_MSE_L: mse_l.mean().item(),
         DPO_MSE_REF_W: ref_mse_w.mean().item(),
         DPO_MSE_REF_L: ref_mse_l.mean().item(),
+    }
+    return loss, stats
+
+
+def rwr_weights(rewards: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(P, N) rewards of each prompt's N candidates -> (P, N) weights softmax(r_i / tau) within each
+    prompt's group (``docs/algorithm.md``, Eq. 8). Constants: no gradient flows into the rewards."""
+    return torch.softmax(rewards.detach().float() / temperature, dim=1)
+
+
+def flow_rwr_loss(
+    mse: torch.Tensor, rewards: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Flow-RWR (VideoAlign, "Improving Video Generation with Human Feedback", Sec. "Flow-RWR"; online,
+    with the weights normalised within each prompt's group as Flow-GRPO's appendix does):
+
+        L = (1/P) sum_p sum_i w_pi * mse_theta(x0_pi),    w_p = softmax(r_p / tau)
+
+    with ``mse`` (P, N) the per-video flow-matching error mean((v_theta(x_sigma) - (eps - x0))^2) of
+    Eq. 1b. Equal rewards give w = 1/N: the plain flow-matching loss on the candidates."""
+    w = rwr_weights(rewards, temperature).to(mse.device)
+    loss = (w * mse).sum(1).mean()
+    stats = {
+        RWR_LOSS: loss.item(),
+        RWR_MSE: mse.mean().item(),
+        RWR_WEIGHT_MAX: w.max(1).values.mean().item(),
+        RWR_ESS: (1 / (w**2).sum(1)).mean().item(),
     }
     return loss, stats

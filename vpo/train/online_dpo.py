@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -79,6 +80,36 @@ def pick_pairs(scores: torch.Tensor, tolerance: float) -> list[tuple[int, int, i
     return pairs
 
 
+@dataclass
+class Candidates:
+    """One step's candidates: P prompts, N videos each, in one batch."""
+
+    prompts: list[str]  # (P,)
+    flat_prompts: list[str]  # (P * N,): each prompt N times, in the videos' order
+    videos: torch.Tensor  # uint8 (P * N, F, H, W, C)
+    latents: torch.Tensor  # (P * N, ...)
+    scores: torch.Tensor  # (P, N) on the chosen dimension
+    sample_s: float
+    score_s: float
+
+
+def sample_and_score(run: Run, step: int) -> Candidates:
+    """Steps 1 and 2, shared with ``online-rwr`` (which so starts from the same candidates): the
+    step's prompts, N candidates per prompt from the *current* policy, all in one batch, then their
+    scores on the chosen dimension."""
+    cfg, n = run.cfg, run.cfg.num_candidates
+    t0 = time.perf_counter()
+    prompts = run.pick_prompts(step)
+    flat_prompts = [p for p in prompts for _ in range(n)]
+    seeds = [s for i in range(len(prompts)) for s in run.candidate_seeds(step, i, n)]
+    videos, latents = run.backbone.sample(
+        flat_prompts, seeds, steps=cfg.sampling_steps, guidance=cfg.guidance, return_latents=True
+    )
+    t_sample = time.perf_counter()
+    scores = run.score(videos, flat_prompts).view(len(prompts), n)
+    return Candidates(prompts, flat_prompts, videos, latents, scores, t_sample - t0, time.perf_counter() - t_sample)
+
+
 def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
     """Train ``run`` (algorithm ``online-dpo``); returns the folder of the last checkpoint."""
     cfg, sink = run.cfg, run.sink
@@ -86,18 +117,9 @@ def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
 
     def one_step(step: int) -> dict:
         t0 = time.perf_counter()
-        prompts = run.pick_prompts(step)
-
-        # 1. sample N candidates per prompt from the current policy, all in one batch
-        flat_prompts = [p for p in prompts for _ in range(n)]
-        seeds = [s for i in range(len(prompts)) for s in run.candidate_seeds(step, i, n)]
-        videos, latents = bb.sample(
-            flat_prompts, seeds, steps=cfg.sampling_steps, guidance=cfg.guidance, return_latents=True
-        )
-        t_sample = time.perf_counter()
-
-        # 2. score them on the chosen dimension
-        scores = run.score(videos, flat_prompts).view(len(prompts), n)
+        # 1. sample N candidates per prompt from the current policy; 2. score them
+        c = sample_and_score(run, step)
+        prompts, flat_prompts, videos, latents, scores = c.prompts, c.flat_prompts, c.videos, c.latents, c.scores
         t_score = time.perf_counter()
 
         # 3. winner = argmax, loser = argmin; prompts whose spread is under the tolerance are skipped
@@ -125,8 +147,8 @@ def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
         # leaves out writing its videos
         values.update(
             {
-                SAMPLE_S: t_sample - t0,
-                SCORE_S: t_score - t_sample,
+                SAMPLE_S: c.sample_s,
+                SCORE_S: c.score_s,
                 UPDATE_S: time.perf_counter() - t_score,
                 STEP_S: time.perf_counter() - t0,
             }

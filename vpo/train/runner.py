@@ -64,6 +64,7 @@ class Run:
         self.transformer.set_adapter(POLICY)
         self.optimizer = torch.optim.AdamW(self.adapter_params(POLICY).values(), lr=cfg.lr, weight_decay=0.0)
         self.reward = load_reward(cfg.reward)
+        self.reward.video_fps = self.backbone.spec.fps  # sources that sample frames in time need it
         self.reward.check_dimension(cfg.dimension)
         self.prompts = read_prompts(cfg.prompts)
         if cfg.reward_guard != "none" and (bad := unguardable(self.prompts)) is not None:

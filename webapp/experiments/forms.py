@@ -12,6 +12,7 @@ from vpo.backbones.real import weights_status
 from vpo.data.prompts import BUILTIN, parse_prompts
 from vpo.rewards import DIMENSIONS, GLOBAL, REWARD_SOURCES
 from vpo.rewards.guard import GUARDS, unguardable
+from vpo.rewards.local import weights_status as reward_weights_status
 from vpo.train import ALGORITHMS
 from vpo.train.config import SWITCHES, ConfigError, TrainConfig
 from webapp.prompt_files import MAX_PROMPT_CHARS, MAX_PROMPTS, read_prompt_file
@@ -34,7 +35,16 @@ FIELDSETS = [
     ("What to optimise", ["backbone", "reward", "dimension", "algorithm", "prompts", "prompts_file"]),
     (
         "Algorithm",
-        ["num_candidates", "ref_update_every", "beta", "noise_draws", "tie_tolerance", "reward_guard", "refl_depth"],
+        [
+            "num_candidates",
+            "ref_update_every",
+            "beta",
+            "noise_draws",
+            "tie_tolerance",
+            "reward_guard",
+            "refl_depth",
+            "rwr_temperature",
+        ],
     ),
     ("Optimiser", ["steps", "prompts_per_step", "lora_rank", "lr", "grad_clip", "seed"]),
     ("Sampling", ["sampling_steps", "guidance"]),
@@ -81,6 +91,11 @@ def unavailable_backbones() -> dict[str, str]:
     return {name: problem for name in BACKBONES if (problem := weights_status(name)[1])}
 
 
+def unavailable_rewards() -> dict[str, str]:
+    """Reward sources whose weights are not on this server, with the reason (a folder check, no load)."""
+    return {name: problem for name in REWARD_SOURCES if (problem := reward_weights_status(name)[1])}
+
+
 class ExperimentForm(forms.Form):
     name = forms.CharField(max_length=120)
     prompts_file = forms.FileField(
@@ -107,6 +122,14 @@ class ExperimentForm(forms.Form):
         self.fields["backbone"].widget = SelectWithDisabled(self.unavailable, choices=self.fields["backbone"].choices)
         if self.unavailable:
             self.fields["backbone"].help_text += "; greyed out: " + "; ".join(self.unavailable.values())
+        self.unavailable_rewards = unavailable_rewards()
+        self.fields["reward"].widget = SelectWithDisabled(
+            self.unavailable_rewards, choices=self.fields["reward"].choices
+        )
+        if self.unavailable_rewards:
+            self.fields["reward"].help_text += "; greyed out: " + "; ".join(
+                f"{name}: {why}" for name, why in self.unavailable_rewards.items()
+            )
         self.prompts_text = ""
         self.config: dict = {}
 
@@ -134,6 +157,8 @@ class ExperimentForm(forms.Form):
             self.add_error("prompts", f"you chose a file: set prompts to {UPLOADED!r} to use it")
         if data.get("backbone") in self.unavailable:  # listed, but launching it would only fail on the worker
             self.add_error("backbone", self.unavailable[data["backbone"]])
+        if data.get("reward") in self.unavailable_rewards:
+            self.add_error("reward", self.unavailable_rewards[data["reward"]])
         if self.errors:
             return data
         try:

@@ -192,7 +192,7 @@ class Sample(models.Model):
     index = models.IntegerField()
     prompt = models.TextField()
     score = models.FloatField(null=True)
-    label = models.CharField(max_length=10, blank=True)  # "winner" | "loser" | ""
+    label = models.CharField(max_length=10, blank=True)  # "winner" | "loser" | "best" (RWR) | ""
     path = models.CharField(max_length=300, help_text="mp4 path relative to the experiment's folder")
 
     class Meta:

@@ -133,7 +133,7 @@
     panel.replaceChildren();
     if (at.candidates && at.candidates.length) {
       const h = document.createElement("h3");
-      h.textContent = `Candidates at step ${step} (winner and loser marked, scored on the trained dimension)`;
+      h.textContent = `Candidates at step ${step} (scored on the trained dimension; DPO marks winner and loser, RWR the best)`;
       const grid = document.createElement("div");
       grid.className = "grid";
       at.candidates.filter(Boolean).forEach((s) => grid.appendChild(videoCard(s)));

@@ -1,0 +1,114 @@
+"""``online-rwr``: Flow-RWR, reward-weighted regression for flow models (VideoAlign, Liu et al.,
+"Improving Video Generation with Human Feedback", 2025, Sec. "Flow-RWR"), run online.
+
+Each step, for each prompt: sample N candidates from the *current* policy (as ``online-dpo`` does),
+score them on the chosen dimension, and regress the policy's velocity on every candidate with the
+plain flow-matching loss weighted by softmax(r_i / tau) within the prompt's group
+(``loss.flow_rwr_loss``, ``docs/algorithm.md`` Eq. 8). VideoAlign's offline Flow-RWR weights each
+video by exp(r); normalising the weights within a prompt's group (Flow-GRPO's appendix) makes them
+independent of the prompt's reward level, so ``rwr_temperature`` alone sets how sharp they are:
+tau -> 0 trains on the best candidate only, tau -> infinity is plain flow matching on the policy's
+own samples.
+
+There is no reference model and no pair: every candidate is used, and a prompt whose candidates
+tie is not skipped (equal rewards give equal weights: plain flow matching). ``ref_update_every``,
+``beta`` and ``tie_tolerance`` belong to DPO and are ignored here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from vpo.train.keys import (
+    REWARD_MARGIN,
+    REWARD_MAX,
+    REWARD_MEAN,
+    REWARD_MIN,
+    RWR_GRAD_NORM,
+    SAMPLE_S,
+    SCORE_S,
+    STEP_S,
+    UPDATE_S,
+)
+from vpo.train.loss import flow_rwr_loss, per_video_mse
+from vpo.train.online_dpo import sample_and_score
+from vpo.train.runner import Run
+
+
+def rwr_update(run: Run, latents: torch.Tensor, rewards: torch.Tensor, prompts: list[str], step: int) -> dict:
+    """One Flow-RWR optimizer step on (P, N, ...) latents with their (P, N) rewards and P prompts.
+
+    The loss is an expectation over sigma and eps (``docs/algorithm.md``, Eq. 3 for DPO, the same
+    here); each update averages ``noise_draws`` draws, every video getting its own sigma and eps
+    (there is no pair to share them with). Each draw is back-propagated on its own, so memory does
+    not grow with the draws."""
+    p, n = rewards.shape
+    draws, bb = run.cfg.noise_draws, run.backbone
+    g = run.generator(step, "rwr")
+    text = bb.encode_prompts([prompt for prompt in prompts for _ in range(n)])
+    x0 = latents.reshape(p * n, *latents.shape[2:])
+    run.optimizer.zero_grad(set_to_none=True)
+    parts = []
+    for _ in range(draws):
+        sigma = bb.training_sigmas(p * n, g).to(x0.device)
+        eps = torch.randn(x0.shape, generator=g).to(x0.device)
+        s = sigma.view(-1, *[1] * (x0.ndim - 1))
+        x_t = (1 - s) * x0 + s * eps  # docs/algorithm.md, Eq. 1a
+        target = eps - x0  # Eq. 1b: the velocity of the straight path, as in pretraining and Flow-DPO
+        with bb.autocast():
+            mse = per_video_mse(bb.predict_velocity(x_t, sigma, text), target).view(p, n)
+        loss, stats = flow_rwr_loss(mse, rewards, run.cfg.rwr_temperature)
+        run.check_finite("the RWR loss", loss)
+        (loss / draws).backward()
+        parts.append(stats)
+    stats = {k: sum(part[k] for part in parts) / draws for k in parts[0]}
+    stats[RWR_GRAD_NORM] = run.apply_gradients()
+    return stats
+
+
+def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
+    """Train ``run`` (algorithm ``online-rwr``); returns the folder of the last checkpoint."""
+    cfg, sink = run.cfg, run.sink
+    n, bb = cfg.num_candidates, run.backbone
+
+    def one_step(step: int) -> dict:
+        t0 = time.perf_counter()
+        # 1. sample N candidates per prompt from the current policy; 2. score them (the same
+        # candidates online-dpo draws at this step)
+        c = sample_and_score(run, step)
+        prompts, scores, latents = c.prompts, c.scores, c.latents
+        t_score = time.perf_counter()
+
+        # 3. reward-weighted flow matching on every candidate
+        values = {
+            REWARD_MEAN: scores.mean().item(),
+            REWARD_MAX: scores.max().item(),
+            REWARD_MIN: scores.min().item(),
+            # best minus worst per prompt: the spread the temperature is compared with
+            REWARD_MARGIN: (scores.max(1).values - scores.min(1).values).mean().item(),
+        }
+        values.update(rwr_update(run, latents.view(len(prompts), n, *latents.shape[1:]), scores, prompts, step))
+
+        # 4. log, held-out monitor, sample videos, checkpoint (run.end_step); the step's time leaves
+        # out writing its videos
+        values.update(
+            {
+                SAMPLE_S: c.sample_s,
+                SCORE_S: c.score_s,
+                UPDATE_S: time.perf_counter() - t_score,
+                STEP_S: time.perf_counter() - t0,
+            }
+        )
+        if cfg.heldout_every and (step + 1) % cfg.heldout_every == 0:
+            best = set((scores.argmax(1) + torch.arange(len(prompts)) * n).tolist())
+            labels = ["best" if i in best else "" for i in range(len(c.flat_prompts))]
+            sink.samples(
+                step + 1, "candidates", c.videos.numpy(), c.flat_prompts, scores.flatten().tolist(), labels, bb.spec.fps
+            )
+        return values
+
+    return run.loop(run.begin(resume), stop, one_step)
