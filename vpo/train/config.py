@@ -38,7 +38,9 @@ class TrainConfig:
     algorithm: str = _f("online-dpo", f"{_one_of(ALGORITHMS)} (ALGORITHMS)")
     prompts: str = _f("train", f"prompt set: a built-in name ({', '.join(BUILTIN)}) or a text file")
     steps: int = _f(60, "optimizer steps")
-    prompts_per_step: int = _f(1, "prompts per step (each gives one pair for DPO)")
+    prompts_per_step: int = _f(
+        1, "prompts per step and rank (each gives one pair for DPO); a step trains on nproc times as many"
+    )
     num_candidates: int = _f(6, "N: candidates sampled per prompt (OnlineVPO: 6)")
     ref_update_every: int = _f(20, "K: copy the policy into the reference every K steps; 0 = fixed reference")
     beta: float = _f(100.0, "Flow-DPO beta (constant; flow_grpo uses 100)")
@@ -72,6 +74,9 @@ class TrainConfig:
     cpu_offload: str = _f(
         "auto", "keep text encoder and VAE on the CPU until needed: auto (GPUs under 30 GiB), on or off"
     )
+    # more than one process (docs/distributed.md): torchrun on this host, one rank per GPU (gloo on a CPU)
+    nproc: int = _f(1, "ranks of one run (world size): one per GPU, torch.distributed (nccl; gloo on CPU)")
+    parallel: str = _f("ddp", "with nproc > 1: ddp (each rank holds the base; adapter gradients all-reduced) or fsdp")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -106,6 +111,7 @@ class TrainConfig:
             "refl_depth",
             "heldout_count",
             "checkpoint_every",
+            "nproc",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"{name} must be >= 1, got {getattr(self, name)}")
@@ -133,6 +139,7 @@ class TrainConfig:
                 "flow_shift", f"flow_shift must be >= 0 (0 = the backbone's default), got {self.flow_shift}"
             )
         _choice("weights_dtype", self.weights_dtype, ("auto", "bf16", "fp32"))
+        _choice("parallel", self.parallel, PARALLEL)
         for name in ("gradient_checkpointing", "vae_tiling", "cpu_offload"):
             _choice(name, getattr(self, name), SWITCHES)
         if self.guidance < 1:
@@ -268,7 +275,10 @@ LIMITS = {
     "sampling_steps": 1000,
     "heldout_count": 256,
     "refl_depth": 64,
+    "nproc": 64,
 }
+
+PARALLEL = ("ddp", "fsdp")
 
 
 def worker_memory_mb() -> int:

@@ -13,15 +13,18 @@ REWARD_MARGIN = "reward/margin"  # winner minus loser, averaged over the step's 
 DPO_LOSS, DPO_IMPLICIT_ACC = "dpo/loss", "dpo/implicit_acc"
 DPO_MSE_W, DPO_MSE_L, DPO_MSE_REF_W, DPO_MSE_REF_L = "dpo/mse_w", "dpo/mse_l", "dpo/mse_ref_w", "dpo/mse_ref_l"
 DPO_GRAD_NORM = "dpo/grad_norm"
+DPO_PREFIX = "dpo/"
 # ReFL (vpo/train/refl.py)
 REFL_LOSS, REFL_GRAD_NORM = "refl/loss", "refl/grad_norm"
 REFL_GRAD_STEPS, REFL_STOP_INDEX = "refl/grad_steps", "refl/stop_index"
 # bookkeeping of the loop
 SKIPPED_PROMPTS, REF_UPDATED = "train/skipped_prompts", "train/ref_updated"
+PAIRS = "train/pairs"  # pairs the step trained on (over all ranks); weights the per-pair means across ranks
 OFFLINE_PAIRS, OFFLINE_MARGIN = "train/offline_pairs", "train/offline_margin"
 # time and memory
 STEP_S, SAMPLE_S, SCORE_S, UPDATE_S = "perf/step_s", "perf/sample_s", "perf/score_s", "perf/update_s"
 PEAK_MEM_MB, CUDA_PEAK_GB = "perf/peak_mem_mb", "perf/cuda_peak_gb"
+PERF_PREFIX = "perf/"
 HELDOUT_PREFIX = "heldout/"
 
 
