@@ -124,8 +124,8 @@ def combine(per_rank: list[dict[str, float]]) -> dict[str, float]:
     out: dict[str, float] = {}
     keys = list(dict.fromkeys(k for values in per_rank for k in values))
     for k in keys:
-        have = [(v[k], v.get(PAIRS)) for v in per_rank if k in v]
-        xs = [x for x, _ in have]
+        xs = [float(v[k]) for v in per_rank if k in v]
+        weights = [float(v.get(PAIRS, 0.0)) for v in per_rank if k in v]
         how = reduction(k)
         if how == "sum":
             out[k] = sum(xs)
@@ -133,8 +133,8 @@ def combine(per_rank: list[dict[str, float]]) -> dict[str, float]:
             out[k] = max(xs)
         elif how == "min":
             out[k] = min(xs)
-        elif how == "pairs" and all(w is not None for _, w in have) and sum(w for _, w in have):
-            out[k] = sum(x * w for x, w in have) / sum(w for _, w in have)
+        elif how == "pairs" and sum(weights) > 0:
+            out[k] = sum(x * w for x, w in zip(xs, weights)) / sum(weights)
         else:
             out[k] = sum(xs) / len(xs)
     return out
