@@ -12,7 +12,7 @@ from vpo.backbones.real import weights_status
 from vpo.data.prompts import BUILTIN
 from vpo.rewards import DIMENSIONS, GLOBAL, REWARD_SOURCES
 from vpo.train import ALGORITHMS
-from vpo.train.config import SWITCHES, ConfigError, TrainConfig
+from vpo.train.config import PARALLEL, SWITCHES, ConfigError, TrainConfig
 from webapp.prompt_files import MAX_PROMPT_CHARS, MAX_PROMPTS, read_prompt_file
 
 UPLOADED = "uploaded"  # the config's "prompts" when they come from a file
@@ -25,6 +25,7 @@ CHOICES = {
     "prompts": [*BUILTIN, UPLOADED],
     "heldout_prompts": list(BUILTIN),
     "weights_dtype": ["auto", "bf16", "fp32"],
+    "parallel": list(PARALLEL),
     **{name: list(SWITCHES) for name in ("gradient_checkpointing", "vae_tiling", "cpu_offload")},
 }
 SERVER_SIDE = {"out", "model_dir"}  # where a run lives and where weights are is the server's business
@@ -33,6 +34,7 @@ FIELDSETS = [
     ("Algorithm", ["num_candidates", "ref_update_every", "beta", "noise_draws", "tie_tolerance", "refl_depth"]),
     ("Optimiser", ["steps", "prompts_per_step", "lora_rank", "lr", "grad_clip", "seed"]),
     ("Sampling", ["sampling_steps", "guidance"]),
+    ("More than one GPU", ["nproc", "parallel"]),
     ("Monitoring", ["heldout_prompts", "heldout_count", "heldout_every", "checkpoint_every"]),
     (
         "Size and memory (real backbones)",
@@ -48,6 +50,7 @@ FIELDSETS = [
         ],
     ),
 ]
+LABELS = {"nproc": "GPUs per run"}  # ranks: a worker without a GPU runs them as CPU processes
 CONFIG_FIELDS = [f for f in fields(TrainConfig) if f.name not in SERVER_SIDE]
 
 
@@ -97,6 +100,7 @@ class ExperimentForm(forms.Form):
             else:
                 field = forms.FloatField()
             field.help_text, field.initial = f.metadata["help"], initial[f.name]
+            field.label = LABELS.get(f.name)
             self.fields[f.name] = field
         self.unavailable = unavailable_backbones()
         self.fields["backbone"].widget = SelectWithDisabled(self.unavailable, choices=self.fields["backbone"].choices)
