@@ -36,11 +36,16 @@ from vpo.train.runner import Run
 
 
 def dpo_update(
-    run: Run, winners: torch.Tensor, losers: torch.Tensor, prompts: list[str], step: int, indices: list[int]
+    run: Run,
+    winners: torch.Tensor,
+    losers: torch.Tensor,
+    prompts: list[str],
+    step: int,
+    indices: list[int] | None = None,
 ) -> dict:
     """One Flow-DPO optimizer step on latent pairs (P, ...) with their prompts; ``indices`` are the
-    pairs' prompt indices among the step's prompts of all ranks. Every rank calls it, also one
-    without a pair (P = 0): the gradients are summed over the ranks.
+    pairs' prompt indices among the step's prompts of all ranks (default 0..P-1: one process).
+    Every rank calls it, also one without a pair (P = 0): the gradients are summed over the ranks.
 
     The loss is an expectation over sigma and eps (``docs/algorithm.md``, Eq. 3); it is estimated
     with ``noise_draws`` draws per pair, each draw shared by the pair's winner and loser (one draw
@@ -55,7 +60,7 @@ def dpo_update(
         return {DPO_GRAD_NORM: run.apply_gradients()}
     # a pair's noise is drawn from its prompt's index, so it is the same on whichever rank and
     # beside whichever pairs it is trained (index 0 keeps the purpose one-prompt runs always had)
-    gens = [run.generator(step, "dpo" if i == 0 else f"dpo-{i}") for i in indices]
+    gens = [run.generator(step, "dpo" if i == 0 else f"dpo-{i}") for i in (indices or range(p))]
     text = run.backbone.encode_prompts(prompts)
     text = torch.cat([text, text])
     x0 = torch.cat([winners, losers])

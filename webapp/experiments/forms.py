@@ -13,6 +13,7 @@ from vpo.data.prompts import BUILTIN
 from vpo.rewards import DIMENSIONS, GLOBAL, REWARD_SOURCES
 from vpo.train import ALGORITHMS
 from vpo.train.config import PARALLEL, SWITCHES, ConfigError, TrainConfig
+from webapp.celery import capacities, ranks_refused
 from webapp.prompt_files import MAX_PROMPT_CHARS, MAX_PROMPTS, read_prompt_file
 
 UPLOADED = "uploaded"  # the config's "prompts" when they come from a file
@@ -140,6 +141,11 @@ class ExperimentForm(forms.Form):
         except ConfigError as e:
             self.add_error(e.field if e.field in self.fields else None, str(e))
             return data
+        if self.config["nproc"] > 1:  # more ranks than any worker has would wait in the queue forever
+            problem = ranks_refused(self.config["nproc"], "gpu", capacities())
+            if problem:
+                self.add_error("nproc", problem)
+                return data
         self.prompts_text = data.get("prompts_file") or ""
         return data
 
