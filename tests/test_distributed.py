@@ -12,6 +12,7 @@ so the same run also shows the pause, the resume and the logging.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,76 @@ def test_metrics_combine_over_ranks():
     assert got[REWARD_MEAN] == pytest.approx(0.6)
     assert (got[REWARD_MAX], got[REWARD_MIN], got[SKIPPED_PROMPTS], got[PAIRS]) == (0.9, 0.1, 3, 4)
     assert got[DPO_LOSS] == pytest.approx((0.6 * 1 + 0.2 * 3) / 4)  # the mean over the 4 pairs
+
+
+def test_a_two_rank_run_from_the_web_form_trains_on_a_real_celery_worker(live_stack, transactional_db):
+    """The form's "GPUs per run" = 2 on a worker without a GPU: two gloo ranks under the Celery task,
+    rank 0's metrics through the database sink; 3 GPUs per run is refused at launch with the reason."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    from webapp.celery import capacities
+    from webapp.experiments.forms import validated_config
+    from webapp.experiments.models import Experiment, MetricPoint
+
+    deadline = time.time() + 60
+    while not any("gpu" in w["queues"] for w in capacities()):  # the worker advertises at start-up
+        assert time.time() < deadline, "the worker advertised no capacity"
+        time.sleep(0.2)
+    client = Client()
+    client.force_login(get_user_model().objects.create_user("alice"))
+    form = {"name": "two ranks", **validated_config({**SMALL, "prompts": "demo", "nproc": 2})}
+
+    r = client.post("/experiments/new/", {**form, "nproc": 3})
+    assert r.status_code == 400
+    (error,) = r.context["form"].errors["nproc"]
+    assert "3 GPUs per run is more than any worker of queue 'gpu' has" in error and "2 CPU ranks" in error
+    assert not Experiment.objects.exists()
+
+    r = client.post("/experiments/new/", form)
+    assert r.status_code == 302, r.content.decode()[:2000]
+    experiment = Experiment.objects.get()
+    deadline = time.time() + 300
+    while experiment.status in ("queued", "running"):
+        assert time.time() < deadline, "the run did not end"
+        time.sleep(0.5)
+        experiment.refresh_from_db()
+    assert experiment.status == "finished", experiment.error
+    steps = list(MetricPoint.objects.filter(experiment=experiment).values_list("step", flat=True))
+    assert steps == [0, 1, 2, 3]  # each once: rank 0 alone reports
+    assert MetricPoint.objects.get(experiment=experiment, step=1).values[PAIRS] == 2  # both ranks' pairs
+    assert experiment.checkpoints() == ["step_000003"]
+    ranks = experiment.run_dir / "run" / "ranks"
+    assert "the policy adapter is the same on all 2 ranks" in (ranks / "rank0.log").read_text()
+    assert (ranks / "rank1.log").exists()
+
+
+def test_a_worker_with_fewer_ranks_than_the_run_fails_it_with_the_reason(
+    transactional_db, monkeypatch, settings, tmp_path
+):
+    from django.contrib.auth import get_user_model
+
+    from webapp.experiments import jobs
+    from webapp.experiments.forms import validated_config
+    from webapp.experiments.models import Experiment
+
+    settings.MEDIA_ROOT = tmp_path
+    monkeypatch.setenv("VPO_WORKER_GPUS", "0")
+    monkeypatch.setenv("VPO_CPU_RANKS", "1")
+    owner = get_user_model().objects.create_user("bob")
+    experiment = Experiment.objects.create(owner=owner, name="x", config=validated_config({**SMALL, "nproc": 2}))
+    assert jobs.train(experiment.pk, hostname="small@host") == "failed"
+    experiment.refresh_from_db()
+    assert "2 GPUs per run is more than any worker of queue 'gpu' has" in experiment.error
+    assert "small@host, has no GPU and runs up to 1 CPU ranks" in experiment.error
+
+
+def test_refusals_name_the_largest_worker():
+    from webapp.celery import ranks_refused
+
+    gpus = {"hostname": "a", "gpus": 4, "ranks": 4, "queues": ["gpu"]}
+    cpu = {"hostname": "b", "gpus": 0, "ranks": 2, "queues": ["gpu", "cpu"]}
+    other = {"hostname": "c", "gpus": 8, "ranks": 8, "queues": ["vbench"]}
+    assert ranks_refused(4, "gpu", [gpus, cpu, other]) is None
+    assert "the largest, a, has 4 GPU(s)" in ranks_refused(8, "gpu", [gpus, cpu, other])
+    assert "none is running now" in ranks_refused(2, "gpu", [other])
