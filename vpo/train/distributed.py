@@ -250,6 +250,10 @@ def _errors() -> dict[str, type[Exception]]:
     return {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError, "TrainingDiverged": TrainingDiverged}
 
 
+FSDP_NOT_YET = (
+    "parallel = 'fsdp' (the frozen base sharded with FSDP2) is not implemented yet: use parallel = 'ddp' "
+    "(docs/distributed.md)"
+)
 FSDP_ON_CPU = (
     "parallel = 'fsdp' shards the frozen base over GPUs and needs CUDA; this host has none "
     "(on a CPU use parallel = 'ddp')"

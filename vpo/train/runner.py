@@ -38,16 +38,11 @@ from vpo.train.checkpoints import (
     save_checkpoint,
 )
 from vpo.train.config import TrainConfig
-from vpo.train.distributed import FSDP_ON_CPU, Ranks
+from vpo.train.distributed import FSDP_NOT_YET, FSDP_ON_CPU, Ranks
 from vpo.train.keys import CUDA_PEAK_GB, PEAK_MEM_MB, REF_UPDATED, STEP_S, heldout
 from vpo.train.sinks import Sink
 
 log = logging.getLogger(__name__)
-
-FSDP_NOT_YET = (
-    "parallel = 'fsdp' (the frozen base sharded with FSDP2) is not implemented yet: use parallel = 'ddp' "
-    "(docs/distributed.md)"
-)
 
 
 class TrainingDiverged(ValueError):
