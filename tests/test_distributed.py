@@ -207,3 +207,11 @@ def test_refusals_name_the_largest_worker():
     assert ranks_refused(4, "gpu", [gpus, cpu, other]) is None
     assert "the largest, a, has 4 GPU(s)" in ranks_refused(8, "gpu", [gpus, cpu, other])
     assert "none is running now" in ranks_refused(2, "gpu", [other])
+
+
+def test_fsdp_is_refused_with_the_reason(tmp_path, capsys):
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]
+    for nproc in ("1", "2"):  # in the process, and before starting ranks
+        assert main(["train", *flags, "--out", str(tmp_path / nproc), "--nproc", nproc, "--parallel", "fsdp"]) == 2
+        err = capsys.readouterr().err
+        assert "parallel = 'fsdp'" in err and ("needs CUDA" in err or "not implemented yet" in err)

@@ -225,9 +225,11 @@ def _serve(listener: Listener, proc: subprocess.Popen, sink: Any, stop: Callable
             except EOFError:
                 break
             kind = message[0]
-            if kind == "call":  # a sink method of rank 0's, replayed here
+            if kind == "call":  # a sink method of rank 0's, replayed here (if this sink has it)
                 _, method, args, kwargs = message
-                getattr(sink, method)(*args, **kwargs)
+                replay = getattr(sink, method, None)
+                if replay is not None:
+                    replay(*args, **kwargs)
             elif kind == "stop":
                 conn.send(bool(stop is not None and stop()))
             elif kind == "done":
@@ -268,6 +270,9 @@ class RemoteSink:
         self.conn = conn
 
     def __getattr__(self, method: str) -> Callable[..., None]:
+        if method.startswith("_"):
+            raise AttributeError(method)
+
         def call(*args: Any, **kwargs: Any) -> None:
             self.conn.send(("call", method, args, kwargs))
 
@@ -283,6 +288,8 @@ class NullSink:
     """The other ranks' sink: rank 0 alone reports."""
 
     def __getattr__(self, method: str) -> Callable[..., None]:
+        if method.startswith("_"):
+            raise AttributeError(method)
         return lambda *args, **kwargs: None
 
 
