@@ -14,6 +14,7 @@ single-process path is the same code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -208,7 +209,12 @@ def launch(cfg: TrainConfig, sink: Any, stop: Callable[[], bool] | None, resume:
 
 def _serve(listener: Listener, proc: subprocess.Popen, sink: Any, stop: Callable[[], bool] | None, logs: Path) -> Path:
     accepted: list[Connection] = []
-    threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True).start()
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # the listener closed: the ranks ended before rank 0 called
+            accepted.append(listener.accept())
+
+    threading.Thread(target=accept, daemon=True).start()
     while not accepted and proc.poll() is None:
         time.sleep(0.05)
     done: str | None = None
