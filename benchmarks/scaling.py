@@ -6,7 +6,8 @@ at one moment does not favour one of them).
     python benchmarks/scaling.py --nproc 1,2,4,8 --backbone wan --frames 33 --height 480 --width 832   # a GPU host
 
 Each run is ``online-dpo`` with ``prompts_per_step`` prompts *per rank* (weak scaling: world size
-w trains w times the prompts of a step), N = 6 candidates, 20 sampling steps, CFG 4, no held-out
+w trains w times the prompts of a step), N = 6 candidates and 20 sampling steps unless told
+(``--candidates``, ``--sampling-steps``), CFG 4, no held-out
 check, through ``vpo.train.train`` exactly as ``vpo train --nproc w`` runs it (torchrun on this
 host; nccl on GPUs, gloo ranks on a CPU, where torchrun gives each rank one thread while one
 process uses all the cores). A step's time is rank 0's ``perf/step_s`` (the slowest rank's, as
@@ -49,8 +50,8 @@ def one_run(nproc: int, args: argparse.Namespace, out: str) -> tuple[list[float]
             "algorithm": "online-dpo",
             "steps": args.steps,
             "prompts_per_step": args.prompts_per_rank,
-            "num_candidates": 6,
-            "sampling_steps": 20,
+            "num_candidates": args.candidates,
+            "sampling_steps": args.sampling_steps,
             "guidance": 4.0,
             "heldout_every": 0,
             "checkpoint_every": args.steps,
@@ -72,6 +73,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4, help="steps per run; the first is warm-up (default: 4)")
     p.add_argument("--rounds", type=int, default=2, help="runs per world size, alternating (default: 2)")
     p.add_argument("--prompts-per-rank", type=int, default=1)
+    p.add_argument("--candidates", type=int, default=6, help="N per prompt (default: 6)")
+    p.add_argument("--sampling-steps", type=int, default=20, help="denoising steps per candidate (default: 20)")
     p.add_argument("--backbone", default="tiny")
     for dim in ("frames", "height", "width"):
         p.add_argument(f"--{dim}", type=int, default=0, help="video size (0: the backbone's)")
