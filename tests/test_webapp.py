@@ -85,3 +85,19 @@ def test_docker_compose_has_the_stores_web_and_both_workers_with_health_checks()
     assert any(v.endswith(":/data/vbench:ro") for v in vb["volumes"]) and "media:/data/media" in vb["volumes"]
     for name in ("web", "worker-gpu", "worker-cpu"):  # one media volume shared by all three
         assert "media:/data/media" in services[name]["volumes"], name
+
+
+def test_the_fleet_compose_files_put_one_gpu_worker_per_host_on_the_central_stores_and_shared_media():
+    """docs/distributed.md "Many hosts": parsed, not run (no Docker here)."""
+    host = yaml.safe_load((settings.BASE_DIR / "docker-compose.gpu-host.yml").read_text())
+    (worker,) = host["services"].values()
+    assert worker["command"][worker["command"].index("-Q") + 1] == "gpu" and "1" in worker["command"]
+    assert worker["deploy"]["resources"]["reservations"]["devices"][0]["count"] == "all"  # "GPUs per run"
+    env = worker["environment"]
+    assert "${VPO_CENTRAL" in env["DATABASE_URL"] and env["REDIS_URL"].startswith("redis://${VPO_CENTRAL}")
+    assert "media:/data/media" in worker["volumes"] and env["MEDIA_ROOT"] == "/data/media"
+    central = yaml.safe_load((settings.BASE_DIR / "docker-compose.central.yml").read_text())
+    for volumes in (host["volumes"], central["volumes"]):  # the same NFS export on every host
+        assert volumes["media"]["driver_opts"]["type"] == "nfs"
+        assert volumes["media"]["driver_opts"]["device"] == ":${VPO_MEDIA_NFS_PATH:-/export/vpo-media}"
+    assert central["services"]["postgres"]["ports"] and central["services"]["redis"]["ports"]

@@ -84,6 +84,85 @@ def worker_stopping(hostname: str) -> bool:
         return False
 
 
+# --- what a worker can run: how many ranks one training run may have there --------------------------
+# Each worker advertises its GPUs in Redis (worker/celery.py, refreshed with every reaper sweep); the
+# web form refuses a run with more "GPUs per run" than any live worker of its queue has, and a worker
+# given one anyway fails it with the reason. A worker without a GPU runs a run's ranks as CPU
+# processes (gloo), up to VPO_CPU_RANKS (default 2: CPU ranks are for trying the distributed path;
+# they share the cores, docs/distributed.md).
+CAPACITY_TTL_S = 120
+
+
+def capacity_key(hostname: str) -> str:
+    return f"{prefix}:worker-capacity:{hostname}"
+
+
+def local_gpus() -> int:
+    """This host's GPUs, without importing torch (the worker's main process forks its pool):
+    ``VPO_WORKER_GPUS`` if set, else the devices ``CUDA_VISIBLE_DEVICES`` names, else ``nvidia-smi -L``."""
+    import shutil
+    import subprocess
+
+    if os.environ.get("VPO_WORKER_GPUS", "").strip():
+        return int(os.environ["VPO_WORKER_GPUS"])
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in listed.splitlines() if line.startswith("GPU "))
+
+
+def worker_capacity() -> dict[str, int]:
+    """This worker's GPUs and the ranks a run may have on it: one per GPU, else VPO_CPU_RANKS."""
+    gpus = local_gpus()
+    return {"gpus": gpus, "ranks": gpus or int(os.environ.get("VPO_CPU_RANKS", 2))}
+
+
+def advertise(hostname: str, queues: list[str]) -> None:
+    import json
+
+    value = json.dumps({**worker_capacity(), "queues": queues, "hostname": hostname})
+    new_redis().set(capacity_key(hostname), value, ex=CAPACITY_TTL_S)
+
+
+def capacities() -> list[dict[str, Any]]:
+    """What every live worker advertised (it expires CAPACITY_TTL_S after the worker stops)."""
+    import json
+
+    r = new_redis()
+    found = []
+    for key in r.scan_iter(capacity_key("*"), count=1000):
+        value = r.get(key)
+        if value:
+            found.append(json.loads(value))
+    return found
+
+
+def ranks_refused(nproc: int, queue: str, workers: list[dict[str, Any]]) -> str | None:
+    """Why a run of ``nproc`` ranks cannot run on any of ``workers`` of ``queue``; None if one can."""
+    on_queue = [w for w in workers if queue in w.get("queues", [queue])]
+    if any(w["ranks"] >= nproc for w in on_queue):
+        return None
+    if not on_queue:
+        return (
+            f"{nproc} GPUs per run needs a worker of queue {queue!r} with that many, and none is "
+            "running now to say how many it has (start one, or ask for 1)"
+        )
+    best = max(on_queue, key=lambda w: w["ranks"])
+    has = (
+        f"{best['gpus']} GPU(s)" if best["gpus"] else f"no GPU and runs up to {best['ranks']} CPU ranks (VPO_CPU_RANKS)"
+    )
+    return (
+        f"{nproc} GPUs per run is more than any worker of queue {queue!r} has: "
+        f"the largest, {best['hostname']}, has {has}"
+    )
+
+
 def queued_task_args(task: str, queues: set[str]) -> set[tuple]:
     """The arguments of every ``task`` message Redis still holds: waiting in one of ``queues`` (any
     priority) or delivered to a worker and not yet acknowledged. A row whose id is in none has lost

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery.signals import celeryd_init, worker_ready, worker_shutting_down
 
-from webapp.celery import app, new_redis, stopping_key, worker_stopping
+from webapp.celery import advertise, app, new_redis, stopping_key, worker_stopping
 
 __all__ = ["app", "worker_stopping"]
 
@@ -46,13 +46,17 @@ def _mark_stopping(sender: str, **_: Any) -> None:
 REAPER_INTERVAL_S = float(os.environ.get("VPO_REAPER_INTERVAL_S", 30))
 
 
-def _reap_forever(hostname: str) -> None:
+def _reap_forever(hostname: str, queues: list[str]) -> None:
     from django.db import connection
 
     from webapp.experiments.tasks import reap
 
     restarted = hostname  # at start-up: runs left "running" by an earlier process of this name
     while True:
+        try:  # first what this worker can run (its GPUs), for the web form's check (webapp/celery.py)
+            advertise(hostname, queues)
+        except Exception:
+            logger.exception("could not advertise this worker's GPUs")
         try:
             sent = reap(restarted)
             if sent:
@@ -67,4 +71,5 @@ def _reap_forever(hostname: str) -> None:
 
 @worker_ready.connect
 def _start_reaper(sender: Any, **_: Any) -> None:
-    threading.Thread(target=_reap_forever, args=(sender.hostname,), name="reaper", daemon=True).start()
+    queues = [q.name for q in sender.task_consumer.queues]
+    threading.Thread(target=_reap_forever, args=(sender.hostname, queues), name="reaper", daemon=True).start()

@@ -31,9 +31,19 @@ def train(
     backbone: Backbone | None = None,
 ) -> Path:
     """Run ``cfg`` with its algorithm; returns the folder of the last checkpoint. ``backbone``
-    overrides loading ``cfg.backbone`` (tests pass a small random one)."""
+    overrides loading ``cfg.backbone`` (tests pass a small random one). With ``cfg.nproc > 1`` the
+    run is started on that many ranks of this host (``distributed.py``), and ``sink`` and ``stop``
+    are served to rank 0 from here."""
     if cfg.algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {cfg.algorithm!r}; valid: {', '.join(ALGORITHMS)}")
+    import torch.distributed as dist
+
+    if cfg.nproc > 1 and not dist.is_initialized():  # not a rank yet: start cfg.nproc of them
+        if backbone is not None:
+            raise ValueError("a run of nproc > 1 loads its backbone in each rank: it cannot be given one")
+        from vpo.train.distributed import launch
+
+        return launch(cfg, sink, stop, resume)
     from vpo.train.runner import Run
 
     module = importlib.import_module(ALGORITHMS[cfg.algorithm])

@@ -41,7 +41,7 @@ def save_checkpoint(
     """Write step ``step``'s checkpoint under ``out/checkpoints`` and point ``latest`` at it. The
     folder is written under a temporary name and renamed, and the pointer moves only once the
     folder is complete: a crash never leaves a bad ``latest``."""
-    folder = Path(out) / "checkpoints" / f"step_{step:06d}"
+    folder = checkpoint_folder(out, step)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -70,10 +70,30 @@ def save_checkpoint(
     return folder
 
 
+def checkpoint_folder(out: str | Path, step: int) -> Path:
+    return Path(out) / "checkpoints" / f"step_{step:06d}"
+
+
 def latest_checkpoint(out: str | Path) -> Path | None:
     """The newest complete checkpoint folder of the run in ``out``, or None."""
     pointer = Path(out) / "checkpoints" / "latest"
     return Path(out) / "checkpoints" / pointer.read_text().strip() if pointer.exists() else None
+
+
+def check_same_nproc(folder: Path, saved: dict[str, Any], nproc: int) -> dict[str, Any]:
+    """A checkpoint's config (a field added since it was written has its default), if it was
+    trained on ``nproc`` ranks; a ValueError saying so otherwise: a step's prompts and seeds depend
+    on the number of ranks, so a run resumes with the number it started with."""
+    from dataclasses import fields
+
+    config = {f.name: f.default for f in fields(TrainConfig)} | saved
+    if config["nproc"] != nproc:
+        raise ValueError(
+            f"cannot resume from {folder} with nproc = {nproc}: it was trained on {config['nproc']} "
+            f"rank(s), and a step's prompts and seeds depend on the number of ranks; resume it with "
+            f"nproc = {config['nproc']}"
+        )
+    return config
 
 
 def load_state(path: Path) -> dict[str, Any]:

@@ -39,7 +39,9 @@ class TrainConfig:
     algorithm: str = _f("online-dpo", f"{_one_of(ALGORITHMS)} (ALGORITHMS)")
     prompts: str = _f("train", f"prompt set: a built-in name ({', '.join(BUILTIN)}) or a text file")
     steps: int = _f(60, "optimizer steps")
-    prompts_per_step: int = _f(1, "prompts per step (each gives one pair for DPO)")
+    prompts_per_step: int = _f(
+        1, "prompts per step and rank (each gives one pair for DPO); a step trains on nproc times as many"
+    )
     num_candidates: int = _f(6, "N: candidates sampled per prompt (OnlineVPO: 6)")
     ref_update_every: int = _f(20, "K: copy the policy into the reference every K steps; 0 = fixed reference")
     beta: float = _f(100.0, "Flow-DPO beta (constant; flow_grpo uses 100)")
@@ -85,6 +87,9 @@ class TrainConfig:
     cpu_offload: str = _f(
         "auto", "keep text encoder and VAE on the CPU until needed: auto (GPUs under 30 GiB), on or off"
     )
+    # more than one process (docs/distributed.md): torchrun on this host, one rank per GPU (gloo on a CPU)
+    nproc: int = _f(1, "ranks of one run (world size): one per GPU, torch.distributed (nccl; gloo on CPU)")
+    parallel: str = _f("ddp", "with nproc > 1: ddp (each rank holds the base; adapter gradients all-reduced) or fsdp")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -119,6 +124,7 @@ class TrainConfig:
             "refl_depth",
             "heldout_count",
             "checkpoint_every",
+            "nproc",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"{name} must be >= 1, got {getattr(self, name)}")
@@ -157,6 +163,7 @@ class TrainConfig:
                 "reward_guard",
                 "reward_guard scales the candidates' scores of online-dpo, offline-dpo and online-rwr; refl has none",
             )
+        _choice("parallel", self.parallel, PARALLEL)
         for name in ("gradient_checkpointing", "vae_tiling", "cpu_offload"):
             _choice(name, getattr(self, name), SWITCHES)
         if self.guidance < 1:
@@ -294,7 +301,10 @@ LIMITS = {
     "sampling_steps": 1000,
     "heldout_count": 256,
     "refl_depth": 64,
+    "nproc": 64,
 }
+
+PARALLEL = ("ddp", "fsdp")
 
 
 def worker_memory_mb() -> int:

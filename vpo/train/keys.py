@@ -18,15 +18,18 @@ DPO_GRAD_NORM = "dpo/grad_norm"
 # N when the weights are uniform, 1 when one candidate takes all)
 RWR_LOSS, RWR_MSE, RWR_GRAD_NORM = "rwr/loss", "rwr/mse", "rwr/grad_norm"
 RWR_WEIGHT_MAX, RWR_ESS = "rwr/weight_max", "rwr/ess"
+DPO_PREFIX = "dpo/"
 # ReFL (vpo/train/refl.py)
 REFL_LOSS, REFL_GRAD_NORM = "refl/loss", "refl/grad_norm"
 REFL_GRAD_STEPS, REFL_STOP_INDEX = "refl/grad_steps", "refl/stop_index"
 # bookkeeping of the loop
 SKIPPED_PROMPTS, REF_UPDATED = "train/skipped_prompts", "train/ref_updated"
+PAIRS = "train/pairs"  # pairs the step trained on (over all ranks); weights the per-pair means across ranks
 OFFLINE_PAIRS, OFFLINE_MARGIN = "train/offline_pairs", "train/offline_margin"
 # time and memory
 STEP_S, SAMPLE_S, SCORE_S, UPDATE_S = "perf/step_s", "perf/sample_s", "perf/score_s", "perf/update_s"
 PEAK_MEM_MB, CUDA_PEAK_GB = "perf/peak_mem_mb", "perf/cuda_peak_gb"
+PERF_PREFIX = "perf/"
 HELDOUT_PREFIX = "heldout/"
 # the reward source's raw measures the held-out monitor logs beside its dimensions
 HELDOUT_RAW = ("temporal_flickering", "presence", "motion_extent")

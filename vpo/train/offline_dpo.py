@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from vpo.train.keys import OFFLINE_MARGIN, OFFLINE_PAIRS, REWARD_MARGIN
+from vpo.train.keys import OFFLINE_MARGIN, OFFLINE_PAIRS, PAIRS, REWARD_MARGIN
 from vpo.train.online_dpo import dpo_update, pick_pairs
 from vpo.train.runner import Run, derive_seed
 
@@ -47,10 +47,16 @@ def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
 
     def one_step(step: int) -> dict:
         # 1.-3. take this step's pairs from the fixed set (no sampling, no scoring)
+        # (every rank builds the same set and draws the step's pairs of all ranks; it takes its share)
         rng = random.Random(derive_seed(cfg.seed, step, "offline-pairs"))
-        idx = [rng.randrange(len(pair_prompts)) for _ in range(cfg.prompts_per_step)]
+        drawn = [rng.randrange(len(pair_prompts)) for _ in range(cfg.prompts_per_step * run.ranks.world)]
+        first = run.first_prompt
+        idx = drawn[first : first + cfg.prompts_per_step]
         # 4. the same Flow-DPO update as online-dpo
-        values = dpo_update(run, winners[idx], losers[idx], [pair_prompts[i] for i in idx], step)
+        values = dpo_update(
+            run, winners[idx], losers[idx], [pair_prompts[i] for i in idx], step, list(range(first, first + len(idx)))
+        )
+        values[PAIRS] = len(idx)
         values[REWARD_MARGIN] = margins[idx].mean().item()
         # 5. curriculum reference update every K steps; 6. (run.loop) log, held-out monitor, checkpoint
         run.maybe_update_reference(step + 1, values)

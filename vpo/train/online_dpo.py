@@ -21,6 +21,7 @@ import torch
 
 from vpo.train.keys import (
     DPO_GRAD_NORM,
+    PAIRS,
     REWARD_MARGIN,
     REWARD_MAX,
     REWARD_MEAN,
@@ -35,24 +36,40 @@ from vpo.train.loss import flow_dpo_loss, per_video_mse
 from vpo.train.runner import Run
 
 
-def dpo_update(run: Run, winners: torch.Tensor, losers: torch.Tensor, prompts: list[str], step: int) -> dict:
-    """One Flow-DPO optimizer step on latent pairs (P, ...) with their prompts.
+def dpo_update(
+    run: Run,
+    winners: torch.Tensor,
+    losers: torch.Tensor,
+    prompts: list[str],
+    step: int,
+    indices: list[int] | None = None,
+) -> dict:
+    """One Flow-DPO optimizer step on latent pairs (P, ...) with their prompts; ``indices`` are the
+    pairs' prompt indices among the step's prompts of all ranks (default 0..P-1: one process).
+    Every rank calls it, also one without a pair (P = 0): the gradients are summed over the ranks.
 
     The loss is an expectation over sigma and eps (``docs/algorithm.md``, Eq. 3); it is estimated
     with ``noise_draws`` draws per pair, each draw shared by the pair's winner and loser (one draw
     gives too noisy a gradient: ``docs/training-probes.md``). Each draw is back-propagated on its
     own and the gradients add up, so memory does not grow with the draws."""
     p, draws = len(prompts), run.cfg.noise_draws
-    g = run.generator(step, "dpo")
+    # the loss is the mean over the step's pairs on all ranks: each rank's share is its pairs' sum
+    # over the total, and Run.apply_gradients sums the ranks' gradients
+    share = p / run.ranks.sum(p)
+    run.optimizer.zero_grad(set_to_none=True)
+    if p == 0:
+        return {DPO_GRAD_NORM: run.apply_gradients()}
+    # a pair's noise is drawn from its prompt's index, so it is the same on whichever rank and
+    # beside whichever pairs it is trained (index 0 keeps the purpose one-prompt runs always had)
+    gens = [run.generator(step, "dpo" if i == 0 else f"dpo-{i}") for i in (indices or range(p))]
     text = run.backbone.encode_prompts(prompts)
     text = torch.cat([text, text])
     x0 = torch.cat([winners, losers])
-    run.optimizer.zero_grad(set_to_none=True)
     parts = []
     for _ in range(draws):
         # the same sigma and the same eps for a pair's winner and loser (docs/algorithm.md, Eq. 2)
-        sigma = run.backbone.training_sigmas(p, g).to(winners.device)
-        eps = torch.randn(winners.shape, generator=g).to(winners.device)
+        sigma = torch.cat([run.backbone.training_sigmas(1, g) for g in gens]).to(winners.device)
+        eps = torch.cat([torch.randn((1, *winners.shape[1:]), generator=g) for g in gens]).to(winners.device)
         noise, s = torch.cat([eps, eps]), torch.cat([sigma, sigma])
         s5 = s.view(-1, *[1] * (x0.ndim - 1))
         x_t = (1 - s5) * x0 + s5 * noise
@@ -63,7 +80,7 @@ def dpo_update(run: Run, winners: torch.Tensor, losers: torch.Tensor, prompts: l
                 ref_w, ref_l = per_video_mse(run.backbone.predict_velocity(x_t, s, text), target).chunk(2)
         loss, stats = flow_dpo_loss(mse_w, mse_l, ref_w, ref_l, run.cfg.beta)
         run.check_finite("the DPO loss", loss)
-        (loss / draws).backward()
+        (loss * share / draws).backward()
         parts.append(stats)
     stats = {k: sum(part[k] for part in parts) / draws for k in parts[0]}
     stats[DPO_GRAD_NORM] = run.apply_gradients()
@@ -89,6 +106,7 @@ class Candidates:
     videos: torch.Tensor  # uint8 (P * N, F, H, W, C)
     latents: torch.Tensor  # (P * N, ...)
     scores: torch.Tensor  # (P, N) on the chosen dimension
+    first: int  # the step's index of this rank's first prompt (seeds count prompts across ranks)
     sample_s: float
     score_s: float
 
@@ -99,15 +117,18 @@ def sample_and_score(run: Run, step: int) -> Candidates:
     scores on the chosen dimension."""
     cfg, n = run.cfg, run.cfg.num_candidates
     t0 = time.perf_counter()
-    prompts = run.pick_prompts(step)
+    prompts = run.pick_prompts(step)  # this rank's share of the step's prompts
+    first = run.first_prompt
     flat_prompts = [p for p in prompts for _ in range(n)]
-    seeds = [s for i in range(len(prompts)) for s in run.candidate_seeds(step, i, n)]
+    seeds = [s for i in range(len(prompts)) for s in run.candidate_seeds(step, first + i, n)]
     videos, latents = run.backbone.sample(
         flat_prompts, seeds, steps=cfg.sampling_steps, guidance=cfg.guidance, return_latents=True
     )
     t_sample = time.perf_counter()
     scores = run.score(videos, flat_prompts).view(len(prompts), n)
-    return Candidates(prompts, flat_prompts, videos, latents, scores, t_sample - t0, time.perf_counter() - t_sample)
+    return Candidates(
+        prompts, flat_prompts, videos, latents, scores, first, t_sample - t0, time.perf_counter() - t_sample
+    )
 
 
 def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
@@ -120,6 +141,7 @@ def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
         # 1. sample N candidates per prompt from the current policy; 2. score them
         c = sample_and_score(run, step)
         prompts, flat_prompts, videos, latents, scores = c.prompts, c.flat_prompts, c.videos, c.latents, c.scores
+        first = c.first
         t_score = time.perf_counter()
 
         # 3. winner = argmax, loser = argmin; prompts whose spread is under the tolerance are skipped
@@ -129,15 +151,20 @@ def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
             REWARD_MAX: scores.max().item(),
             REWARD_MIN: scores.min().item(),
             SKIPPED_PROMPTS: len(prompts) - len(pairs),
+            PAIRS: len(pairs),
         }
 
-        # 4. Flow-DPO update on the pairs
-        if pairs:
+        # 4. Flow-DPO update on the pairs (of all ranks: a rank without a pair still takes part)
+        if run.ranks.sum(len(pairs)):
             lat = latents.view(len(prompts), n, *latents.shape[1:])
-            winners = torch.stack([lat[i, w] for i, w, _ in pairs])
-            losers = torch.stack([lat[i, l] for i, _, l in pairs])
-            values[REWARD_MARGIN] = float(sum(scores[i, w] - scores[i, l] for i, w, l in pairs) / len(pairs))
-            values.update(dpo_update(run, winners, losers, [prompts[i] for i, _, _ in pairs], step))
+            winners = torch.stack([lat[i, w] for i, w, _ in pairs]) if pairs else latents[:0]
+            losers = torch.stack([lat[i, l] for i, _, l in pairs]) if pairs else latents[:0]
+            if pairs:
+                values[REWARD_MARGIN] = float(sum(scores[i, w] - scores[i, l] for i, w, l in pairs) / len(pairs))
+            chosen = [i for i, _, _ in pairs]
+            values.update(
+                dpo_update(run, winners, losers, [prompts[i] for i in chosen], step, [first + i for i in chosen])
+            )
         done = step + 1
 
         # 5. curriculum reference update every K steps

@@ -48,7 +48,10 @@ def rwr_update(run: Run, latents: torch.Tensor, rewards: torch.Tensor, prompts: 
     not grow with the draws."""
     p, n = rewards.shape
     draws, bb = run.cfg.noise_draws, run.backbone
-    g = run.generator(step, "rwr")
+    # the loss is the mean over the step's prompts on all ranks (vpo/train/distributed.py): each
+    # rank's share is its prompts over the total, and Run.apply_gradients sums the ranks' gradients
+    share = p / run.ranks.sum(p)
+    g = run.generator(step, "rwr" if run.first_prompt == 0 else f"rwr-{run.first_prompt}")
     text = bb.encode_prompts([prompt for prompt in prompts for _ in range(n)])
     x0 = latents.reshape(p * n, *latents.shape[2:])
     run.optimizer.zero_grad(set_to_none=True)
@@ -63,7 +66,7 @@ def rwr_update(run: Run, latents: torch.Tensor, rewards: torch.Tensor, prompts: 
             mse = per_video_mse(bb.predict_velocity(x_t, sigma, text), target).view(p, n)
         loss, stats = flow_rwr_loss(mse, rewards, run.cfg.rwr_temperature)
         run.check_finite("the RWR loss", loss)
-        (loss / draws).backward()
+        (loss * share / draws).backward()
         parts.append(stats)
     stats = {k: sum(part[k] for part in parts) / draws for k in parts[0]}
     stats[RWR_GRAD_NORM] = run.apply_gradients()

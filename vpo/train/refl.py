@@ -32,7 +32,8 @@ from vpo.train.runner import Run, derive_seed
 def reward_gradient_step(run: Run, prompts: list[str], step: int) -> dict:
     cfg, bb = run.cfg, run.backbone
     b = len(prompts)
-    x = bb.initial_noise(run.candidate_seeds(step, 0, b))
+    # seeds by the prompt's index over all ranks (runner.Run.pick_prompts)
+    x = bb.initial_noise(run.candidate_seeds(step, 0, b * run.ranks.world)[run.first_prompt :][:b])
     text = bb.guidance_text(prompts, cfg.guidance)
     scheduler = bb.make_scheduler(cfg.sampling_steps)
     timesteps = scheduler.timesteps
@@ -53,7 +54,8 @@ def reward_gradient_step(run: Run, prompts: list[str], step: int) -> dict:
     reward = run.reward.score_differentiable(videos, prompts, cfg.dimension)
     run.check_finite("the differentiable reward", reward)
     loss = -reward.mean()
-    norm = run.optimizer_step(loss)
+    # the ranks' gradients are summed (Run.apply_gradients): each contributes its share of the mean
+    norm = run.optimizer_step(loss / run.ranks.world)
     return {
         REWARD_MEAN: reward.mean().item(),
         REWARD_MAX: reward.max().item(),

@@ -10,6 +10,7 @@ until the first curriculum update copies the policy into it. No second copy of t
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import resource
 import time
@@ -30,14 +31,19 @@ from vpo.train.checkpoints import (
     POLICY,
     REF,
     add_policy_and_ref,
+    check_same_nproc,
+    checkpoint_folder,
     latest_checkpoint,
     load_adapters,
     load_state,
     save_checkpoint,
 )
 from vpo.train.config import ConfigError, TrainConfig
+from vpo.train.distributed import FSDP_NOT_YET, FSDP_ON_CPU, Ranks
 from vpo.train.keys import CUDA_PEAK_GB, HELDOUT_RAW, PEAK_MEM_MB, REF_UPDATED, STEP_S, heldout
 from vpo.train.sinks import Sink
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(ValueError):
@@ -48,6 +54,11 @@ class Run:
     def __init__(self, cfg: TrainConfig, sink: Sink, device: str = "cpu", backbone: Backbone | None = None):
         self.cfg, self.sink = cfg, sink
         self.out = Path(cfg.out)
+        self.ranks = Ranks()  # one process unless started by vpo.train.distributed
+        if self.ranks.world != cfg.nproc:
+            raise ValueError(f"nproc = {cfg.nproc} but this process is one of {self.ranks.world} ranks")
+        if cfg.parallel == "fsdp":
+            raise ValueError(FSDP_ON_CPU if not str(device).startswith("cuda") else FSDP_NOT_YET)
         self.backbone = backbone if backbone is not None else load_for_config(cfg, device)
         self.transformer = self.backbone.transformer
         lora = dict(
@@ -102,12 +113,22 @@ class Run:
         return torch.Generator().manual_seed(derive_seed(self.cfg.seed, step, purpose))
 
     def candidate_seeds(self, step: int, prompt_index: int, n: int) -> list[int]:
+        """``prompt_index`` counts the step's prompts over all ranks (``first_prompt``)."""
         base = derive_seed(self.cfg.seed, step, f"candidates-{prompt_index}") % (2**31)
         return [base + i for i in range(n)]
 
+    @property
+    def first_prompt(self) -> int:
+        """The index of this rank's first prompt among the step's prompts of all ranks."""
+        return self.ranks.rank * self.cfg.prompts_per_step
+
     def pick_prompts(self, step: int) -> list[str]:
+        """This rank's share of the step's ``prompts_per_step * nproc`` prompts. The draw and every
+        seed depend on a prompt's index over all ranks, not on the rank: two ranks of P prompts
+        draw what one process of 2P prompts draws."""
         rng = random.Random(derive_seed(self.cfg.seed, step, "prompts"))
-        return [rng.choice(self.prompts) for _ in range(self.cfg.prompts_per_step)]
+        drawn = [rng.choice(self.prompts) for _ in range(self.cfg.prompts_per_step * self.ranks.world)]
+        return drawn[self.first_prompt : self.first_prompt + self.cfg.prompts_per_step]
 
     # --- scoring and checks ------------------------------------------------------------------
     def score(self, videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -143,8 +164,11 @@ class Run:
         return self.apply_gradients()
 
     def apply_gradients(self) -> float:
-        """Clip the policy's accumulated gradients and step; returns the norm before clipping."""
-        norm = torch.nn.utils.clip_grad_norm_(list(self.adapter_params(POLICY).values()), self.cfg.grad_clip)
+        """Sum the policy's gradients over the ranks, clip them and step; returns the norm before
+        clipping (the same on every rank, so every rank's adapter stays the same)."""
+        params = list(self.adapter_params(POLICY).values())
+        self.ranks.all_reduce_grads(params)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         self.optimizer.step()
         return float(norm)
 
@@ -155,7 +179,8 @@ class Run:
         algorithm; returns the step's metrics), time it as ``perf/step_s`` unless the step timed
         itself, then step 6 (``end_step``). Returns the folder of the last checkpoint."""
         for step in range(start, self.cfg.steps):
-            if stop is not None and stop():
+            # rank 0 alone asks; every rank stops at the same step
+            if self.ranks.agree(self.ranks.main and stop is not None and stop()):
                 break
             self.step = step
             t0 = time.perf_counter()
@@ -171,7 +196,7 @@ class Run:
         start = self.resume() if resume else 0
         if start == 0:
             values = dict(extra or {})
-            if self.cfg.heldout_every:
+            if self.cfg.heldout_every and self.ranks.main:
                 values.update(self.heldout_check(0))
             if values:
                 self.sink.metrics(0, values)
@@ -188,7 +213,8 @@ class Run:
         values[PEAK_MEM_MB] = peak_memory_mb(self.backbone.device)
         if self.backbone.device.type == "cuda":
             values[CUDA_PEAK_GB] = torch.cuda.max_memory_allocated(self.backbone.device) / 2**30
-        if self.cfg.heldout_every and done % self.cfg.heldout_every == 0:
+        values = self.ranks.reduce_metrics(values)  # rank 0 logs the step of all ranks
+        if self.cfg.heldout_every and done % self.cfg.heldout_every == 0 and self.ranks.main:
             values.update(self.heldout_check(done))
         self.sink.metrics(done, values)
         self.step = done
@@ -197,6 +223,7 @@ class Run:
 
     def finish(self) -> Path:
         """Keep the work of a run that stopped early or ended between checkpoints."""
+        self.ranks.check_same(self.adapter_params(POLICY).values())
         if self.last_checkpoint is None or self.last_checkpoint.name != f"step_{self.step:06d}":
             return self.save_checkpoint(self.step)
         return self.last_checkpoint
@@ -227,8 +254,13 @@ class Run:
 
     # --- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> Path:
-        adapters = {k: p for name in (POLICY, REF) for k, p in self.adapter_params(name).items()}
-        self.last_checkpoint = save_checkpoint(self.out, step, self.cfg, adapters, self.optimizer)
+        """Rank 0 writes it (every rank holds the same adapters); the others note its folder."""
+        if self.ranks.main:
+            adapters = {k: p for name in (POLICY, REF) for k, p in self.adapter_params(name).items()}
+            self.last_checkpoint = save_checkpoint(self.out, step, self.cfg, adapters, self.optimizer)
+            log.info("checkpoint %s written", self.last_checkpoint)
+        else:
+            self.last_checkpoint = checkpoint_folder(self.out, step)
         return self.last_checkpoint
 
     def resume(self) -> int:
@@ -237,8 +269,9 @@ class Run:
         if folder is None:
             return 0
         state = load_state(folder / "state.pt")
-        if state["config"] != self.cfg.to_dict():
-            diff = {k: (v, self.cfg.to_dict()[k]) for k, v in state["config"].items() if self.cfg.to_dict()[k] != v}
+        saved = check_same_nproc(folder, state["config"], self.cfg.nproc)
+        if saved != self.cfg.to_dict():
+            diff = {k: (v, self.cfg.to_dict()[k]) for k, v in saved.items() if self.cfg.to_dict()[k] != v}
             raise ValueError(f"cannot resume from {folder}: it was trained with other settings {diff}")
         load_adapters(self.transformer, folder / "adapter.safetensors")
         self.optimizer.load_state_dict(state["optimizer"])

@@ -14,7 +14,8 @@ from vpo.rewards import DIMENSIONS, GLOBAL, REWARD_SOURCES
 from vpo.rewards.guard import GUARDS, unguardable
 from vpo.rewards.local import weights_status as reward_weights_status
 from vpo.train import ALGORITHMS
-from vpo.train.config import SWITCHES, ConfigError, TrainConfig
+from vpo.train.config import PARALLEL, SWITCHES, ConfigError, TrainConfig
+from webapp.celery import capacities, ranks_refused
 from webapp.prompt_files import MAX_PROMPT_CHARS, MAX_PROMPTS, read_prompt_file
 
 UPLOADED = "uploaded"  # the config's "prompts" when they come from a file
@@ -28,6 +29,7 @@ CHOICES = {
     "heldout_prompts": list(BUILTIN),
     "weights_dtype": ["auto", "bf16", "fp32"],
     "reward_guard": list(GUARDS),
+    "parallel": list(PARALLEL),
     **{name: list(SWITCHES) for name in ("gradient_checkpointing", "vae_tiling", "cpu_offload")},
 }
 SERVER_SIDE = {"out", "model_dir"}  # where a run lives and where weights are is the server's business
@@ -48,6 +50,7 @@ FIELDSETS = [
     ),
     ("Optimiser", ["steps", "prompts_per_step", "lora_rank", "lr", "grad_clip", "seed"]),
     ("Sampling", ["sampling_steps", "guidance"]),
+    ("More than one GPU", ["nproc", "parallel"]),
     ("Monitoring", ["heldout_prompts", "heldout_count", "heldout_every", "checkpoint_every"]),
     (
         "Size and memory (real backbones)",
@@ -63,6 +66,7 @@ FIELDSETS = [
         ],
     ),
 ]
+LABELS = {"nproc": "GPUs per run"}  # ranks: a worker without a GPU runs them as CPU processes
 CONFIG_FIELDS = [f for f in fields(TrainConfig) if f.name not in SERVER_SIDE]
 
 
@@ -117,6 +121,7 @@ class ExperimentForm(forms.Form):
             else:
                 field = forms.FloatField()
             field.help_text, field.initial = f.metadata["help"], initial[f.name]
+            field.label = LABELS.get(f.name)
             self.fields[f.name] = field
         self.unavailable = unavailable_backbones()
         self.fields["backbone"].widget = SelectWithDisabled(self.unavailable, choices=self.fields["backbone"].choices)
@@ -166,6 +171,11 @@ class ExperimentForm(forms.Form):
         except ConfigError as e:
             self.add_error(e.field if e.field in self.fields else None, str(e))
             return data
+        if self.config["nproc"] > 1:  # more ranks than any worker has would wait in the queue forever
+            problem = ranks_refused(self.config["nproc"], "gpu", capacities())
+            if problem:
+                self.add_error("nproc", problem)
+                return data
         self.prompts_text = data.get("prompts_file") or ""
         if self.config.reward_guard != "none" and (bad := unguardable(parse_prompts(self.prompts_text))):
             self.add_error("reward_guard", f"the guard cannot read the prompt {bad!r}: it names no object of the world")

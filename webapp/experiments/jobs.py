@@ -14,6 +14,7 @@ from django.db import DatabaseError, connection
 from django.db.models import Q
 from django.utils import timezone
 
+from webapp.celery import ranks_refused, worker_capacity
 from webapp.db import retry_once
 from webapp.experiments.models import (
     DONE,
@@ -107,6 +108,9 @@ def train(experiment_id: int, worker_stopping: Callable[[], bool] = lambda: Fals
     heartbeat.start()
     try:
         cfg = experiment.train_config()
+        problem = ranks_refused(cfg.nproc, experiment.queue, [{**worker_capacity(), "hostname": hostname}])
+        if problem:  # a worker with fewer GPUs than the run's took it
+            raise ValueError(problem)
         resume = redelivered and latest_checkpoint(cfg.out) is not None
         train_config(
             cfg,
