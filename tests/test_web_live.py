@@ -167,3 +167,40 @@ def test_launching_through_the_view_trains_on_a_worker_and_streams_over_the_webs
     assert len(batches) > 1  # ...then live points
     assert experiment.samples.filter(step=0, kind="heldout").count() == 2
     assert experiment.checkpoints() == ["step_000003"]
+
+
+def test_the_phase_is_stored_then_pushed_at_most_once_a_second_within_a_phase_and_backfilled_on_connect(
+    owner, experiment
+):
+    sink = DatabaseSink(experiment)
+    cookie = session_cookie(owner)
+
+    async def scenario():
+        comm = communicator(experiment, cookie)
+        assert (await comm.connect())[0]
+        assert (await comm.receive_json_from())["type"] == "status"  # no phase stored yet: none sent
+        for k in range(50):  # a fast denoising loop: one write, then nothing for a second
+            await sync_to_async(sink.phase)(1, "sampling candidates", k + 1, 50)
+        await sync_to_async(sink.phase)(1, "scoring")  # a new phase is never held back
+        got = [await comm.receive_json_from(timeout=5) for _ in range(2)]
+        assert await comm.receive_nothing(timeout=0.3)
+        await comm.disconnect()
+        return got
+
+    got = async_to_sync(scenario)()
+    assert [(m["type"], m["name"], m["done"]) for m in got] == [
+        ("phase", "sampling candidates", 1),
+        ("phase", "scoring", None),
+    ]
+    experiment.refresh_from_db()
+    assert experiment.phase["name"] == "scoring" and experiment.phase["step"] == 1
+
+    async def reconnect():
+        comm = communicator(experiment, cookie)
+        assert (await comm.connect())[0]
+        messages = [await comm.receive_json_from(), await comm.receive_json_from()]
+        await comm.disconnect()
+        return messages
+
+    status, phase = async_to_sync(reconnect)()
+    assert status["type"] == "status" and (phase["type"], phase["name"]) == ("phase", "scoring")

@@ -20,6 +20,9 @@ import torch
 
 from vpo.train.keys import (
     DPO_GRAD_NORM,
+    PHASE_SAMPLING,
+    PHASE_SCORING,
+    PHASE_UPDATING,
     REWARD_MARGIN,
     REWARD_MAX,
     REWARD_MEAN,
@@ -48,7 +51,8 @@ def dpo_update(run: Run, winners: torch.Tensor, losers: torch.Tensor, prompts: l
     x0 = torch.cat([winners, losers])
     run.optimizer.zero_grad(set_to_none=True)
     parts = []
-    for _ in range(draws):
+    for draw in range(draws):
+        run.phase(PHASE_UPDATING, draw, draws)
         # the same sigma and the same eps for a pair's winner and loser (docs/algorithm.md, Eq. 2)
         sigma = run.backbone.training_sigmas(p, g).to(winners.device)
         eps = torch.randn(winners.shape, generator=g).to(winners.device)
@@ -92,11 +96,17 @@ def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
         flat_prompts = [p for p in prompts for _ in range(n)]
         seeds = [s for i in range(len(prompts)) for s in run.candidate_seeds(step, i, n)]
         videos, latents = bb.sample(
-            flat_prompts, seeds, steps=cfg.sampling_steps, guidance=cfg.guidance, return_latents=True
+            flat_prompts,
+            seeds,
+            steps=cfg.sampling_steps,
+            guidance=cfg.guidance,
+            return_latents=True,
+            progress=run.sampling_progress(PHASE_SAMPLING),
         )
         t_sample = time.perf_counter()
 
         # 2. score them on the chosen dimension
+        run.phase(PHASE_SCORING)
         scores = run.score(videos, flat_prompts).view(len(prompts), n)
         t_score = time.perf_counter()
 
