@@ -46,7 +46,7 @@ PHASES = {v for k, v in vars(keys).items() if k.startswith("PHASE_")}
 
 
 # --- 2: the step in progress, live and after a reload ----------------------------------------------
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1200)
 def test_the_dashboard_shows_what_the_step_is_doing_live_and_after_a_reload(live_stack, transactional_db, page):
     from webapp.experiments.tasks import enqueue
 
@@ -74,7 +74,8 @@ def test_the_dashboard_shows_what_the_step_is_doing_live_and_after_a_reload(live
     page.reload()
     assert page.is_visible("#phase") and page.text_content("#phase-name") in PHASES
     # after the first step: an estimate of the time left, from the steps so far
-    wait_for(lambda: "left" in page.text_content("#eta"), timeout=240, what="the ETA")
+    # (a step of the tiny model took 90 s to over 5 min on the shared 2-core CPU under load)
+    wait_for(lambda: "left" in page.text_content("#eta"), timeout=600, what="the ETA")
     assert re.search(r"\(\d+\.\d s/step\)", page.text_content("#eta"))
     screenshot(page, "dashboard-phase")
 
