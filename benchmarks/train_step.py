@@ -48,6 +48,9 @@ class Collect:
     def metrics(self, step, values):
         self.rows.append({"step": step, **values})
 
+    def phase(self, *args):
+        pass
+
     def samples(self, *args):
         pass
 

@@ -262,3 +262,47 @@ def test_the_subject_guard_scales_the_candidates_scores(tmp_path, small):
     plain = load_reward("metrics").score(torch.from_numpy(frames), prompts).scores["temporal"]
     factors = torch.tensor([subject_factor(f, p) for f, p in zip(frames, prompts)])
     assert [v["score"] for v in videos] == pytest.approx((plain * factors).tolist(), abs=1e-6)
+
+
+class PhaseLog(JsonlSink):
+    """The CLI's sink, also keeping every phase it was told."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.phases = []
+
+    def phase(self, step, name, done=None, total=None):
+        super().phase(step, name, done, total)
+        self.phases.append((step, name, done, total))
+
+
+@pytest.mark.parametrize("algorithm", ["online-dpo", "offline-dpo"])
+def test_the_loop_tells_its_sink_what_each_step_is_doing(tmp_path, small, algorithm):
+    from vpo.train import keys
+
+    cfg = cfg_for(
+        tmp_path, algorithm=algorithm, steps=2, heldout_every=2, checkpoint_every=2, noise_draws=2, prompts="demo"
+    )
+    sink = PhaseLog(cfg.out, cfg.steps, progress=False)
+    try:
+        train(cfg, sink, backbone=small())
+    finally:
+        sink.close()
+    names = [name for _, name, _, _ in sink.phases]
+    assert names[0] == keys.PHASE_LOADING and sink.phases[0][0] == 0
+    # the base model's held-out check before step 1, denoising step by step
+    base = [p for p in sink.phases if p[1] == keys.PHASE_HELDOUT and p[0] == 0]
+    assert [(d, t) for _, _, d, t in base] == [(k, 3) for k in range(1, 4)]
+    step_1 = [(name, done, total) for step, name, done, total in sink.phases if step == 1]
+    if algorithm == "online-dpo":  # sample (3 denoising steps), score, update (2 noise draws)
+        assert step_1 == [
+            *[(keys.PHASE_SAMPLING, k, 3) for k in range(1, 4)],
+            (keys.PHASE_SCORING, None, None),
+            (keys.PHASE_UPDATING, 0, 2),
+            (keys.PHASE_UPDATING, 1, 2),
+        ]
+    else:  # the fixed pair set was built before step 1: only the updates
+        assert step_1 == [(keys.PHASE_UPDATING, 0, 2), (keys.PHASE_UPDATING, 1, 2)]
+        assert keys.PHASE_PAIRS in names
+    step_2 = [name for step, name, _, _ in sink.phases if step == 2]
+    assert step_2[-4:-1] == [keys.PHASE_HELDOUT] * 3 and step_2[-1] == keys.PHASE_CHECKPOINT

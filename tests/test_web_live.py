@@ -167,3 +167,43 @@ def test_launching_through_the_view_trains_on_a_worker_and_streams_over_the_webs
     assert len(batches) > 1  # ...then live points
     assert experiment.samples.filter(step=0, kind="heldout").count() == 2
     assert experiment.checkpoints() == ["step_000003"]
+
+
+def test_the_phase_is_stored_then_pushed_at_most_once_a_second_within_a_phase_and_backfilled_on_connect(
+    owner, experiment
+):
+    sink = DatabaseSink(experiment)
+    cookie = session_cookie(owner)
+
+    async def scenario():
+        comm = communicator(experiment, cookie)
+        assert (await comm.connect(timeout=10))[0]
+        assert (await comm.receive_json_from(timeout=10))["type"] == "status"  # no phase stored yet: none sent
+        t0 = time.monotonic()
+        for k in range(50):  # a fast denoising loop: one write, then at most one a second
+            await sync_to_async(sink.phase)(1, "sampling candidates", k + 1, 50)
+        elapsed = time.monotonic() - t0
+        await sync_to_async(sink.phase)(1, "scoring")  # a new phase is never held back
+        got = []
+        while not got or got[-1]["name"] != "scoring":
+            got.append(await comm.receive_json_from(timeout=10))
+        assert await comm.receive_nothing(timeout=0.3)
+        await comm.disconnect()
+        return got, elapsed
+
+    got, elapsed = async_to_sync(scenario)()
+    sampling = [m for m in got if m["name"] == "sampling candidates"]
+    assert {m["type"] for m in got} == {"phase"} and got[-1]["done"] is None
+    assert sampling[0]["done"] == 1 and len(sampling) <= 1 + elapsed  # not 50
+    experiment.refresh_from_db()
+    assert experiment.phase["name"] == "scoring" and experiment.phase["step"] == 1
+
+    async def reconnect():
+        comm = communicator(experiment, cookie)
+        assert (await comm.connect(timeout=10))[0]
+        messages = [await comm.receive_json_from(timeout=10), await comm.receive_json_from(timeout=10)]
+        await comm.disconnect()
+        return messages
+
+    status, phase = async_to_sync(reconnect)()
+    assert status["type"] == "status" and (phase["type"], phase["name"]) == ("phase", "scoring")

@@ -482,3 +482,119 @@ def test_a_study_seed_outside_int32_is_a_form_error(owner):
             user=owner,
         )
         assert not form.is_valid() and "seed" in form.errors, seed
+
+
+# --- gold trials per volunteer, stale votes, pilots, manual exclusion, per-trial timings (issue 18) ---
+
+
+def test_every_volunteer_gets_at_least_one_gold_trial_when_the_rate_is_above_zero(owner, tmp_path, settings):
+    from webapp.studies.models import gold_trials
+
+    assert [gold_trials(4, 0.1), gold_trials(10, 0.25), gold_trials(10, 0.1), gold_trials(2, 0.5)] == [1, 3, 1, 1]
+    assert gold_trials(4, 0.0) == 0 and gold_trials(1, 0.5) == 0  # no rate, or no room for a comparison
+    settings.MEDIA_ROOT = tmp_path
+    study = make_study(owner, tmp_path, trials_per_participant=4)
+    Study.objects.filter(pk=study.pk).update(gold_rate=0.1)
+    study.refresh_from_db()
+    assert sum(i["gold"] for i in join(Client(), study).plan) == 1  # round(4 x 0.1) = 0 before
+
+
+def test_the_study_form_wants_two_trials_per_volunteer_with_gold_trials(owner):
+    from webapp.studies.forms import StudyForm
+
+    data = {
+        "name": "s",
+        "systems": ["base", "base"],
+        "prompt_set": "demo",
+        "prompt_limit": 2,
+        "videos_per_prompt": 1,
+        "seed": 0,
+        "question": "q",
+        "votes_per_trial": 1,
+        "trials_per_participant": 1,
+    }
+    form = StudyForm({**data, "gold_rate": 0.1}, user=owner)
+    assert not form.is_valid() and "two or more trials" in form.errors["trials_per_participant"][0]
+    form = StudyForm({**data, "gold_rate": 0}, user=owner)
+    form.is_valid()
+    assert "trials_per_participant" not in form.errors
+
+
+def test_a_vote_after_the_last_one_stores_nothing_and_answers_with_the_done_page(study):
+    client = Client()
+    p = join(client, study)
+    answer_all(client, study, p)
+    stale = cast(client, study, p, p.plan[0]["trial"], "right").json()
+    assert stale["done"] and stale["next"].endswith("/done") and not stale["stored"]
+    assert Vote.objects.filter(participant=p).count() == len(p.plan)
+    for url in (
+        reverse("studies:welcome", args=[study.token]),
+        reverse("studies:trial", args=[study.token, p.token]),
+        reverse("studies:done", args=[study.token, p.token]),
+    ):
+        assert "no-store" in client.get(url)["Cache-Control"], url
+
+
+def test_pilot_votes_are_kept_apart_from_the_results(study, owner):
+    client = Client()
+    r = client.get(study.pilot_url())
+    assert r.status_code == 200 and "Pilot run" in r.content.decode()
+    assert Client().get(reverse("studies:pilot", args=[study.token, altered(study.pilot_key())])).status_code == 404
+    r = client.post(study.pilot_url(), {"consent": "1", "prolific_pid": "pid-x"})
+    pilot = Participant.objects.get(token=r["Location"].rstrip("/").split("/")[-1])
+    assert pilot.pilot and pilot.prolific_pid == ""  # a pilot never takes a real volunteer's Prolific id
+    answer_all(client, study, pilot)
+    real = Client()
+    answer_all(real, study, join(real, study))
+    summary = summarise(study, bootstrap=10)
+    assert summary["pilot"] == {"participants": 1, "votes": 3}
+    assert summary["participants"] == 1 and summary["votes"] == 2  # only the real volunteer's
+    rows = list(csv.DictReader(io.StringIO(votes_csv(study))))
+    assert sorted(row["pilot"] for row in rows) == ["0", "0", "0", "1", "1", "1"]
+    # the real link in the same browser is a new participant, not the pilot's
+    assert join(client, study) != pilot
+
+
+def test_a_manual_exclusion_has_a_reason_is_shown_and_can_be_taken_back(study, owner):
+    researcher = Client()
+    researcher.force_login(owner)
+    client = Client()
+    p = join(client, study)
+    answer_all(client, study, p)
+    url = reverse("studies:exclusion", args=[study.pk, p.token])
+    assert researcher.post(url, {"action": "exclude"}).status_code == 400  # no reason: refused
+    assert researcher.post(url, {"action": "exclude", "reason": "answered blind"}).status_code == 302
+    summary = summarise(study, bootstrap=10)
+    assert summary["votes"] == 0 and summary["excluded"][0]["reason"] == "excluded by the researcher: answered blind"
+    assert "answered blind" in researcher.get(reverse("studies:results", args=[study.pk])).content.decode()
+    researcher.post(url, {"action": "include"})
+    assert summarise(study, bootstrap=10)["votes"] == 2 and not summarise(study)["excluded"]
+    # taking back a manual exclusion leaves a failed gold trial's in place
+    other = Client()
+    q = join(other, study)
+    answer_all(other, study, q, good=False)
+    url = reverse("studies:exclusion", args=[study.pk, q.token])
+    researcher.post(url, {"action": "exclude", "reason": "x"})
+    researcher.post(url, {"action": "include"})
+    q.refresh_from_db()
+    assert q.excluded and "failed gold trial" in q.exclusion_reason
+    stranger = Client()
+    stranger.force_login(get_user_model().objects.create_user("not-the-owner"))
+    assert stranger.post(url, {"action": "include"}).status_code == 404
+
+
+def test_each_vote_keeps_the_trial_pages_timings_and_the_csv_has_them(study):
+    client = Client()
+    p = join(client, study)
+    url = reverse("studies:vote", args=[study.token, p.token])
+    timing = {"onset_ms": 420, "reaction_ms": 2600, "plays": 2, "hidden_count": 1, "hidden_ms": 300}
+    bad = client.post(url, json.dumps({"trial": p.plan[0]["trial"], "choice": "left", "plays": -1}), "application/json")
+    assert bad.status_code == 400 and not Vote.objects.exists()
+    r = client.post(url, json.dumps({"trial": p.plan[0]["trial"], "choice": "left", **timing}), "application/json")
+    assert r.status_code == 200
+    vote = Vote.objects.get(participant=p)
+    assert {k: getattr(vote, k) for k in timing} == timing
+    cast(client, study, p, p.plan[1]["trial"], "left")  # a vote without timings: nulls
+    rows = list(csv.DictReader(io.StringIO(votes_csv(study))))
+    assert {k: rows[0][k] for k in timing} == {k: str(v) for k, v in timing.items()}
+    assert {k: rows[1][k] for k in timing} == dict.fromkeys(timing, "")

@@ -20,7 +20,7 @@ import contextlib
 import ctypes
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -143,11 +143,12 @@ class Backbone(torch.nn.Module):
         steps: int = 20,
         guidance: float = 4.0,
         return_latents: bool = False,
+        progress: Callable[[int, int], None] | None = None,
     ):
         """Sample one video per (prompt, seed) as one batch -> uint8 (B, F, H, W, C).
 
         ``return_latents`` also returns the final latents (what DPO trains on: exact, unlike the
-        uint8 video decoded from them)."""
+        uint8 video decoded from them). ``progress(done, steps)`` is called after each denoising step."""
         if not prompts:
             raise ValueError("sample() needs at least one prompt")
         if len(prompts) != len(seeds):
@@ -162,6 +163,8 @@ class Backbone(torch.nn.Module):
             for i, t in enumerate(scheduler.timesteps):
                 sigma = (t / scheduler.config.num_train_timesteps).expand(b)
                 x = euler_step(scheduler, i, x, self.guided_velocity(x, sigma, text, guidance))
+                if progress is not None:
+                    progress(i + 1, steps)
         return (self.decode(x), x) if return_latents else self.decode(x)
 
     def guidance_text(self, prompts: list[str], guidance: float) -> torch.Tensor:

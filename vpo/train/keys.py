@@ -34,6 +34,15 @@ HELDOUT_PREFIX = "heldout/"
 # the reward source's raw measures the held-out monitor logs beside its dimensions
 HELDOUT_RAW = ("temporal_flickering", "presence", "motion_extent")
 
+# what a step is doing, reported to the sink's ``phase`` while it runs (the dashboard shows it live)
+PHASE_LOADING = "loading model"
+PHASE_PAIRS = "building the offline pairs"
+PHASE_SAMPLING = "sampling candidates"
+PHASE_SCORING = "scoring"
+PHASE_UPDATING = "updating"
+PHASE_HELDOUT = "held-out check"
+PHASE_CHECKPOINT = "saving checkpoint"
+
 
 def heldout(measure: str) -> str:
     """The held-out monitor's key of a dimension or raw measure: ``heldout/temporal``."""
@@ -43,17 +52,66 @@ def heldout(measure: str) -> str:
 # the shown progress of a run in the terminal (vpo/train/sinks.py)
 PROGRESS = (REWARD_MEAN, REWARD_MARGIN, DPO_LOSS, DPO_IMPLICIT_ACC, RWR_LOSS, RWR_ESS)
 
-# the dashboard's charts, in order (webapp/experiments/static/experiments/dashboard.js): a chart
-# draws ``lines``, an optional min-max ``band``, or every series whose name starts with ``prefix``
+# the dashboard's charts (webapp/experiments/static/experiments/dashboard.js), in sections shown as
+# collapsible groups (W&B's sections), the first open: a chart draws ``lines``, an optional min-max
+# ``band``, or every series whose name starts with ``prefix``. A logged metric no chart names still
+# gets a chart of its own, in the section "Other" (the dashboard adds it).
 DASHBOARD: list[dict[str, Any]] = [
-    {"key": "reward", "title": "Reward (mean, min–max band)", "lines": [REWARD_MEAN], "band": [REWARD_MIN, REWARD_MAX]},
-    {"key": "margin", "title": "Reward margin (winner − loser)", "lines": [REWARD_MARGIN]},
-    {"key": "loss", "title": "Loss", "lines": [DPO_LOSS, REFL_LOSS, RWR_LOSS]},
-    {"key": "acc", "title": "DPO implicit accuracy", "lines": [DPO_IMPLICIT_ACC]},
     {
-        "key": "heldout",
-        "title": "Held-out measures (not trained on: the reward-hacking alarm)",
-        "prefix": HELDOUT_PREFIX,
+        "section": "Training",
+        "open": True,
+        "charts": [
+            {
+                "key": "reward",
+                "title": "Reward (mean, min–max band)",
+                "lines": [REWARD_MEAN],
+                "band": [REWARD_MIN, REWARD_MAX],
+            },
+            {"key": "margin", "title": "Reward margin (winner − loser)", "lines": [REWARD_MARGIN]},
+            {"key": "loss", "title": "Loss", "lines": [DPO_LOSS, REFL_LOSS, RWR_LOSS]},
+            {"key": "acc", "title": "DPO implicit accuracy", "lines": [DPO_IMPLICIT_ACC]},
+            {
+                "key": "heldout",
+                "title": "Held-out measures (not trained on: the reward-hacking alarm)",
+                "prefix": HELDOUT_PREFIX,
+            },
+            {"key": "perf", "title": "Step time (s)", "lines": [STEP_S]},
+        ],
     },
-    {"key": "perf", "title": "Step time (s)", "lines": [STEP_S]},
+    {
+        "section": "Optimisation",
+        "charts": [
+            {"key": "grad_norm", "title": "Gradient norm (before clipping)", "lines": [DPO_GRAD_NORM, REFL_GRAD_NORM]},
+            {
+                "key": "mse",
+                "title": "Flow-matching MSE: policy and reference, winner and loser",
+                "lines": [DPO_MSE_W, DPO_MSE_L, DPO_MSE_REF_W, DPO_MSE_REF_L],
+            },
+            {
+                "key": "refl_steps",
+                "title": "ReFL: steps with gradients, stop index",
+                "lines": [REFL_GRAD_STEPS, REFL_STOP_INDEX],
+            },
+        ],
+    },
+    {
+        "section": "Time and memory",
+        "charts": [
+            {"key": "phase_times", "title": "Phase times (s)", "lines": [SAMPLE_S, SCORE_S, UPDATE_S]},
+            {"key": "memory", "title": "Peak memory (MB)", "lines": [PEAK_MEM_MB]},
+            {"key": "cuda_memory", "title": "CUDA peak memory (GB)", "lines": [CUDA_PEAK_GB]},
+        ],
+    },
+    {
+        "section": "Loop",
+        "charts": [
+            {"key": "skipped", "title": "Skipped prompts (ties)", "lines": [SKIPPED_PROMPTS]},
+            {"key": "ref_updated", "title": "Reference updated", "lines": [REF_UPDATED]},
+            {
+                "key": "offline",
+                "title": "Offline pair set: pairs, mean margin",
+                "lines": [OFFLINE_PAIRS, OFFLINE_MARGIN],
+            },
+        ],
+    },
 ]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from vpo.train.keys import OFFLINE_MARGIN, OFFLINE_PAIRS, PAIRS, REWARD_MARGIN
+from vpo.train.keys import OFFLINE_MARGIN, OFFLINE_PAIRS, PAIRS, PHASE_PAIRS, REWARD_MARGIN
 from vpo.train.online_dpo import dpo_update, pick_pairs
 from vpo.train.runner import Run, derive_seed
 
@@ -24,6 +24,7 @@ def build_pairs(run: Run) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.
     cfg, n = run.cfg, run.cfg.num_candidates
     winners, losers, prompts, margins = [], [], [], []
     for i, prompt in enumerate(run.prompts):
+        run.phase(PHASE_PAIRS, i, len(run.prompts), step=0)
         seeds = run.candidate_seeds(-1, i, n)  # step -1: before training
         videos, latents = run.backbone.sample(
             [prompt] * n, seeds, steps=cfg.sampling_steps, guidance=cfg.guidance, return_latents=True

@@ -22,6 +22,9 @@ import torch
 from vpo.train.keys import (
     DPO_GRAD_NORM,
     PAIRS,
+    PHASE_SAMPLING,
+    PHASE_SCORING,
+    PHASE_UPDATING,
     REWARD_MARGIN,
     REWARD_MAX,
     REWARD_MEAN,
@@ -66,7 +69,8 @@ def dpo_update(
     text = torch.cat([text, text])
     x0 = torch.cat([winners, losers])
     parts = []
-    for _ in range(draws):
+    for draw in range(draws):
+        run.phase(PHASE_UPDATING, draw, draws)
         # the same sigma and the same eps for a pair's winner and loser (docs/algorithm.md, Eq. 2)
         sigma = torch.cat([run.backbone.training_sigmas(1, g) for g in gens]).to(winners.device)
         eps = torch.cat([torch.randn((1, *winners.shape[1:]), generator=g) for g in gens]).to(winners.device)
@@ -122,9 +126,15 @@ def sample_and_score(run: Run, step: int) -> Candidates:
     flat_prompts = [p for p in prompts for _ in range(n)]
     seeds = [s for i in range(len(prompts)) for s in run.candidate_seeds(step, first + i, n)]
     videos, latents = run.backbone.sample(
-        flat_prompts, seeds, steps=cfg.sampling_steps, guidance=cfg.guidance, return_latents=True
+        flat_prompts,
+        seeds,
+        steps=cfg.sampling_steps,
+        guidance=cfg.guidance,
+        return_latents=True,
+        progress=run.sampling_progress(PHASE_SAMPLING),
     )
     t_sample = time.perf_counter()
+    run.phase(PHASE_SCORING)
     scores = run.score(videos, flat_prompts).view(len(prompts), n)
     return Candidates(
         prompts, flat_prompts, videos, latents, scores, first, t_sample - t0, time.perf_counter() - t_sample

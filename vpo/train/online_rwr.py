@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from vpo.train.keys import (
+    PHASE_UPDATING,
     REWARD_MARGIN,
     REWARD_MAX,
     REWARD_MEAN,
@@ -56,7 +57,8 @@ def rwr_update(run: Run, latents: torch.Tensor, rewards: torch.Tensor, prompts: 
     x0 = latents.reshape(p * n, *latents.shape[2:])
     run.optimizer.zero_grad(set_to_none=True)
     parts = []
-    for _ in range(draws):
+    for draw in range(draws):
+        run.phase(PHASE_UPDATING, draw, draws)
         sigma = bb.training_sigmas(p * n, g).to(x0.device)
         eps = torch.randn(x0.shape, generator=g).to(x0.device)
         s = sigma.view(-1, *[1] * (x0.ndim - 1))

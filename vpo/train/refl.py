@@ -18,6 +18,8 @@ import torch
 
 from vpo.backbones.base import euler_step
 from vpo.train.keys import (
+    PHASE_SAMPLING,
+    PHASE_UPDATING,
     REFL_GRAD_NORM,
     REFL_GRAD_STEPS,
     REFL_LOSS,
@@ -43,6 +45,7 @@ def reward_gradient_step(run: Run, prompts: list[str], step: int) -> dict:
     grad_from = last - cfg.refl_depth
     with bb.autocast():
         for i, t in enumerate(timesteps[:last]):
+            run.phase(PHASE_SAMPLING if i < grad_from else PHASE_UPDATING, i, last)
             sigma = (t / scheduler.config.num_train_timesteps).expand(b)
             with torch.set_grad_enabled(i >= grad_from):
                 v = bb.guided_velocity(x, sigma, text, cfg.guidance)  # the same CFG as Backbone.sample

@@ -40,7 +40,17 @@ from vpo.train.checkpoints import (
 )
 from vpo.train.config import ConfigError, TrainConfig
 from vpo.train.distributed import FSDP_NOT_YET, FSDP_ON_CPU, Ranks
-from vpo.train.keys import CUDA_PEAK_GB, HELDOUT_RAW, PEAK_MEM_MB, REF_UPDATED, STEP_S, heldout
+from vpo.train.keys import (
+    CUDA_PEAK_GB,
+    HELDOUT_RAW,
+    PEAK_MEM_MB,
+    PHASE_CHECKPOINT,
+    PHASE_HELDOUT,
+    PHASE_LOADING,
+    REF_UPDATED,
+    STEP_S,
+    heldout,
+)
 from vpo.train.sinks import Sink
 
 log = logging.getLogger(__name__)
@@ -59,6 +69,8 @@ class Run:
             raise ValueError(f"nproc = {cfg.nproc} but this process is one of {self.ranks.world} ranks")
         if cfg.parallel == "fsdp":
             raise ValueError(FSDP_ON_CPU if not str(device).startswith("cuda") else FSDP_NOT_YET)
+        self.step = 0
+        self.phase(PHASE_LOADING, step=0)
         self.backbone = backbone if backbone is not None else load_for_config(cfg, device)
         self.transformer = self.backbone.transformer
         lora = dict(
@@ -84,7 +96,6 @@ class Run:
             )
         self.heldout = read_prompts(cfg.heldout_prompts)[: cfg.heldout_count]
         self.monitor = self.reward if cfg.reward == "metrics" else load_reward("metrics")
-        self.step = 0
         self.last_checkpoint: Path | None = None
 
     # --- adapters ----------------------------------------------------------------------------
@@ -129,6 +140,16 @@ class Run:
         rng = random.Random(derive_seed(self.cfg.seed, step, "prompts"))
         drawn = [rng.choice(self.prompts) for _ in range(self.cfg.prompts_per_step * self.ranks.world)]
         return drawn[self.first_prompt : self.first_prompt + self.cfg.prompts_per_step]
+
+    # --- what the step in progress is doing (the dashboard's live line) ----------------------
+    def phase(self, name: str, done: int | None = None, total: int | None = None, step: int | None = None) -> None:
+        """Tell the sink that the step in progress (``self.step + 1`` unless ``step`` says otherwise;
+        0 = before training) is at phase ``name`` (``vpo.train.keys.PHASE_*``), ``done`` of ``total``."""
+        self.sink.phase(self.step + 1 if step is None else step, name, done, total)
+
+    def sampling_progress(self, name: str, step: int | None = None) -> Callable[[int, int], None]:
+        """``Backbone.sample``'s ``progress``: phase ``name``, denoising step k of S."""
+        return lambda done, total: self.phase(name, done, total, step)
 
     # --- scoring and checks ------------------------------------------------------------------
     def score(self, videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -219,6 +240,7 @@ class Run:
         self.sink.metrics(done, values)
         self.step = done
         if done % self.cfg.checkpoint_every == 0:
+            self.phase(PHASE_CHECKPOINT, step=done)
             self.save_checkpoint(done)
 
     def finish(self) -> Path:
@@ -233,7 +255,13 @@ class Run:
         """Fixed held-out prompts and seeds, sampled from the policy and scored with ``metrics`` on
         every dimension — including those not trained on."""
         seeds = [1_000_003 * (i + 1) for i in range(len(self.heldout))]
-        videos = self.backbone.sample(self.heldout, seeds, steps=self.cfg.sampling_steps, guidance=self.cfg.guidance)
+        videos = self.backbone.sample(
+            self.heldout,
+            seeds,
+            steps=self.cfg.sampling_steps,
+            guidance=self.cfg.guidance,
+            progress=self.sampling_progress(PHASE_HELDOUT, step),
+        )
         result = self.monitor.score(videos, self.heldout)
         values = {heldout(d): float(torch.nanmean(s)) for d, s in result.scores.items()}
         # raw measures that can fall while the reward rises: flickering, and whether the prompted

@@ -2,7 +2,9 @@
 
 ``JsonlSink`` (the CLI's): a progress bar, ``metrics.jsonl`` (one line per step) and sample videos
 under ``samples/``. The web worker's sink (database first, then a websocket push) implements the
-same two methods.
+same three methods. ``phase`` says what the step in progress is doing (``vpo.train.keys.PHASE_*``),
+often: a sink keeps what it needs of it (the progress bar's label; the dashboard's line, written at
+most once a second).
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from vpo.train.keys import PROGRESS, REWARD_MEAN
 
 class Sink(Protocol):
     def metrics(self, step: int, values: dict[str, float]) -> None: ...
+
+    def phase(self, step: int, name: str, done: int | None = None, total: int | None = None) -> None:
+        """Step ``step`` (1-based; 0 = before training) is now at ``name``, ``done`` of ``total``
+        units into it (denoising steps, noise draws) when it counts them."""
 
     def samples(
         self,
@@ -49,6 +55,9 @@ class JsonlSink:
             self.bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in values.items() if k in PROGRESS})
             self.bar.n = step
             self.bar.refresh()
+
+    def phase(self, step: int, name: str, done: int | None = None, total: int | None = None) -> None:
+        self.bar.set_description_str(name, refresh=False)  # shown with the next refresh: no extra writes
 
     def samples(
         self,

@@ -1,7 +1,8 @@
 """The live channel of one experiment's dashboard.
 
 On connect the consumer checks that the user may see the experiment, joins its group *first* and
-then backfills every point after the client's last step from the database: a point written in
+then backfills every point after the client's last step, the status and the phase stored last
+from the database: a point written in
 between is in the backfill or announced after it, and ``self.last`` drops what was already sent.
 An announced point that does not follow the last one sent (the channel layer dropped some) is
 filled in from the database, which every point reaches before it is announced.
@@ -41,6 +42,11 @@ def status_of(experiment) -> dict:
     return experiment.status_payload()
 
 
+@database_sync_to_async
+def phase_of(experiment) -> dict | None:
+    return Experiment.objects.filter(pk=experiment.pk).values_list("phase", flat=True).first()
+
+
 class ExperimentConsumer(ClosedOnLogout, AsyncJsonWebsocketConsumer):
     async def connect(self):
         self.experiment = await visible_experiment(self.scope["user"], self.scope["url_route"]["kwargs"]["pk"])
@@ -57,6 +63,9 @@ class ExperimentConsumer(ClosedOnLogout, AsyncJsonWebsocketConsumer):
         await self.accept()
         await self.send_points(await points_between(self.experiment, self.last, None))
         await self.send_json({"type": "status", **(await status_of(self.experiment))})
+        phase = await phase_of(self.experiment)  # the phase stored last (a newer one is pushed after it)
+        if phase:
+            await self.send_json({"type": "phase", **phase})
 
     async def disconnect(self, code):
         if getattr(self, "experiment", None) is not None:
@@ -87,6 +96,9 @@ class ExperimentConsumer(ClosedOnLogout, AsyncJsonWebsocketConsumer):
 
     async def status_event(self, event):
         await self.send_json({"type": "status", **{k: event[k] for k in ("status", "error", "cancel_requested")}})
+
+    async def phase_event(self, event):
+        await self.send_json({"type": "phase", **{k: event[k] for k in ("step", "name", "done", "total", "wall")}})
 
     async def evaluation_event(self, event):
         await self.send_json({"type": "evaluation", "id": event["id"], "status": event["status"]})

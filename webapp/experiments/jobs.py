@@ -67,7 +67,8 @@ class Heartbeat(threading.Thread):
 def claim(experiment_id: int, hostname: str) -> bool:
     """Marks the row running on ``hostname``, unless another live worker runs it already (a message
     delivered twice: the reaper's and Redis's own redelivery). A running row may be taken over
-    when its heartbeat is stale, or by a worker of the same name (its previous process died)."""
+    when its heartbeat is stale, or by a worker of the same name (its previous process died). The
+    phase of an earlier attempt goes: the new one reports its own from loading the model on."""
     free = Q(status__in=(Status.QUEUED, Status.PAUSED)) | Q(status=Status.RUNNING) & (
         stale_heartbeat() | Q(worker=hostname)
     )
@@ -75,7 +76,7 @@ def claim(experiment_id: int, hostname: str) -> bool:
     return bool(
         retry_once(
             lambda: Experiment.objects.filter(free, pk=experiment_id).update(
-                status=Status.RUNNING, worker=hostname, heartbeat=now, error=""
+                status=Status.RUNNING, worker=hostname, heartbeat=now, error="", phase=None
             )
         )
     )

@@ -75,6 +75,9 @@ class Experiment(models.Model):
     worker = models.CharField(max_length=255, blank=True)
     heartbeat = models.DateTimeField(null=True, blank=True)
     queue = models.CharField(max_length=120, default="gpu")
+    # what the step in progress is doing (DatabaseSink.phase, at most once a second): {"step", "name",
+    # "done", "total", "wall"}; kept so that a reload shows it before the next event
+    phase = models.JSONField(null=True, blank=True)
 
     objects = ExperimentQuerySet.as_manager()
 

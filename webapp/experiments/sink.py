@@ -24,10 +24,26 @@ class MetricEvent(TypedDict):
     values: dict[str, float | None]
 
 
+class PhaseEvent(TypedDict):
+    type: str  # "phase.event"
+    step: int
+    name: str
+    done: int | None
+    total: int | None
+    wall: float
+
+
+# the least time between two database writes of the phase within one phase of one step: the
+# denoising loop reports every step (many a second on a GPU), the dashboard needs about one a second
+PHASE_EVERY_S = 1.0
+
+
 class DatabaseSink:
     def __init__(self, experiment: Experiment):
         self.experiment = experiment
         self.t0 = time.time()
+        self.last_phase: tuple[int, str] | None = None
+        self.last_phase_write = 0.0
         first = experiment.points.order_by("-step").first()
         if first is not None:  # a resumed run: wall time goes on from where it stopped
             self.t0 -= first.wall
@@ -52,6 +68,18 @@ class DatabaseSink:
                 update.update(last_reward=reward, best_reward=best)
             Experiment.objects.filter(pk=self.experiment.pk).update(**update)
         return point
+
+    def phase(self, step: int, name: str, done: int | None = None, total: int | None = None) -> None:
+        """Written (then pushed) when the step or the phase changes, else at most every
+        PHASE_EVERY_S: a new phase is never held back, so the page never shows a phase that ended."""
+        now = time.monotonic()
+        if (step, name) == self.last_phase and now - self.last_phase_write < PHASE_EVERY_S:
+            return
+        self.last_phase, self.last_phase_write = (step, name), now
+        event = PhaseEvent(type="phase.event", step=step, name=name, done=done, total=total, wall=time.time() - self.t0)
+        payload = {k: v for k, v in event.items() if k != "type"}
+        retry_once(lambda: Experiment.objects.filter(pk=self.experiment.pk).update(phase=payload))
+        push(self.experiment.group, event)
 
     def samples(self, step, kind, videos, prompts, scores, labels, fps) -> None:
         from vpo import video as video_io

@@ -11,5 +11,5 @@ class StudyAdmin(admin.ModelAdmin):
 
 @admin.register(Participant)
 class ParticipantAdmin(admin.ModelAdmin):
-    list_display = ("id", "study", "prolific_pid", "created", "completed", "excluded")
-    list_filter = ("excluded",)
+    list_display = ("id", "study", "prolific_pid", "created", "completed", "excluded", "excluded_manually", "pilot")
+    list_filter = ("excluded", "excluded_manually", "pilot")

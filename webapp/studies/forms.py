@@ -40,7 +40,8 @@ class StudyForm(forms.Form):
         min_value=0,
         max_value=0.5,
         initial=0.1,
-        help_text="share of a volunteer's trials that are gold (one clip visibly degraded)",
+        help_text="share of a volunteer's trials that are gold (one clip visibly degraded); "
+        "at least one per volunteer when above 0",
     )
     votes_per_trial = forms.IntegerField(min_value=1, max_value=1000, initial=5)
     trials_per_participant = forms.IntegerField(min_value=1, max_value=500, initial=10)
@@ -78,6 +79,10 @@ class StudyForm(forms.Form):
             prompts = parse_prompts(text)
         else:
             prompts = read_prompts(data["prompt_set"])
+        if data["gold_rate"] > 0 and data["trials_per_participant"] < 2:
+            self.add_error(
+                "trials_per_participant", "with gold trials each volunteer needs two or more trials (one is gold)"
+            )
         data["prompts"] = prompts[: data["prompt_limit"]]
         clips = len(data["prompts"]) * data["videos_per_prompt"] * len(data["systems"])
         if clips > MAX_CLIPS:
@@ -91,8 +96,29 @@ class ManageForm(forms.Form):
     trials_per_participant = forms.IntegerField(min_value=1, max_value=500, required=False)
 
 
+DAY_MS = 86_400_000
+
+
 class ChoiceForm(forms.Form):
-    """A volunteer's vote."""
+    """A volunteer's vote, with what the trial page measured (``Vote``'s timing fields; optional)."""
 
     trial = forms.IntegerField()
     choice = forms.ChoiceField(choices=[("left", "left"), ("right", "right"), ("tie", "tie")])
+    onset_ms = forms.IntegerField(required=False, min_value=0, max_value=DAY_MS)
+    reaction_ms = forms.IntegerField(required=False, min_value=0, max_value=DAY_MS)
+    plays = forms.IntegerField(required=False, min_value=0, max_value=100_000)
+    hidden_count = forms.IntegerField(required=False, min_value=0, max_value=100_000)
+    hidden_ms = forms.IntegerField(required=False, min_value=0, max_value=DAY_MS)
+
+
+class ExclusionForm(forms.Form):
+    """The researcher excludes a participant (with the reason shown in the results) or takes it back."""
+
+    action = forms.ChoiceField(choices=[("exclude", "exclude"), ("include", "include")])
+    reason = forms.CharField(max_length=200, required=False, strip=True)
+
+    def clean(self):
+        data = super().clean()
+        if data.get("action") == "exclude" and not data.get("reason"):
+            self.add_error("reason", "say why: the reason is shown with the results")
+        return data

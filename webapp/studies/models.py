@@ -5,7 +5,10 @@ checkpoints). A Celery task (``jobs.render``) renders every system's videos with
 for every system) plus degraded copies for gold trials, then builds the ``Trial``s and opens the
 study. Volunteers arrive at an unguessable link; each becomes a ``Participant`` with a plan of
 trials and, per trial, which clip is on the left (randomised, stored). One ``Vote`` per
-(participant, trial), enforced by the database.
+(participant, trial), enforced by the database, with the trial page's timings (display onset,
+reaction time, play-throughs, time hidden). A pilot link (``pilot_key``) makes pilot participants,
+whose votes are kept apart: never counted, never balancing the plan, flagged in the CSV. The
+researcher can exclude a participant by hand, with a reason, and take it back.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import math
 import random
 import secrets
 from pathlib import Path
@@ -84,6 +88,17 @@ class Study(models.Model):
     def public_url(self):
         return reverse("studies:welcome", args=[self.token])
 
+    def pilot_key(self) -> str:
+        """The key of the pilot link (a keyed hash of the token: nothing to store, not guessable)."""
+        return hmac.new(settings.SECRET_KEY.encode(), f"pilot:{self.token}".encode(), hashlib.sha256).hexdigest()[:24]
+
+    def pilot_url(self):
+        return reverse("studies:pilot", args=[self.token, self.pilot_key()])
+
+    @property
+    def gold_per_participant(self) -> int:
+        return gold_trials(self.trials_per_participant, self.gold_rate)
+
     @property
     def media_dir(self) -> Path:
         return Path(settings.MEDIA_ROOT) / "studies" / str(self.pk)
@@ -144,10 +159,10 @@ class Study(models.Model):
     def plan_for(self, rng: random.Random) -> list[dict]:
         """A volunteer's trials: the regular trials with the fewest votes so far (balanced
         coverage), gold trials mixed in at ``gold_rate``, in random order, each with a random side."""
-        n_gold = round(self.trials_per_participant * self.gold_rate)
+        n_gold = self.gold_per_participant
         regular = list(
             self.trials.filter(is_gold=False)
-            .annotate(n=Count("votes", filter=Q(votes__participant__excluded=False)))
+            .annotate(n=Count("votes", filter=Q(votes__participant__excluded=False, votes__participant__pilot=False)))
             .order_by("n", "?")
             .values_list("pk", "clip_a_id", "clip_b_id")[: self.trials_per_participant - n_gold]
         )
@@ -165,6 +180,17 @@ class Study(models.Model):
         apart, never recover the value)."""
         key = f"{settings.SECRET_KEY}:study:{self.pk}".encode()
         return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+
+
+def gold_trials(trials: int, rate: float) -> int:
+    """Gold trials in a plan of ``trials`` at ``rate``: at least one when the rate is above 0 (4 x 0.1
+    rounds to 0, and the welcome page promises attention checks), and at least one regular trial
+    (the forms ask for two or more trials when the rate is above 0)."""
+    if rate <= 0 or trials < 2:
+        return 0
+    # half rounds up, as the study form's script (studies/new.js) does it: Python's round() would
+    # make 2.5 into 2
+    return min(trials - 1, max(1, math.floor(trials * rate + 0.5)))
 
 
 class System(models.Model):
@@ -243,8 +269,13 @@ class Participant(models.Model):
     ua_hash = models.CharField(max_length=64)
     created = models.DateTimeField(auto_now_add=True)
     completed = models.DateTimeField(null=True, blank=True)
-    excluded = models.BooleanField(default=False)  # failed a gold trial: kept, never deleted
+    # left out of the results: failed a gold trial (exclusion_reason says which) or excluded by the
+    # researcher (manual_reason says why; reversible); kept, never deleted
+    excluded = models.BooleanField(default=False)
     exclusion_reason = models.CharField(max_length=200, blank=True)
+    excluded_manually = models.BooleanField(default=False)
+    manual_reason = models.CharField(max_length=200, blank=True)
+    pilot = models.BooleanField(default=False)  # joined by the pilot link: votes kept apart from the data
     # the trial whose page was served last, and the earliest time a vote on it is accepted (the
     # clips' duration after the page was served, times VPO_MIN_WATCH_FRACTION): kept on the server
     watching = models.BigIntegerField(null=True, blank=True)
@@ -258,6 +289,27 @@ class Participant(models.Model):
             models.UniqueConstraint(
                 fields=["study", "prolific_pid"], condition=~Q(prolific_pid=""), name="one_participant_per_prolific_pid"
             )
+        ]
+
+    def exclude(self, reason: str) -> None:
+        """The researcher leaves this participant's votes out of the results (``reason`` shown there)."""
+        Participant.objects.filter(pk=self.pk).update(excluded=True, excluded_manually=True, manual_reason=reason)
+
+    def include(self) -> None:
+        """Takes a manual exclusion back; a failed gold trial still excludes."""
+        Participant.objects.filter(pk=self.pk).update(
+            excluded=models.Case(models.When(exclusion_reason="", then=False), default=True),
+            excluded_manually=False,
+            manual_reason="",
+        )
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why this participant is excluded (empty if not)."""
+        return [
+            r
+            for r in (self.exclusion_reason, self.manual_reason and f"excluded by the researcher: {self.manual_reason}")
+            if r
         ]
 
     def next_item(self, answered: set[int]) -> dict | None:
@@ -331,6 +383,10 @@ class Choice(models.TextChoices):
     TIE = "tie"
 
 
+# the trial page's measurements a vote carries (Vote's fields of the same names)
+TIMING = ("onset_ms", "reaction_ms", "plays", "hidden_count", "hidden_ms")
+
+
 class Vote(models.Model):
     participant = models.ForeignKey(Participant, on_delete=models.CASCADE, related_name="votes")
     trial = models.ForeignKey(Trial, on_delete=models.CASCADE, related_name="votes")
@@ -338,12 +394,20 @@ class Vote(models.Model):
     left = models.ForeignKey(Clip, on_delete=models.CASCADE, related_name="+")  # what was shown on the left
     chosen = models.ForeignKey(Clip, null=True, on_delete=models.CASCADE, related_name="+")  # None for a tie
     created = models.DateTimeField(auto_now_add=True)
+    # what the trial page measured (trial.js), null when it sent nothing: display onset (ms from the
+    # page's start to both clips playing), reaction time (ms from that onset to the vote), how many
+    # times both clips had played through, and how often and how long the page was hidden meanwhile
+    onset_ms = models.PositiveIntegerField(null=True, blank=True)
+    reaction_ms = models.PositiveIntegerField(null=True, blank=True)
+    plays = models.PositiveIntegerField(null=True, blank=True)
+    hidden_count = models.PositiveIntegerField(null=True, blank=True)
+    hidden_ms = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["participant", "trial"], name="one_vote_per_trial")]
 
     @classmethod
-    def store(cls, participant_id: int, item: dict, choice: str) -> dict[int, int | None]:
+    def store(cls, participant_id: int, item: dict, choice: str, timing: dict | None = None) -> dict[int, int | None]:
         """Store a vote on plan ``item`` unless this participant has one on that trial, then return
         all their stored votes (trial id -> chosen clip id, None for a tie): the first vote wins.
         INSERT ... ON CONFLICT DO NOTHING: the constraint refuses a second vote without an error, so
@@ -351,11 +415,14 @@ class Vote(models.Model):
         a transaction; with the ORM's query building this costs several times the CPU: docs/votes.md,
         benchmarks/vote_queries.py)."""
         chosen = {"left": item["left"], "right": item["right"], "tie": None}[choice]
+        timing = timing or {}
         with connection.cursor() as cursor:
             cursor.execute(
-                f"INSERT INTO {cls._meta.db_table} (participant_id, trial_id, choice, left_id, chosen_id, created)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (participant_id, trial_id) DO NOTHING",
-                [participant_id, item["trial"], choice, item["left"], chosen, timezone.now()],
+                f"INSERT INTO {cls._meta.db_table} (participant_id, trial_id, choice, left_id, chosen_id, created,"
+                f" {', '.join(TIMING)}) VALUES (%s, %s, %s, %s, %s, %s, {', '.join(['%s'] * len(TIMING))})"
+                " ON CONFLICT (participant_id, trial_id) DO NOTHING",
+                [participant_id, item["trial"], choice, item["left"], chosen, timezone.now()]
+                + [timing.get(name) for name in TIMING],
             )
             return cls.stored(participant_id, cursor)
 

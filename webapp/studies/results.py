@@ -1,18 +1,22 @@
-"""A study's results: per pair of systems, the votes of participants who were not excluded, with
-``vpo.stats`` (Wilson interval, exact binomial test, tie rate, left-side bias, Bradley–Terry)."""
+"""A study's results: per pair of systems, the votes of participants who were neither excluded nor
+pilots, with ``vpo.stats`` (Wilson interval, exact binomial test, tie rate, left-side bias,
+Bradley–Terry), the coordinates of their plots (drawn as SVG by ``summary.html``), every
+participant with their exclusion, and the CSV of every vote with the trial page's timings."""
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 from collections import Counter, defaultdict
 from dataclasses import asdict
 from itertools import combinations
 
 import numpy as np
+from django.db.models import Count
 
 from vpo.stats import bradley_terry_bootstrap, pairwise, side_bias
-from webapp.studies.models import Participant, Study, Vote
+from webapp.studies.models import TIMING, Participant, Study, Vote
 
 
 def vote_rows(study: Study):
@@ -28,10 +32,13 @@ def summarise(study: Study, bootstrap: int = 500) -> dict:
     systems = list(study.systems.all())
     label = {s.pk: s.label for s in systems}
     counts = defaultdict(Counter)  # (a, b) with a < b by pk -> {"a": wins, "b": wins, "tie": n}
-    left = right = gold_votes = gold_passed = 0
+    left = right = gold_votes = gold_passed = pilot_votes = 0
     bt_votes = []
     for v in vote_rows(study):
         trial = v.trial
+        if v.participant.pilot:  # kept apart: counted nowhere but in their own line
+            pilot_votes += 1
+            continue
         if trial.is_gold:
             gold_votes += 1
             gold_passed += v.chosen_id == trial.clip_a_id
@@ -63,7 +70,8 @@ def summarise(study: Study, bootstrap: int = 500) -> dict:
             {"system": s, **dict(zip(("rating", "low", "high"), v or (None, None, None)))}
             for s, v in sorted(fit.items(), key=lambda kv: -kv[1][0] if kv[1] else np.inf)
         ]
-    participants = Participant.objects.filter(study=study)
+    everyone = Participant.objects.filter(study=study).annotate(n_votes=Count("votes")).order_by("created")
+    participants = everyone.filter(pilot=False)
     return {
         "systems": [s.label for s in systems],
         "anchor": anchor,
@@ -74,11 +82,92 @@ def summarise(study: Study, bootstrap: int = 500) -> dict:
         "completed": participants.filter(completed__isnull=False).count(),
         "votes": sum(sum(c.values()) for c in counts.values()),
         "gold": {"votes": gold_votes, "passed": gold_passed},
+        "pilot": {"participants": everyone.filter(pilot=True).count(), "votes": pilot_votes},
         "excluded": [
-            {"participant": p.token[:8], "prolific_pid": p.prolific_pid, "reason": p.exclusion_reason}
-            for p in participants.filter(excluded=True).order_by("created")
+            {"participant": p.token[:8], "prolific_pid": p.prolific_pid, "reason": "; ".join(p.reasons)}
+            for p in participants.filter(excluded=True)
         ],
+        "people": [
+            {
+                "token": p.token,
+                "participant": p.token[:8],
+                "prolific_pid": p.prolific_pid,
+                "votes": p.n_votes,
+                "completed": p.completed is not None,
+                "excluded": p.excluded,
+                "excluded_manually": p.excluded_manually,
+                "reasons": p.reasons,
+            }
+            for p in participants
+        ],
+        "plots": {"win_rates": win_rate_plot(pairs), "ratings": rating_plot(ratings or [], anchor)},
     }
+
+
+# --- plots: coordinates in an SVG of PLOT_W x (rows x ROW_H), labels left of LABEL_W ---------------
+PLOT_W, LABEL_W, ROW_H, PAD = 640, 220, 26, 16
+
+
+def interval_plot(rows: list[tuple[str, tuple[float, float, float] | None]], lo: float, hi: float, ticks, mark) -> dict:
+    """One row per (label, (value, interval low, interval high) or None), on an axis from ``lo`` to
+    ``hi`` with ``ticks`` and a dashed line at ``mark`` (no preference, the anchor)."""
+    width = PLOT_W - LABEL_W - 2 * PAD
+
+    def x(v: float) -> float:
+        return round(LABEL_W + PAD + (v - lo) / (hi - lo) * width, 1)
+
+    out = []
+    for i, (label, value) in enumerate(rows):
+        row = {"label": label, "y": PAD + i * ROW_H + ROW_H // 2, "x": None}
+        if value is not None:
+            row.update(x=x(value[0]), lo=x(value[1]), hi=x(value[2]), value=value[0])
+        out.append(row)
+    height = 2 * PAD + len(rows) * ROW_H + 14
+    return {
+        "rows": out,
+        "width": PLOT_W,
+        "height": height,
+        "axis_y": height - 14 - PAD // 2,
+        "ticks": [{"x": x(float(t)), "label": f"{t:.3g}"} for t in ticks],
+        "mid": x(mark),
+        "top": PAD,
+    }
+
+
+def win_rate_plot(pairs: list[dict]) -> dict:
+    """A's win rate (ties left out) per pair, with its Wilson 95% interval, on [0, 1] with 0.5 marked."""
+    rows = [
+        (f"{p['a']} vs {p['b']}", None if p["win_rate_a"] is None else (p["win_rate_a"], p["ci_low"], p["ci_high"]))
+        for p in pairs
+    ]
+    return interval_plot(rows, 0.0, 1.0, (0, 0.25, 0.5, 0.75, 1), 0.5)
+
+
+def rating_plot(ratings: list[dict], anchor: str) -> dict:
+    """Bradley–Terry log-strengths with their bootstrap 95% intervals, the anchor at 0."""
+    rated = [r for r in ratings if r["rating"] is not None]
+    if not rated:
+        return {"rows": []}
+    lo = min(0.0, *(r["low"] for r in rated))
+    hi = max(0.0, *(r["high"] for r in rated))
+    if hi - lo < 1e-9:
+        lo, hi = lo - 1, hi + 1
+    lo, hi = lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)
+    step = nice_step(hi - lo)
+    rows = [
+        (
+            r["system"] + (" (anchor)" if r["system"] == anchor else ""),
+            None if r["rating"] is None else (r["rating"], r["low"], r["high"]),
+        )
+        for r in ratings
+    ]
+    return interval_plot(rows, lo, hi, np.arange(math.ceil(lo / step) * step, hi, step), 0.0)
+
+
+def nice_step(span: float) -> float:
+    """A tick spacing of 1, 2 or 5 times a power of ten giving four to ten ticks over ``span``."""
+    base = 10 ** math.floor(math.log10(span / 5))
+    return next(m * base for m in (1, 2, 5, 10) if span / (m * base) <= 10)
 
 
 CSV_HEADER = [
@@ -89,6 +178,8 @@ CSV_HEADER = [
     "prolific_study_id",
     "prolific_session_id",
     "excluded",
+    "exclusion_reason",
+    "pilot",
     "trial",
     "gold",
     "prompt",
@@ -98,6 +189,11 @@ CSV_HEADER = [
     "choice",
     "chosen_system",
     "completion_code",
+    "onset_ms",
+    "reaction_ms",
+    "plays",
+    "hidden_count",
+    "hidden_ms",
 ]
 # a cell a spreadsheet would run as a formula (OWASP "CSV injection"): these first characters
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
@@ -133,6 +229,8 @@ def votes_csv(study: Study) -> str:
                 cell(p.prolific_study_id),
                 cell(p.prolific_session_id),
                 int(p.excluded),
+                cell("; ".join(p.reasons)),
+                int(p.pilot),
                 v.trial_id,
                 int(v.trial.is_gold),
                 cell(a.prompt),
@@ -142,6 +240,7 @@ def votes_csv(study: Study) -> str:
                 v.choice,
                 cell(chosen),
                 p.completion_code,
+                *("" if getattr(v, name) is None else getattr(v, name) for name in TIMING),
             ]
         )
     return out.getvalue()
@@ -155,7 +254,9 @@ def human_groups(study: Study) -> list[tuple[str, list, int]]:
     clips_of = defaultdict(dict)
     for clip in study.clips.filter(degraded=False).select_related("system"):
         clips_of[(clip.prompt, clip.seed)][clip.pk] = clip
-    for v in vote_rows(study).filter(trial__is_gold=False, participant__excluded=False, chosen__isnull=False):
+    for v in vote_rows(study).filter(
+        trial__is_gold=False, participant__excluded=False, participant__pilot=False, chosen__isnull=False
+    ):
         wins[v.chosen_id] += 1
     groups = []
     for (prompt, _), clips in sorted(clips_of.items()):

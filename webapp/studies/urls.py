@@ -14,8 +14,10 @@ urlpatterns = [
     path("studies/<int:pk>/results.json", views.results_json, name="results_json"),
     path("studies/<int:pk>/votes.csv", views.export_csv, name="csv"),
     path("studies/<int:pk>/feedback/", views.feedback, name="feedback"),
+    path("studies/<int:pk>/participants/<str:ptoken>/exclusion", views.exclusion, name="exclusion"),
     # volunteers (no account; unguessable tokens)
     path("s/<str:token>/", volunteer.welcome, name="welcome"),
+    path("s/<str:token>/pilot/<str:key>/", volunteer.welcome, name="pilot"),
     path("s/<str:token>/p/<str:ptoken>/", volunteer.trial, name="trial"),
     path("s/<str:token>/p/<str:ptoken>/vote", volunteer.vote, name="vote"),
     path("s/<str:token>/p/<str:ptoken>/done", volunteer.done, name="done"),

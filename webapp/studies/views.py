@@ -7,11 +7,12 @@ from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from webapp.experiments.models import Experiment
-from webapp.studies.forms import BASE, ManageForm, StudyForm
-from webapp.studies.models import Study, StudyStatus, System
+from webapp.studies.forms import BASE, ExclusionForm, ManageForm, StudyForm
+from webapp.studies.models import Participant, Study, StudyStatus, System
 from webapp.studies.results import summarise, votes_csv
 from webapp.studies.tasks import analyse_study_feedback, render_study
 
@@ -76,6 +77,7 @@ def study_detail(request, pk):
             # Prolific fills these placeholders in with each volunteer's ids
             "prolific_link": link
             + "?PROLIFIC_PID={{%PROLIFIC_PID%}}&STUDY_ID={{%STUDY_ID%}}&SESSION_ID={{%SESSION_ID%}}",
+            "pilot_link": request.build_absolute_uri(study.pilot_url()),
             "trials": study.trials.filter(is_gold=False).count(),
             "systems": study.systems.all(),
             "manage": ManageForm(
@@ -110,6 +112,9 @@ def manage(request, pk):
         study.status = StudyStatus.CLOSED if action == "close" else StudyStatus.OPEN
         study.save(update_fields=["status"])
     else:
+        trials = form.cleaned_data["trials_per_participant"]
+        if trials is not None and trials < 2 and study.gold_rate > 0:
+            return HttpResponse("with gold trials each volunteer needs two or more trials (one is gold)", status=400)
         for field in ("votes_per_trial", "trials_per_participant"):
             if form.cleaned_data[field]:
                 setattr(study, field, form.cleaned_data[field])
@@ -121,6 +126,22 @@ def manage(request, pk):
 def results(request, pk):
     study = visible_or_404(request, pk)
     return render(request, "studies/results.html", {"study": study, "summary": summarise(study)})
+
+
+@login_required
+@require_POST
+def exclusion(request, pk, ptoken):
+    """Exclude a participant by hand (with a reason) or take it back; the results follow at once."""
+    study = visible_or_404(request, pk)
+    participant = get_object_or_404(Participant, study=study, token=ptoken)
+    form = ExclusionForm(request.POST)
+    if not form.is_valid():
+        return HttpResponse(f"bad request: {form.errors.as_text()}", status=400)
+    if form.cleaned_data["action"] == "exclude":
+        participant.exclude(form.cleaned_data["reason"])
+    else:
+        participant.include()
+    return redirect(reverse("studies:results", args=[study.pk]) + "#participants")
 
 
 @login_required

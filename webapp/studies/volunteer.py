@@ -6,10 +6,16 @@ clips' duration after it served the page) -> a completion code of the volunteer'
 configured completion URL, only once the last vote is stored and never to an excluded volunteer.
 Leaving and coming back resumes where the volunteer stopped; a Prolific id stays bound to the
 browser that first used it. A wrong or altered token is a 404; a closed study says so.
+
+None of these pages may come from the browser's cache (``never_cache``: Back after the last vote
+must ask the server again, which answers with the done page), and a vote sent from a stale page
+once the plan is complete stores nothing and answers with the done page too. The pilot link
+(``Study.pilot_key``) runs the same flow for participants whose votes are kept apart.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import random
 
@@ -18,6 +24,7 @@ from django.db import IntegrityError, transaction
 from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_POST
 
@@ -25,13 +32,13 @@ from webapp.live import push
 from webapp.media import ranged_file_response
 from webapp.ratelimit import exceeded, first_in_window
 from webapp.studies.forms import ChoiceForm
-from webapp.studies.models import Clip, Participant, Study, StudyStatus, Vote
+from webapp.studies.models import TIMING, Clip, Participant, Study, StudyStatus, Vote
 
 PROLIFIC = {"PROLIFIC_PID": "prolific_pid", "STUDY_ID": "prolific_study_id", "SESSION_ID": "prolific_session_id"}
 
 
-def cookie_name(study: Study) -> str:
-    return f"vpo-study-{study.pk}"
+def cookie_name(study: Study, pilot: bool = False) -> str:
+    return f"vpo-study-{study.pk}{'-pilot' if pilot else ''}"
 
 
 def client_ip(request) -> str:
@@ -58,30 +65,33 @@ def closed(request, study):
     return render(request, "studies/closed.html", {"study": study}, status=410)
 
 
+@never_cache
 @ensure_csrf_cookie
-def welcome(request, token):
+def welcome(request, token, key=None):
     study = study_or_404(token)
+    pilot = key is not None
+    if pilot and not hmac.compare_digest(key, study.pilot_key()):
+        raise Http404("no such study")
     if study.status != StudyStatus.OPEN:
         return closed(request, study)
-    returning = Participant.objects.filter(study=study, token=request.COOKIES.get(cookie_name(study), "")).first()
-    prolific = {field: request.GET.get(param, "")[:64] for param, field in PROLIFIC.items()}
+    returning = Participant.objects.filter(
+        study=study, pilot=pilot, token=request.COOKIES.get(cookie_name(study, pilot), "")
+    ).first()
+    # a pilot participant has no Prolific ids: it must not take one a real volunteer will bring
+    prolific = {field: "" if pilot else request.GET.get(param, "")[:64] for param, field in PROLIFIC.items()}
+    context = {"study": study, "prolific": prolific, "pilot": pilot}
     if request.method == "POST":
         if not request.POST.get("consent"):
-            return render(
-                request,
-                "studies/welcome.html",
-                {"study": study, "prolific": prolific, "need_consent": True},
-                status=400,
-            )
-        prolific = {field: request.POST.get(field, "")[:64] for field in PROLIFIC.values()}
-        participant = returning or join(request, study, prolific)
+            return render(request, "studies/welcome.html", {**context, "need_consent": True}, status=400)
+        prolific = {field: "" if pilot else request.POST.get(field, "")[:64] for field in PROLIFIC.values()}
+        participant = returning or join(request, study, prolific, pilot)
         if participant is None:
             return render(request, "studies/busy.html", {"study": study}, status=429)
         if participant is TAKEN:
             return render(request, "studies/taken.html", {"study": study}, status=409)
         response = redirect("studies:trial", token=study.token, ptoken=participant.token)
         response.set_cookie(
-            cookie_name(study),
+            cookie_name(study, pilot),
             participant.token,
             max_age=30 * 86400,
             httponly=True,
@@ -91,17 +101,17 @@ def welcome(request, token):
         return response
     if returning is not None:  # came back: carry on where they stopped
         return redirect("studies:trial", token=study.token, ptoken=returning.token)
-    return render(request, "studies/welcome.html", {"study": study, "prolific": prolific})
+    return render(request, "studies/welcome.html", context)
 
 
 TAKEN = object()  # join's answer for a Prolific id that already took part from another browser
 
 
-def join(request, study: Study, prolific: dict):
-    """A new participant with a plan; None when this address joined too often; ``TAKEN`` when the
-    Prolific id already has a participant. A Prolific id is bound to the browser that first used it
-    (its cookie, which ``welcome`` checks before this): another client cannot take over its plan
-    and completion code by sending the same id."""
+def join(request, study: Study, prolific: dict, pilot: bool = False):
+    """A new participant with a plan (a pilot one: its votes are kept apart); None when this address
+    joined too often; ``TAKEN`` when the Prolific id already has a participant. A Prolific id is
+    bound to the browser that first used it (its cookie, which ``welcome`` checks before this):
+    another client cannot take over its plan and completion code by sending the same id."""
     if (
         prolific["prolific_pid"]
         and Participant.objects.filter(study=study, prolific_pid=prolific["prolific_pid"]).exists()
@@ -117,12 +127,14 @@ def join(request, study: Study, prolific: dict):
                 plan=study.plan_for(random.Random()),
                 ip_hash=study.hashed(client_ip(request)),
                 ua_hash=study.hashed(request.headers.get("User-Agent", "")),
+                pilot=pilot,
                 **prolific,
             )
     except IntegrityError:  # the same Prolific id joined in another request just now
         return TAKEN
 
 
+@never_cache
 @ensure_csrf_cookie
 def trial(request, token, ptoken):
     participant = participant_or_404(token, ptoken)
@@ -154,10 +166,12 @@ def trial(request, token, ptoken):
     )
 
 
+@never_cache
 @require_POST
 def vote(request, token, ptoken):
     """Store one vote. Idempotent: a double click or a replay stores nothing more and gets the same
-    answer. One vote per (participant, trial) is a database constraint, not just this check."""
+    answer. One vote per (participant, trial) is a database constraint, not just this check. A vote
+    from a stale page once the plan is complete stores nothing and is sent to the done page."""
     participant = Participant.for_vote(token, ptoken)
     if participant is None:
         raise Http404("no such participant")
@@ -176,6 +190,10 @@ def vote(request, token, ptoken):
     item = next((i for i in participant.plan if i["trial"] == form.cleaned_data["trial"]), None)
     if item is None:
         return JsonResponse({"error": "that trial is not one of yours"}, status=400)
+    total = len(participant.plan)
+    if participant.completed is not None:  # Back after the last vote: nothing more to answer
+        nxt = reverse("studies:done", args=[token, ptoken])
+        return JsonResponse({"stored": False, "next": nxt, "done": True, "answered": total, "total": total})
     choice = form.cleaned_data["choice"]
     if choice == "tie" and not study.allow_tie:
         return JsonResponse({"error": 'this study has no "can\'t tell" option'}, status=400)
@@ -194,9 +212,12 @@ def vote(request, token, ptoken):
         return JsonResponse(
             {"error": "too many votes too fast: please slow down", "limit": over.split(":")[1]}, status=429
         )
-    stored = Vote.store(participant.pk, item, choice)  # with this vote, or the first one on this trial
+    timing = {name: form.cleaned_data[name] for name in TIMING}
+    stored = Vote.store(participant.pk, item, choice, timing)  # with this vote, or the first one on this trial
     if item["gold"] and stored[item["trial"]] != item["good"]:  # idempotent: a replay changes nothing
-        Participant.objects.filter(pk=participant.pk, excluded=False).update(
+        # keyed on the reason, not on ``excluded``: a participant the researcher excluded by hand
+        # still gets the gold trial's reason, which a later "include" must respect
+        Participant.objects.filter(pk=participant.pk, exclusion_reason="").update(
             excluded=True,
             exclusion_reason=f"failed gold trial {item['trial']}: "
             f"{'chose the degraded clip' if stored[item['trial']] else 'could not tell'}",
@@ -214,6 +235,7 @@ def vote(request, token, ptoken):
     )
 
 
+@never_cache
 def done(request, token, ptoken):
     participant = participant_or_404(token, ptoken)
     study = participant.study

@@ -1,6 +1,8 @@
 // Line charts on uPlot (vendored from npm, webapp/static/vendor/uplot): EMA smoothing with the raw
 // line faint behind it, min-max bands, downsampling that keeps every bucket's extremes, and zoom
-// that survives new data. Shared by the dashboard and the compare page.
+// that survives new data. Shared by the dashboard and the compare page. Tick labels carry as many
+// decimals as it takes to tell them apart (never "0.693 / 0.693"); a step axis has whole-number
+// ticks only and its range is the run's steps; a smoothed line never leaves its own min-max band.
 "use strict";
 
 const VPOCharts = (() => {
@@ -50,6 +52,32 @@ const VPOCharts = (() => {
 
   function pick(arr, idx) { return idx ? idx.map((i) => arr[i]) : arr; }
 
+  // The smoothed mean inside the step's raw [min, max]: the EMA lags, and a mean drawn above the
+  // step's best candidate (or below its worst) would show a reward no candidate had.
+  function clampToBand(values, lo, hi) {
+    return values.map((v, i) => {
+      if (v === null || v === undefined) return v;
+      if (lo[i] !== null && lo[i] !== undefined && v < lo[i]) return lo[i];
+      if (hi[i] !== null && hi[i] !== undefined && v > hi[i]) return hi[i];
+      return v;
+    });
+  }
+
+  // Tick labels with the fewest decimals that keep them all different (uPlot's own can repeat one
+  // on a narrow range); -0.0 shows as 0.0.
+  function tickLabels(splits) {
+    const shown = splits.filter((v) => v !== null && v !== undefined);
+    const fmt = (v, d) => v.toFixed(d).replace(/^-(0\.?0*)$/, "$1");  // a rounding error below 0 is 0
+    for (let d = 0; d <= 15; d++) {
+      const labels = splits.map((v) => (v === null || v === undefined ? "" : fmt(v, d)));
+      if (new Set(labels.filter((l) => l !== "")).size === shown.length) return labels;
+    }
+    return splits.map((v) => (v === null || v === undefined ? "" : String(v)));
+  }
+
+  // whole-number tick spacings for a step axis
+  const INTEGER_INCRS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1e3, 2e3, 2.5e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6];
+
   // One chart: {title, lines: [{label, values}], band: {lo, hi, label} | null}.
   class Chart {
     constructor(container, title, xLabel) {
@@ -62,9 +90,14 @@ const VPOCharts = (() => {
       this.zoomed = false;
       this.signature = "";
       this.drawn = 0;
+      this.integerX = false;  // steps: whole-number ticks
+      this.xMax = null;  // the x range reaches at least this (a run's steps), null = the data's range
+      this.ticks = {x: [], y: []};  // the labels last drawn (what the browser tests read)
+      this.el.vpoChart = this;
     }
 
-    // x: numbers; lines: [{label, values}]; band: {label, lo, hi} or null; alpha: EMA factor (0 = off)
+    // x: numbers; lines: [{label, values}]; band: {label, lo, hi, loLabel?, hiLabel?} or null (label:
+    // the line it bounds; loLabel/hiLabel: its edges' names in the legend); alpha: EMA factor (0 = off)
     update(x, lines, band, alpha) {
       const raw = [...lines.map((l) => l.values), ...(band ? [band.lo, band.hi] : [])];
       const idx = downsample(x, raw, Math.max(200, 2 * (this.el.clientWidth || 600)));
@@ -76,7 +109,9 @@ const VPOCharts = (() => {
         if (alpha) {  // raw faint behind, smoothed solid on top
           data.push(pick(line.values, idx));
           series.push({label: `${line.label} (raw)`, stroke: colour + "40", width: 1, spanGaps: true});
-          data.push(pick(ema(line.values, alpha), idx));
+          let smooth = ema(line.values, alpha);
+          if (band && band.label === line.label) smooth = clampToBand(smooth, band.lo, band.hi);
+          data.push(pick(smooth, idx));
           series.push({label: line.label, stroke: colour, width: 2, spanGaps: true});
         } else {
           data.push(pick(line.values, idx));
@@ -86,11 +121,11 @@ const VPOCharts = (() => {
       const bands = [];
       if (band) {  // drawn in the first line's colour
         data.push(pick(band.lo, idx), pick(band.hi, idx));
-        series.push({label: `${band.label} min`, stroke: COLOURS[0] + "55", width: 1, spanGaps: true},
-                    {label: `${band.label} max`, stroke: COLOURS[0] + "55", width: 1, spanGaps: true});
+        series.push({label: band.loLabel || `${band.label} min`, stroke: COLOURS[0] + "55", width: 1, spanGaps: true},
+                    {label: band.hiLabel || `${band.label} max`, stroke: COLOURS[0] + "55", width: 1, spanGaps: true});
         bands.push({series: [series.length - 1, series.length - 2], fill: COLOURS[0] + "22"});
       }
-      const signature = series.map((s) => s.label).join("|");
+      const signature = series.map((s) => s.label).join("|") + `|${this.integerX}`;
       if (!this.plot || signature !== this.signature) {
         this.create(series, bands, data);
         this.signature = signature;
@@ -110,8 +145,15 @@ const VPOCharts = (() => {
         height: 220,
         series,
         bands,
-        scales: {x: {time: false}},
-        axes: [{label: this.xLabel}, {}],
+        scales: {x: {time: false, range: (u, min, max) => chart.xRange(min, max)}},
+        axes: [
+          {
+            label: this.xLabel,
+            ...(this.integerX ? {incrs: INTEGER_INCRS} : {}),
+            values: (u, splits) => (chart.ticks.x = tickLabels(splits)),
+          },
+          {values: (u, splits) => (chart.ticks.y = tickLabels(splits))},
+        ],
         legend: {live: true},
         cursor: {sync: {key: "vpo"}, drag: {x: true, y: false}},
         hooks: {
@@ -124,10 +166,17 @@ const VPOCharts = (() => {
       if (scale && this.zoomed && scale.min !== null) this.plot.setScale("x", {min: scale.min, max: scale.max});
     }
 
+    // the x range when not zoomed: the data's, reaching to xMax (the run's last step) if that is set
+    xRange(min, max) {
+      if (min === null || max === null) return [0, this.xMax || 1];
+      if (this.xMax !== null && this.xMax !== undefined) max = Math.max(max, this.xMax);
+      return min === max ? [min - 1, max + 1] : [min, max];
+    }
+
     resize() {
       if (this.plot) this.plot.setSize({width: Math.max(300, this.el.clientWidth), height: 220});
     }
   }
 
-  return {Chart, ema, downsample};
+  return {Chart, ema, downsample, tickLabels, clampToBand};
 })();

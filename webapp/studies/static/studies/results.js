@@ -1,5 +1,6 @@
 // Live results: a notice of new votes arrives over the websocket (at most one a second) -> refetch
-// the summary two seconds later, so that the votes of that second are all in.
+// the summary two seconds later, so that the votes of that second are all in (not while the
+// researcher is typing an exclusion's reason into it).
 "use strict";
 
 (() => {
@@ -8,6 +9,8 @@
 
   async function refresh() {
     pending = false;
+    const typing = document.activeElement && document.activeElement.closest("#summary form");
+    if (typing) { pending = true; setTimeout(refresh, 2000); return; }  // not under the researcher's hands
     const html = await (await fetch(location.pathname)).text();
     const fresh = new DOMParser().parseFromString(html, "text/html").querySelector("#summary");
     if (fresh) document.querySelector("#summary").replaceWith(fresh);
