@@ -15,6 +15,19 @@ TINY_WEIGHTS = Path(__file__).parent / "backbones" / "weights" / "tiny.safetenso
 VIDEOSCORE_SETTING = "VPO_VIDEOSCORE_DIR"  # as vpo.rewards.videoscore reads it
 
 
+def reward_problem(name: str) -> str | None:
+    """Why reward source ``name`` cannot score here (None if it can): a folder check, nothing
+    loaded. The web form greys such a source out and refuses a run that names it."""
+    if name != "videoscore":
+        return None  # the weight-free sources
+    raw = os.environ.get(VIDEOSCORE_SETTING, "").strip()
+    if not raw:
+        return f"set {VIDEOSCORE_SETTING} to its local folder"
+    if not (Path(raw) / "config.json").is_file():
+        return f"no config.json in {raw}"
+    return None
+
+
 def report() -> list[dict]:
     """One row per model: kind, name, what it is, where, ok, status."""
     rows = []
@@ -57,14 +70,8 @@ def report() -> list[dict]:
             )
             continue
         raw = os.environ.get(VIDEOSCORE_SETTING, "").strip()
-        ok = bool(raw) and (Path(raw) / "config.json").is_file()
-        status = (
-            "present"
-            if ok
-            else f"missing: no config.json in {raw}"
-            if raw
-            else f"missing: set {VIDEOSCORE_SETTING} to its local folder"
-        )
+        problem = reward_problem(name)
+        ok, status = problem is None, "present" if problem is None else f"missing: {problem}"
         rows.append(
             {
                 "kind": "reward",
