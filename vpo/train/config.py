@@ -242,7 +242,9 @@ class TrainConfig:
                 )
             )
         yield from over
-        if over or not memory or sizing.process_mb is None:  # memory not measured for this backbone yet (docs/limits.md)
+        if (
+            over or not memory or sizing.process_mb is None
+        ):  # memory not measured for this backbone yet (docs/limits.md)
             return
         budget, need = worker_memory_mb(), self.peak_memory_mb()
         if need <= budget:

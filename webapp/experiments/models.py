@@ -75,6 +75,11 @@ class Experiment(models.Model):
     worker = models.CharField(max_length=255, blank=True)
     heartbeat = models.DateTimeField(null=True, blank=True)
     queue = models.CharField(max_length=120, default="gpu")
+    # run management (the list's search, filters and grouping): the owner's words about the run
+    tags = models.JSONField(default=list, blank=True)  # short labels, lower case, no commas
+    notes = models.TextField(blank=True)
+    run_group = models.CharField(max_length=120, blank=True)  # e.g. the seeds of one setting
+    archived = models.BooleanField(default=False)  # off the list unless asked for; files kept
 
     objects = ExperimentQuerySet.as_manager()
 
