@@ -10,7 +10,7 @@ from django.urls import reverse
 
 from tests.test_web_browser import browser, log_in, page  # noqa: F401 (fixtures)
 from webapp.experiments.forms import validated_config
-from webapp.experiments.models import Experiment
+from webapp.experiments.models import Experiment, MetricPoint
 
 
 def names(tab) -> list[str]:
@@ -41,6 +41,8 @@ def runs(live_stack, transactional_db, settings):
         checkpoint.mkdir(parents=True)
         (checkpoint / "adapter.safetensors").write_bytes(b"weights")
         (e.run_dir / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
+        for step in (1, 2, 3):
+            MetricPoint.objects.create(experiment=e, step=step, wall=step, values={"reward/mean": (last or 0) * step})
         made[name] = e
     return made
 
@@ -62,6 +64,18 @@ def test_search_filter_sort_rename_tag_download_archive_and_delete_runs(live_sta
     assert names(tab) == ["live one"]
     tab.goto(f"{live_stack.url}/experiments/?group=lr+1e-3&sort=-last")
     assert names(tab) == ["seed 1", "seed 0"]
+
+    # compare: each run by its name, in its line's colour
+    tab.goto(f"{live_stack.url}/experiments/?group=lr+1e-3")
+    tab.check(f"input[name=ids][value='{runs['seed 0'].pk}']")
+    tab.check(f"input[name=ids][value='{runs['seed 1'].pk}']")
+    tab.click("text=Compare selected")
+    tab.wait_for_selector("#charts .uplot")
+    legend = tab.text_content("#charts .u-legend")
+    assert f"seed 0 (#{runs['seed 0'].pk})" in legend and f"seed 1 (#{runs['seed 1'].pk})" in legend, legend
+    swatches = tab.locator(".legend .swatch")
+    colours = [swatches.nth(i).evaluate("s => getComputedStyle(s).backgroundColor") for i in range(2)]
+    assert colours[0] != colours[1] and "rgba(0, 0, 0, 0)" not in colours, colours
 
     # rename, tag, group and annotate a run from its page
     seed0 = runs["seed 0"]

@@ -13,7 +13,7 @@ from django.views.decorators.http import require_POST
 from vpo.train.keys import DASHBOARD, REWARD_MEAN
 from webapp.experiments.forms import EvaluationForm, ExperimentForm, validated_config
 from webapp.experiments.leaderboard import leaderboard, leaderboard_csv, studies_of
-from webapp.experiments.manage import RunDetailsForm, delete_with_files, download_name, filtered, sort_links, zip_folder
+from webapp.experiments.runs import RunDetailsForm, delete_with_files, download_name, filtered, sort_links, zip_folder
 from webapp.experiments.models import Evaluation, Experiment, Status
 from webapp.experiments.tasks import enqueue, evaluate_checkpoint, evaluate_checkpoint_vbench
 from webapp.media import ranged_file_response
@@ -48,7 +48,7 @@ def visible_or_404(request, pk) -> Experiment:
 
 @login_required
 def experiment_list(request):
-    """The runs table: search, filters and sort from the query string (``manage.filtered``)."""
+    """The runs table: search, filters and sort from the query string (``runs.filtered``)."""
     mine = Experiment.objects.visible_to(request.user)
     experiments, applied = filtered(mine.select_related("owner"), request.GET)
     return render(
@@ -263,6 +263,7 @@ def compare(request):
             "experiments": experiments,
             "differing": differing,
             "ids": [e.pk for e in experiments],
+            "names": [e.name for e in experiments],
             "default_metric": REWARD_MEAN,
         },
     )

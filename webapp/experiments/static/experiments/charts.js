@@ -129,5 +129,5 @@ const VPOCharts = (() => {
     }
   }
 
-  return {Chart, ema, downsample};
+  return {Chart, ema, downsample, COLOURS};
 })();
