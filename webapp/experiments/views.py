@@ -13,8 +13,8 @@ from django.views.decorators.http import require_POST
 from vpo.train.keys import DASHBOARD, REWARD_MEAN
 from webapp.experiments.forms import EvaluationForm, ExperimentForm, validated_config
 from webapp.experiments.leaderboard import leaderboard, leaderboard_csv, studies_of
-from webapp.experiments.runs import RunDetailsForm, delete_with_files, download_name, filtered, sort_links, zip_folder
 from webapp.experiments.models import Evaluation, Experiment, Status
+from webapp.experiments.runs import RunDetailsForm, delete_with_files, download_name, filtered, sort_links, zip_folder
 from webapp.experiments.tasks import enqueue, evaluate_checkpoint, evaluate_checkpoint_vbench
 from webapp.media import ranged_file_response
 
