@@ -83,7 +83,7 @@ def filtered(experiments: QuerySet, params) -> tuple[QuerySet, dict]:
                 | Q(config__reward__icontains=word)
                 | Q(config__dimension__icontains=word)
                 | Q(config__backbone__icontains=word)
-                | (Q(pk=int(word)) if word.isdecimal() and len(word) < 12 else Q(pk__in=[]))
+                | (Q(pk=int(word.lstrip("#"))) if word.lstrip("#").isdecimal() and len(word) < 12 else Q(pk__in=[]))
                 | Q(pk__in=_tagged(experiments, word.lower(), exact=False))
             )
         experiments = experiments.filter(words)
