@@ -76,6 +76,9 @@ def test_search_filter_sort_rename_tag_download_archive_and_delete_runs(live_sta
     swatches = tab.locator(".legend .swatch")
     colours = [swatches.nth(i).evaluate("s => getComputedStyle(s).backgroundColor") for i in range(2)]
     assert colours[0] != colours[1] and "rgba(0, 0, 0, 0)" not in colours, colours
+    tab.check("#group-runs")  # the two seeds of group "lr 1e-3": their mean, with a min-max band
+    legend = tab.text_content("#charts .u-legend")
+    assert "lr 1e-3 (mean of 2)" in legend and "lr 1e-3 min" in legend and "seed 0 (#" not in legend, legend
 
     # rename, tag, group and annotate a run from its page
     seed0 = runs["seed 0"]

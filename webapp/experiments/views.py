@@ -264,6 +264,8 @@ def compare(request):
             "differing": differing,
             "ids": [e.pk for e in experiments],
             "names": [e.name for e in experiments],
+            "groups": [e.run_group for e in experiments],
+            "has_groups": any(e.run_group for e in experiments),
             "default_metric": REWARD_MEAN,
         },
     )

@@ -4,6 +4,8 @@
 (async () => {
   const ids = JSON.parse(document.getElementById("experiment-ids").textContent);
   const runNames = JSON.parse(document.getElementById("experiment-names").textContent);
+  const runGroups = JSON.parse(document.getElementById("experiment-groups").textContent);
+  const grouping = document.getElementById("group-runs");
   // each run by its name, in the colour of its line (the legend above the chart too)
   document.querySelectorAll(".legend .swatch").forEach((el, i) => {
     el.style.background = VPOCharts.COLOURS[i % VPOCharts.COLOURS.length];
@@ -18,15 +20,40 @@
   function draw() {
     const metric = select.value;
     const steps = [...new Set(runs.flatMap((r) => r.steps))].sort((a, b) => a - b);
-    const lines = runs.map((r, i) => {
+    let lines = runs.map((r, i) => {
       const at = new Map(r.steps.map((s, j) => [s, r.series[metric] ? r.series[metric][j] : null]));
       return {label: `${runNames[i]} (#${ids[i]})`, values: steps.map((s) => at.has(s) ? at.get(s) : null)};
     });
+    let band = null;
+    if (grouping && grouping.checked) {
+      // runs of one group (e.g. seeds) as their mean per step, the first group with its min-max band
+      const byGroup = new Map();
+      lines.forEach((line, i) => {
+        const key = runGroups[i] || line.label;  // a run without a group stays on its own
+        if (!byGroup.has(key)) byGroup.set(key, []);
+        byGroup.get(key).push(line.values);
+      });
+      lines = [];
+      for (const [key, members] of byGroup) {
+        if (members.length === 1) { lines.push({label: key, values: members[0]}); continue; }
+        const at = (j) => members.map((m) => m[j]).filter((v) => v !== null && v !== undefined);
+        const mean = steps.map((_, j) => { const v = at(j); return v.length ? v.reduce((a, b) => a + b, 0) / v.length : null; });
+        const line = {label: `${key} (mean of ${members.length})`, values: mean};
+        if (!band) {
+          band = {label: key, lo: steps.map((_, j) => at(j).length ? Math.min(...at(j)) : null),
+                  hi: steps.map((_, j) => at(j).length ? Math.max(...at(j)) : null)};
+          lines.unshift(line);  // the band is drawn in the first line's colour
+        } else {
+          lines.push(line);
+        }
+      }
+    }
     chart.title = metric;
     chart.signature = "";  // a new metric: new chart
-    chart.update(steps, lines, null, parseFloat(document.getElementById("smoothing").value));
+    chart.update(steps, lines, band, parseFloat(document.getElementById("smoothing").value));
   }
   select.addEventListener("change", draw);
+  if (grouping) grouping.addEventListener("change", draw);
   document.getElementById("smoothing").addEventListener("input", draw);
   draw();
 })();
