@@ -42,7 +42,12 @@ def runs(live_stack, transactional_db, settings):
         (checkpoint / "adapter.safetensors").write_bytes(b"weights")
         (e.run_dir / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
         for step in (1, 2, 3):
-            MetricPoint.objects.create(experiment=e, step=step, wall=step, values={"reward/mean": (last or 0) * step})
+            MetricPoint.objects.create(
+                experiment=e,
+                step=step,
+                wall=step,
+                values={"reward/mean": (last or 0) * step, "dpo/loss": 0.7 - step / 100},
+            )
         made[name] = e
     return made
 
@@ -71,6 +76,8 @@ def test_search_filter_sort_rename_tag_download_archive_and_delete_runs(live_sta
     tab.check(f"input[name=ids][value='{runs['seed 1'].pk}']")
     tab.click("text=Compare selected")
     tab.wait_for_selector("#charts .uplot")
+    assert tab.locator("#charts .uplot").count() == 2  # every metric its panel, reward first
+    assert "reward/mean" in tab.text_content("#charts .chart >> nth=0")
     legend = tab.text_content("#charts .u-legend")
     assert f"seed 0 (#{runs['seed 0'].pk})" in legend and f"seed 1 (#{runs['seed 1'].pk})" in legend, legend
     swatches = tab.locator(".legend .swatch")
