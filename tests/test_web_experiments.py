@@ -52,6 +52,9 @@ def logged_in(user) -> Client:
 def test_anonymous_users_are_sent_to_login_from_every_experiment_url(client, experiment):
     for url in [reverse("experiments:list"), reverse("experiments:new"), *urls_of(experiment)]:
         r = client.get(url)
+        if url.endswith(".json"):  # a data endpoint: 401 JSON, not the login page (issue 18, point 6)
+            assert r.status_code == 401 and r.json()["error"] == "log in first", url
+            continue
         assert r.status_code == 302 and r["Location"].startswith(reverse("login")), url
     for url in (reverse("experiments:cancel", args=[experiment.pk]), reverse("experiments:demo")):
         assert client.post(url)["Location"].startswith(reverse("login"))
