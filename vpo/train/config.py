@@ -116,7 +116,7 @@ class TrainConfig:
         from vpo.backbones.real import backbone_defaults
 
         data = {**backbone_defaults(data.get("backbone", "")), **data}
-        cfg, errors = object.__new__(cls), []
+        cfg, errors = object.__new__(cls), list[ConfigError]()
         for f in fields(cls):
             value = f.default
             if f.name in data:
