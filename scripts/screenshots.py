@@ -1,6 +1,7 @@
 """Regenerates the screenshots of issue 18's run-management pages under ``docs/screenshots/``:
 the runs table (search, filters, tags, groups), a run's management panel, Compare with three runs
-named in their colours, the launch form with every error at once, and the friendly 404 page.
+named in their colours (and as one group's mean with a band), the launch form with every error
+at once, and the friendly 404 page.
 
     DATABASE_URL=postgres://... .venv/bin/python scripts/screenshots.py
 
@@ -129,6 +130,9 @@ def main() -> int:
             tab.wait_for_selector("#charts .uplot")
             tab.wait_for_timeout(500)
             tab.screenshot(path=OUT / "compare-3-runs.png", full_page=True)
+            tab.check("#group-runs")  # the three seeds of group "lr 1e-3" as their mean with a band
+            tab.wait_for_timeout(500)
+            tab.screenshot(path=OUT / "compare-3-seeds-grouped.png", full_page=True)
             tab.goto(f"{url}/experiments/{runs[0].pk}/")
             tab.click("#manage summary")
             tab.locator("#manage").screenshot(path=OUT / "run-management.png")
