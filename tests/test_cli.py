@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 
 def vpo(*args, cwd=None):
@@ -37,6 +38,10 @@ def test_sample_writes_frames_mp4s_and_a_manifest(tmp_path):
     for v in manifest["videos"]:
         assert np.load(tmp_path / "out" / v["frames"]).shape == (16, 32, 32, 3)
         assert (tmp_path / "out" / v["mp4"]).stat().st_size > 1000
+    # every file it wrote is printed, one path a line (issue 18, point 11)
+    printed = {line.strip() for line in r.stdout.splitlines()}
+    written = {str(p.resolve()) for p in (tmp_path / "out").iterdir()}
+    assert len(written) == 9 and written <= printed, r.stdout
 
 
 def test_an_empty_prompt_file_is_a_message_not_a_traceback(tmp_path):
@@ -82,6 +87,50 @@ def test_score_prints_json_per_video_with_unavailable_alignment(tmp_path):
     assert row["scores"]["alignment"] is None and "unavailable" in row["unavailable"]
     bad = vpo("score", "--dimension", "physics", "--prompt", "x", str(tmp_path / "v.npy"))
     assert bad.returncode == 2 and "valid: visual, temporal, dynamic, alignment, global" in bad.stderr
+
+
+def test_score_takes_a_native_npy_and_an_mp4_together_each_at_its_own_size_with_its_measures(tmp_path):
+    """Issue 18, point 11: the sampler writes a 32x32 .npy and a 256x256 .mp4 of each video; both
+    are scored in one call, and --json gives the measures behind every dimension."""
+    from vpo import video as video_io
+    from vpo.data import world
+
+    scene = world.sample_scene(5, two_objects=0.0)
+    video_io.save_video(scene.render(), tmp_path, "v", fps=8)
+    r = vpo("score", "--json", "--prompt", scene.caption, str(tmp_path / "v.npy"), str(tmp_path / "v.mp4"))
+    assert r.returncode == 0, r.stderr
+    npy, mp4 = json.loads(r.stdout)["videos"]
+    assert npy["size"] == [16, 32, 32] and mp4["size"][1:] == [256, 256]
+    for row in (npy, mp4):
+        measures = row["measures"]
+        assert set(measures["temporal"]) == {"temporal_flickering", "subject_consistency"}
+        assert set(measures["visual"]) == {"imaging_proxy"} and set(measures["dynamic"]) == {
+            "dynamic_degree",
+            "flow_top5",
+        }
+        assert 0 < measures["temporal"]["temporal_flickering"] <= 1, measures
+    # the same video at two sizes: close, not identical (the mp4 is upscaled and lossy)
+    assert abs(npy["scores"]["temporal"] - mp4["scores"]["temporal"]) < 0.1
+
+
+def test_image_metrics_temporal_says_it_is_the_visual_score(tmp_path):
+    """Issue 18, point 11: the image-level baseline answers 'temporal' with its per-frame score
+    (that is what the baseline is for); the table and the JSON say so instead of passing it off."""
+    from vpo import video as video_io
+    from vpo.data import world
+
+    video_io.save_video(world.sample_scene(5, two_objects=0.0).render(), tmp_path, "v", fps=8)
+    args = ("score", "--reward", "image-metrics", "--dimension", "temporal", "--prompt", "x", str(tmp_path / "v.npy"))
+    table = vpo(*args)
+    assert table.returncode == 0, table.stderr
+    assert "note: temporal: image-metrics is blind to time" in table.stdout and "visual score" in table.stdout
+    out = json.loads(vpo(*args, "--json").stdout)
+    assert "blind to time" in out["notes"]["temporal"]
+    assert out["videos"][0]["measures"] == {"temporal": {"imaging_proxy": pytest.approx(0.0, abs=1.0)}}
+    plain = json.loads(
+        vpo("score", "--json", "--dimension", "temporal", "--prompt", "x", str(tmp_path / "v.npy")).stdout
+    )
+    assert plain["notes"] == {}  # the video-level source's temporal is a temporal measure
 
 
 def test_feedback_reports_mrr_per_available_source(tmp_path):

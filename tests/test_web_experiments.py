@@ -52,6 +52,9 @@ def logged_in(user) -> Client:
 def test_anonymous_users_are_sent_to_login_from_every_experiment_url(client, experiment):
     for url in [reverse("experiments:list"), reverse("experiments:new"), *urls_of(experiment)]:
         r = client.get(url)
+        if url.endswith(".json"):  # a data endpoint: 401 JSON, not the login page (issue 18, point 6)
+            assert r.status_code == 401 and r.json()["error"] == "log in first", url
+            continue
         assert r.status_code == 302 and r["Location"].startswith(reverse("login")), url
     for url in (reverse("experiments:cancel", args=[experiment.pk]), reverse("experiments:demo")):
         assert client.post(url)["Location"].startswith(reverse("login"))
@@ -188,3 +191,20 @@ def test_an_evaluation_shows_base_checkpoint_and_their_paired_difference(owner, 
     # every column says what it is, and the score over proxies does not call itself VBench's
     assert "proxy (sharpness/noise/contrast, stands in for MUSIQ-SPAQ / 100" in html
     assert "not VBench&#x27;s score" in html and f"base {ev.result['static']['base'][0]}/{n}" in html
+
+
+def test_data_endpoints_answer_json_not_the_login_page(owner, experiment, settings):
+    """Issue 18, point 6: a script or the dashboard's fetch gets 401/403/404 JSON, never the login
+    page with status 200 after a redirect (and, with DEBUG off, never Django's debug pages)."""
+    settings.DEBUG = False
+    r = Client().get(reverse("experiments:metrics", args=[experiment.pk]))
+    assert (r.status_code, r["Content-Type"], r.json()["error"]) == (401, "application/json", "log in first")
+    assert Client().get(reverse("experiments:list")).status_code == 302  # a page still goes to the login
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(owner)
+    r = client.post(reverse("experiments:cancel", args=[experiment.pk]), HTTP_ACCEPT="application/json")
+    assert r.status_code == 403 and r.json()["error"].startswith("forbidden: CSRF")
+    r = client.get(reverse("experiments:metrics", args=[experiment.pk + 1000]))
+    assert (r.status_code, r.json()) == (404, {"error": "not found"})
+    r = client.get(f"/experiments/{experiment.pk + 1000}/")
+    assert r.status_code == 404 and "Not found" in r.content.decode() and "URLconf" not in r.content.decode()

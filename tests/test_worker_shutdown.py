@@ -66,7 +66,10 @@ def wait_for(condition, timeout: float, what: str, proc: Process) -> None:
 
 
 @pytest.mark.parametrize(
-    "pool, sig", [("solo", signal.SIGINT), ("prefork", signal.SIGTERM)], ids=["solo-ctrl-c", "prefork-term"]
+    "pool, sig",
+    [("solo", signal.SIGINT), ("solo", signal.SIGTERM), ("prefork", signal.SIGTERM)],
+    # solo-term: what scripts/run.sh sends its worker on Ctrl-C (it stops each child once, with TERM)
+    ids=["solo-ctrl-c", "solo-term", "prefork-term"],
 )
 def test_a_worker_that_shuts_down_mid_run_pauses_it_and_the_next_worker_finishes_it(
     transactional_db, tmp_path, settings, pool, sig

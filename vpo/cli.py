@@ -76,6 +76,10 @@ def cmd_sample(args) -> int:
     )
     n = len(json.loads(manifest.read_text())["videos"])
     print(f"{n} videos in {time.perf_counter() - t0:.1f} s -> {manifest}")
+    for video in json.loads(manifest.read_text())["videos"]:  # every file written, as paths to open
+        for key in ("frames", "mp4"):
+            print(f"  {(manifest.parent / video[key]).resolve()}")
+    print(f"  {manifest.resolve()}")
     return 0
 
 
@@ -139,10 +143,7 @@ def cmd_demo(args) -> int:
         height=0,
         width=0,
     )
-    cmd_sample(args)
-    for mp4 in sorted(Path(args.out).glob("*.mp4")):
-        print(f"  {mp4.resolve()}")
-    return 0
+    return cmd_sample(args)  # it prints every file it wrote
 
 
 def _add_score(sub):
@@ -179,17 +180,45 @@ def _load_inputs(inputs, prompt):
             items.append((str(path), prompt, frames))
         else:
             raise ValueError(f"cannot score {path}: expected .npy, .mp4 or manifest.json")
-    shapes = {f.shape for _, _, f in items}
-    if len(shapes) > 1:
-        raise ValueError(f"videos of different shapes cannot be scored as one batch: {sorted(shapes)}")
     return items
 
 
+def _score_each_size(source, items):
+    """Scores of every item, each video at its own size: videos of one shape go through the source
+    as one batch (a native ``.npy`` and a 256x256 ``.mp4`` are two batches). Returns per item
+    ({dimension: value}, {measure: value}, why unavailable or None)."""
+    out: list = [None] * len(items)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, (_, _, frames) in enumerate(items):
+        by_shape.setdefault(frames.shape, []).append(i)
+    for indices in by_shape.values():
+        result = source.score(np.stack([items[i][2] for i in indices]), [items[i][1] for i in indices])
+        for j, i in enumerate(indices):
+            scores = {d: float(v[j]) for d, v in result.scores.items()}
+            raw = {m: float(v[j]) for m, v in result.raw.items()}
+            out[i] = (scores, raw, result.unavailable.get(j))
+    return out
+
+
+def _one_batch(items) -> np.ndarray:
+    """The videos of one group (ranked against each other, so one batch): they must share a shape."""
+    shapes = {f.shape for _, _, f in items}
+    if len(shapes) > 1:
+        raise ValueError(f"the videos of one group must have one shape, got {sorted(shapes)}")
+    return np.stack([f for _, _, f in items])
+
+
+def _rounded(value: float) -> float | None:
+    return None if np.isnan(value) else round(value, 4)
+
+
 def cmd_score(args) -> int:
-    from vpo.rewards import load_reward
+    from vpo.rewards import REWARD_SOURCES, load_reward
 
     source = load_reward(args.reward)
     dims = [source.check_dimension(args.dimension)] if args.dimension else [*source.dimensions, GLOBAL]
+    info = REWARD_SOURCES[source.name]
+    notes = {d: info.notes[d] for d in dims if d in info.notes}
     items = _load_inputs(args.inputs, args.prompt)
     manifests = [json.loads(Path(a).read_text()) for a in args.inputs if a.endswith(".json")]
     fps = args.fps or next((m["fps"] for m in manifests if isinstance(m, dict) and m.get("fps")), None)
@@ -197,20 +226,21 @@ def cmd_score(args) -> int:
         if not fps > 0:
             raise ValueError(f"--fps must be > 0, got {fps}")
         source.video_fps = float(fps)
-    result = source.score(np.stack([f for _, _, f in items]), [p for _, p, _ in items])
     rows = []
-    for i, (name, prompt, _) in enumerate(items):
-        scores = {d: float(result.scores[d][i]) for d in dims}
+    for (name, prompt, frames), (scores, raw, unavailable) in zip(items, _score_each_size(source, items)):
         rows.append(
             {
                 "video": name,
                 "prompt": prompt,
-                "scores": {d: (None if np.isnan(s) else round(s, 4)) for d, s in scores.items()},
-                **({"unavailable": result.unavailable[i]} if i in result.unavailable else {}),
+                "size": list(frames.shape[:3]),  # frames, height, width: each video scored at its own
+                "scores": {d: _rounded(scores[d]) for d in dims},
+                # the raw measures (natural units) each dimension is made of; global: its dimensions
+                "measures": {d: {m: _rounded(raw[m]) for m in info.measures.get(d, ())} for d in dims if d != GLOBAL},
+                **({"unavailable": unavailable} if unavailable else {}),
             }
         )
     if args.json:
-        print(json.dumps({"reward": source.name, "videos": rows}, indent=2))
+        print(json.dumps({"reward": source.name, "notes": notes, "videos": rows}, indent=2))
         return 0
     width = max(len(r["video"]) for r in rows)
     print(f"{'video':<{width}}  " + "  ".join(f"{d:>9}" for d in dims))
@@ -220,6 +250,8 @@ def cmd_score(args) -> int:
     for r in rows:
         if "unavailable" in r:
             print(f"note: {r['video']}: {r['unavailable']}")
+    for d, why in notes.items():
+        print(f"note: {d}: {why}")
     return 0
 
 
@@ -239,10 +271,7 @@ def cmd_feedback(args) -> int:
     path = Path(args.groups)
     try:
         raw = json.loads(path.read_text())
-        groups = [
-            Group(g["prompt"], np.stack([f for _, _, f in _load_inputs(g["videos"], g["prompt"])]), int(g["chosen"]))
-            for g in raw
-        ]
+        groups = [Group(g["prompt"], _one_batch(_load_inputs(g["videos"], g["prompt"])), int(g["chosen"])) for g in raw]
     except (KeyError, TypeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: expected a list of {{prompt, videos, chosen}} objects ({e})") from None
     missing: dict[str, str] = {}

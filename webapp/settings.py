@@ -46,6 +46,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "webapp.errors.JsonAuthMiddleware",  # 401 JSON, not the login page, for a data endpoint
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "webapp.security.ContentSecurityPolicyMiddleware",
@@ -130,6 +131,7 @@ LOGIN_RATE_LIMITS = {
     "ip": (int(os.environ.get("VPO_LOGIN_FAILURES_PER_IP", "50")), 900),
 }
 LOGIN_URL = "login"
+CSRF_FAILURE_VIEW = "webapp.errors.csrf_failure"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
@@ -140,7 +142,8 @@ USE_TZ = True
 
 if not DEBUG:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
-    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    # command A serves plain HTTP on loopback with DEBUG off: it sets these two to 0 (scripts/run.sh)
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", True)
     SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", 31536000))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_PRELOAD = True
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

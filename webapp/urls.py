@@ -15,3 +15,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),
 ]
+
+# DEBUG off (command A, production): friendly pages, JSON where JSON was asked for (webapp/errors.py)
+handler403 = "webapp.errors.permission_denied"
+handler404 = "webapp.errors.not_found"
+handler500 = "webapp.errors.server_error"

@@ -8,7 +8,7 @@ and which of them it can differentiate (what ReFL needs).
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 GLOBAL = "global"  # the mean of a source's dimensions, each normalised to [0, 1]
 
@@ -19,6 +19,10 @@ class Source:
     dimensions: tuple[str, ...]
     differentiable: tuple[str, ...]  # dimensions with a torch-differentiable score
     description: str
+    # dimension -> the raw measures (ScoreResult.raw, natural units) its score is made of
+    measures: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # dimension -> why its value is not what the name says (e.g. a time-blind source's "temporal")
+    notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def choices(self) -> tuple[str, ...]:
@@ -32,18 +36,33 @@ REWARD_SOURCES: dict[str, Source] = {
         ("visual", "temporal", "dynamic", "alignment"),
         ("visual", "temporal"),
         "weight-free VBench-style measures (CPU); visual is a proxy",
+        {
+            "visual": ("imaging_proxy",),
+            "temporal": ("temporal_flickering", "subject_consistency"),
+            "dynamic": ("dynamic_degree", "flow_top5"),
+            "alignment": (),  # the ground-truth detector's match with the prompt: no raw measure
+        },
     ),
     "image-metrics": Source(
         "vpo.rewards.image_metrics:ImageMetricsSource",
         ("visual", "temporal"),
         ("visual", "temporal"),
         "per-frame measures averaged over frames: the image-level baseline",
+        {"visual": ("imaging_proxy",), "temporal": ("imaging_proxy",)},
+        {
+            # the baseline's point (an image reward such as HPSv2 used on video, OnlineVPO Table 2):
+            # asked about time, an image judge can only answer with its per-frame quality
+            "temporal": "image-metrics is blind to time (it scores each frame on its own): its "
+            "'temporal' is its per-frame visual score, the image-level baseline OnlineVPO compares "
+            "video rewards against; use --reward metrics for a temporal measure",
+        },
     ),
     "videoscore": Source(
         "vpo.rewards.videoscore:VideoScoreSource",
         ("visual", "temporal", "dynamic", "alignment"),
         (),
         "VideoScore (Idefics2 regression) from a local weights directory",
+        {d: (f"videoscore_{d}",) for d in ("visual", "temporal", "dynamic", "alignment")},
     ),
     "videoreward": Source(
         "vpo.rewards.videoreward:VideoRewardSource",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,15 @@ from vpo.rewards import DIMENSIONS, GLOBAL, REWARD_SOURCES
 from vpo.rewards.guard import GUARDS
 from vpo.train import ALGORITHMS
 
+DPO = ("online-dpo", "offline-dpo")  # the algorithms that train on pairs with the Flow-DPO loss
+ONLINE = ("online-dpo", "online-rwr")  # the algorithms that sample N candidates per prompt every step
+SCORED = (*DPO, "online-rwr")  # the algorithms that rank sampled candidates by their scores
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+
+def _f(default: Any, help: str, label: str, only: tuple[str, ...] = ()) -> Any:
+    """A config field: ``help`` (CLI ``--help``, TOML comments, the form's hint), ``label`` (what the
+    web form calls it) and ``only`` (the algorithms that read it; empty: all of them)."""
+    return field(default=default, metadata={"help": help, "label": label, "only": only})
 
 
 def _one_of(names: Any) -> str:
@@ -33,88 +40,163 @@ def _one_of(names: Any) -> str:
 
 @dataclass
 class TrainConfig:
-    backbone: str = _f("tiny", "video generator (BACKBONES)")
-    reward: str = _f("metrics", "reward source (REWARD_SOURCES)")
-    dimension: str = _f("temporal", f"reward dimension trained on: {_one_of([*DIMENSIONS, GLOBAL])}")
-    algorithm: str = _f("online-dpo", f"{_one_of(ALGORITHMS)} (ALGORITHMS)")
-    prompts: str = _f("train", f"prompt set: a built-in name ({', '.join(BUILTIN)}) or a text file")
-    steps: int = _f(60, "optimizer steps")
-    prompts_per_step: int = _f(
-        1, "prompts per step and rank (each gives one pair for DPO); a step trains on nproc times as many"
+    backbone: str = _f("tiny", "the video generator trained", "Backbone")
+    reward: str = _f("metrics", "what scores the candidates", "Reward source")
+    dimension: str = _f(
+        "temporal", f"reward dimension trained on: {_one_of([*DIMENSIONS, GLOBAL])}", "Dimension trained on"
     )
-    num_candidates: int = _f(6, "N: candidates sampled per prompt (OnlineVPO: 6)")
-    ref_update_every: int = _f(20, "K: copy the policy into the reference every K steps; 0 = fixed reference")
-    beta: float = _f(100.0, "Flow-DPO beta (constant; flow_grpo uses 100)")
+    algorithm: str = _f("online-dpo", f"{_one_of(ALGORITHMS)}", "Algorithm")
+    prompts: str = _f("train", f"prompt set: a built-in name ({', '.join(BUILTIN)}) or a text file", "Training prompts")
+    steps: int = _f(60, "optimizer steps", "Steps")
+    prompts_per_step: int = _f(
+        1,
+        "prompts per step and rank (each gives one pair for DPO); a step trains on nproc times as many",
+        "Prompts per step",
+    )
+    num_candidates: int = _f(6, "N: candidates sampled per prompt (OnlineVPO: 6)", "Candidates per prompt (N)", SCORED)
+    ref_update_every: int = _f(
+        20,
+        "K: copy the policy into the reference every K steps; 0 = fixed reference",
+        "Reference update every (K steps)",
+        DPO,
+    )
+    beta: float = _f(100.0, "Flow-DPO beta (constant; flow_grpo uses 100)", "DPO beta", DPO)
     noise_draws: int = _f(
         8,
         "DPO and RWR: (sigma, eps) draws per video in each update, averaged; DPO shares each draw "
         "between winner and loser",
+        "Noise draws per update",
+        SCORED,
     )
-    tie_tolerance: float = _f(1e-3, "skip a prompt whose best and worst scores differ by less")
+    tie_tolerance: float = _f(1e-3, "skip a prompt whose best and worst scores differ by less", "Tie tolerance", DPO)
     reward_guard: str = _f(
         "none",
         "none, or subject: scale each candidate's reward by the prompted subject's presence and motion "
-        "(not refl; prompts of the synthetic world)",
+        "(prompts of the synthetic world)",
+        "Reward guard",
+        SCORED,
     )
-    lora_rank: int = _f(8, "LoRA rank")
-    lr: float = _f(1e-3, "AdamW learning rate of the adapter")
-    grad_clip: float = _f(1.0, "max gradient norm")
-    sampling_steps: int = _f(20, "denoising steps when sampling candidates")
-    guidance: float = _f(4.0, "classifier-free guidance scale")
-    refl_depth: int = _f(1, "ReFL: final denoising steps back-propagated through")
+    lora_rank: int = _f(8, "LoRA rank", "LoRA rank")
+    lr: float = _f(1e-3, "AdamW learning rate of the adapter", "Learning rate")
+    grad_clip: float = _f(1.0, "max gradient norm", "Gradient clipping (max norm)")
+    sampling_steps: int = _f(20, "denoising steps when sampling candidates", "Sampling steps")
+    guidance: float = _f(4.0, "classifier-free guidance scale", "Guidance scale")
+    refl_depth: int = _f(1, "ReFL: final denoising steps back-propagated through", "ReFL depth", ("refl",))
     rwr_temperature: float = _f(
         0.005,
-        "online-rwr only: tau of the weights softmax(reward / tau) over each prompt's candidates "
+        "tau of the weights softmax(reward / tau) over each prompt's candidates "
         "(smaller = sharper; compare with reward/margin)",
+        "RWR temperature",
+        ("online-rwr",),
     )
-    seed: int = _f(0, "seed of prompts order, candidates' noise and DPO noise")
-    heldout_prompts: str = _f("heldout64", "held-out prompt set for the reward-hacking monitor")
-    heldout_count: int = _f(8, "held-out prompts sampled at each check (fixed prompts and seeds)")
-    heldout_every: int = _f(10, "E: held-out check and sample videos every E steps (0 = never)")
-    checkpoint_every: int = _f(20, "C: checkpoint every C steps")
-    out: str = _f("runs/train", "run folder: checkpoints, metrics.jsonl, videos")
+    seed: int = _f(0, "seed of prompts order, candidates' noise and DPO noise", "Seed")
+    heldout_prompts: str = _f("heldout64", "held-out prompt set for the reward-hacking monitor", "Held-out prompts")
+    heldout_count: int = _f(
+        8, "held-out prompts sampled at each check (fixed prompts and seeds)", "Held-out prompts per check"
+    )
+    heldout_every: int = _f(
+        10, "E: held-out check and sample videos every E steps (0 = never)", "Held-out check every (E steps)"
+    )
+    checkpoint_every: int = _f(20, "C: checkpoint every C steps", "Checkpoint every (C steps)")
+    out: str = _f("runs/train", "run folder: checkpoints, metrics.jsonl, videos", "Run folder")
     # real backbones (wan, cogvideox, ltx): weights folder, size, memory; tiny has one size and ignores the rest
-    model_dir: str = _f("", "diffusers folder of a real backbone ('' = $VPO_MODELS_DIR/<backbone>)")
-    frames: int = _f(0, "video frames (0 = the backbone's default; real backbones: k * VAE time factor + 1)")
-    height: int = _f(0, "video height in pixels (0 = the backbone's default; a multiple of VAE x patch factor)")
-    width: int = _f(0, "video width in pixels (0 = the backbone's default; a multiple of VAE x patch factor)")
-    flow_shift: float = _f(
-        0.0, "sigma shift of wan and ltx, sampling and training (0 = the backbone's: wan 5, ltx by resolution)"
+    model_dir: str = _f("", "diffusers folder of a real backbone ('' = $VPO_MODELS_DIR/<backbone>)", "Weights folder")
+    frames: int = _f(0, "video frames (0 = the backbone's default; real backbones: k * VAE time factor + 1)", "Frames")
+    height: int = _f(
+        0, "video height in pixels (0 = the backbone's default; a multiple of VAE x patch factor)", "Height"
     )
-    weights_dtype: str = _f("auto", "real backbones' weights: auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32")
-    gradient_checkpointing: str = _f("auto", "checkpoint the transformer's blocks: auto (on CUDA), on or off")
-    vae_tiling: str = _f("auto", "decode with VAE tiling: auto (on CUDA), on or off")
+    width: int = _f(0, "video width in pixels (0 = the backbone's default; a multiple of VAE x patch factor)", "Width")
+    flow_shift: float = _f(
+        0.0,
+        "sigma shift of wan and ltx, sampling and training (0 = the backbone's: wan 5, ltx by resolution)",
+        "Flow shift",
+    )
+    weights_dtype: str = _f(
+        "auto", "real backbones' weights: auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32", "Weights precision"
+    )
+    gradient_checkpointing: str = _f(
+        "auto", "checkpoint the transformer's blocks: auto (on CUDA), on or off", "Gradient checkpointing"
+    )
+    vae_tiling: str = _f("auto", "decode with VAE tiling: auto (on CUDA), on or off", "VAE tiling")
     cpu_offload: str = _f(
-        "auto", "keep text encoder and VAE on the CPU until needed: auto (GPUs under 30 GiB), on or off"
+        "auto",
+        "keep text encoder and VAE on the CPU until needed: auto (GPUs under 30 GiB), on or off",
+        "CPU offload",
     )
     # more than one process (docs/distributed.md): torchrun on this host, one rank per GPU (gloo on a CPU)
-    nproc: int = _f(1, "ranks of one run (world size): one per GPU, torch.distributed (nccl; gloo on CPU)")
-    parallel: str = _f("ddp", "with nproc > 1: ddp (each rank holds the base; adapter gradients all-reduced) or fsdp")
+    nproc: int = _f(
+        1, "ranks of one run (world size): one per GPU, torch.distributed (nccl; gloo on CPU)", "GPUs per run"
+    )
+    parallel: str = _f(
+        "ddp",
+        "with nproc > 1: ddp (each rank holds the base; adapter gradients all-reduced) or fsdp",
+        "Parallelism",
+    )
 
     def __post_init__(self) -> None:
+        for problem in self.problems():
+            raise problem
+
+    @classmethod
+    def check(cls, data: dict) -> list[ConfigError]:
+        """Every problem of ``data`` at once (the web form shows them all), where ``from_dict``
+        raises the first: a value of the wrong type, then each bad value as ``problems`` finds it."""
+        known = {f.name for f in fields(cls)}
+        if unknown := sorted(set(data) - known):
+            return [ConfigError(unknown[0], f"unknown config field(s) {', '.join(map(repr, unknown))}")]
+        from vpo.backbones.real import backbone_defaults
+
+        data = {**backbone_defaults(data.get("backbone", "")), **data}
+        cfg, errors = object.__new__(cls), list[ConfigError]()
+        for f in fields(cls):
+            value = f.default
+            if f.name in data:
+                try:
+                    value = _coerce(f.name, data[f.name], type(f.default))
+                except ConfigError as e:
+                    errors.append(e)
+            setattr(cfg, f.name, value)
+        bad = {e.field for e in errors}
+        return errors + [e for e in cfg.problems() if e.field not in bad]
+
+    def problems(self) -> Iterator[ConfigError]:
+        """Each bad value, in the order checked; a check that depends on a field found bad (the
+        dimension on the reward source, the memory on the sizes) is skipped."""
         for f in fields(self):
             if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
-                raise ConfigError(f.name, f"{f.name} must be a finite number, got {getattr(self, f.name)}")
-        _choice("backbone", self.backbone, BACKBONES)
-        _choice("reward", self.reward, REWARD_SOURCES)
-        _choice("algorithm", self.algorithm, ALGORITHMS)
-        source = REWARD_SOURCES[self.reward]
-        if self.algorithm == "refl":
-            if not source.differentiable:
-                differentiable = [n for n, s in REWARD_SOURCES.items() if s.differentiable]
-                raise ConfigError(
-                    "reward",
-                    f"refl needs a differentiable reward source; {self.reward!r} is not "
-                    f"(valid: {', '.join(differentiable)})",
-                )
-            _choice(
-                "dimension",
-                self.dimension,
-                source.differentiable,
-                f" (refl needs a differentiable one of {self.reward!r})",
+                yield ConfigError(f.name, f"{f.name} must be a finite number, got {getattr(self, f.name)}")
+        registries = [
+            e
+            for e in (
+                _choice_problem("backbone", self.backbone, BACKBONES),
+                _choice_problem("reward", self.reward, REWARD_SOURCES),
+                _choice_problem("algorithm", self.algorithm, ALGORITHMS),
             )
-        else:
-            _choice("dimension", self.dimension, source.choices, f" for reward source {self.reward!r}")
+            if e
+        ]
+        yield from registries
+        if not any(e.field in ("reward", "algorithm") for e in registries):
+            source = REWARD_SOURCES[self.reward]
+            if self.algorithm == "refl":
+                if not source.differentiable:
+                    differentiable = [n for n, s in REWARD_SOURCES.items() if s.differentiable]
+                    yield ConfigError(
+                        "reward",
+                        f"refl needs a differentiable reward source; {self.reward!r} is not "
+                        f"(valid: {', '.join(differentiable)})",
+                    )
+                elif e := _choice_problem(
+                    "dimension",
+                    self.dimension,
+                    source.differentiable,
+                    f" (refl needs a differentiable one of {self.reward!r})",
+                ):
+                    yield e
+            elif e := _choice_problem(
+                "dimension", self.dimension, source.choices, f" for reward source {self.reward!r}"
+            ):
+                yield e
+        sizes = []
         for name in (
             "steps",
             "prompts_per_step",
@@ -127,67 +209,91 @@ class TrainConfig:
             "nproc",
         ):
             if getattr(self, name) < 1:
-                raise ConfigError(name, f"{name} must be >= 1, got {getattr(self, name)}")
+                sizes.append(ConfigError(name, f"{name} must be >= 1, got {getattr(self, name)}"))
         for name in ("ref_update_every", "heldout_every"):
             if getattr(self, name) < 0:
-                raise ConfigError(name, f"{name} must be >= 0 (0 = never), got {getattr(self, name)}")
+                sizes.append(ConfigError(name, f"{name} must be >= 0 (0 = never), got {getattr(self, name)}"))
         if self.num_candidates < 2:
-            raise ConfigError(
-                "num_candidates", f"num_candidates must be >= 2 to form a pair, got {self.num_candidates}"
+            sizes.append(
+                ConfigError("num_candidates", f"num_candidates must be >= 2 to form a pair, got {self.num_candidates}")
             )
         for name in ("beta", "lr", "grad_clip"):
             if not getattr(self, name) > 0:  # also refuses NaN
-                raise ConfigError(name, f"{name} must be > 0, got {getattr(self, name)}")
+                sizes.append(ConfigError(name, f"{name} must be > 0, got {getattr(self, name)}"))
         if not self.tie_tolerance >= 0:
-            raise ConfigError("tie_tolerance", f"tie_tolerance must be >= 0, got {self.tie_tolerance}")
+            sizes.append(ConfigError("tie_tolerance", f"tie_tolerance must be >= 0, got {self.tie_tolerance}"))
         # read by online-rwr alone, so checked for it alone: another algorithm's config never fails on it
         if self.algorithm == "online-rwr" and not self.rwr_temperature > 0:
-            raise ConfigError(
-                "rwr_temperature", f"rwr_temperature must be > 0 for online-rwr, got {self.rwr_temperature}"
+            sizes.append(
+                ConfigError(
+                    "rwr_temperature", f"rwr_temperature must be > 0 for online-rwr, got {self.rwr_temperature}"
+                )
             )
-        if self.refl_depth > self.sampling_steps:
-            raise ConfigError(
-                "refl_depth", f"refl_depth ({self.refl_depth}) cannot exceed sampling_steps ({self.sampling_steps})"
+        if self.reward_guard != "none" and self.algorithm == "refl":
+            sizes.append(
+                ConfigError(
+                    "reward_guard",
+                    "reward_guard scales the candidates' scores of online-dpo, offline-dpo and online-rwr; "
+                    "refl has none",
+                )
+            )
+        if self.refl_depth > self.sampling_steps >= 1:
+            sizes.append(
+                ConfigError(
+                    "refl_depth",
+                    f"refl_depth ({self.refl_depth}) cannot exceed sampling_steps ({self.sampling_steps})",
+                )
             )
         for name in ("frames", "height", "width"):
             if getattr(self, name) < 0:
-                raise ConfigError(name, f"{name} must be >= 0 (0 = the backbone's default), got {getattr(self, name)}")
+                sizes.append(
+                    ConfigError(name, f"{name} must be >= 0 (0 = the backbone's default), got {getattr(self, name)}")
+                )
         if self.flow_shift < 0:
-            raise ConfigError(
-                "flow_shift", f"flow_shift must be >= 0 (0 = the backbone's default), got {self.flow_shift}"
+            sizes.append(
+                ConfigError(
+                    "flow_shift", f"flow_shift must be >= 0 (0 = the backbone's default), got {self.flow_shift}"
+                )
             )
-        _choice("weights_dtype", self.weights_dtype, ("auto", "bf16", "fp32"))
-        _choice("reward_guard", self.reward_guard, GUARDS)
-        if self.reward_guard != "none" and self.algorithm == "refl":
-            raise ConfigError(
-                "reward_guard",
-                "reward_guard scales the candidates' scores of online-dpo, offline-dpo and online-rwr; refl has none",
-            )
-        _choice("parallel", self.parallel, PARALLEL)
-        for name in ("gradient_checkpointing", "vae_tiling", "cpu_offload"):
-            _choice(name, getattr(self, name), SWITCHES)
+        for e in (
+            _choice_problem("weights_dtype", self.weights_dtype, ("auto", "bf16", "fp32")),
+            _choice_problem("reward_guard", self.reward_guard, GUARDS),
+            _choice_problem("parallel", self.parallel, PARALLEL),
+            *(_choice_problem(name, getattr(self, name), SWITCHES) for name in SWITCHES_FIELDS),
+        ):
+            if e:
+                sizes.append(e)
         if self.guidance < 1:
-            raise ConfigError("guidance", f"guidance must be >= 1 (1 = no guidance), got {self.guidance}")
-        self._check_fits()
+            sizes.append(ConfigError("guidance", f"guidance must be >= 1 (1 = no guidance), got {self.guidance}"))
+        yield from sizes
+        if not any(e.field == "backbone" for e in registries):
+            yield from self._fit_problems(memory=not sizes)  # the estimate needs sound sizes
 
-    def _check_fits(self) -> None:
+    def _fit_problems(self, memory: bool = True) -> Iterator[ConfigError]:
         """Upper bounds (docs/limits.md): each field at most ``LIMITS``, the LoRA rank at most the
         backbone's layer width, and the step's peak memory within the worker's. A run that would
         not fit is refused here, before it is queued: a worker killed for memory would get the same
         task redelivered again and again."""
         from vpo.backbones import SIZING
 
-        for name, bound in LIMITS.items():
-            if getattr(self, name) > bound:
-                raise ConfigError(name, f"{name} must be <= {bound:,}, got {getattr(self, name):,}")
+        over = [
+            ConfigError(name, f"{name} must be <= {bound:,}, got {getattr(self, name):,}")
+            for name, bound in LIMITS.items()
+            if getattr(self, name) > bound
+        ]
         sizing = SIZING[self.backbone]
         if self.lora_rank > sizing.lora_width:
-            raise ConfigError(
-                "lora_rank",
-                f"lora_rank must be <= {sizing.lora_width} (the width of backbone "
-                f"{self.backbone!r}'s layers), got {self.lora_rank}",
+            over.append(
+                ConfigError(
+                    "lora_rank",
+                    f"lora_rank must be <= {sizing.lora_width} (the width of backbone "
+                    f"{self.backbone!r}'s layers), got {self.lora_rank}",
+                )
             )
-        if sizing.process_mb is None:  # memory not measured for this backbone yet (docs/limits.md)
+        yield from over
+        if (
+            over or not memory or sizing.process_mb is None
+        ):  # memory not measured for this backbone yet (docs/limits.md)
             return
         budget, need = worker_memory_mb(), self.peak_memory_mb()
         if need <= budget:
@@ -205,7 +311,7 @@ class TrainConfig:
                 break
         else:
             name, most = "prompts_per_step", 0
-        raise ConfigError(
+        yield ConfigError(
             name,
             f"this run needs ~{need:,.0f} MB at its peak on backbone {self.backbone!r} "
             f"({self.prompts_per_step * self.num_candidates:,} videos sampled at once); the worker "
@@ -289,6 +395,8 @@ class TrainConfig:
 
 
 SWITCHES = ("auto", "on", "off")
+SWITCHES_FIELDS = ("gradient_checkpointing", "vae_tiling", "cpu_offload")
+PARALLEL = ("ddp", "fsdp")
 
 # Upper bounds that hold whatever the memory: each is a multiple of what the paper and the probes
 # use (N = 6, 1-4 prompts a step, 8 noise draws, 20 sampling steps, 60 steps, 8 held-out prompts),
@@ -301,10 +409,14 @@ LIMITS = {
     "sampling_steps": 1000,
     "heldout_count": 256,
     "refl_depth": 64,
+    # video size (0 = the backbone's own): twice the longest released default (LTX-Video's 161
+    # frames, 2 x 80 + 1 keeps Wan's and CogVideoX's 4k + 1 and LTX's 8k + 1 valid) and Wan2.1's
+    # 720p long side; tiny has one size and ignores them
+    "frames": 321,
+    "height": 1280,
+    "width": 1280,
     "nproc": 64,
 }
-
-PARALLEL = ("ddp", "fsdp")
 
 
 def worker_memory_mb() -> int:
@@ -327,9 +439,10 @@ class ConfigError(ValueError):
         self.field = field
 
 
-def _choice(name: str, value: Any, valid: Any, context: str = "") -> None:
-    if value not in valid:
-        raise ConfigError(name, f"unknown {name} {value!r}{context}; valid: {', '.join(valid)}")
+def _choice_problem(name: str, value: Any, valid: Any, context: str = "") -> ConfigError | None:
+    if value in valid:
+        return None
+    return ConfigError(name, f"unknown {name} {value!r}{context}; valid: {', '.join(valid)}")
 
 
 def _coerce(name: str, value: Any, kind: type) -> Any:

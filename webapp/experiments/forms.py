@@ -66,7 +66,6 @@ FIELDSETS = [
         ],
     ),
 ]
-LABELS = {"nproc": "GPUs per run"}  # ranks: a worker without a GPU runs them as CPU processes
 CONFIG_FIELDS = [f for f in fields(TrainConfig) if f.name not in SERVER_SIDE]
 
 
@@ -97,14 +96,38 @@ def unavailable_backbones() -> dict[str, str]:
 
 def unavailable_rewards() -> dict[str, str]:
     """Reward sources whose weights are not on this server, with the reason (a folder check, no load)."""
-    return {name: problem for name in REWARD_SOURCES if (problem := reward_weights_status(name)[1])}
+    return {name: f"{name}: {problem}" for name in REWARD_SOURCES if (problem := reward_weights_status(name)[1])}
+
+
+def number_field(f, kind: type) -> forms.Field:
+    """A number typed as text: a browser drops letters typed into ``<input type=number>`` and
+    posts nothing, which Django would report as "This field is required."; as text they arrive
+    and are reported as what they are."""
+    label = f.metadata["label"]
+    if kind is int:
+        return forms.IntegerField(
+            widget=forms.TextInput(attrs={"inputmode": "numeric", "autocomplete": "off"}),
+            error_messages={
+                "invalid": f"{label} must be a whole number",
+                "required": f"{label} needs a value (default {f.default})",
+            },
+        )
+    return forms.FloatField(
+        widget=forms.TextInput(attrs={"inputmode": "decimal", "autocomplete": "off"}),
+        error_messages={
+            "invalid": f"{label} must be a number (e.g. {f.default})",
+            "required": f"{label} needs a value (default {f.default})",
+        },
+    )
 
 
 class ExperimentForm(forms.Form):
-    name = forms.CharField(max_length=120)
+    name = forms.CharField(
+        max_length=120, label="Name", error_messages={"required": "Name the run (it is how you find it later)"}
+    )
     prompts_file = forms.FileField(
         required=False,
-        label="prompt file",
+        label="Prompt file",
         help_text=f"with prompts = {UPLOADED}: UTF-8 text, one prompt per line, "
         f"<= {MAX_PROMPTS} prompts of <= {MAX_PROMPT_CHARS} characters",
     )
@@ -116,12 +139,10 @@ class ExperimentForm(forms.Form):
             kind = type(f.default)
             if f.name in CHOICES:
                 field = forms.ChoiceField(choices=[(c, c) for c in CHOICES[f.name]])
-            elif kind is int:
-                field = forms.IntegerField()
             else:
-                field = forms.FloatField()
-            field.help_text, field.initial = f.metadata["help"], initial[f.name]
-            field.label = LABELS.get(f.name)
+                field = number_field(f, kind)
+            field.label, field.help_text, field.initial = f.metadata["label"], f.metadata["help"], initial[f.name]
+            field.only = f.metadata["only"]  # the algorithms it applies to (the page hides it for the others)
             self.fields[f.name] = field
         self.unavailable = unavailable_backbones()
         self.fields["backbone"].widget = SelectWithDisabled(self.unavailable, choices=self.fields["backbone"].choices)
@@ -132,9 +153,7 @@ class ExperimentForm(forms.Form):
             self.unavailable_rewards, choices=self.fields["reward"].choices
         )
         if self.unavailable_rewards:
-            self.fields["reward"].help_text += "; greyed out: " + "; ".join(
-                f"{name}: {why}" for name, why in self.unavailable_rewards.items()
-            )
+            self.fields["reward"].help_text += "; greyed out: " + "; ".join(self.unavailable_rewards.values())
         self.prompts_text = ""
         self.config: dict = {}
 
@@ -155,20 +174,32 @@ class ExperimentForm(forms.Form):
         return read_prompt_file(upload) if upload else ""
 
     def clean(self):
+        """Every problem at once: the form's own (name, number fields, prompt file, weights) and
+        every one ``TrainConfig.check`` finds in the fields that parsed, each next to its field.
+        A field that does not apply to the chosen algorithm (hidden on the page) keeps its default."""
         data = super().clean()
+        algorithm = data.get("algorithm")
+        for f in CONFIG_FIELDS:
+            if f.metadata["only"] and algorithm and algorithm not in f.metadata["only"]:
+                self.errors.pop(f.name, None)
+                data[f.name] = f.default
         if data.get("prompts") == UPLOADED and not data.get("prompts_file") and "prompts_file" not in self.errors:
             self.add_error("prompts_file", f"prompts = {UPLOADED} needs a prompt file")
         elif data.get("prompts") != UPLOADED and data.get("prompts_file"):
             self.add_error("prompts", f"you chose a file: set prompts to {UPLOADED!r} to use it")
         if data.get("backbone") in self.unavailable:  # listed, but launching it would only fail on the worker
             self.add_error("backbone", self.unavailable[data["backbone"]])
-        if data.get("reward") in self.unavailable_rewards:
+        if data.get("reward") in self.unavailable_rewards:  # the same for a reward model without weights
             self.add_error("reward", self.unavailable_rewards[data["reward"]])
+        parsed = {f.name: data[f.name] for f in CONFIG_FIELDS if f.name in data and f.name not in self.errors}
+        for problem in TrainConfig.check(parsed):
+            if problem.field not in self.errors:  # one message a field: the form's own comes first
+                self.add_error(problem.field if problem.field in self.fields else None, str(problem))
         if self.errors:
             return data
         try:
             self.config = validated_config({f.name: data[f.name] for f in CONFIG_FIELDS})
-        except ConfigError as e:
+        except ConfigError as e:  # check() found nothing, so this does not happen; if it did, said
             self.add_error(e.field if e.field in self.fields else None, str(e))
             return data
         if self.config["nproc"] > 1:  # more ranks than any worker has would wait in the queue forever
@@ -177,7 +208,7 @@ class ExperimentForm(forms.Form):
                 self.add_error("nproc", problem)
                 return data
         self.prompts_text = data.get("prompts_file") or ""
-        if self.config.reward_guard != "none" and (bad := unguardable(parse_prompts(self.prompts_text))):
+        if self.config["reward_guard"] != "none" and (bad := unguardable(parse_prompts(self.prompts_text))):
             self.add_error("reward_guard", f"the guard cannot read the prompt {bad!r}: it names no object of the world")
         return data
 

@@ -78,6 +78,11 @@ class Experiment(models.Model):
     # what the step in progress is doing (DatabaseSink.phase, at most once a second): {"step", "name",
     # "done", "total", "wall"}; kept so that a reload shows it before the next event
     phase = models.JSONField(null=True, blank=True)
+    # run management (the list's search, filters and grouping): the owner's words about the run
+    tags = models.JSONField(default=list, blank=True)  # short labels, lower case, no commas
+    notes = models.TextField(blank=True)
+    run_group = models.CharField(max_length=120, blank=True)  # e.g. the seeds of one setting
+    archived = models.BooleanField(default=False)  # off the list unless asked for; files kept
 
     objects = ExperimentQuerySet.as_manager()
 

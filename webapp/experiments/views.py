@@ -6,14 +6,15 @@ from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
-from django.http import Http404, HttpResponse, JsonResponse
+from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from vpo.train.keys import DASHBOARD, REWARD_MEAN
 from webapp.experiments.forms import EvaluationForm, ExperimentForm, validated_config
 from webapp.experiments.leaderboard import leaderboard, leaderboard_csv, studies_of
-from webapp.experiments.models import Evaluation, Experiment
+from webapp.experiments.models import Evaluation, Experiment, Status
+from webapp.experiments.runs import RunDetailsForm, delete_with_files, download_name, filtered, sort_links, zip_folder
 from webapp.experiments.tasks import enqueue, evaluate_checkpoint, evaluate_checkpoint_vbench
 from webapp.media import ranged_file_response
 
@@ -47,8 +48,72 @@ def visible_or_404(request, pk) -> Experiment:
 
 @login_required
 def experiment_list(request):
-    experiments = Experiment.objects.visible_to(request.user).select_related("owner")[:200]
-    return render(request, "experiments/list.html", {"experiments": experiments})
+    """The runs table: search, filters and sort from the query string (``runs.filtered``)."""
+    mine = Experiment.objects.visible_to(request.user)
+    experiments, applied = filtered(mine.select_related("owner"), request.GET)
+    return render(
+        request,
+        "experiments/list.html",
+        {
+            "experiments": experiments[:500],
+            "applied": applied,
+            "sort_links": sort_links(applied),
+            "statuses": Status.values,
+            "groups": sorted(set(mine.exclude(run_group="").values_list("run_group", flat=True))),
+            "any": mine.exists(),
+        },
+    )
+
+
+@login_required
+@require_POST
+def edit(request, pk):
+    """Rename a run, set its tags, group and notes (the detail page's form)."""
+    experiment = visible_or_404(request, pk)
+    form = RunDetailsForm(request.POST, instance=experiment)
+    if form.is_valid():
+        form.save()
+        return redirect(experiment)
+    return render(request, "experiments/edit.html", {"experiment": experiment, "form": form}, status=400)
+
+
+@login_required
+@require_POST
+def archive(request, pk):
+    experiment = visible_or_404(request, pk)
+    experiment.archived = request.POST.get("archived", "1") == "1"
+    experiment.save(update_fields=["archived"])
+    return redirect(experiment)
+
+
+@login_required
+@require_POST
+def delete(request, pk):
+    """The run and its files, once it has ended (a queued or running one is cancelled first)."""
+    experiment = visible_or_404(request, pk)
+    if not experiment.is_done:
+        return HttpResponse(f"run #{experiment.pk} is {experiment.status}: cancel it first, then delete it", status=409)
+    if request.POST.get("confirm") != "delete":
+        return HttpResponse("tick the box to confirm: the run and its files are deleted for good", status=400)
+    delete_with_files(experiment)
+    return redirect("experiments:list")
+
+
+@login_required
+def download(request, pk):
+    """The run folder (metrics, videos, checkpoints) as a zip, or one checkpoint (``?checkpoint=``)."""
+    experiment = visible_or_404(request, pk)
+    checkpoint = request.GET.get("checkpoint")
+    if checkpoint is not None:
+        if checkpoint not in experiment.checkpoints():
+            raise Http404("no such checkpoint")
+        folder, what = experiment.run_dir / "run" / "checkpoints" / checkpoint, checkpoint
+    else:
+        folder, what = experiment.run_dir, "run"
+    if not folder.is_dir():
+        raise Http404("this run has no files yet")
+    name = download_name(experiment, what)
+    return FileResponse(zip_folder(folder, name.removesuffix(".zip")), as_attachment=True, filename=name)
 
 
 @login_required
@@ -94,6 +159,8 @@ def experiment_detail(request, pk):
         "experiments/detail.html",
         {
             "experiment": experiment,
+            "details_form": RunDetailsForm(instance=experiment),
+            "checkpoints": checkpoints,
             "config_rows": sorted(experiment.config.items()),
             "evaluations": experiment.evaluations.all(),
             "evaluation_form": EvaluationForm(checkpoints=checkpoints) if checkpoints else None,
@@ -196,6 +263,9 @@ def compare(request):
             "experiments": experiments,
             "differing": differing,
             "ids": [e.pk for e in experiments],
+            "names": [e.name for e in experiments],
+            "groups": [e.run_group for e in experiments],
+            "has_groups": any(e.run_group for e in experiments),
             "default_metric": REWARD_MEAN,
         },
     )

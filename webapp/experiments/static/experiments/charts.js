@@ -178,5 +178,5 @@ const VPOCharts = (() => {
     }
   }
 
-  return {Chart, ema, downsample, tickLabels, clampToBand};
+  return {Chart, ema, downsample, tickLabels, clampToBand, COLOURS};
 })();

@@ -1,27 +1,78 @@
-// Overlay one metric of several experiments on a common step axis.
+// Overlay every metric of several experiments on a common step axis: one panel per metric (the
+// default metric first), each run by its name in its own colour; optionally the runs of one group
+// (e.g. seeds) as their mean with a min-max band.
 "use strict";
 
 (async () => {
   const ids = JSON.parse(document.getElementById("experiment-ids").textContent);
+  const runNames = JSON.parse(document.getElementById("experiment-names").textContent);
+  const runGroups = JSON.parse(document.getElementById("experiment-groups").textContent);
+  const grouping = document.getElementById("group-runs");
+  // each run by its name, in the colour of its line (the legend above the charts too)
+  document.querySelectorAll(".legend .swatch").forEach((el, i) => {
+    el.style.background = VPOCharts.COLOURS[i % VPOCharts.COLOURS.length];
+  });
   const runs = await Promise.all(ids.map((id) => fetch(`/experiments/${id}/metrics.json`).then((r) => r.json())));
-  const names = [...new Set(runs.flatMap((r) => Object.keys(r.series)))].sort();
   const shown = JSON.parse(document.getElementById("default-metric").textContent);  // vpo/train/keys.py
-  const select = document.getElementById("metric");
-  for (const n of names) select.add(new Option(n, n, n === shown, n === shown));
-  const chart = new VPOCharts.Chart(document.getElementById("charts"), "", "step");
+  const names = [...new Set(runs.flatMap((r) => Object.keys(r.series)))].sort();
+  names.sort((a, b) => (b === shown) - (a === shown));  // the default metric's panel first
+  const filter = document.getElementById("metric-filter");
+  const container = document.getElementById("charts");
+  const steps = [...new Set(runs.flatMap((r) => r.steps))].sort((a, b) => a - b);
+  const panels = names.map((metric) => {
+    const chart = new VPOCharts.Chart(container, metric, "step");
+    chart.el.dataset.metric = metric;
+    return {metric, chart};
+  });
+
+  function linesOf(metric) {
+    let lines = runs.map((r, i) => {
+      const at = new Map(r.steps.map((s, j) => [s, r.series[metric] ? r.series[metric][j] : null]));
+      return {label: `${runNames[i]} (#${ids[i]})`, values: steps.map((s) => at.has(s) ? at.get(s) : null)};
+    });
+    let band = null;
+    if (grouping && grouping.checked) {
+      // runs of one group as their mean per step, the first group with its min-max band
+      const byGroup = new Map();
+      lines.forEach((line, i) => {
+        const key = runGroups[i] || line.label;  // a run without a group stays on its own
+        if (!byGroup.has(key)) byGroup.set(key, []);
+        byGroup.get(key).push(line.values);
+      });
+      lines = [];
+      for (const [key, members] of byGroup) {
+        if (members.length === 1) { lines.push({label: key, values: members[0]}); continue; }
+        const at = (j) => members.map((m) => m[j]).filter((v) => v !== null && v !== undefined);
+        const mean = steps.map((_, j) => {
+          const v = at(j);
+          return v.length ? v.reduce((a, b) => a + b, 0) / v.length : null;
+        });
+        const line = {label: `${key} (mean of ${members.length})`, values: mean};
+        if (!band) {
+          band = {label: key, lo: steps.map((_, j) => at(j).length ? Math.min(...at(j)) : null),
+                  hi: steps.map((_, j) => at(j).length ? Math.max(...at(j)) : null)};
+          lines.unshift(line);  // the band is drawn in the first line's colour
+        } else {
+          lines.push(line);
+        }
+      }
+    }
+    return {lines, band};
+  }
 
   function draw() {
-    const metric = select.value;
-    const steps = [...new Set(runs.flatMap((r) => r.steps))].sort((a, b) => a - b);
-    const lines = runs.map((r, i) => {
-      const at = new Map(r.steps.map((s, j) => [s, r.series[metric] ? r.series[metric][j] : null]));
-      return {label: `#${ids[i]} ${metric}`, values: steps.map((s) => at.has(s) ? at.get(s) : null)};
-    });
-    chart.title = metric;
-    chart.signature = "";  // a new metric: new chart
-    chart.update(steps, lines, null, parseFloat(document.getElementById("smoothing").value));
+    const alpha = parseFloat(document.getElementById("smoothing").value);
+    const words = filter ? filter.value.trim().toLowerCase() : "";
+    for (const {metric, chart} of panels) {
+      chart.el.hidden = Boolean(words) && !metric.toLowerCase().includes(words);
+      if (chart.el.hidden) continue;
+      const {lines, band} = linesOf(metric);
+      chart.signature = "";  // grouping may change the series: a new chart
+      chart.update(steps, lines, band, alpha);
+    }
   }
-  select.addEventListener("change", draw);
+  if (filter) filter.addEventListener("input", draw);
+  if (grouping) grouping.addEventListener("change", draw);
   document.getElementById("smoothing").addEventListener("input", draw);
   draw();
 })();
