@@ -10,14 +10,14 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 # the registries import nothing heavy: the web process validates with this same code
 from vpo.backbones import BACKBONES
 from vpo.data.prompts import BUILTIN
-from vpo.rewards import DIMENSIONS, GLOBAL, REWARD_SOURCES
+from vpo.rewards import DIMENSIONS, GLOBAL, REWARD_SOURCES, dimensions_of
 from vpo.train import ALGORITHMS
 
 
@@ -34,7 +34,10 @@ def _one_of(names: Any) -> str:
 class TrainConfig:
     backbone: str = _f("tiny", "video generator (BACKBONES)")
     reward: str = _f("metrics", "reward source (REWARD_SOURCES)")
-    dimension: str = _f("temporal", f"reward dimension trained on: {_one_of([*DIMENSIONS, GLOBAL])}")
+    reward_model: str = _f("", "reward = learned: folder of a trained reward model (vpo reward-model train)")
+    dimension: str = _f(
+        "temporal", f"reward dimension trained on: {_one_of([*DIMENSIONS, GLOBAL])} (learned: its heads or global)"
+    )
     algorithm: str = _f("online-dpo", f"{_one_of(ALGORITHMS)} (ALGORITHMS)")
     prompts: str = _f("train", f"prompt set: a built-in name ({', '.join(BUILTIN)}) or a text file")
     steps: int = _f(60, "optimizer steps")
@@ -81,6 +84,21 @@ class TrainConfig:
         _choice("reward", self.reward, REWARD_SOURCES)
         _choice("algorithm", self.algorithm, ALGORITHMS)
         source = REWARD_SOURCES[self.reward]
+        choices = source.choices
+        if self.reward == "learned":
+            if not self.reward_model:
+                raise ConfigError(
+                    "reward_model", "reward 'learned' needs reward_model: the folder of a trained reward model"
+                )
+            try:  # its heads are its dimensions (read from the folder, torch-free)
+                choices = (*dimensions_of(self.reward, self.reward_model), GLOBAL)
+            except ValueError as e:
+                raise ConfigError("reward_model", str(e)) from None
+            source = replace(source, dimensions=choices[:-1], differentiable=choices[:-1])
+        elif self.reward_model:
+            raise ConfigError(
+                "reward_model", f"reward_model is read only with reward = learned (reward is {self.reward!r})"
+            )
         if self.algorithm == "refl":
             if not source.differentiable:
                 differentiable = [n for n, s in REWARD_SOURCES.items() if s.differentiable]
@@ -96,7 +114,7 @@ class TrainConfig:
                 f" (refl needs a differentiable one of {self.reward!r})",
             )
         else:
-            _choice("dimension", self.dimension, source.choices, f" for reward source {self.reward!r}")
+            _choice("dimension", self.dimension, choices, f" for reward source {self.reward!r}")
         for name in (
             "steps",
             "prompts_per_step",

@@ -62,7 +62,7 @@ class Run:
             p.data = p.data.float()  # on bf16 weights (real backbones on CUDA) the adapters still train in fp32
         self.transformer.set_adapter(POLICY)
         self.optimizer = torch.optim.AdamW(self.adapter_params(POLICY).values(), lr=cfg.lr, weight_decay=0.0)
-        self.reward = load_reward(cfg.reward)
+        self.reward = load_reward(cfg.reward, **({"directory": cfg.reward_model} if cfg.reward_model else {}))
         self.reward.check_dimension(cfg.dimension)
         self.prompts = read_prompts(cfg.prompts)
         self.heldout = read_prompts(cfg.heldout_prompts)[: cfg.heldout_count]

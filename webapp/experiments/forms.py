@@ -24,12 +24,13 @@ CHOICES = {
     "dimension": [*DIMENSIONS, GLOBAL],
     "prompts": [*BUILTIN, UPLOADED],
     "heldout_prompts": list(BUILTIN),
+    "reward_model": [""],  # the user's finished reward models are added per form (ExperimentForm)
     "weights_dtype": ["auto", "bf16", "fp32"],
     **{name: list(SWITCHES) for name in ("gradient_checkpointing", "vae_tiling", "cpu_offload")},
 }
 SERVER_SIDE = {"out", "model_dir"}  # where a run lives and where weights are is the server's business
 FIELDSETS = [
-    ("What to optimise", ["backbone", "reward", "dimension", "algorithm", "prompts", "prompts_file"]),
+    ("What to optimise", ["backbone", "reward", "reward_model", "dimension", "algorithm", "prompts", "prompts_file"]),
     ("Algorithm", ["num_candidates", "ref_update_every", "beta", "noise_draws", "tie_tolerance", "refl_depth"]),
     ("Optimiser", ["steps", "prompts_per_step", "lora_rank", "lr", "grad_clip", "seed"]),
     ("Sampling", ["sampling_steps", "guidance"]),
@@ -85,7 +86,7 @@ class ExperimentForm(forms.Form):
         f"<= {MAX_PROMPTS} prompts of <= {MAX_PROMPT_CHARS} characters",
     )
 
-    def __init__(self, *args, config: dict | None = None, **kwargs):
+    def __init__(self, *args, config: dict | None = None, user=None, **kwargs):
         super().__init__(*args, **kwargs)
         initial = {**TrainConfig().to_dict(), **(config or {})}
         for f in CONFIG_FIELDS:
@@ -98,12 +99,29 @@ class ExperimentForm(forms.Form):
                 field = forms.FloatField()
             field.help_text, field.initial = f.metadata["help"], initial[f.name]
             self.fields[f.name] = field
+        self.add_reward_models(user)
         self.unavailable = unavailable_backbones()
         self.fields["backbone"].widget = SelectWithDisabled(self.unavailable, choices=self.fields["backbone"].choices)
         if self.unavailable:
             self.fields["backbone"].help_text += "; greyed out: " + "; ".join(self.unavailable.values())
         self.prompts_text = ""
         self.config: dict = {}
+
+    def add_reward_models(self, user) -> None:
+        """The user's finished reward models as the choices of ``reward_model`` (reward ``learned``),
+        and their heads as dimensions. The choice is the model's folder: TrainConfig checks it."""
+        from webapp.studies.models import RewardModel, RewardModelStatus
+
+        models = []
+        if user is not None and user.is_authenticated:
+            models = list(RewardModel.objects.visible_to(user).filter(status=RewardModelStatus.FINISHED))
+        field = self.fields["reward_model"]
+        field.required = False
+        field.choices = [("", "— (reward learned only)")] + [(str(m.directory), m.label) for m in models]
+        field.help_text = "reward = learned: one of your reward models trained from a study's votes"
+        heads = [h for m in models for h in m.heads if h not in CHOICES["dimension"]]
+        dimension = self.fields["dimension"]
+        dimension.choices = [*dimension.choices, *((h, h) for h in dict.fromkeys(heads))]
 
     def backbone_defaults(self) -> dict[str, dict]:
         """Per backbone, the fields it sets when chosen (the page fills them in on change): a real
