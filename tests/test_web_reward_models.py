@@ -137,7 +137,7 @@ def test_the_guided_sampling_page_has_a_slider_per_dimension_and_checks_its_inpu
         assert f'type="range" name="weight_{head}"' in page
     r = client.post(
         f"/studies/reward-models/{rm.pk}/guide/",
-        {"prompt": "a red ball", "seed": 0, "seeds": 9, "weight_temporal": 2, "weight_visual": 11},
+        {"prompt": "a red ball", "seed": 0, "seeds": 9, "steps": 6, "weight_temporal": 2, "weight_visual": 11},
     )
     assert r.status_code == 400
     errors = r.context["form"].errors
@@ -173,7 +173,7 @@ def test_votes_train_a_reward_model_on_a_worker_and_a_run_on_it_is_launched_and_
     # Flow-NRG from the browser: the same seeds without and with guidance, side by side
     r = client.post(
         f"/studies/reward-models/{rm.pk}/guide/",
-        {"prompt": tiny_videos[0][1], "seed": 0, "seeds": 2, "weight_overall": 3},
+        {"prompt": tiny_videos[0][1], "seed": 0, "seeds": 2, "steps": 6, "weight_overall": 3},
     )
     assert r.status_code == 302
     sampling = GuidedSampling.objects.get()

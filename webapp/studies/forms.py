@@ -107,6 +107,7 @@ class GuidedSamplingForm(forms.Form):
     prompt = forms.CharField(max_length=300, initial="a red ball moving right")
     seed = forms.IntegerField(initial=0, min_value=0, max_value=2**31 - 1 - 8)
     seeds = forms.IntegerField(initial=2, min_value=1, max_value=4, help_text="videos, each guided and unguided")
+    steps = forms.IntegerField(initial=20, min_value=2, max_value=50, help_text="denoising steps")
 
     def __init__(self, *args, heads: list[str], **kwargs):
         super().__init__(*args, **kwargs)

@@ -144,7 +144,7 @@ def guided_sample(sampling_id: int) -> None:
         seeds = [sampling.seed + i for i in range(sampling.seeds)]
         rewards = {}
         for kind, g in (("unguided", None), ("guided", guide)):
-            videos, latents = backbone.sample(prompts, seeds, return_latents=True, guide=g)
+            videos, latents = backbone.sample(prompts, seeds, steps=sampling.steps, return_latents=True, guide=g)
             with torch.no_grad():
                 rewards[kind] = guide.reward(latents, torch.zeros(len(latents)), prompts).tolist()
             for i, video in enumerate(videos.numpy()):

@@ -420,6 +420,7 @@ class GuidedSampling(models.Model):
     prompt = models.CharField(max_length=300)
     seed = models.IntegerField(default=0)
     seeds = models.PositiveIntegerField(default=2)  # videos: seeds seed, seed + 1, ...
+    steps = models.PositiveIntegerField(default=20)  # denoising steps (CFG 4)
     weights = models.JSONField(default=dict)  # {dimension: weight}
     status = models.CharField(max_length=10, choices=RewardModelStatus.choices, default=RewardModelStatus.QUEUED)
     error = models.TextField(blank=True)

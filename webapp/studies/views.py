@@ -184,6 +184,7 @@ def guided_new(request, pk):
                 prompt=d["prompt"],
                 seed=d["seed"],
                 seeds=d["seeds"],
+                steps=d["steps"],
                 weights=form.weights(),
             )
             guided_sample.delay_on_commit(sampling.pk)
