@@ -71,6 +71,25 @@ def quick_checkpoint():
     return make
 
 
+@pytest.fixture(scope="session")
+def tiny_videos(tiny, tmp_path_factory):
+    """32 videos of the shipped tiny backbone (16 training prompts x 2 seeds, 6 sampling steps), as
+    ``.npy`` files; returns [(path, prompt)]. What the reward-model tests learn a rule on."""
+    import numpy as np
+
+    from vpo.data.prompts import read_prompts
+
+    folder = tmp_path_factory.mktemp("tiny_videos")
+    prompts = [p for p in read_prompts("train")[:16] for _ in range(2)]
+    seeds = [7_000 + i for i in range(len(prompts))]
+    videos = tiny.sample_many(prompts, seeds, steps=6, guidance=4.0, chunk=16).numpy()
+    items = []
+    for i, (video, prompt) in enumerate(zip(videos, prompts)):
+        np.save(folder / f"{i:03d}.npy", video)
+        items.append((folder / f"{i:03d}.npy", prompt))
+    return items
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

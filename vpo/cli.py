@@ -38,6 +38,12 @@ def _add_sample(sub):
     p.add_argument(
         "--checkpoint", help="a training checkpoint folder (its adapter is applied) or backbone weights (.safetensors)"
     )
+    p.add_argument("--guide", help="Flow-NRG: guide sampling with this reward model's gradient (a folder)")
+    p.add_argument(
+        "--guide-weights",
+        default="",
+        help="Flow-NRG weight per dimension, e.g. temporal=2,visual=1 (default: 1 for every head)",
+    )
     p.set_defaults(run=cmd_sample)
 
 
@@ -63,6 +69,19 @@ def cmd_sample(args) -> int:
         from vpo.train.checkpoints import load_policy
 
         load_policy(backbone, args.checkpoint)
+    guide, extra = None, {}
+    if args.guide_weights and not args.guide:
+        raise ValueError("--guide-weights needs --guide DIR (a trained reward model)")
+    if args.guide:
+        if backbone.name != "tiny":  # the reward model reads tiny's latents
+            raise ValueError(f"--guide needs backbone tiny (its reward model reads tiny's latents), got {name!r}")
+        from vpo.guidance import RewardGuide, parse_weights
+        from vpo.reward_model import heads_of
+        from vpo.reward_model.model import load_reward_model
+
+        weights = parse_weights(args.guide_weights, list(heads_of(args.guide)))
+        guide = RewardGuide(load_reward_model(args.guide, device=str(backbone.device)), weights)
+        extra = {"guide": str(args.guide), "guide_weights": weights}
     t0 = time.perf_counter()
     manifest = sample_to_dir(
         backbone,
@@ -73,6 +92,8 @@ def cmd_sample(args) -> int:
         steps=args.steps,
         guidance=args.guidance,
         checkpoint=args.checkpoint,
+        guide=guide,
+        extra=extra,
     )
     n = len(json.loads(manifest.read_text())["videos"])
     print(f"{n} videos in {time.perf_counter() - t0:.1f} s -> {manifest}")
@@ -138,6 +159,8 @@ def cmd_demo(args) -> int:
         steps=20,
         guidance=4.0,
         checkpoint=None,
+        guide=None,
+        guide_weights="",
         model_dir=None,
         frames=0,  # 0: the backbone's own size
         height=0,
@@ -150,6 +173,7 @@ def _add_score(sub):
     p = sub.add_parser("score", help="score videos with a reward source")
     p.add_argument("--reward", default="metrics", help="reward source (default: metrics)")
     p.add_argument("--dimension", help="one dimension (default: all the source has, and global)")
+    p.add_argument("--reward-model", help="--reward learned: folder of a trained reward model")
     p.add_argument("--prompt", help="prompt for .npy/.mp4 inputs (manifests carry their own)")
     p.add_argument(
         "--fps", type=float, help="frame rate of .npy/.mp4 inputs, for sources that sample in time (default: 8)"
@@ -215,7 +239,9 @@ def _rounded(value: float) -> float | None:
 def cmd_score(args) -> int:
     from vpo.rewards import REWARD_SOURCES, load_reward
 
-    source = load_reward(args.reward)
+    if args.reward_model and args.reward != "learned":
+        raise ValueError(f"--reward-model is read only with --reward learned (got --reward {args.reward})")
+    source = load_reward(args.reward, **({"directory": args.reward_model} if args.reward_model else {}))
     dims = [source.check_dimension(args.dimension)] if args.dimension else [*source.dimensions, GLOBAL]
     info = REWARD_SOURCES[source.name]
     notes = {d: info.notes[d] for d in dims if d in info.notes}
@@ -440,6 +466,38 @@ def cmd_ablate(args) -> int:
     return 0
 
 
+def _add_reward_model(sub):
+    from dataclasses import fields
+
+    from vpo.reward_model.train import RewardModelConfig
+
+    p = sub.add_parser("reward-model", help="train a reward model from preference pairs (BT with ties)")
+    action = p.add_subparsers(dest="action", required=True)
+    t = action.add_parser("train", help="train on a pairs file (JSONL) and report held-out accuracy")
+    t.add_argument("--pairs", required=True, help='JSONL: {"prompt", "a", "b", "choice": a|b|tie, "dimension"?}')
+    t.add_argument("--out", required=True, help="folder for the model (heads.safetensors, reward_model.json)")
+    for f in fields(RewardModelConfig):
+        t.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f"rm_{f.name}",
+            type=type(f.default),
+            default=f.default,
+            help=f"{f.metadata['help']} (default: {f.default})",
+        )
+    t.set_defaults(run=cmd_reward_model_train)
+
+
+def cmd_reward_model_train(args) -> int:
+    from vpo.reward_model.train import RewardModelConfig, format_figures, train_reward_model
+
+    cfg = RewardModelConfig(**{k[3:]: v for k, v in vars(args).items() if k.startswith("rm_")})
+    t0 = time.perf_counter()
+    trained = train_reward_model(args.pairs, args.out, cfg, device=_device())
+    print(format_figures(trained.meta))
+    print(f"reward model -> {args.out} ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
 def _add_models(sub):
     p = sub.add_parser("models", help="backbones and reward models: where their weights go, whether they are there")
     p.add_argument("--json", action="store_true")
@@ -466,6 +524,7 @@ def main(argv=None) -> int:
     _add_eval(sub)
     _add_vbench(sub)
     _add_ablate(sub)
+    _add_reward_model(sub)
     _add_models(sub)
     args = parser.parse_args(argv)
     try:

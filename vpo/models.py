@@ -44,6 +44,18 @@ def report() -> list[dict]:
                 }
             )
     for name, source in REWARD_SOURCES.items():
+        if name == "learned":  # no weights of its own: each trained model is a folder of its own
+            rows.append(
+                {
+                    "kind": "reward",
+                    "name": name,
+                    "what": source.description,
+                    "where": "reward_model = DIR",
+                    "ok": True,
+                    "status": "trained here from pairs: vpo reward-model train",
+                }
+            )
+            continue
         place, problem = weights_status_of_reward(name)
         rows.append(
             {

@@ -21,9 +21,13 @@ def sample_to_dir(
     steps: int = 20,
     guidance: float = 4.0,
     checkpoint: str | None = None,
+    guide=None,
+    extra: dict | None = None,
 ) -> Path:
     """Sample ``num_per_prompt`` videos per prompt (seeds ``seed``, ``seed + 1``, ... in order) and
-    write ``<i>.npy`` + ``<i>.mp4`` per video and ``manifest.json``; returns the manifest path."""
+    write ``<i>.npy`` + ``<i>.mp4`` per video and ``manifest.json``; returns the manifest path.
+    ``guide`` changes each step's velocity (Flow-NRG, ``vpo/guidance.py``); ``extra`` goes into the
+    manifest (what the guide was)."""
     prompts = prompt_sets.check_prompts(prompts)
     if num_per_prompt < 1:
         raise ValueError(f"num_per_prompt must be >= 1, got {num_per_prompt}")
@@ -32,7 +36,7 @@ def sample_to_dir(
     spec = backbone.spec
     entries = []
     for start, videos in backbone.sample_chunks(
-        [p for p, _ in jobs], [s for _, s in jobs], steps=steps, guidance=guidance, chunk=CHUNK
+        [p for p, _ in jobs], [s for _, s in jobs], steps=steps, guidance=guidance, chunk=CHUNK, guide=guide
     ):
         for j, v in enumerate(videos.numpy()):
             prompt, s = jobs[start + j]
@@ -47,6 +51,7 @@ def sample_to_dir(
         "height": spec.height,
         "width": spec.width,
         "fps": spec.fps,
+        **(extra or {}),
         "videos": entries,
     }
     path = out / "manifest.json"

@@ -22,6 +22,8 @@ LONGEST_RUN_S = int(os.environ.get("VPO_LONGEST_RUN_S", 12 * 3600))
 TRAIN, EVALUATE = "worker.tasks.train_experiment", "worker.tasks.evaluate_checkpoint"
 RENDER_STUDY, ANALYSE_FEEDBACK = "worker.tasks.render_study", "worker.tasks.analyse_study_feedback"
 EVALUATE_VBENCH = "worker.tasks.evaluate_checkpoint_vbench"
+TRAIN_REWARD_MODEL = "webapp.studies.tasks.train_reward_model"
+GUIDED_SAMPLE = "webapp.studies.tasks.guided_sample"
 
 app = Celery("vpo", broker=redis_url, backend=redis_url)
 app.conf.update(
@@ -43,7 +45,7 @@ app.conf.update(
     result_backend_transport_options={"global_keyprefix": f"{prefix}:celery:"},
     task_default_queue="cpu",
     # the official VBench runs on workers of queue "vbench" (its virtualenv and weights live there)
-    task_routes={name: {"queue": "gpu"} for name in (TRAIN, EVALUATE, RENDER_STUDY)}
+    task_routes={name: {"queue": "gpu"} for name in (TRAIN, EVALUATE, RENDER_STUDY, TRAIN_REWARD_MODEL, GUIDED_SAMPLE)}
     | {EVALUATE_VBENCH: {"queue": "vbench"}},
     task_soft_time_limit=LONGEST_RUN_S,
     task_time_limit=LONGEST_RUN_S + 600,

@@ -68,6 +68,10 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
 keep_freed_memory()
 
 
+# (x_t, sigma, velocity, prompts) -> velocity: a change to each sampling step's velocity
+Guide = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[str]], torch.Tensor]
+
+
 @dataclass(frozen=True)
 class VideoSpec:
     frames: int
@@ -144,11 +148,14 @@ class Backbone(torch.nn.Module):
         guidance: float = 4.0,
         return_latents: bool = False,
         progress: Callable[[int, int], None] | None = None,
+        guide: Guide | None = None,
     ):
         """Sample one video per (prompt, seed) as one batch -> uint8 (B, F, H, W, C).
 
         ``return_latents`` also returns the final latents (what DPO trains on: exact, unlike the
-        uint8 video decoded from them). ``progress(done, steps)`` is called after each denoising step."""
+        uint8 video decoded from them). ``progress(done, steps)`` is called after each denoising step;
+        ``guide(x_t, sigma, v, prompts) -> v`` changes each step's velocity after classifier-free
+        guidance (Flow-NRG: ``vpo/guidance.py``)."""
         if not prompts:
             raise ValueError("sample() needs at least one prompt")
         if len(prompts) != len(seeds):
@@ -162,7 +169,10 @@ class Backbone(torch.nn.Module):
         with self.autocast():
             for i, t in enumerate(scheduler.timesteps):
                 sigma = (t / scheduler.config.num_train_timesteps).expand(b)
-                x = euler_step(scheduler, i, x, self.guided_velocity(x, sigma, text, guidance))
+                v = self.guided_velocity(x, sigma, text, guidance)
+                if guide is not None:
+                    v = guide(x, sigma, v, prompts)
+                x = euler_step(scheduler, i, x, v)
                 if progress is not None:
                     progress(i + 1, steps)
         return (self.decode(x), x) if return_latents else self.decode(x)
@@ -185,7 +195,13 @@ class Backbone(torch.nn.Module):
         return v_uncond + guidance * (v_cond - v_uncond)
 
     def sample_chunks(
-        self, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = 4.0, chunk: int = 12
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        steps: int = 20,
+        guidance: float = 4.0,
+        chunk: int = 12,
+        guide: Guide | None = None,
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """``sample`` over a long list in batches of at most ``chunk`` videos (x2 with CFG), which
         bounds memory: yields (index of the batch's first video, its uint8 videos). A video depends
@@ -196,7 +212,7 @@ class Backbone(torch.nn.Module):
             raise ValueError(f"chunk must be >= 1, got {chunk}")
         for start in range(0, len(prompts), chunk):
             end = start + chunk
-            yield start, self.sample(prompts[start:end], seeds[start:end], steps=steps, guidance=guidance)
+            yield start, self.sample(prompts[start:end], seeds[start:end], steps=steps, guidance=guidance, guide=guide)
 
     def sample_many(
         self, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = 4.0, chunk: int = 12

@@ -230,8 +230,13 @@ class SpaceTimeTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         angles = (sigma.float() * 1000)[:, None] * freqs[None]  # sigma in [0, 1] -> DiT's timestep range
         return torch.cat([angles.cos(), angles.sin()], -1)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        b, c, f, h, w = x.shape
+    def hidden_states(
+        self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor, depth: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tokens after the first ``depth`` blocks (all by default), (B, T*GH*GW, D) time-major,
+        and the conditioning embedding (timestep + sentence), (B, D). The noise-conditioned reward
+        model (``vpo/reward_model/model.py``) reads the first blocks' tokens."""
+        b, c = x.shape[:2]
         pt, ph, pw = self.config.patch_size
         t, gh, gw = self.grid
         # (B, C, F, H, W) -> (B, T*GH*GW, C*pt*ph*pw), tokens ordered time-major
@@ -243,8 +248,15 @@ class SpaceTimeTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         emb = self.time_embed(self.timestep_embedding(sigma)) + self.sentence_embed(sentence)
         mod = self.adaln(emb).view(b, 9, -1)
         context = self.text_proj(text)
-        for block in self.blocks:
+        for block in self.blocks[:depth]:
             tokens = block(tokens, mod, context, self.grid)
+        return tokens, emb
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = x.shape
+        pt, ph, pw = self.config.patch_size
+        t, gh, gw = self.grid
+        tokens, emb = self.hidden_states(x, sigma, text)
         shift, scale = self.out_modulation(emb).chunk(2, -1)
         out = self.proj_out(modulate(self.norm_out(tokens), shift, scale))
         return out.reshape(b, t, gh, gw, c, pt, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(b, c, f, h, w)

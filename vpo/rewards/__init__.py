@@ -70,6 +70,13 @@ REWARD_SOURCES: dict[str, Source] = {
         (),
         "VideoReward (VideoAlign: Qwen2-VL-2B + reward head; VQ, MQ, TA) from a local weights directory",
     ),
+    # its dimensions are the heads of the model it loads (``reward_model = DIR``): ``heads_of``
+    "learned": Source(
+        "vpo.rewards.learned:LearnedSource",
+        (),
+        (),
+        "a reward model trained from preference pairs, e.g. a study's votes (vpo reward-model train)",
+    ),
 }
 
 # every dimension some source offers, in the order the sources first name them
@@ -80,6 +87,16 @@ def source_info(name: str) -> Source:
     if name not in REWARD_SOURCES:
         raise ValueError(f"unknown reward source {name!r}; valid: {', '.join(REWARD_SOURCES)}")
     return REWARD_SOURCES[name]
+
+
+def dimensions_of(name: str, reward_model: str = "") -> tuple[str, ...]:
+    """The dimensions of source ``name``: the registry's, or for ``learned`` the heads of the
+    reward model in ``reward_model`` (read from its folder, torch-free; a ValueError if it is not one)."""
+    if name == "learned":
+        from vpo.reward_model import heads_of
+
+        return heads_of(reward_model)
+    return source_info(name).dimensions
 
 
 def load_reward(name: str, **kwargs):

@@ -11,14 +11,14 @@ import math
 import os
 import tomllib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 # the registries import nothing heavy: the web process validates with this same code
 from vpo.backbones import BACKBONES
 from vpo.data.prompts import BUILTIN
-from vpo.rewards import DIMENSIONS, GLOBAL, REWARD_SOURCES
+from vpo.rewards import DIMENSIONS, GLOBAL, REWARD_SOURCES, dimensions_of
 from vpo.rewards.guard import GUARDS
 from vpo.train import ALGORITHMS
 
@@ -42,8 +42,13 @@ def _one_of(names: Any) -> str:
 class TrainConfig:
     backbone: str = _f("tiny", "the video generator trained", "Backbone")
     reward: str = _f("metrics", "what scores the candidates", "Reward source")
+    reward_model: str = _f(
+        "", "reward = learned: folder of a trained reward model (vpo reward-model train)", "Reward model"
+    )
     dimension: str = _f(
-        "temporal", f"reward dimension trained on: {_one_of([*DIMENSIONS, GLOBAL])}", "Dimension trained on"
+        "temporal",
+        f"reward dimension trained on: {_one_of([*DIMENSIONS, GLOBAL])} (learned: its heads or global)",
+        "Dimension trained on",
     )
     algorithm: str = _f("online-dpo", f"{_one_of(ALGORITHMS)}", "Algorithm")
     prompts: str = _f("train", f"prompt set: a built-in name ({', '.join(BUILTIN)}) or a text file", "Training prompts")
@@ -177,7 +182,23 @@ class TrainConfig:
         yield from registries
         if not any(e.field in ("reward", "algorithm") for e in registries):
             source = REWARD_SOURCES[self.reward]
-            if self.algorithm == "refl":
+            choices = source.choices
+            if self.reward == "learned":
+                try:  # its heads are its dimensions (read from the folder, torch-free)
+                    if not self.reward_model:
+                        raise ValueError("reward 'learned' needs reward_model: the folder of a trained reward model")
+                    choices = (*dimensions_of(self.reward, self.reward_model), GLOBAL)
+                    source = replace(source, dimensions=choices[:-1], differentiable=choices[:-1])
+                except ValueError as problem:
+                    yield ConfigError("reward_model", str(problem))
+                    choices = ()
+            elif self.reward_model:
+                yield ConfigError(
+                    "reward_model", f"reward_model is read only with reward = learned (reward is {self.reward!r})"
+                )
+            if not choices:
+                pass  # the dimension cannot be checked without the model's heads
+            elif self.algorithm == "refl":
                 if not source.differentiable:
                     differentiable = [n for n, s in REWARD_SOURCES.items() if s.differentiable]
                     yield ConfigError(
@@ -192,9 +213,7 @@ class TrainConfig:
                     f" (refl needs a differentiable one of {self.reward!r})",
                 ):
                     yield e
-            elif e := _choice_problem(
-                "dimension", self.dimension, source.choices, f" for reward source {self.reward!r}"
-            ):
+            elif e := _choice_problem("dimension", self.dimension, choices, f" for reward source {self.reward!r}"):
                 yield e
         sizes = []
         for name in (

@@ -86,7 +86,7 @@ class Run:
             p.data = p.data.float()  # on bf16 weights (real backbones on CUDA) the adapters still train in fp32
         self.transformer.set_adapter(POLICY)
         self.optimizer = torch.optim.AdamW(self.adapter_params(POLICY).values(), lr=cfg.lr, weight_decay=0.0)
-        self.reward = load_reward(cfg.reward)
+        self.reward = load_reward(cfg.reward, **({"directory": cfg.reward_model} if cfg.reward_model else {}))
         self.reward.video_fps = self.backbone.spec.fps  # sources that sample frames in time need it
         self.reward.check_dimension(cfg.dimension)
         self.prompts = read_prompts(cfg.prompts)

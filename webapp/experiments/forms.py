@@ -27,6 +27,7 @@ CHOICES = {
     "dimension": [*DIMENSIONS, GLOBAL],
     "prompts": [*BUILTIN, UPLOADED],
     "heldout_prompts": list(BUILTIN),
+    "reward_model": [""],  # the user's finished reward models are added per form (ExperimentForm)
     "weights_dtype": ["auto", "bf16", "fp32"],
     "reward_guard": list(GUARDS),
     "parallel": list(PARALLEL),
@@ -34,7 +35,7 @@ CHOICES = {
 }
 SERVER_SIDE = {"out", "model_dir"}  # where a run lives and where weights are is the server's business
 FIELDSETS = [
-    ("What to optimise", ["backbone", "reward", "dimension", "algorithm", "prompts", "prompts_file"]),
+    ("What to optimise", ["backbone", "reward", "reward_model", "dimension", "algorithm", "prompts", "prompts_file"]),
     (
         "Algorithm",
         [
@@ -132,7 +133,7 @@ class ExperimentForm(forms.Form):
         f"<= {MAX_PROMPTS} prompts of <= {MAX_PROMPT_CHARS} characters",
     )
 
-    def __init__(self, *args, config: dict | None = None, **kwargs):
+    def __init__(self, *args, config: dict | None = None, user=None, **kwargs):
         super().__init__(*args, **kwargs)
         initial = {**TrainConfig().to_dict(), **(config or {})}
         for f in CONFIG_FIELDS:
@@ -144,6 +145,7 @@ class ExperimentForm(forms.Form):
             field.label, field.help_text, field.initial = f.metadata["label"], f.metadata["help"], initial[f.name]
             field.only = f.metadata["only"]  # the algorithms it applies to (the page hides it for the others)
             self.fields[f.name] = field
+        self.add_reward_models(user)
         self.unavailable = unavailable_backbones()
         self.fields["backbone"].widget = SelectWithDisabled(self.unavailable, choices=self.fields["backbone"].choices)
         if self.unavailable:
@@ -156,6 +158,22 @@ class ExperimentForm(forms.Form):
             self.fields["reward"].help_text += "; greyed out: " + "; ".join(self.unavailable_rewards.values())
         self.prompts_text = ""
         self.config: dict = {}
+
+    def add_reward_models(self, user) -> None:
+        """The user's finished reward models as the choices of ``reward_model`` (reward ``learned``),
+        and their heads as dimensions. The choice is the model's folder: TrainConfig checks it."""
+        from webapp.studies.models import RewardModel, RewardModelStatus
+
+        models = []
+        if user is not None and user.is_authenticated:
+            models = list(RewardModel.objects.visible_to(user).filter(status=RewardModelStatus.FINISHED))
+        field = self.fields["reward_model"]
+        field.required = False
+        field.choices = [("", "— (reward learned only)")] + [(str(m.directory), m.label) for m in models]
+        field.help_text = "reward = learned: one of your reward models trained from a study's votes"
+        heads = [h for m in models for h in m.heads if h not in CHOICES["dimension"]]
+        dimension = self.fields["dimension"]
+        dimension.choices = [*dimension.choices, *((h, h) for h in dict.fromkeys(heads))]
 
     def backbone_defaults(self) -> dict[str, dict]:
         """Per backbone, the fields it sets when chosen (the page fills them in on change): a real

@@ -122,7 +122,7 @@ def experiment_new(request):
     if "clone" in request.GET:
         source = visible_or_404(request, request.GET["clone"])
     if request.method == "POST":
-        form = ExperimentForm(request.POST, request.FILES)
+        form = ExperimentForm(request.POST, request.FILES, user=request.user)
         if form.is_valid():
             # committed first (the worker must find the row), then sent; a send that fails marks
             # the row failed with the reason, so no "queued" row is ever left without its message
@@ -135,7 +135,7 @@ def experiment_new(request):
             return render(request, "experiments/new.html", {"form": form, "source": source}, status=503)
     else:
         initial = {"name": f"{source.name} (copy)"} if source else {}
-        form = ExperimentForm(initial=initial, config=source.config if source else None)
+        form = ExperimentForm(initial=initial, config=source.config if source else None, user=request.user)
     return render(request, "experiments/new.html", {"form": form, "source": source}, status=400 if form.errors else 200)
 
 

@@ -122,3 +122,31 @@ class ExclusionForm(forms.Form):
         if data.get("action") == "exclude" and not data.get("reason"):
             self.add_error("reason", "say why: the reason is shown with the results")
         return data
+
+
+MAX_GUIDE_WEIGHT = 10.0
+
+
+class GuidedSamplingForm(forms.Form):
+    """A prompt, how many seeds, and one slider per dimension of the reward model (Flow-NRG's w_k)."""
+
+    prompt = forms.CharField(max_length=300, initial="a red ball moving right")
+    seed = forms.IntegerField(initial=0, min_value=0, max_value=2**31 - 1 - 8)
+    seeds = forms.IntegerField(initial=2, min_value=1, max_value=4, help_text="videos, each guided and unguided")
+    steps = forms.IntegerField(initial=20, min_value=2, max_value=50, help_text="denoising steps")
+
+    def __init__(self, *args, heads: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.heads = heads
+        for h in heads:
+            self.fields[f"weight_{h}"] = forms.FloatField(
+                label=h,
+                initial=1.0,
+                min_value=0.0,
+                max_value=MAX_GUIDE_WEIGHT,
+                widget=forms.NumberInput(attrs={"type": "range", "min": 0, "max": MAX_GUIDE_WEIGHT, "step": 0.5}),
+                help_text=f"weight of {h} in r = sum_k w_k r_k (0 = ignore it)",
+            )
+
+    def weights(self) -> dict[str, float]:
+        return {h: self.cleaned_data[f"weight_{h}"] for h in self.heads}

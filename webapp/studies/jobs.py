@@ -1,5 +1,6 @@
 """What a worker does for the studies app, as functions of ids (called by ``tasks.py``): render a
-study's clips and open it; analyse the reward sources against the votes. ``vpo`` is imported
+study's clips and open it; analyse the reward sources against the votes; train a reward model on
+the votes; sample with and without a reward model's guidance. ``vpo`` is imported
 inside the functions (the web process imports this module and stays torch-free)."""
 
 from __future__ import annotations
@@ -9,8 +10,16 @@ import logging
 from django.db import models
 from django.utils import timezone
 
-from webapp.studies.models import Clip, Study, StudyStatus, System
-from webapp.studies.results import human_groups
+from webapp.studies.models import (
+    Clip,
+    GuidedSampling,
+    RewardModel,
+    RewardModelStatus,
+    Study,
+    StudyStatus,
+    System,
+)
+from webapp.studies.results import human_groups, study_pairs
 
 log = logging.getLogger(__name__)
 
@@ -74,3 +83,76 @@ def analyse_feedback(study_id: int) -> None:
                     rows.append({"source": source.name, "dimension": dimension, "error": str(e)})
     study.feedback = {"groups": len(groups), "rows": rows, "skipped": skipped, "at": timezone.now().isoformat()}
     study.save(update_fields=["feedback"])
+
+
+def train_reward_model(reward_model_id: int) -> None:
+    """Export the study's votes as pairs into the model's folder and train a reward model on them
+    (``vpo.reward_model.train``); the held-out figures go to the row, a failure's reason too."""
+    from vpo.device import pick_device
+    from vpo.pairs import write_pairs
+    from vpo.reward_model.train import train_reward_model as train
+
+    rm = RewardModel.objects.filter(pk=reward_model_id).select_related("study").first()
+    # gone, or a redelivered copy of a task that already ran
+    if rm is None or not RewardModel.objects.filter(pk=rm.pk, status=RewardModelStatus.QUEUED).update(
+        status=RewardModelStatus.RUNNING
+    ):
+        return
+    try:
+        if rm.study is None:
+            raise ValueError("its study was deleted")
+        pairs = study_pairs(rm.study)
+        if not pairs:
+            raise ValueError(f"study {rm.study.name!r} has no votes to learn from yet")
+        path = write_pairs(pairs, rm.directory / "pairs.jsonl")
+        trained = train(path, rm.directory, device=pick_device(), progress=False)
+    except Exception as e:  # shown on the results page
+        log.exception("reward model %s failed", rm.pk)
+        RewardModel.objects.filter(pk=rm.pk).update(
+            status=RewardModelStatus.FAILED, error=f"{type(e).__name__}: {e}", finished=timezone.now()
+        )
+        return
+    RewardModel.objects.filter(pk=rm.pk).update(
+        status=RewardModelStatus.FINISHED,
+        heads=trained.meta["heads"],
+        figures=trained.meta["figures"],
+        finished=timezone.now(),
+    )
+
+
+def guided_sample(sampling_id: int) -> None:
+    """Flow-NRG for the "Guided sampling" page: the same seeds of one prompt sampled from the base
+    model without and with the reward model's guidance (``vpo.guidance``), both saved as mp4, and
+    the guiding reward r = sum_k w_k r_k of each final video."""
+    import torch
+
+    from vpo import video as video_io
+    from vpo.backbones import load_backbone
+    from vpo.device import pick_device
+    from vpo.guidance import RewardGuide
+    from vpo.reward_model.model import load_reward_model
+
+    sampling = GuidedSampling.objects.filter(pk=sampling_id).select_related("reward_model").first()
+    if sampling is None or not GuidedSampling.objects.filter(pk=sampling.pk, status=RewardModelStatus.QUEUED).update(
+        status=RewardModelStatus.RUNNING
+    ):
+        return
+    try:
+        backbone = load_backbone("tiny", device=pick_device())
+        guide = RewardGuide(load_reward_model(sampling.reward_model.directory, backbone=backbone), sampling.weights)
+        prompts = [sampling.prompt] * sampling.seeds
+        seeds = [sampling.seed + i for i in range(sampling.seeds)]
+        rewards = {}
+        for kind, g in (("unguided", None), ("guided", guide)):
+            videos, latents = backbone.sample(prompts, seeds, steps=sampling.steps, return_latents=True, guide=g)
+            with torch.no_grad():
+                rewards[kind] = guide.reward(latents, torch.zeros(len(latents)), prompts).tolist()
+            for i, video in enumerate(videos.numpy()):
+                video_io.save_video(video, sampling.media_dir, f"{kind}-{i}", backbone.spec.fps)
+    except Exception as e:  # shown on the page
+        log.exception("guided sampling %s failed", sampling.pk)
+        GuidedSampling.objects.filter(pk=sampling.pk).update(
+            status=RewardModelStatus.FAILED, error=f"{type(e).__name__}: {e}"
+        )
+        return
+    GuidedSampling.objects.filter(pk=sampling.pk).update(status=RewardModelStatus.FINISHED, rewards=rewards)

@@ -436,3 +436,86 @@ class Vote(models.Model):
             f"SELECT trial_id, chosen_id FROM {cls._meta.db_table} WHERE participant_id = %s", [participant_id]
         )
         return dict(cursor.fetchall())
+
+
+class RewardModelStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+class RewardModel(models.Model):
+    """A reward model trained from a study's votes (``jobs.train_reward_model`` → ``vpo reward-model
+    train``); once finished, its owner can launch runs with reward source ``learned`` on it."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reward_models")
+    study = models.ForeignKey(Study, null=True, blank=True, on_delete=models.SET_NULL, related_name="reward_models")
+    name = models.CharField(max_length=120)
+    status = models.CharField(max_length=10, choices=RewardModelStatus.choices, default=RewardModelStatus.QUEUED)
+    error = models.TextField(blank=True)
+    heads = models.JSONField(default=list)  # its dimensions
+    figures = models.JSONField(null=True, blank=True)  # held-out accuracy (learned and metrics), split sizes
+    created = models.DateTimeField(auto_now_add=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    objects = StudyQuerySet.as_manager()  # visible_to: the owner's, or all for staff
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self):
+        return f"#{self.pk} {self.name}"
+
+    @property
+    def directory(self) -> Path:
+        return Path(settings.MEDIA_ROOT) / "reward_models" / str(self.pk)
+
+    @property
+    def label(self) -> str:
+        """How the launch form lists it."""
+        return f"#{self.pk} {self.name} ({', '.join(self.heads)})"
+
+
+class GuidedSampling(models.Model):
+    """Flow-NRG on the "Guided sampling" page: a few seeds of one prompt sampled without and with
+    a reward model's guidance (same seeds), with the user's weight per dimension
+    (``jobs.guided_sample`` → ``vpo.guidance``)."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="guided_samplings")
+    reward_model = models.ForeignKey(RewardModel, on_delete=models.CASCADE, related_name="samplings")
+    prompt = models.CharField(max_length=300)
+    seed = models.IntegerField(default=0)
+    seeds = models.PositiveIntegerField(default=2)  # videos: seeds seed, seed + 1, ...
+    steps = models.PositiveIntegerField(default=20)  # denoising steps (CFG 4)
+    weights = models.JSONField(default=dict)  # {dimension: weight}
+    status = models.CharField(max_length=10, choices=RewardModelStatus.choices, default=RewardModelStatus.QUEUED)
+    error = models.TextField(blank=True)
+    rewards = models.JSONField(null=True, blank=True)  # {"unguided": [...], "guided": [...]}: the guiding reward r
+    created = models.DateTimeField(auto_now_add=True)
+
+    objects = StudyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created"]
+
+    @property
+    def media_dir(self) -> Path:
+        return Path(settings.MEDIA_ROOT) / "guided" / str(self.pk)
+
+    def rows(self) -> list[dict]:
+        """Per seed: its unguided and guided video and their rewards (for the page)."""
+        rewards = self.rewards or {}
+        return [
+            {
+                "seed": self.seed + i,
+                **{
+                    kind: {
+                        "url": reverse("studies:guided_video", args=[self.pk, kind, i]),
+                        "reward": (rewards.get(kind) or [None] * self.seeds)[i],
+                    }
+                    for kind in ("unguided", "guided")
+                },
+            }
+            for i in range(self.seeds)
+        ]

@@ -8,13 +8,16 @@ from __future__ import annotations
 import csv
 import io
 import math
+import zipfile
 from collections import Counter, defaultdict
 from dataclasses import asdict
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 from django.db.models import Count
 
+from vpo.pairs import Pair
 from vpo.stats import bradley_terry_bootstrap, pairwise, side_bias
 from webapp.studies.models import TIMING, Participant, Study, Vote
 
@@ -266,3 +269,29 @@ def human_groups(study: Study) -> list[tuple[str, list, int]]:
         if best > 0 and tally.count(best) == 1:
             groups.append((prompt, ordered, tally.index(best)))
     return groups
+
+
+def study_pairs(study: Study, folder: Path | None = None) -> list[Pair]:
+    """The study's votes as preference pairs (``vpo/pairs.py``): one per vote of a participant who
+    was not excluded, gold trials left out; ``a`` and ``b`` are the trial's two clips' frames
+    (``.npy``), in ``folder`` (relative names) or where the study keeps them."""
+    pairs = []
+    votes = vote_rows(study).filter(trial__is_gold=False, participant__excluded=False)
+    for v in votes:
+        a, b = v.trial.clip_a, v.trial.clip_b
+        choice = "tie" if v.chosen_id is None else "a" if v.chosen_id == a.pk else "b"
+        where = folder if folder is not None else study.media_dir
+        pairs.append(Pair(a.prompt, where / f"{a.token}.npy", where / f"{b.token}.npy", choice))
+    return pairs
+
+
+def pairs_zip(study: Study) -> bytes:
+    """``pairs.jsonl`` with the clips it names under ``videos/``: a download that
+    ``vpo reward-model train --pairs pairs.jsonl`` reads as it is, once unzipped."""
+    pairs = study_pairs(study, Path("videos"))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("pairs.jsonl", "".join(p.to_json() + "\n" for p in pairs))
+        for name in sorted({p.a.name for p in pairs} | {p.b.name for p in pairs}):
+            z.write(study.media_dir / name, f"videos/{name}")
+    return out.getvalue()

@@ -15,6 +15,11 @@ urlpatterns = [
     path("studies/<int:pk>/votes.csv", views.export_csv, name="csv"),
     path("studies/<int:pk>/feedback/", views.feedback, name="feedback"),
     path("studies/<int:pk>/participants/<str:ptoken>/exclusion", views.exclusion, name="exclusion"),
+    path("studies/<int:pk>/pairs.zip", views.export_pairs, name="pairs"),
+    path("studies/<int:pk>/reward-models/", views.reward_model_new, name="reward_model_new"),
+    path("studies/reward-models/<int:pk>/guide/", views.guided_new, name="guided_new"),
+    path("studies/guided/<int:pk>/", views.guided_detail, name="guided"),
+    path("studies/guided/<int:pk>/<str:kind>-<int:index>.mp4", views.guided_video, name="guided_video"),
     # volunteers (no account; unguessable tokens)
     path("s/<str:token>/", volunteer.welcome, name="welcome"),
     path("s/<str:token>/pilot/<str:key>/", volunteer.welcome, name="pilot"),

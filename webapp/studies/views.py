@@ -1,20 +1,30 @@
-"""Researcher pages of studies: create, watch rendering, manage, results (live), CSV, feedback
-analysis. Another researcher's study is indistinguishable from one that does not exist."""
+"""Researcher pages of studies: create, watch rendering, manage, results (live), CSV, preference
+pairs, feedback analysis, reward models trained on the votes.
+Another researcher's study is indistinguishable from one that does not exist."""
 
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
-from django.http import HttpResponse, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from webapp.experiments.models import Experiment
-from webapp.studies.forms import BASE, ExclusionForm, ManageForm, StudyForm
-from webapp.studies.models import Participant, Study, StudyStatus, System
-from webapp.studies.results import summarise, votes_csv
-from webapp.studies.tasks import analyse_study_feedback, render_study
+from webapp.media import ranged_file_response
+from webapp.studies.forms import BASE, ExclusionForm, GuidedSamplingForm, ManageForm, StudyForm
+from webapp.studies.models import (
+    GuidedSampling,
+    Participant,
+    RewardModel,
+    RewardModelStatus,
+    Study,
+    StudyStatus,
+    System,
+)
+from webapp.studies.results import pairs_zip, summarise, votes_csv
+from webapp.studies.tasks import analyse_study_feedback, guided_sample, render_study, train_reward_model
 
 
 def visible_or_404(request, pk) -> Study:
@@ -125,7 +135,10 @@ def manage(request, pk):
 @login_required
 def results(request, pk):
     study = visible_or_404(request, pk)
-    return render(request, "studies/results.html", {"study": study, "summary": summarise(study)})
+    reward_models = RewardModel.objects.visible_to(request.user).filter(study=study)
+    return render(
+        request, "studies/results.html", {"study": study, "summary": summarise(study), "reward_models": reward_models}
+    )
 
 
 @login_required
@@ -163,3 +176,67 @@ def feedback(request, pk):
     study = visible_or_404(request, pk)
     analyse_study_feedback.delay(study.pk)
     return redirect("studies:results", pk=study.pk)
+
+
+@login_required
+def export_pairs(request, pk):
+    study = visible_or_404(request, pk)
+    response = HttpResponse(pairs_zip(study), content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="study-{study.pk}-pairs.zip"'
+    return response
+
+
+@login_required
+@require_POST
+def reward_model_new(request, pk):
+    """Train a reward model on the study's votes (a job on the ``gpu`` queue)."""
+    study = visible_or_404(request, pk)
+    if not study.trials.filter(is_gold=False, votes__participant__excluded=False).exists():
+        return HttpResponse("this study has no votes to learn from yet", status=409)
+    with transaction.atomic():
+        rm = RewardModel.objects.create(owner=request.user, study=study, name=f"votes of {study.name}"[:120])
+        train_reward_model.delay_on_commit(rm.pk)
+    return redirect("studies:results", pk=study.pk)
+
+
+@login_required
+def guided_new(request, pk):
+    """The "Guided sampling" page of a finished reward model: a slider per dimension."""
+    rm = get_object_or_404(RewardModel.objects.visible_to(request.user), pk=pk, status=RewardModelStatus.FINISHED)
+    form = GuidedSamplingForm(request.POST or None, heads=rm.heads)
+    if request.method == "POST" and form.is_valid():
+        d = form.cleaned_data
+        with transaction.atomic():
+            sampling = GuidedSampling.objects.create(
+                owner=request.user,
+                reward_model=rm,
+                prompt=d["prompt"],
+                seed=d["seed"],
+                seeds=d["seeds"],
+                steps=d["steps"],
+                weights=form.weights(),
+            )
+            guided_sample.delay_on_commit(sampling.pk)
+        return redirect("studies:guided", pk=sampling.pk)
+    samplings = GuidedSampling.objects.visible_to(request.user).filter(reward_model=rm)[:20]
+    return render(
+        request,
+        "studies/guided_new.html",
+        {"rm": rm, "form": form, "samplings": samplings},
+        status=400 if form.errors else 200,
+    )
+
+
+@login_required
+def guided_detail(request, pk):
+    sampling = get_object_or_404(GuidedSampling.objects.visible_to(request.user), pk=pk)
+    return render(request, "studies/guided.html", {"sampling": sampling, "rm": sampling.reward_model})
+
+
+@login_required
+def guided_video(request, pk, kind, index):
+    sampling = get_object_or_404(GuidedSampling.objects.visible_to(request.user), pk=pk)
+    file = sampling.media_dir / f"{kind}-{index}.mp4"
+    if kind not in ("unguided", "guided") or not file.is_file():
+        raise Http404("no such video")
+    return ranged_file_response(request, file)
