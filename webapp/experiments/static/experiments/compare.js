@@ -21,6 +21,7 @@
   const steps = [...new Set(runs.flatMap((r) => r.steps))].sort((a, b) => a - b);
   const panels = names.map((metric) => {
     const chart = new VPOCharts.Chart(container, metric, "step");
+    chart.integerX = true;  // steps are whole numbers: no tick at 2.5
     chart.el.dataset.metric = metric;
     return {metric, chart};
   });
