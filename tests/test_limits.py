@@ -151,7 +151,7 @@ def test_the_web_form_refuses_a_run_that_would_not_fit_next_to_the_field(db):
     data = {name: field.initial for name, field in page.context["form"].fields.items() if field.initial is not None}
     data.update(name="too big", num_candidates=10_000)
     r = client.post(reverse("experiments:new"), data)
-    assert r.status_code == 400 and "num_candidates must be &lt;= 64" in r.content.decode()
+    assert r.status_code == 400 and "Candidates per prompt (N) must be &lt;= 64" in r.content.decode()
     assert r.context["form"].errors["num_candidates"]
     from webapp.experiments.models import Experiment
 

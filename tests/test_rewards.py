@@ -159,7 +159,7 @@ def test_feedback_analysis_ranks_the_unshuffled_video_first_on_temporal(metrics,
 
 def test_the_subject_guard_never_lets_an_empty_or_frozen_video_win():
     from vpo.data import world
-    from vpo.rewards.guard import subject_factor
+    from vpo.rewards.guard import subject_factor, subject_factors
 
     scene = next(s for s in world.heldout_scenes(64) if s.objects[0].motion in ("left", "right", "up", "down"))
     truth = scene.render()
@@ -170,6 +170,9 @@ def test_the_subject_guard_never_lets_an_empty_or_frozen_video_win():
     assert raw[1] > raw[0] and raw[2] > raw[0]  # unguarded, deleting or freezing the subject wins
     factors = [subject_factor(v, scene.caption) for v in (truth, empty, frozen)]
     assert factors[0] == pytest.approx(1.0, abs=0.15) and factors[1] == 0.0 and factors[2] < 0.05
+    # from the measures the metrics source took on the way (what a run uses): the same factors
+    videos = np.stack([truth, empty, frozen])
+    assert subject_factors(videos, [scene.caption] * 3, temporal.raw) == pytest.approx(factors)
     guarded = raw * torch.tensor(factors)
     assert int(guarded.argmax()) == 0
     with pytest.raises(ValueError, match="names no object"):

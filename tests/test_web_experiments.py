@@ -97,10 +97,10 @@ def test_bad_hyperparameters_show_a_clear_error_next_to_the_field(owner):
     client = logged_in(owner)
     r = client.post(reverse("experiments:new"), form_data(num_candidates=1))
     assert r.status_code == 400
-    assert "num_candidates must be &gt;= 2 to form a pair" in r.content.decode()
+    assert "Candidates per prompt (N) must be &gt;= 2 to form a pair" in r.content.decode()
     assert r.context["form"].errors["num_candidates"]
     r = client.post(reverse("experiments:new"), form_data(reward="image-metrics", dimension="dynamic"))
-    assert "unknown dimension &#x27;dynamic&#x27; for reward source &#x27;image-metrics&#x27;" in r.content.decode()
+    assert "Unknown dimension &#x27;dynamic&#x27; for reward source &#x27;image-metrics&#x27;" in r.content.decode()
     assert "dimension" in r.context["form"].errors
     r = client.post(reverse("experiments:new"), form_data(beta="lots"))
     assert "beta" in r.context["form"].errors

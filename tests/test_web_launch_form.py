@@ -35,8 +35,8 @@ def test_what_cannot_run_is_greyed_out_with_why_and_refused_at_the_form(on_the_f
     tab.click("#launch")
     tab.wait_for_selector("#error-summary")
     assert "VPO_VIDEOSCORE_DIR" in field_errors(tab, "reward")
-    assert "steps must be <= 100,000" in field_errors(tab, "steps")
-    assert "frames must be <= 321" in field_errors(tab, "frames")
+    assert "Steps must be <= 100,000" in field_errors(tab, "steps")
+    assert "Frames must be <= 321" in field_errors(tab, "frames")
     assert not Experiment.objects.exists()
 
 
@@ -63,7 +63,7 @@ def test_labels_are_words_fields_follow_the_algorithm_and_every_error_shows_at_o
     tab.wait_for_selector("#error-summary")
     assert "Name the run" in " ".join(tab.locator("#field-name .error").all_text_contents())
     assert field_errors(tab, "steps") == "Steps must be a whole number"
-    assert "num_candidates must be >= 2" in field_errors(tab, "num_candidates")
+    assert "Candidates per prompt (N) must be >= 2" in field_errors(tab, "num_candidates")  # labels, not field names
     assert "Learning rate must be a number" in field_errors(tab, "lr")
     assert tab.locator("#error-summary li").count() == 4
     assert tab.input_value("#id_algorithm") == "offline-dpo" and tab.is_hidden("#field-refl_depth")

@@ -114,11 +114,11 @@ def test_a_missing_reward_model_folder_is_a_form_error_next_to_the_field(db, set
     r = client.post("/experiments/new/", {**form, "reward_model": str(rm.directory)})
     assert r.status_code == 400
     assert r.context["form"].errors["reward_model"] == [
-        f"no reward model at {rm.directory}: not a directory (train one with `vpo reward-model train`)"
+        f"No reward model at {rm.directory}: not a directory (train one with `vpo reward-model train`)"
     ]
     r = client.post("/experiments/new/", {**form, "reward_model": ""})
     assert r.context["form"].errors["reward_model"] == [
-        "reward 'learned' needs reward_model: the folder of a trained reward model"
+        "Reward source 'learned' needs reward model: the folder of a trained reward model"
     ]
     r = client.post("/experiments/new/", {**form, "reward_model": str(tmp_path)})  # not one of the user's
     assert "reward_model" in r.context["form"].errors

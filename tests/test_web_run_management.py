@@ -74,7 +74,7 @@ def test_search_filter_sort_rename_tag_download_archive_and_delete_runs(live_sta
     tab.goto(f"{live_stack.url}/experiments/?group=lr+1e-3")
     tab.check(f"input[name=ids][value='{runs['seed 0'].pk}']")
     tab.check(f"input[name=ids][value='{runs['seed 1'].pk}']")
-    tab.click("text=Compare selected")
+    tab.click("#compare-selected")
     tab.wait_for_selector("#charts .uplot")
     assert tab.locator("#charts .uplot").count() == 2  # every metric its panel, reward first
     assert "reward/mean" in tab.text_content("#charts .chart >> nth=0")
@@ -145,3 +145,82 @@ def test_search_filter_sort_rename_tag_download_archive_and_delete_runs(live_sta
     r = client.post(reverse("experiments:delete", args=[runs["live one"].pk]), {"confirm": "delete"})
     assert r.status_code == 409 and "cancel it first" in r.content.decode()
     assert runs["live one"].run_dir.exists()
+
+
+@pytest.mark.timeout(600)
+def test_bulk_actions_and_compare_every_group_as_its_mean_in_its_band(live_stack, runs, page):  # noqa: F811
+    tab = page
+    owner = runs["seed 0"].owner
+    for name, last in [("seed 2", 0.2), ("seed 3", 0.4)]:
+        e = Experiment.objects.create(
+            owner=owner,
+            name=name,
+            config=validated_config({}),
+            status="finished",
+            last_reward=last,
+            run_group="lr 3e-4",
+        )
+        e.run_dir.mkdir(parents=True)
+        for step in (1, 2, 3):
+            MetricPoint.objects.create(experiment=e, step=step, wall=step, values={"reward/mean": last * step})
+        runs[name] = e
+    log_in(tab, live_stack.url, "erin", "pw-erin-long")
+
+    def tick(*names):
+        for name in names:
+            tab.check(f"input[name=ids][value='{runs[name].pk}']")
+
+    # compare four runs of two groups: each group its mean inside its own band, in its own colour
+    tick("seed 0", "seed 1", "seed 2", "seed 3")
+    tab.click("#compare-selected")
+    tab.wait_for_selector("#charts .uplot")
+    tab.check("#group-runs")
+    legend = tab.text_content("#charts .chart >> nth=0")
+    for text in ("lr 1e-3 (mean of 2)", "lr 3e-4 (mean of 2)", "lr 1e-3 min", "lr 3e-4 max"):
+        assert text in legend, legend
+    fills = tab.evaluate("document.querySelector('#charts .chart').vpoChart.bandFills")
+    assert len(fills) == 2 and fills[0] != fills[1], fills
+    ticks = tab.evaluate("document.querySelector('#charts .chart').vpoChart.ticks.x")
+    assert ticks and all(t == "" or t.lstrip("-").isdigit() for t in ticks), ticks  # steps: whole numbers only
+
+    # nothing ticked: said, nothing done
+    tab.goto(f"{live_stack.url}/experiments/?sort=name")
+    tab.click("#archive-selected")
+    assert "Tick one or more runs to archive them." in tab.text_content("#messages")
+    assert names(tab) == ["baseline", "live one", "seed 0", "seed 1", "seed 2", "seed 3"]  # the sort kept
+
+    # set the group of two runs, then archive them
+    tick("seed 2", "seed 3")
+    tab.fill("#bulk-group", "lr 3e-4, warm-up")
+    tab.click("#group-selected")
+    assert {e.run_group for e in Experiment.objects.filter(name__in=["seed 2", "seed 3"])} == {"lr 3e-4, warm-up"}
+    tick("seed 2", "seed 3")
+    tab.click("#archive-selected")
+    assert "Archived" in tab.text_content("#messages")
+    assert names(tab) == ["baseline", "live one", "seed 0", "seed 1"]
+
+    # delete: refused without the confirmation and while a ticked run is still going
+    tab.goto(f"{live_stack.url}/experiments/?archived=all&sort=name")
+    tick("seed 2", "seed 3")
+    tab.click("#delete-selected")
+    assert "tick the box to confirm" in tab.text_content("#messages")
+    tick("seed 2", "seed 3", "live one")
+    tab.check("#confirm-bulk-delete")
+    tab.click("#delete-selected")
+    assert f"cancel #{runs['live one'].pk} (running) first" in tab.text_content("#messages")
+    assert Experiment.objects.filter(name__in=["seed 2", "seed 3", "live one"]).count() == 3
+    tick("seed 2", "seed 3")
+    tab.check("#confirm-bulk-delete")
+    tab.click("#delete-selected")
+    assert "Deleted" in tab.text_content("#messages")
+    assert not Experiment.objects.filter(name__in=["seed 2", "seed 3"]).exists()
+    assert not runs["seed 2"].run_dir.exists() and runs["seed 0"].run_dir.exists()
+
+    # a tampered form: a 4xx, not a traceback
+    client = Client()
+    client.force_login(owner)
+    assert client.post(reverse("experiments:bulk"), {"ids": ["x"], "action": "archive"}).status_code == 400
+    assert (
+        client.post(reverse("experiments:bulk"), {"ids": [runs["seed 0"].pk], "action": "explode"}).status_code == 400
+    )
+    assert client.post(reverse("experiments:bulk"), {"ids": [999999], "action": "archive"}).status_code == 404

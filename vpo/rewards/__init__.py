@@ -11,6 +11,8 @@ import importlib
 from dataclasses import dataclass, field
 
 GLOBAL = "global"  # the mean of a source's dimensions, each normalised to [0, 1]
+# the reward guards a run may set (``reward_guard``; vpo/rewards/guard.py applies them)
+GUARDS = ("none", "subject")
 
 
 @dataclass(frozen=True)

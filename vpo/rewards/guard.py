@@ -14,12 +14,12 @@ it cannot be the winner. It needs prompts the world's detector can read.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from vpo.data import world
 from vpo.data.detector import detect, motion_extent, presence
-
-GUARDS = ("none", "subject")
 
 
 def unguardable(prompts: list[str]) -> str | None:
@@ -35,3 +35,17 @@ def subject_factor(video: np.ndarray, prompt: str) -> float:
         raise ValueError(f"the subject guard cannot read {prompt!r}: it names no object of the synthetic world")
     extent = motion_extent(video, prompt)
     return present * (1.0 if extent is None else min(1.0, extent))
+
+
+def subject_factors(videos: np.ndarray, prompts: list[str], raw: dict) -> list[float]:
+    """``subject_factor`` of each video; from the ``presence`` and ``motion_extent`` the reward
+    source already measured (``ScoreResult.raw`` of ``metrics``) when it did, so that the detector
+    does not run twice on every candidate."""
+    if "presence" not in raw or "motion_extent" not in raw:
+        return [subject_factor(v, p) for v, p in zip(videos, prompts)]
+    factors = []
+    for prompt, present, extent in zip(prompts, raw["presence"].tolist(), raw["motion_extent"].tolist()):
+        if math.isnan(present):
+            raise ValueError(f"the subject guard cannot read {prompt!r}: it names no object of the synthetic world")
+        factors.append(present * (1.0 if math.isnan(extent) else min(1.0, extent)))
+    return factors

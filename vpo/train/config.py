@@ -18,8 +18,7 @@ from typing import Any
 # the registries import nothing heavy: the web process validates with this same code
 from vpo.backbones import BACKBONES
 from vpo.data.prompts import BUILTIN
-from vpo.rewards import DIMENSIONS, GLOBAL, REWARD_SOURCES, dimensions_of
-from vpo.rewards.guard import GUARDS
+from vpo.rewards import DIMENSIONS, GLOBAL, GUARDS, REWARD_SOURCES, Source, dimensions_of
 from vpo.train import ALGORITHMS
 
 DPO = ("online-dpo", "offline-dpo")  # the algorithms that train on pairs with the Flow-DPO loss
@@ -164,6 +163,44 @@ class TrainConfig:
         bad = {e.field for e in errors}
         return errors + [e for e in cfg.problems() if e.field not in bad]
 
+    def _reward_source(self) -> tuple[Source | None, ConfigError | None]:
+        """The registry's entry for ``reward`` and the problem with ``reward_model``, if any; for
+        ``learned``, the entry with the model's heads as its dimensions (read from the folder,
+        torch-free), or None when there is no model to read them from."""
+        source = REWARD_SOURCES[self.reward]
+        if self.reward != "learned":
+            if self.reward_model:
+                return source, ConfigError(
+                    "reward_model", f"reward_model is read only with reward = learned (reward is {self.reward!r})"
+                )
+            return source, None
+        if not self.reward_model:
+            return None, ConfigError(
+                "reward_model", "reward 'learned' needs reward_model: the folder of a trained reward model"
+            )
+        try:
+            heads = tuple(dimensions_of(self.reward, self.reward_model))
+        except ValueError as problem:
+            return None, ConfigError("reward_model", str(problem))
+        return replace(source, dimensions=heads, differentiable=heads), None
+
+    def _dimension_problems(self, source: Source) -> Iterator[ConfigError]:
+        """``dimension`` against what the source offers (a differentiable one for ReFL)."""
+        if self.algorithm != "refl":
+            if e := _choice_problem("dimension", self.dimension, source.choices, f" for reward source {self.reward!r}"):
+                yield e
+        elif not source.differentiable:
+            differentiable = [n for n, s in REWARD_SOURCES.items() if s.differentiable]
+            yield ConfigError(
+                "reward",
+                f"refl needs a differentiable reward source; {self.reward!r} is not "
+                f"(valid: {', '.join(differentiable)})",
+            )
+        elif e := _choice_problem(
+            "dimension", self.dimension, source.differentiable, f" (refl needs a differentiable one of {self.reward!r})"
+        ):
+            yield e
+
     def problems(self) -> Iterator[ConfigError]:
         """Each bad value, in the order checked; a check that depends on a field found bad (the
         dimension on the reward source, the memory on the sizes) is skipped."""
@@ -181,40 +218,11 @@ class TrainConfig:
         ]
         yield from registries
         if not any(e.field in ("reward", "algorithm") for e in registries):
-            source = REWARD_SOURCES[self.reward]
-            choices = source.choices
-            if self.reward == "learned":
-                try:  # its heads are its dimensions (read from the folder, torch-free)
-                    if not self.reward_model:
-                        raise ValueError("reward 'learned' needs reward_model: the folder of a trained reward model")
-                    choices = (*dimensions_of(self.reward, self.reward_model), GLOBAL)
-                    source = replace(source, dimensions=choices[:-1], differentiable=choices[:-1])
-                except ValueError as problem:
-                    yield ConfigError("reward_model", str(problem))
-                    choices = ()
-            elif self.reward_model:
-                yield ConfigError(
-                    "reward_model", f"reward_model is read only with reward = learned (reward is {self.reward!r})"
-                )
-            if not choices:
-                pass  # the dimension cannot be checked without the model's heads
-            elif self.algorithm == "refl":
-                if not source.differentiable:
-                    differentiable = [n for n, s in REWARD_SOURCES.items() if s.differentiable]
-                    yield ConfigError(
-                        "reward",
-                        f"refl needs a differentiable reward source; {self.reward!r} is not "
-                        f"(valid: {', '.join(differentiable)})",
-                    )
-                elif e := _choice_problem(
-                    "dimension",
-                    self.dimension,
-                    source.differentiable,
-                    f" (refl needs a differentiable one of {self.reward!r})",
-                ):
-                    yield e
-            elif e := _choice_problem("dimension", self.dimension, choices, f" for reward source {self.reward!r}"):
-                yield e
+            source, problem = self._reward_source()
+            if problem:
+                yield problem
+            if source is not None:  # None: a learned model whose heads could not be read
+                yield from self._dimension_problems(source)
         sizes = []
         for name in (
             "steps",

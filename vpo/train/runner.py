@@ -26,7 +26,7 @@ from vpo.backbones import load_for_config
 from vpo.backbones.base import Backbone
 from vpo.data.prompts import read_prompts
 from vpo.rewards import load_reward
-from vpo.rewards.guard import subject_factor, unguardable
+from vpo.rewards.guard import subject_factors, unguardable
 from vpo.train.checkpoints import (
     POLICY,
     REF,
@@ -156,8 +156,8 @@ class Run:
         result = self.reward.score(videos, prompts)
         scores = result.scores[self.cfg.dimension]
         if self.cfg.reward_guard == "subject":  # vpo/rewards/guard.py: deleting or freezing the subject never wins
-            frames = videos.numpy()
-            scores = scores * torch.tensor([subject_factor(v, p) for v, p in zip(frames, prompts)], dtype=scores.dtype)
+            factors = subject_factors(videos.numpy(), prompts, result.raw)
+            scores = scores * torch.tensor(factors, dtype=scores.dtype)
         if not torch.isfinite(scores).all():
             bad = int((~torch.isfinite(scores)).nonzero()[0])
             why = result.unavailable.get(bad, "the reward source returned a non-finite score")

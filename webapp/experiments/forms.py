@@ -3,6 +3,7 @@ validation by ``TrainConfig`` itself, its error shown next to the field it names
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields
 
 from django import forms
@@ -10,8 +11,8 @@ from django import forms
 from vpo.backbones import BACKBONES
 from vpo.backbones.real import weights_status
 from vpo.data.prompts import BUILTIN, parse_prompts
-from vpo.rewards import DIMENSIONS, GLOBAL, REWARD_SOURCES
-from vpo.rewards.guard import GUARDS, unguardable
+from vpo.rewards import DIMENSIONS, GLOBAL, GUARDS, REWARD_SOURCES
+from vpo.rewards.guard import unguardable
 from vpo.rewards.local import weights_status as reward_weights_status
 from vpo.train import ALGORITHMS
 from vpo.train.config import PARALLEL, SWITCHES, ConfigError, TrainConfig
@@ -100,6 +101,33 @@ def unavailable_rewards() -> dict[str, str]:
     return {name: f"{name}: {problem}" for name in REWARD_SOURCES if (problem := reward_weights_status(name)[1])}
 
 
+# the config's field names as they appear in TrainConfig's messages (shared with the CLI and TOML,
+# which name fields as written there) -> the labels the form shows; longest first, so that
+# "heldout_prompts" is not read as "prompts"
+_LABELS = sorted(((f.name, f.metadata["label"]) for f in CONFIG_FIELDS), key=lambda item: -len(item[0]))
+_NAMES = re.compile("|".join(rf"(?<![\w-])({re.escape(name)})(?![\w-])" for name, _ in _LABELS))
+
+
+def in_labels(message: str) -> str:
+    """A TrainConfig message in the form's words: 'num_candidates must be >= 2' -> 'Candidates
+    per prompt must be >= 2'. A name with an underscore is a field wherever it stands; a
+    one-word name (steps, prompts, seed) only where the message starts with it, since the same
+    word is also plain English further on."""
+    label = dict(_LABELS)
+
+    def named(match: re.Match) -> str:
+        name = match.group(0)
+        if match.start() == 0:
+            return label[name]
+        if "_" not in name:
+            return name
+        words = label[name]  # mid-sentence in lower case, but not an acronym (LoRA, DPO, VAE)
+        return words[:1].lower() + words[1:] if words[1:2].islower() else words
+
+    text = _NAMES.sub(named, message)
+    return text[:1].upper() + text[1:]
+
+
 def number_field(f, kind: type) -> forms.Field:
     """A number typed as text: a browser drops letters typed into ``<input type=number>`` and
     posts nothing, which Django would report as "This field is required."; as text they arrive
@@ -139,7 +167,10 @@ class ExperimentForm(forms.Form):
         for f in CONFIG_FIELDS:
             kind = type(f.default)
             if f.name in CHOICES:
-                field = forms.ChoiceField(choices=[(c, c) for c in CHOICES[f.name]])
+                field = forms.ChoiceField(
+                    choices=[(c, c) for c in CHOICES[f.name]],
+                    error_messages={"required": f"{f.metadata['label']}: choose one (default {f.default})"},
+                )
             else:
                 field = number_field(f, kind)
             field.label, field.help_text, field.initial = f.metadata["label"], f.metadata["help"], initial[f.name]
@@ -212,13 +243,13 @@ class ExperimentForm(forms.Form):
         parsed = {f.name: data[f.name] for f in CONFIG_FIELDS if f.name in data and f.name not in self.errors}
         for problem in TrainConfig.check(parsed):
             if problem.field not in self.errors:  # one message a field: the form's own comes first
-                self.add_error(problem.field if problem.field in self.fields else None, str(problem))
+                self.add_error(problem.field if problem.field in self.fields else None, in_labels(str(problem)))
         if self.errors:
             return data
         try:
             self.config = validated_config({f.name: data[f.name] for f in CONFIG_FIELDS})
         except ConfigError as e:  # check() found nothing, so this does not happen; if it did, said
-            self.add_error(e.field if e.field in self.fields else None, str(e))
+            self.add_error(e.field if e.field in self.fields else None, in_labels(str(e)))
             return data
         if self.config["nproc"] > 1:  # more ranks than any worker has would wait in the queue forever
             problem = ranks_refused(self.config["nproc"], "gpu", capacities())

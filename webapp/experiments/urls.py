@@ -8,6 +8,7 @@ urlpatterns = [
     path("new/", views.experiment_new, name="new"),
     path("demo/", views.demo, name="demo"),
     path("compare/", views.compare, name="compare"),
+    path("bulk/", views.bulk, name="bulk"),
     path("leaderboard/", views.leaderboard_view, name="leaderboard"),
     path("<int:pk>/", views.experiment_detail, name="detail"),
     path("<int:pk>/metrics.json", views.metrics_json, name="metrics"),

@@ -4,10 +4,14 @@ experiment is indistinguishable from one that does not exist."""
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
-from django.http import FileResponse, Http404, HttpResponse, JsonResponse
+from django.http import FileResponse, Http404, HttpResponse, JsonResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from vpo.train.keys import DASHBOARD, REWARD_MEAN
@@ -84,6 +88,58 @@ def archive(request, pk):
     experiment.archived = request.POST.get("archived", "1") == "1"
     experiment.save(update_fields=["archived"])
     return redirect(experiment)
+
+
+BULK_ACTIONS = ("compare", "archive", "unarchive", "group", "delete")
+
+
+@login_required
+@require_POST
+def bulk(request):
+    """What the runs table does to the runs ticked in it: compare, archive, unarchive, set their
+    group, or delete them with their files. A mistake (nothing ticked, no confirmation, a run
+    still going) is said above the table and nothing is changed."""
+    try:
+        ids = sorted({int(i) for i in request.POST.getlist("ids")})
+    except ValueError:
+        return HttpResponse("ids must be experiment numbers", status=400)
+    action = request.POST.get("action")
+    if action not in BULK_ACTIONS:
+        return HttpResponse(f"action must be one of {', '.join(BULK_ACTIONS)}", status=400)
+    # back to the table as it was filtered and sorted (re-encoded: only a query string comes back)
+    back = redirect(f"{reverse('experiments:list')}?{QueryDict(request.POST.get('query', '')).urlencode()}")
+    if not ids:
+        messages.error(request, f"Tick one or more runs to {action} them.")
+        return back
+    experiments = list(Experiment.objects.visible_to(request.user).filter(pk__in=ids))
+    if len(experiments) != len(ids):
+        raise Http404("no such experiment")
+    if action == "compare":
+        return redirect(f"{reverse('experiments:compare')}?{urlencode([('ids', i) for i in ids])}")
+    names = ", ".join(f"#{e.pk}" for e in experiments)
+    if action in ("archive", "unarchive"):
+        Experiment.objects.filter(pk__in=ids).update(archived=action == "archive")
+        messages.success(request, f"{action.capitalize()}d {names}.")
+    elif action == "group":
+        group = request.POST.get("group", "").strip()
+        if len(group) > Experiment._meta.get_field("run_group").max_length:
+            messages.error(request, "A group name has at most 120 characters.")
+            return back
+        Experiment.objects.filter(pk__in=ids).update(run_group=group)
+        messages.success(
+            request, f"Group of {names} set to {group!r}." if group else f"{names} taken out of their group."
+        )
+    else:  # delete
+        going = [f"#{e.pk} ({e.status})" for e in experiments if not e.is_done]
+        if going:
+            messages.error(request, f"Nothing deleted: cancel {', '.join(going)} first.")
+        elif request.POST.get("confirm") != "delete":
+            messages.error(request, "Nothing deleted: tick the box to confirm (runs and their files go for good).")
+        else:
+            for experiment in experiments:
+                delete_with_files(experiment)
+            messages.success(request, f"Deleted {names} and their files.")
+    return back
 
 
 @login_required

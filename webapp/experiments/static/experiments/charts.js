@@ -78,7 +78,7 @@ const VPOCharts = (() => {
   // whole-number tick spacings for a step axis
   const INTEGER_INCRS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1e3, 2e3, 2.5e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6];
 
-  // One chart: {title, lines: [{label, values}], band: {lo, hi, label} | null}.
+  // One chart: {title, lines: [{label, values}], bands: [{lo, hi, label}]}.
   class Chart {
     constructor(container, title, xLabel) {
       this.el = document.createElement("div");
@@ -93,13 +93,17 @@ const VPOCharts = (() => {
       this.integerX = false;  // steps: whole-number ticks
       this.xMax = null;  // the x range reaches at least this (a run's steps), null = the data's range
       this.ticks = {x: [], y: []};  // the labels last drawn (what the browser tests read)
+      this.bandFills = [];  // the colour of each band last drawn (read by them too)
       this.el.vpoChart = this;
     }
 
-    // x: numbers; lines: [{label, values}]; band: {label, lo, hi, loLabel?, hiLabel?} or null (label:
-    // the line it bounds; loLabel/hiLabel: its edges' names in the legend); alpha: EMA factor (0 = off)
-    update(x, lines, band, alpha) {
-      const raw = [...lines.map((l) => l.values), ...(band ? [band.lo, band.hi] : [])];
+    // x: numbers; lines: [{label, values}]; bands: {label, lo, hi, loLabel?, hiLabel?}, a list of
+    // them, or null (label: the line it bounds, drawn in that line's colour; loLabel/hiLabel: its
+    // edges' names in the legend); alpha: EMA factor (0 = off)
+    update(x, lines, bands, alpha) {
+      const given = bands ? (Array.isArray(bands) ? bands : [bands]) : [];
+      const bandOf = new Map(given.map((b) => [b.label, b]));
+      const raw = [...lines.map((l) => l.values), ...given.flatMap((b) => [b.lo, b.hi])];
       const idx = downsample(x, raw, Math.max(200, 2 * (this.el.clientWidth || 600)));
       this.drawn = idx ? idx.length : x.length;
       const data = [pick(x, idx)];
@@ -110,7 +114,8 @@ const VPOCharts = (() => {
           data.push(pick(line.values, idx));
           series.push({label: `${line.label} (raw)`, stroke: colour + "40", width: 1, spanGaps: true});
           let smooth = ema(line.values, alpha);
-          if (band && band.label === line.label) smooth = clampToBand(smooth, band.lo, band.hi);
+          const band = bandOf.get(line.label);
+          if (band) smooth = clampToBand(smooth, band.lo, band.hi);
           data.push(pick(smooth, idx));
           series.push({label: line.label, stroke: colour, width: 2, spanGaps: true});
         } else {
@@ -118,16 +123,18 @@ const VPOCharts = (() => {
           series.push({label: line.label, stroke: colour, width: 1.5, spanGaps: true});
         }
       });
-      const bands = [];
-      if (band) {  // drawn in the first line's colour
+      const fills = [];
+      for (const band of given) {  // in the colour of the line it bounds (the first line's if none)
+        const colour = COLOURS[Math.max(0, lines.findIndex((l) => l.label === band.label)) % COLOURS.length];
         data.push(pick(band.lo, idx), pick(band.hi, idx));
-        series.push({label: band.loLabel || `${band.label} min`, stroke: COLOURS[0] + "55", width: 1, spanGaps: true},
-                    {label: band.hiLabel || `${band.label} max`, stroke: COLOURS[0] + "55", width: 1, spanGaps: true});
-        bands.push({series: [series.length - 1, series.length - 2], fill: COLOURS[0] + "22"});
+        series.push({label: band.loLabel || `${band.label} min`, stroke: colour + "55", width: 1, spanGaps: true},
+                    {label: band.hiLabel || `${band.label} max`, stroke: colour + "55", width: 1, spanGaps: true});
+        fills.push({series: [series.length - 1, series.length - 2], fill: colour + "22"});
       }
       const signature = series.map((s) => s.label).join("|") + `|${this.integerX}`;
       if (!this.plot || signature !== this.signature) {
-        this.create(series, bands, data);
+        this.create(series, fills, data);
+        this.bandFills = fills.map((f) => f.fill);
         this.signature = signature;
       } else {
         // keep what the user zoomed into; otherwise follow the data as it grows

@@ -1,6 +1,6 @@
 // Overlay every metric of several experiments on a common step axis: one panel per metric (the
 // default metric first), each run by its name in its own colour; optionally the runs of one group
-// (e.g. seeds) as their mean with a min-max band.
+// (e.g. seeds) as their mean with a min-max band, each group in its own colour.
 "use strict";
 
 (async () => {
@@ -31,9 +31,9 @@
       const at = new Map(r.steps.map((s, j) => [s, r.series[metric] ? r.series[metric][j] : null]));
       return {label: `${runNames[i]} (#${ids[i]})`, values: steps.map((s) => at.has(s) ? at.get(s) : null)};
     });
-    let band = null;
+    const bands = [];
     if (grouping && grouping.checked) {
-      // runs of one group as their mean per step, the first group with its min-max band
+      // the runs of each group as their mean per step inside their min-max band
       const byGroup = new Map();
       lines.forEach((line, i) => {
         const key = runGroups[i] || line.label;  // a run without a group stays on its own
@@ -44,21 +44,17 @@
       for (const [key, members] of byGroup) {
         if (members.length === 1) { lines.push({label: key, values: members[0]}); continue; }
         const at = (j) => members.map((m) => m[j]).filter((v) => v !== null && v !== undefined);
-        const mean = steps.map((_, j) => {
+        const label = `${key} (mean of ${members.length})`;
+        lines.push({label, values: steps.map((_, j) => {
           const v = at(j);
           return v.length ? v.reduce((a, b) => a + b, 0) / v.length : null;
-        });
-        const line = {label: `${key} (mean of ${members.length})`, values: mean};
-        if (!band) {
-          band = {label: key, lo: steps.map((_, j) => at(j).length ? Math.min(...at(j)) : null),
-                  hi: steps.map((_, j) => at(j).length ? Math.max(...at(j)) : null)};
-          lines.unshift(line);  // the band is drawn in the first line's colour
-        } else {
-          lines.push(line);
-        }
+        })});
+        bands.push({label, loLabel: `${key} min`, hiLabel: `${key} max`,
+                    lo: steps.map((_, j) => at(j).length ? Math.min(...at(j)) : null),
+                    hi: steps.map((_, j) => at(j).length ? Math.max(...at(j)) : null)});
       }
     }
-    return {lines, band};
+    return {lines, bands};
   }
 
   function draw() {
@@ -67,9 +63,9 @@
     for (const {metric, chart} of panels) {
       chart.el.hidden = Boolean(words) && !metric.toLowerCase().includes(words);
       if (chart.el.hidden) continue;
-      const {lines, band} = linesOf(metric);
+      const {lines, bands} = linesOf(metric);
       chart.signature = "";  // grouping may change the series: a new chart
-      chart.update(steps, lines, band, alpha);
+      chart.update(steps, lines, bands, alpha);
     }
   }
   if (filter) filter.addEventListener("input", draw);
