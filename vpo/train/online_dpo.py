@@ -114,6 +114,31 @@ class Candidates:
     sample_s: float
     score_s: float
 
+    def reward_values(self) -> dict[str, float]:
+        """The step's reward over every candidate: mean, max, min."""
+        s = self.scores
+        return {REWARD_MEAN: s.mean().item(), REWARD_MAX: s.max().item(), REWARD_MIN: s.min().item()}
+
+    def timings(self, t0: float, t_scored: float) -> dict[str, float]:
+        """Where the step's time went: sampling, scoring, the update since ``t_scored``, all since
+        ``t0``; taken before the videos are written, which the step's time leaves out."""
+        now = time.perf_counter()
+        return {SAMPLE_S: self.sample_s, SCORE_S: self.score_s, UPDATE_S: now - t_scored, STEP_S: now - t0}
+
+    def log(self, run: Run, step: int, labels: list[str]) -> None:
+        """Every candidate's video with its score and label (winner/loser, best) on the
+        dashboard's candidates panel, every ``heldout_every`` steps (``step`` counted from 1)."""
+        if run.cfg.heldout_every and step % run.cfg.heldout_every == 0:
+            run.sink.samples(
+                step,
+                "candidates",
+                self.videos.numpy(),
+                self.flat_prompts,
+                self.scores.flatten().tolist(),
+                labels,
+                run.backbone.spec.fps,
+            )
+
 
 def sample_and_score(run: Run, step: int) -> Candidates:
     """Steps 1 and 2, shared with ``online-rwr`` (which so starts from the same candidates): the
@@ -143,26 +168,19 @@ def sample_and_score(run: Run, step: int) -> Candidates:
 
 def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
     """Train ``run`` (algorithm ``online-dpo``); returns the folder of the last checkpoint."""
-    cfg, sink = run.cfg, run.sink
-    n, bb = cfg.num_candidates, run.backbone
+    cfg, n = run.cfg, run.cfg.num_candidates
 
     def one_step(step: int) -> dict:
         t0 = time.perf_counter()
         # 1. sample N candidates per prompt from the current policy; 2. score them
         c = sample_and_score(run, step)
-        prompts, flat_prompts, videos, latents, scores = c.prompts, c.flat_prompts, c.videos, c.latents, c.scores
+        prompts, flat_prompts, latents, scores = c.prompts, c.flat_prompts, c.latents, c.scores
         first = c.first
         t_score = time.perf_counter()
 
         # 3. winner = argmax, loser = argmin; prompts whose spread is under the tolerance are skipped
         pairs = pick_pairs(scores, cfg.tie_tolerance)
-        values = {
-            REWARD_MEAN: scores.mean().item(),
-            REWARD_MAX: scores.max().item(),
-            REWARD_MIN: scores.min().item(),
-            SKIPPED_PROMPTS: len(prompts) - len(pairs),
-            PAIRS: len(pairs),
-        }
+        values = {**c.reward_values(), SKIPPED_PROMPTS: len(prompts) - len(pairs), PAIRS: len(pairs)}
 
         # 4. Flow-DPO update on the pairs (of all ranks: a rank without a pair still takes part)
         if run.ranks.sum(len(pairs)):
@@ -182,21 +200,11 @@ def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
 
         # 6. (with run.end_step) log, held-out monitor, sample videos, checkpoint; the step's time
         # leaves out writing its videos
-        values.update(
-            {
-                SAMPLE_S: c.sample_s,
-                SCORE_S: c.score_s,
-                UPDATE_S: time.perf_counter() - t_score,
-                STEP_S: time.perf_counter() - t0,
-            }
-        )
-        if cfg.heldout_every and done % cfg.heldout_every == 0:
-            labels = ["" for _ in flat_prompts]
-            for i, w, l in pairs:
-                labels[i * n + w], labels[i * n + l] = "winner", "loser"
-            sink.samples(
-                done, "candidates", videos.numpy(), flat_prompts, scores.flatten().tolist(), labels, bb.spec.fps
-            )
+        values.update(c.timings(t0, t_score))
+        labels = ["" for _ in flat_prompts]
+        for i, w, l in pairs:
+            labels[i * n + w], labels[i * n + l] = "winner", "loser"
+        c.log(run, done, labels)
         return values
 
     return run.loop(run.begin(resume), stop, one_step)

@@ -26,14 +26,7 @@ import torch
 from vpo.train.keys import (
     PHASE_UPDATING,
     REWARD_MARGIN,
-    REWARD_MAX,
-    REWARD_MEAN,
-    REWARD_MIN,
     RWR_GRAD_NORM,
-    SAMPLE_S,
-    SCORE_S,
-    STEP_S,
-    UPDATE_S,
 )
 from vpo.train.loss import flow_rwr_loss, per_video_mse
 from vpo.train.online_dpo import sample_and_score
@@ -77,8 +70,7 @@ def rwr_update(run: Run, latents: torch.Tensor, rewards: torch.Tensor, prompts: 
 
 def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
     """Train ``run`` (algorithm ``online-rwr``); returns the folder of the last checkpoint."""
-    cfg, sink = run.cfg, run.sink
-    n, bb = cfg.num_candidates, run.backbone
+    n = run.cfg.num_candidates
 
     def one_step(step: int) -> dict:
         t0 = time.perf_counter()
@@ -90,9 +82,7 @@ def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
 
         # 3. reward-weighted flow matching on every candidate
         values = {
-            REWARD_MEAN: scores.mean().item(),
-            REWARD_MAX: scores.max().item(),
-            REWARD_MIN: scores.min().item(),
+            **c.reward_values(),
             # best minus worst per prompt: the spread the temperature is compared with
             REWARD_MARGIN: (scores.max(1).values - scores.min(1).values).mean().item(),
         }
@@ -100,20 +90,9 @@ def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
 
         # 4. log, held-out monitor, sample videos, checkpoint (run.end_step); the step's time leaves
         # out writing its videos
-        values.update(
-            {
-                SAMPLE_S: c.sample_s,
-                SCORE_S: c.score_s,
-                UPDATE_S: time.perf_counter() - t_score,
-                STEP_S: time.perf_counter() - t0,
-            }
-        )
-        if cfg.heldout_every and (step + 1) % cfg.heldout_every == 0:
-            best = set((scores.argmax(1) + torch.arange(len(prompts)) * n).tolist())
-            labels = ["best" if i in best else "" for i in range(len(c.flat_prompts))]
-            sink.samples(
-                step + 1, "candidates", c.videos.numpy(), c.flat_prompts, scores.flatten().tolist(), labels, bb.spec.fps
-            )
+        values.update(c.timings(t0, t_score))
+        best = set((scores.argmax(1) + torch.arange(len(prompts)) * n).tolist())
+        c.log(run, step + 1, ["best" if i in best else "" for i in range(len(c.flat_prompts))])
         return values
 
     return run.loop(run.begin(resume), stop, one_step)
