@@ -1,6 +1,6 @@
 """Regenerates the screenshots of issue 18's run-management pages under ``docs/screenshots/``:
 the runs table (search, filters, tags, groups), a run's management panel, Compare with three runs
-named in their colours (and as one group's mean with a band), the launch form with every error
+named in their colours (and the seeds of two groups, each as its mean inside its band), the launch form with every error
 at once, and the friendly 404 page.
 
     DATABASE_URL=postgres://... .venv/bin/python scripts/screenshots.py
@@ -55,6 +55,8 @@ def make_runs(user, media: Path):
         ("offline DPO baseline", "finished", "", ["baseline"], 0.55, 60, "offline-dpo"),
         ("ReFL, visual", "cancelled", "", ["baseline", "refl"], 0.48, 23, "refl"),
         ("online DPO, global", "running", "", [], 0.52, 17, "online-dpo"),
+        ("online DPO, temporal, lr 3e-4, seed 0", "finished", "lr 3e-4", ["sweep"], 0.57, 60, "online-dpo"),
+        ("online DPO, temporal, lr 3e-4, seed 1", "finished", "lr 3e-4", ["sweep"], 0.58, 60, "online-dpo"),
     ]
     made = []
     for i, (name, status, group, tags, final, steps, algorithm) in enumerate(rows):
@@ -130,9 +132,12 @@ def main() -> int:
             tab.wait_for_selector("#charts .uplot")
             tab.wait_for_timeout(500)
             tab.screenshot(path=OUT / "compare-3-runs.png", full_page=True)
-            tab.check("#group-runs")  # the three seeds of group "lr 1e-3" as their mean with a band
+            # two groups' seeds (3 of lr 1e-3, 2 of lr 3e-4), each as its mean inside its band
+            tab.goto(f"{url}/experiments/compare/?" + "&".join(f"ids={e.pk}" for e in runs[:3] + runs[6:8]))
+            tab.wait_for_selector("#charts .uplot")
+            tab.check("#group-runs")
             tab.wait_for_timeout(500)
-            tab.screenshot(path=OUT / "compare-3-seeds-grouped.png", full_page=True)
+            tab.screenshot(path=OUT / "compare-seeds-grouped.png", full_page=True)
             tab.goto(f"{url}/experiments/{runs[0].pk}/")
             tab.click("#manage summary")
             tab.locator("#manage").screenshot(path=OUT / "run-management.png")
