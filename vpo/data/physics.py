@@ -440,8 +440,9 @@ TEMPLATES = {
         "on {floor}, {a_colour} {material} block is pushed {speed} to the {side} and {outcome}",
     ),
     "collide": (
-        "a {size1} {colour} ball and a {size2} {colour2} ball slide towards each other on {floor} and collide",
-        "on {floor}, a {size1} {colour} ball hits a {size2} {colour2} ball head-on",
+        "a {size1} {colour} ball pushed {speed} and a {size2} {colour2} ball pushed {speed2} slide towards each"
+        " other on {floor} and collide",
+        "on {floor}, a {size1} {colour} ball pushed {speed} hits a {size2} {colour2} ball pushed {speed2} head-on",
     ),
     "ramp": (
         "{a_colour} {material} block slides down a {steep} ramp onto {floor}",
@@ -466,18 +467,24 @@ def caption(rng: np.random.Generator, state: PhysState, rollout: Rollout) -> str
         fields["height"] = "very high" if h > TRAIN_MAX_DROP else "high" if h > 12 else "low" if h < 9 else "mid-height"
         fields["outcome"] = "bounces high" if e >= 0.7 else "bounces" if e >= 0.35 else "barely bounces"
     elif state.kind == "slide":
-        fields["speed"] = "very fast" if abs(b.vx) > TRAIN_MAX_SPEED else "fast" if abs(b.vx) > 1.1 else "gently"
+        fields["speed"] = _speed_word(b.vx)
         fields["side"] = "right" if b.vx > 0 else "left"
         fields["outcome"] = "stops" if _stops(state, rollout) else "keeps sliding"
     elif state.kind == "collide":
         c = state.bodies[1]
         fields["colour2"] = c.colour
+        fields["speed"], fields["speed2"] = _speed_word(b.vx), _speed_word(c.vx)
         fields["size1"], fields["size2"] = ("big", "small") if b.r >= c.r else ("small", "big")
     else:
         assert state.ramp is not None
         fields["steep"] = "steep" if state.ramp.angle > math.radians(40) else "gentle"
         fields["outcome"] = "stops" if _stops(state, rollout) else "keeps sliding"
     return str(rng.choice(TEMPLATES[state.kind])).format(**fields)
+
+
+def _speed_word(v: float) -> str:
+    """A push's speed in words: the caption carries what a single frame cannot show."""
+    return "very fast" if abs(v) > TRAIN_MAX_SPEED else "fast" if abs(v) > 1.1 else "gently"
 
 
 def _stops(state: PhysState, rollout: Rollout) -> bool:
