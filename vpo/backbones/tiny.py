@@ -102,9 +102,9 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 class Attention(nn.Module):
     """Multi-head attention: one matmul for the Q, K and V projections together (while no LoRA
     adapter wraps them), then ``scaled_dot_product_attention``, which reads the projections through
-    strided views, so neither the heads nor the tokens are copied into another layout. Earlier two
-    explicit matmuls with a float32 softmax were faster on the CPU; with torch 2.13's fused CPU
-    kernel they no longer are (``docs/tiny-backbone.md``, "Forward pass")."""
+    strided views, so neither the heads nor the tokens are copied into another layout. For the
+    8-token sequences of temporal attention two matmuls with a float32 softmax measured faster
+    (``fused_kernel=False``); figures in ``docs/tiny-backbone.md``, "Forward pass"."""
 
     fuse_projections = True  # False: one matmul per projection (benchmarks/sampling.py measures both)
 
