@@ -222,6 +222,7 @@ def main() -> None:
     ap.add_argument("--quality-n", type=int, default=32, help="held-out scenes per quality row (0 = no table)")
     ap.add_argument("--quality-runs", default=QUALITY_RUNS, help=f"SAMPLER:STEPS,... (default {QUALITY_RUNS})")
     ap.add_argument("--no-old-quality", action="store_true", help="no quality row for the old forward")
+    ap.add_argument("--quality-only", action="store_true", help="only the steps-vs-quality table")
     args = ap.parse_args()
     runs(args.quality_runs)  # a bad list fails before minutes of measuring
     if args.threads:
@@ -244,9 +245,10 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, computing in {dtype_name}; load average at start "
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
-    peak = matmul_peak(dtype)
-    speed(backbone, args, flops_step, peak, dtype_name)
-    ablation(backbone, args, x, sigma, text)
+    if not args.quality_only:
+        peak = matmul_peak(dtype)
+        speed(backbone, args, flops_step, peak, dtype_name)
+        ablation(backbone, args, x, sigma, text)
     if args.quality_n:
         quality(backbone, args)
     load = os.getloadavg()

@@ -103,8 +103,9 @@ class Attention(nn.Module):
     """Multi-head attention: one matmul for the Q, K and V projections together (while no LoRA
     adapter wraps them), then ``scaled_dot_product_attention``, which reads the projections through
     strided views, so neither the heads nor the tokens are copied into another layout. For the
-    8-token sequences of temporal attention two matmuls with a float32 softmax measured faster
-    (``fused_kernel=False``); figures in ``docs/tiny-backbone.md``, "Forward pass"."""
+    8-token sequences of temporal attention two matmuls with a float32 softmax measured faster alone
+    (``fused_kernel=False``), though within noise in the whole forward on a loaded machine; figures
+    in ``docs/tiny-backbone.md``, "Forward pass"."""
 
     fuse_projections = True  # False: one matmul per projection (benchmarks/sampling.py measures both)
 
@@ -142,8 +143,8 @@ class Attention(nn.Module):
             # softmax(q k^T / sqrt(d/heads)) v; the kernel accumulates and normalises in fp32
             out = F.scaled_dot_product_attention(q, k, v)
         else:
-            # the same as two batched matmuls with a float32 softmax: faster than the fused kernel
-            # for the 8-token sequences of temporal attention (3,072 of them in a batch of 12)
+            # the same as two batched matmuls with a float32 softmax: faster alone than the fused
+            # kernel for the 8-token sequences of temporal attention (3,072 in a batch of 12)
             logits = (q.contiguous() @ k.transpose(-1, -2).contiguous()) * q.shape[-1] ** -0.5
             out = logits.float().softmax(-1).to(v.dtype) @ v.contiguous()
         return self.to_out(out.transpose(1, 2).reshape(b, n, d))
