@@ -1,27 +1,48 @@
-"""Sampling speed of the default backbone: N candidates as one batch vs one at a time.
+"""Sampling speed and quality of the default backbone, side by side in one run.
 
-    python benchmarks/sampling.py [--candidates 6] [--steps 20] [--repeats 5]
+    python benchmarks/sampling.py [--candidates 6] [--steps 20] [--repeats 3] [--quality-n 32]
+                                  [--quality-runs euler:20,heun:10,...] [--threads N]
 
-Prints medians measured side by side in one run, the model's FLOPs per denoising step (counted
-by torch's FlopCounterMode on the actual forward), the achieved GFLOP/s, and a matmul peak in the
-dtype the backbone computes in here (bf16 or fp32, ``vpo.backbones.base.autocast_dtype``)
-measured in the same run for scale. Targets (issue 2): batch <= 6 s median, >= 3x one at a time.
+Prints, all measured in this one run:
+
+1. speed: N candidates x steps with CFG as one batch with the old forward
+   (``vpo/backbones/tiny_reference.py``) and with today's, and one at a time with today's
+   (interleaved repeats, medians); the model's FLOPs per denoising step (torch's FlopCounterMode on
+   the old forward, whose attention is plain matmuls that it counts; the new one computes the same
+   products); achieved GFLOP/s of each against a matmul peak in the dtype the backbone computes in
+   here (``vpo.backbones.base.autocast_dtype``);
+2. what each change of the forward bought: one forward of the candidates' batch with each change
+   undone alone (interleaved repeats, medians);
+3. steps vs quality: the held-out fidelity check (``vpo/fidelity.py``: colour, motion direction and
+   shape found by the ground-truth detector, flickering vs ground truth) for each sampler and step
+   count, the velocities each cost, the wall time, and how far each run's videos are from the default
+   sampler's (euler, ``--steps``) in mean absolute pixel difference, plus the default sampler with
+   the old forward (equal quality of the new forward).
+
+Goals (issue 20): >= 30% of the bf16 peak (>= 50% of the fp32 one), batch >= 3x faster than the
+old forward at equal quality.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vpo.backbones import load_backbone
+from vpo.backbones import SAMPLERS, load_backbone
 from vpo.backbones.base import autocast_dtype
+from vpo.backbones.tiny import Attention, ConvMLP
+from vpo.backbones.tiny_reference import reference
+from vpo.fidelity import heldout_videos, world_fidelity
 
 PROMPT = "a red ball moving right"
+QUALITY_RUNS = "euler:20,euler:10,heun:10,heun:5"
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 20) -> float:
@@ -36,26 +57,49 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 20) -> float:
     return 2 * n**3 / min(times) / 1e9
 
 
-def timed(fn, repeats: int) -> list[float]:
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def runs(text: str) -> list[tuple[str, int]]:
     out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
+    for item in text.split(","):
+        sampler, _, steps = item.strip().partition(":")
+        if sampler not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+            raise SystemExit(f"--quality-runs: {item!r} is not SAMPLER:STEPS (samplers: {', '.join(SAMPLERS)})")
+        out.append((sampler, int(steps)))
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--candidates", type=int, default=6)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--guidance", type=float, default=4.0)
-    ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
+@contextlib.contextmanager
+def undone(change: str, transformer):
+    """Today's forward with one change undone (the old forward: ``tiny_reference.reference``)."""
+    attentions = [m for m in transformer.modules() if isinstance(m, Attention)]
+    temporal = [block.attn_t for block in transformer.blocks]
+    saved = [m.fused_kernel for m in attentions]
+    try:
+        if change == "fused QKV":
+            Attention.fuse_projections = False
+        elif change == "exact GELU":
+            ConvMLP.approximate = "tanh"
+        elif change == "fused attention kernel":
+            for m in attentions:
+                m.fused_kernel = False
+        elif change == "matmul attention for temporal":
+            for m in temporal:
+                m.fused_kernel = True
+        yield
+    finally:
+        Attention.fuse_projections, ConvMLP.approximate = True, "none"
+        for m, flag in zip(attentions, saved):
+            m.fused_kernel = flag
+
+
+def speed(backbone, args, flops_step: float, peak: float, dtype_name: str) -> None:
     n, steps = args.candidates, args.steps
-    backbone = load_backbone("tiny")
     seeds = list(range(n))
-    backbone.sample([PROMPT], [0], steps=2)  # warm-up: text cache, kernels, allocator
 
     def batch():
         backbone.sample([PROMPT] * n, seeds, steps=steps, guidance=args.guidance)
@@ -64,43 +108,152 @@ def main() -> None:
         for s in seeds:
             backbone.sample([PROMPT], [s], steps=steps, guidance=args.guidance)
 
-    # interleave the two so that drift in machine load hits both alike
-    t_batch, t_single = [], []
+    def old_batch():
+        with reference(backbone.transformer):
+            batch()
+
+    # interleaved so that drift in machine load hits all alike
+    t = {"old forward, batch": [], "new forward, batch": [], "new forward, one at a time": []}
     for _ in range(args.repeats):
-        t_batch += timed(batch, 1)
-        t_single += timed(one_at_a_time, 1)
+        t["old forward, batch"].append(timed(old_batch))
+        t["new forward, batch"].append(timed(batch))
+        t["new forward, one at a time"].append(timed(one_at_a_time))
+    med = {k: statistics.median(v) for k, v in t.items()}
+    print(f"\n1. speed: {n} candidates x {steps} steps, CFG (forward batch {2 * n}), {args.repeats} repeats each")
+    for k, v in t.items():
+        achieved = flops_step * steps / med[k] / 1e9
+        print(
+            f"   {k:28s} median {med[k]:6.2f} s  {achieved:5.0f} GFLOP/s = {achieved / peak:4.0%} of peak"
+            f"   (runs: {', '.join(f'{x:.2f}' for x in v)})"
+        )
+    ratio = med["old forward, batch"] / med["new forward, batch"]
+    print(f"   batch, old / new forward: {ratio:.2f}x (goal >= 3x)")
+    print(
+        f"   batch vs one at a time (new forward): {med['new forward, one at a time'] / med['new forward, batch']:.2f}x"
+    )
+    print(
+        f"   model FLOPs per denoising step: {flops_step / 1e9:.2f} GFLOP for the batch "
+        f"({flops_step / (2 * n) / 1e9:.3f} GFLOP per video forward); {dtype_name} matmul peak "
+        f"measured now: {peak:.0f} GFLOP/s; goal >= {'30' if dtype_name == 'bfloat16' else '50'}% of it"
+    )
+
+
+def ablation(backbone, args, x, sigma, text) -> None:
+    changes = [
+        "none (today's forward)",
+        "fused QKV",
+        "fused attention kernel",
+        "matmul attention for temporal",
+        "exact GELU",
+        "all (the old forward)",
+    ]
+    times: dict[str, list[float]] = {c: [] for c in changes}
+    tr = backbone.transformer
+
+    def context(change):
+        return reference(tr) if change.startswith("all") else undone(change, tr)
+
+    with torch.no_grad(), backbone.autocast():
+        for _ in range(2):
+            for change in changes:
+                with context(change):
+                    backbone.predict_velocity(x, sigma, text)
+        for _ in range(args.repeats * 3):
+            for change in changes:
+                with context(change):
+                    times[change].append(timed(lambda: backbone.predict_velocity(x, sigma, text)))
+    base = statistics.median(times[changes[0]])
+    print(f"\n2. one forward of batch {x.shape[0]}, each change undone alone ({args.repeats * 3} repeats, medians)")
+    print(f"   {'undone':32s} {'median':>9s} {'vs today':>9s}")
+    for change in changes:
+        m = statistics.median(times[change])
+        print(f"   {change:32s} {m * 1e3:6.0f} ms {m / base:8.2f}x")
+
+
+def quality(backbone, args) -> None:
+    n = args.quality_n
+    rows = []
+    default = None
+
+    def one(label, sampler, steps, ctx):
+        nonlocal default
+        with ctx:
+            t = time.perf_counter()
+            videos = heldout_videos(backbone, n, steps=steps, guidance=args.guidance, sampler=sampler)
+            wall = time.perf_counter() - t
+        report = world_fidelity(backbone, n, videos=videos)
+        if default is None:
+            default = videos.astype(np.float32)
+        evals = steps if sampler == "euler" else 2 * steps - 1
+        delta = float(np.abs(videos.astype(np.float32) - default).mean())
+        rows.append((label, sampler, steps, evals, wall, report, delta))
+
+    one("new", "euler", args.steps, contextlib.nullcontext())
+    for sampler, steps in runs(args.quality_runs):
+        if (sampler, steps) != ("euler", args.steps):
+            one("new", sampler, steps, contextlib.nullcontext())
+    if not args.no_old_quality:
+        one("old", "euler", args.steps, reference(backbone.transformer))
+    truth = rows[0][5]["flicker_ground_truth"]
+    print(f"\n3. steps vs quality: {n} held-out scenes (vpo/fidelity.py), CFG {args.guidance}")
+    print(
+        f"   {'forward':7s} {'sampler':7s} {'steps':>5s} {'velocities':>10s} {'wall s':>7s} {'colour':>7s} "
+        f"{'motion':>7s} {'shape':>7s} {'flicker':>8s} {'gap to GT':>9s} {'|d| to default':>14s}"
+    )
+    for label, sampler, steps, evals, wall, r, delta in rows:
+        print(
+            f"   {label:7s} {sampler:7s} {steps:5d} {evals:10d} {wall:7.1f} {r['colour_accuracy']:7.1%} "
+            f"{r['direction_accuracy']:7.1%} {r['shape_accuracy']:7.1%} {r['flicker_generated']:8.4f} "
+            f"{truth - r['flicker_generated']:9.4f} {delta:14.2f}"
+        )
+    print(
+        f"   ground-truth flickering {truth:.4f}; |d|: mean absolute difference (0-255 levels) to the videos of "
+        f"the first row (same scenes, same seeds)"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--candidates", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--guidance", type=float, default=4.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--quality-n", type=int, default=32, help="held-out scenes per quality row (0 = no table)")
+    ap.add_argument("--quality-runs", default=QUALITY_RUNS, help=f"SAMPLER:STEPS,... (default {QUALITY_RUNS})")
+    ap.add_argument("--no-old-quality", action="store_true", help="no quality row for the old forward")
+    ap.add_argument("--quality-only", action="store_true", help="only the steps-vs-quality table")
+    args = ap.parse_args()
+    runs(args.quality_runs)  # a bad list fails before minutes of measuring
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    n = args.candidates
+    backbone = load_backbone("tiny")
+    backbone.sample([PROMPT], [0], steps=2)  # warm-up: text cache, kernels, allocator
     dtype = autocast_dtype(backbone.device.type) or torch.float32
-    peak = matmul_peak(dtype)
-
-    x = torch.randn(2 * n, *backbone.latent_shape())
+    dtype_name = str(dtype).removeprefix("torch.")
+    x = torch.randn(2 * n, *backbone.latent_shape(), generator=torch.Generator().manual_seed(0))
+    sigma = torch.full((2 * n,), 0.5)
     text = torch.cat([backbone.encode_prompts([PROMPT] * n), backbone.null_text(n)])
-    with FlopCounterMode(display=False) as fc, torch.no_grad(), backbone.autocast():
-        backbone.predict_velocity(x, torch.full((2 * n,), 0.5), text)
+    with FlopCounterMode(display=False) as fc, torch.no_grad(), backbone.autocast(), reference(backbone.transformer):
+        backbone.predict_velocity(x, sigma, text)
     flops_step = fc.get_total_flops()
-
-    med_b, med_s = statistics.median(t_batch), statistics.median(t_single)
-    achieved = flops_step * steps / med_b / 1e9
+    load = os.getloadavg()
     print(
         f"machine: {os.cpu_count()} CPUs ({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, computing in {str(dtype).removeprefix('torch.')}"
+        f"{torch.get_num_threads()} threads, computing in {dtype_name}; load average at start "
+        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
-    print(f"workload: {n} candidates x {steps} steps, CFG (forward batch {2 * n}), {args.repeats} repeats each")
-    print(f"batch          median {med_b:6.2f} s   (runs: {', '.join(f'{t:.2f}' for t in t_batch)})")
-    print(f"one at a time  median {med_s:6.2f} s   (runs: {', '.join(f'{t:.2f}' for t in t_single)})")
-    print(f"speed-up (one at a time / batch): {med_s / med_b:.2f}x")
-    print(
-        f"model FLOPs per denoising step: {flops_step / 1e9:.2f} GFLOP for the batch "
-        f"({flops_step / (2 * n) / 1e9:.3f} GFLOP per video forward)"
-    )
-    print(
-        f"achieved: {achieved:.0f} GFLOP/s in the batch; "
-        f"{str(dtype).removeprefix('torch.')} matmul peak measured now: {peak:.0f} GFLOP/s "
-        f"({achieved / peak:.0%} of peak)"
-    )
-    print(
-        f"target batch <= 6 s: {'met' if med_b <= 6 else 'NOT met'}; "
-        f"target >= 3x: {'met' if med_s / med_b >= 3 else 'NOT met'}"
-    )
+    if not args.quality_only:
+        peak = matmul_peak(dtype)
+        speed(backbone, args, flops_step, peak, dtype_name)
+        ablation(backbone, args, x, sigma, text)
+    if args.quality_n:
+        quality(backbone, args)
+    load = os.getloadavg()
+    wall = time.perf_counter() - t0
+    print(f"\nwall time {wall:.0f} s; load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vpo.backbones import SAMPLERS
 from vpo.rewards import DIMENSIONS, GLOBAL
 
 
@@ -34,6 +35,12 @@ def _add_sample(sub):
     p.add_argument("--seed", type=int, required=True, help="seed of the first video; the i-th gets seed + i")
     p.add_argument("--num-per-prompt", type=int, default=1)
     p.add_argument("--steps", type=int, default=20, help="sampling steps")
+    p.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="euler",
+        help="ODE solver: euler (one velocity per step) or heun (second order, two per step but the last)",
+    )
     p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument(
         "--checkpoint", help="a training checkpoint folder (its adapter is applied) or backbone weights (.safetensors)"
@@ -94,6 +101,7 @@ def cmd_sample(args) -> int:
         checkpoint=args.checkpoint,
         guide=guide,
         extra=extra,
+        sampler=args.sampler,
     )
     n = len(json.loads(manifest.read_text())["videos"])
     print(f"{n} videos in {time.perf_counter() - t0:.1f} s -> {manifest}")

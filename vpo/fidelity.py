@@ -18,13 +18,28 @@ from vpo.rewards.measures import temporal_flickering
 DIRECTION = {"falling": "down"}  # the coarse direction a fine motion counts as
 
 
-def world_fidelity(backbone, n: int = 64, steps: int = 20, guidance: float = 4.0, chunk: int = 16) -> dict:
+def heldout_videos(
+    backbone, n: int = 64, steps: int = 20, guidance: float = 4.0, chunk: int = 16, sampler: str = "euler"
+) -> np.ndarray:
+    """One uint8 video per held-out scene (n, F, H, W, C), each from its scene's seed."""
     scenes = world.heldout_scenes(n)
-    videos = list(
-        backbone.sample_many(
-            [s.caption for s in scenes], [s.seed for s in scenes], steps=steps, guidance=guidance, chunk=chunk
-        ).numpy()
-    )
+    captions, seeds = [s.caption for s in scenes], [s.seed for s in scenes]
+    return backbone.sample_many(captions, seeds, steps=steps, guidance=guidance, chunk=chunk, sampler=sampler).numpy()
+
+
+def world_fidelity(
+    backbone,
+    n: int = 64,
+    steps: int = 20,
+    guidance: float = 4.0,
+    chunk: int = 16,
+    sampler: str = "euler",
+    videos: np.ndarray | None = None,
+) -> dict:
+    """The held-out report; ``videos`` (from ``heldout_videos`` with the same ``n``) skips sampling."""
+    scenes = world.heldout_scenes(n)
+    if videos is None:
+        videos = heldout_videos(backbone, n, steps, guidance, chunk, sampler)
     colour_ok = direction_ok = shape_ok = 0
     for scene, video in zip(scenes, videos):
         target = scene.objects[0]
@@ -39,7 +54,7 @@ def world_fidelity(backbone, n: int = 64, steps: int = 20, guidance: float = 4.0
         "colour_accuracy": colour_ok / n,
         "direction_accuracy": direction_ok / n,
         "shape_accuracy": shape_ok / n,
-        "flicker_generated": float(temporal_flickering(torch.from_numpy(np.stack(videos)).float()).mean()),
+        "flicker_generated": float(temporal_flickering(torch.from_numpy(np.asarray(videos)).float()).mean()),
         "flicker_ground_truth": float(
             temporal_flickering(torch.from_numpy(np.stack([s.render() for s in scenes])).float()).mean()
         ),

@@ -23,6 +23,7 @@ def sample_to_dir(
     checkpoint: str | None = None,
     guide=None,
     extra: dict | None = None,
+    sampler: str = "euler",
 ) -> Path:
     """Sample ``num_per_prompt`` videos per prompt (seeds ``seed``, ``seed + 1``, ... in order) and
     write ``<i>.npy`` + ``<i>.mp4`` per video and ``manifest.json``; returns the manifest path.
@@ -36,7 +37,13 @@ def sample_to_dir(
     spec = backbone.spec
     entries = []
     for start, videos in backbone.sample_chunks(
-        [p for p, _ in jobs], [s for _, s in jobs], steps=steps, guidance=guidance, chunk=CHUNK, guide=guide
+        [p for p, _ in jobs],
+        [s for _, s in jobs],
+        steps=steps,
+        guidance=guidance,
+        chunk=CHUNK,
+        guide=guide,
+        sampler=sampler,
     ):
         for j, v in enumerate(videos.numpy()):
             prompt, s = jobs[start + j]
@@ -46,6 +53,7 @@ def sample_to_dir(
         "backbone": backbone.name,
         "checkpoint": checkpoint,
         "steps": steps,
+        "sampler": sampler,
         "guidance": guidance,
         "frames": spec.frames,
         "height": spec.height,

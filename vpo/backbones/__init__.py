@@ -17,6 +17,10 @@ BACKBONES = {
     "ltx": "vpo.backbones.ltx:LTXBackbone",
 }
 
+# the ODE solvers ``Backbone.sample`` offers (``vpo/backbones/base.py``: ``euler_step``,
+# ``heun_step``); torch-free, like the registry. "euler" is the default every measured figure used.
+SAMPLERS = ("euler", "heun")
+
 
 @dataclass(frozen=True)
 class Sizing:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
+from vpo.backbones import SAMPLERS
+
 
 def keep_freed_memory(keep: bool = True) -> None:
     """Ask glibc to keep freed blocks of up to 32 MiB in the heap instead of returning them to the
@@ -66,6 +68,11 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
 
 
 keep_freed_memory()
+
+
+def check_sampler(sampler: str) -> None:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler {sampler!r} is not valid; valid: {', '.join(SAMPLERS)}")
 
 
 # (x_t, sigma, velocity, prompts) -> velocity: a change to each sampling step's velocity
@@ -149,30 +156,38 @@ class Backbone(torch.nn.Module):
         return_latents: bool = False,
         progress: Callable[[int, int], None] | None = None,
         guide: Guide | None = None,
+        sampler: str = "euler",
     ):
         """Sample one video per (prompt, seed) as one batch -> uint8 (B, F, H, W, C).
 
         ``return_latents`` also returns the final latents (what DPO trains on: exact, unlike the
         uint8 video decoded from them). ``progress(done, steps)`` is called after each denoising step;
         ``guide(x_t, sigma, v, prompts) -> v`` changes each step's velocity after classifier-free
-        guidance (Flow-NRG: ``vpo/guidance.py``)."""
+        guidance (Flow-NRG: ``vpo/guidance.py``). ``sampler``: ``euler`` (one velocity per step) or
+        ``heun`` (two per step but the last: ``heun_step``), on the same noise levels."""
         if not prompts:
             raise ValueError("sample() needs at least one prompt")
         if len(prompts) != len(seeds):
             raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        check_sampler(sampler)
         x = self.initial_noise(seeds)
         b = len(prompts)
         text = self.guidance_text(prompts, guidance)
         scheduler = self.make_scheduler(steps)
+
+        def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            v = self.guided_velocity(x, sigma.expand(b), text, guidance)
+            return v if guide is None else guide(x, sigma.expand(b), v, prompts)
+
         with self.autocast():
             for i, t in enumerate(scheduler.timesteps):
-                sigma = (t / scheduler.config.num_train_timesteps).expand(b)
-                v = self.guided_velocity(x, sigma, text, guidance)
-                if guide is not None:
-                    v = guide(x, sigma, v, prompts)
-                x = euler_step(scheduler, i, x, v)
+                v = velocity(x, t / scheduler.config.num_train_timesteps)
+                if sampler == "heun" and scheduler.sigmas[i + 1] > 0:
+                    x = heun_step(scheduler, i, x, v, velocity)
+                else:
+                    x = euler_step(scheduler, i, x, v)
                 if progress is not None:
                     progress(i + 1, steps)
         return (self.decode(x), x) if return_latents else self.decode(x)
@@ -202,6 +217,7 @@ class Backbone(torch.nn.Module):
         guidance: float = 4.0,
         chunk: int = 12,
         guide: Guide | None = None,
+        sampler: str = "euler",
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """``sample`` over a long list in batches of at most ``chunk`` videos (x2 with CFG), which
         bounds memory: yields (index of the batch's first video, its uint8 videos). A video depends
@@ -212,13 +228,25 @@ class Backbone(torch.nn.Module):
             raise ValueError(f"chunk must be >= 1, got {chunk}")
         for start in range(0, len(prompts), chunk):
             end = start + chunk
-            yield start, self.sample(prompts[start:end], seeds[start:end], steps=steps, guidance=guidance, guide=guide)
+            yield (
+                start,
+                self.sample(
+                    prompts[start:end], seeds[start:end], steps=steps, guidance=guidance, guide=guide, sampler=sampler
+                ),
+            )
 
     def sample_many(
-        self, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = 4.0, chunk: int = 12
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        steps: int = 20,
+        guidance: float = 4.0,
+        chunk: int = 12,
+        sampler: str = "euler",
     ) -> torch.Tensor:
         """All the videos of ``sample_chunks`` in one uint8 tensor (B, F, H, W, C)."""
-        return torch.cat([videos for _, videos in self.sample_chunks(prompts, seeds, steps, guidance, chunk)])
+        chunks = self.sample_chunks(prompts, seeds, steps, guidance, chunk, sampler=sampler)
+        return torch.cat([videos for _, videos in chunks])
 
 
 def euler_step(scheduler: FlowMatchEulerDiscreteScheduler, i: int, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -226,3 +254,21 @@ def euler_step(scheduler: FlowMatchEulerDiscreteScheduler, i: int, x: torch.Tens
     ``x_{i+1} = x_i + (sigma_{i+1} - sigma_i) v`` (what ``FlowMatchEulerDiscreteScheduler.step``
     computes, without its step counter, so that ReFL can differentiate through it)."""
     return x + (scheduler.sigmas[i + 1] - scheduler.sigmas[i]) * v
+
+
+def heun_step(
+    scheduler: FlowMatchEulerDiscreteScheduler,
+    i: int,
+    x: torch.Tensor,
+    v: torch.Tensor,
+    velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """One step of Heun's second-order method (the trapezoidal rule with an Euler predictor; Karras
+    et al. 2022, Algorithm 1) on the rectified-flow ODE: ``x' = x_i + h v(x_i, sigma_i)`` with
+    ``h = sigma_{i+1} - sigma_i``, then ``x_{i+1} = x_i + h (v(x_i, sigma_i) + v(x', sigma_{i+1})) / 2``.
+    Its local error is O(h^3) against Euler's O(h^2), for a second velocity per step. At
+    ``sigma_{i+1} = 0`` the caller takes an Euler step instead, as Algorithm 1 does, so ``n`` steps
+    cost ``2n - 1`` velocities."""
+    h = scheduler.sigmas[i + 1] - scheduler.sigmas[i]
+    v_next = velocity(x + h * v, scheduler.sigmas[i + 1])
+    return x + h * (v + v_next) / 2

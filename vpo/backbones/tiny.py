@@ -89,30 +89,64 @@ class TinyConfig:
 
 # --- the denoiser ----------------------------------------------------------------------------
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale[:, None]) + shift[:, None]
+    """adaLN: x * (1 + scale) + shift, one fused pass over x."""
+    return torch.addcmul(shift[:, None], x, 1 + scale[:, None])
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the next matmul on ``x`` runs in: autocast's where it is on, else ``x``'s."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 class Attention(nn.Module):
-    """Multi-head attention as explicit matmuls: for the short sequences here (8, 24 and 64 keys)
-    bf16 matmuls + an fp32 softmax run faster on the CPU than torch's fused kernels
-    (``docs/tiny-backbone.md``)."""
+    """Multi-head attention: one matmul for the Q, K and V projections together (while no LoRA
+    adapter wraps them), then ``scaled_dot_product_attention``, which reads the projections through
+    strided views, so neither the heads nor the tokens are copied into another layout. For the
+    8-token sequences of temporal attention two matmuls with a float32 softmax measured faster alone
+    (``fused_kernel=False``), though within noise in the whole forward on a loaded machine; figures
+    in ``docs/tiny-backbone.md``, "Forward pass"."""
 
-    def __init__(self, dim: int, heads: int, context_dim: int | None = None):
+    fuse_projections = True  # False: one matmul per projection (benchmarks/sampling.py measures both)
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None, fused_kernel: bool = True):
         super().__init__()
         self.heads = heads
+        self.fused_kernel = fused_kernel
+        # separate Linears, as the shipped weights and every LoRA adapter name them
         self.to_q = nn.Linear(dim, dim)
         self.to_k = nn.Linear(context_dim or dim, dim)
         self.to_v = nn.Linear(context_dim or dim, dim)
         self.to_out = nn.Linear(dim, dim)
 
+    def project(self, x: torch.Tensor, layers: tuple[nn.Module, ...]) -> list[torch.Tensor]:
+        """``x`` (B, N, D_in) through each of ``layers`` -> one (B, heads, N, D/heads) view each. Plain
+        Linears run as one matmul on their stacked weights (stacking 3 x 128 x 128 values costs
+        nothing next to the matmul); a LoRA-wrapped one runs alone, so its adapter applies."""
+        b, n = x.shape[:2]
+        if self.fuse_projections and all(type(layer) is nn.Linear for layer in layers):
+            weight = torch.cat([layer.weight for layer in layers])
+            bias = torch.cat([layer.bias for layer in layers])
+            parts = F.linear(x, weight, bias).view(b, n, len(layers), self.heads, -1).unbind(2)
+        else:
+            parts = tuple(layer(x).view(b, n, self.heads, -1) for layer in layers)
+        return [part.transpose(1, 2) for part in parts]
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        context = x if context is None else context
         b, n, d = x.shape
-        q = self.to_q(x).view(b, n, self.heads, -1).transpose(1, 2)  # (B, heads, N, d/heads)
-        k = self.to_k(context).view(b, context.shape[1], self.heads, -1).transpose(1, 2)
-        v = self.to_v(context).view(b, context.shape[1], self.heads, -1).transpose(1, 2)
-        logits = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-        out = logits.float().softmax(-1).to(v.dtype) @ v
+        if context is None:
+            q, k, v = self.project(x, (self.to_q, self.to_k, self.to_v))
+        else:
+            (q,) = self.project(x, (self.to_q,))
+            k, v = self.project(context, (self.to_k, self.to_v))
+        if self.fused_kernel:
+            # softmax(q k^T / sqrt(d/heads)) v; the kernel accumulates and normalises in fp32
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            # the same as two batched matmuls with a float32 softmax: faster alone than the fused
+            # kernel for the 8-token sequences of temporal attention (3,072 in a batch of 12)
+            logits = (q.contiguous() @ k.transpose(-1, -2).contiguous()) * q.shape[-1] ** -0.5
+            out = logits.float().softmax(-1).to(v.dtype) @ v.contiguous()
         return self.to_out(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -121,7 +155,13 @@ class ConvMLP(nn.Module):
     "Conv-FFN" of PVTv2 and LocalViT). Attention alone left a fresh model drawing an object as
     scattered, uncoordinated patches; the convolution lets neighbouring patches agree on one
     object's outline from the start. Spatial only: time is mixed by temporal attention, and a 3-D
-    depthwise convolution's backward pass is much slower on the CPU (``docs/tiny-backbone.md``)."""
+    depthwise convolution's backward pass is much slower on the CPU (``docs/tiny-backbone.md``).
+
+    Its GELU is the exact (erf) one, 6x faster in bf16 on the CPU than the tanh approximation the
+    shipped weights were trained with; the two differ by at most 5e-4, below bf16's resolution of
+    the activations, and the held-out quality is unchanged (``docs/tiny-backbone.md``)."""
+
+    approximate = "none"  # F.gelu's; "tanh" is what the weights were trained with (benchmarks/sampling.py)
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -137,7 +177,7 @@ class ConvMLP(nn.Module):
         # the CPU's fast depthwise kernel wants (10x faster than a contiguous NCHW copy)
         frames = h.view(b * t, gh, gw, -1).permute(0, 3, 1, 2)
         h = h + self.conv(frames).permute(0, 2, 3, 1).reshape(b, n, -1)
-        return self.fc2(F.gelu(h, approximate="tanh"))
+        return self.fc2(F.gelu(h, approximate=self.approximate))
 
 
 class SpaceTimeBlock(nn.Module):
@@ -150,7 +190,7 @@ class SpaceTimeBlock(nn.Module):
         self.norm_c = nn.LayerNorm(dim, eps=1e-6)
         self.norm_m = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn_s = Attention(dim, heads)
-        self.attn_t = Attention(dim, heads)
+        self.attn_t = Attention(dim, heads, fused_kernel=False)  # 8-token sequences
         self.attn_c = Attention(dim, heads)
         self.mlp = ConvMLP(dim, mlp_ratio * dim)
         # per-block offsets on the shared adaLN output (PixArt-alpha's adaLN-single): shift, scale
@@ -160,17 +200,21 @@ class SpaceTimeBlock(nn.Module):
             self.modulation[[2, 5, 8]] = 0
 
     def forward(self, x, mod, text, grid: tuple[int, int, int]):
-        # x: (B, T*S, D) tokens ordered time-major (S = GH*GW); mod: (B, 9, D); text: (B, L, D)
+        # x: (B, T*S, D) tokens ordered time-major (S = GH*GW), the fp32 residual stream; mod:
+        # (B, 9, D); text: (B, L, D). Spatial attention reads x as B*T sequences of S tokens (a view);
+        # temporal attention needs B*S sequences of T tokens: one copy of its input, fused with the
+        # cast to the matmul dtype, and its output is added back through a transposed view.
         b, n, d = x.shape
         frames, positions = grid[0], grid[1] * grid[2]
         shift_s, scale_s, gate_s, shift_t, scale_t, gate_t, shift_m, scale_m, gate_m = (self.modulation + mod).unbind(1)
-        h = modulate(self.norm_s(x), shift_s, scale_s).reshape(b * frames, positions, d)
-        x = x + gate_s[:, None] * self.attn_s(h).reshape(b, n, d)
-        h = modulate(self.norm_t(x), shift_t, scale_t).reshape(b, frames, positions, d).transpose(1, 2)
-        h = self.attn_t(h.reshape(b * positions, frames, d)).reshape(b, positions, frames, d).transpose(1, 2)
-        x = x + gate_t[:, None] * h.reshape(b, n, d)
+        h = modulate(self.norm_s(x), shift_s, scale_s).view(b * frames, positions, d)
+        x = torch.addcmul(x, gate_s[:, None], self.attn_s(h).view(b, n, d))
+        h = modulate(self.norm_t(x), shift_t, scale_t).view(b, frames, positions, d).transpose(1, 2)
+        h = h.to(compute_dtype(h), memory_format=torch.contiguous_format).reshape(b * positions, frames, d)
+        h = self.attn_t(h).view(b, positions, frames, d).transpose(1, 2)
+        x = torch.addcmul(x.view(b, frames, positions, d), gate_t[:, None, None], h).view(b, n, d)
         x = x + self.attn_c(self.norm_c(x), text)
-        return x + gate_m[:, None] * self.mlp(modulate(self.norm_m(x), shift_m, scale_m), grid)
+        return torch.addcmul(x, gate_m[:, None], self.mlp(modulate(self.norm_m(x), shift_m, scale_m), grid))
 
 
 def sincos_positions(grid: tuple[int, int, int], dim: int) -> torch.Tensor:

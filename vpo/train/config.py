@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 # the registries import nothing heavy: the web process validates with this same code
-from vpo.backbones import BACKBONES
+from vpo.backbones import BACKBONES, SAMPLERS
 from vpo.data.prompts import BUILTIN
 from vpo.rewards import DIMENSIONS, GLOBAL, GUARDS, REWARD_SOURCES, Source, dimensions_of
 from vpo.train import ALGORITHMS
@@ -84,6 +84,13 @@ class TrainConfig:
     lr: float = _f(1e-3, "AdamW learning rate of the adapter", "Learning rate")
     grad_clip: float = _f(1.0, "max gradient norm", "Gradient clipping (max norm)")
     sampling_steps: int = _f(20, "denoising steps when sampling candidates", "Sampling steps")
+    sampler: str = _f(
+        "euler",
+        f"ODE solver of candidates and held-out videos: {_one_of(SAMPLERS)} (second order: two velocities "
+        "a step but the last)",
+        "Sampler",
+        (*SCORED,),
+    )
     guidance: float = _f(4.0, "classifier-free guidance scale", "Guidance scale")
     refl_depth: int = _f(1, "ReFL: final denoising steps back-propagated through", "ReFL depth", ("refl",))
     rwr_temperature: float = _f(
@@ -264,6 +271,8 @@ class TrainConfig:
                     "refl has none",
                 )
             )
+        if self.algorithm == "refl" and self.sampler != "euler":
+            sizes.append(ConfigError("sampler", "refl back-propagates through Euler steps; its sampler must be euler"))
         if self.refl_depth > self.sampling_steps >= 1:
             sizes.append(
                 ConfigError(
@@ -286,6 +295,7 @@ class TrainConfig:
             _choice_problem("weights_dtype", self.weights_dtype, ("auto", "bf16", "fp32")),
             _choice_problem("reward_guard", self.reward_guard, GUARDS),
             _choice_problem("parallel", self.parallel, PARALLEL),
+            _choice_problem("sampler", self.sampler, SAMPLERS),
             *(_choice_problem(name, getattr(self, name), SWITCHES) for name in SWITCHES_FIELDS),
         ):
             if e:

@@ -27,7 +27,12 @@ def build_pairs(run: Run) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.
         run.phase(PHASE_PAIRS, i, len(run.prompts), step=0)
         seeds = run.candidate_seeds(-1, i, n)  # step -1: before training
         videos, latents = run.backbone.sample(
-            [prompt] * n, seeds, steps=cfg.sampling_steps, guidance=cfg.guidance, return_latents=True
+            [prompt] * n,
+            seeds,
+            steps=cfg.sampling_steps,
+            guidance=cfg.guidance,
+            return_latents=True,
+            sampler=cfg.sampler,
         )
         scores = run.score(videos, [prompt] * n)
         for _, w, l in pick_pairs(scores[None], cfg.tie_tolerance):

@@ -157,6 +157,7 @@ def sample_and_score(run: Run, step: int) -> Candidates:
         guidance=cfg.guidance,
         return_latents=True,
         progress=run.sampling_progress(PHASE_SAMPLING),
+        sampler=cfg.sampler,
     )
     t_sample = time.perf_counter()
     run.phase(PHASE_SCORING)

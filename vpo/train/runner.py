@@ -261,6 +261,7 @@ class Run:
             steps=self.cfg.sampling_steps,
             guidance=self.cfg.guidance,
             progress=self.sampling_progress(PHASE_HELDOUT, step),
+            sampler=self.cfg.sampler,
         )
         result = self.monitor.score(videos, self.heldout)
         values = {heldout(d): float(torch.nanmean(s)) for d, s in result.scores.items()}

@@ -8,7 +8,7 @@ from dataclasses import fields
 
 from django import forms
 
-from vpo.backbones import BACKBONES
+from vpo.backbones import BACKBONES, SAMPLERS
 from vpo.backbones.real import weights_status
 from vpo.data.prompts import BUILTIN, parse_prompts
 from vpo.rewards import DIMENSIONS, GLOBAL, GUARDS, REWARD_SOURCES
@@ -32,6 +32,7 @@ CHOICES = {
     "weights_dtype": ["auto", "bf16", "fp32"],
     "reward_guard": list(GUARDS),
     "parallel": list(PARALLEL),
+    "sampler": list(SAMPLERS),
     **{name: list(SWITCHES) for name in ("gradient_checkpointing", "vae_tiling", "cpu_offload")},
 }
 SERVER_SIDE = {"out", "model_dir"}  # where a run lives and where weights are is the server's business
@@ -51,7 +52,7 @@ FIELDSETS = [
         ],
     ),
     ("Optimiser", ["steps", "prompts_per_step", "lora_rank", "lr", "grad_clip", "seed"]),
-    ("Sampling", ["sampling_steps", "guidance"]),
+    ("Sampling", ["sampling_steps", "sampler", "guidance"]),
     ("More than one GPU", ["nproc", "parallel"]),
     ("Monitoring", ["heldout_prompts", "heldout_count", "heldout_every", "checkpoint_every"]),
     (

@@ -1,0 +1,120 @@
+"""The fast forward of ``tiny`` computes what the old one did (``vpo/backbones/tiny_reference.py``),
+on the shipped weights, within stated tolerances; and the samplers ``Backbone.sample`` offers."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from peft import LoraConfig
+
+from vpo.backbones import SAMPLERS
+from vpo.backbones.base import heun_step
+from vpo.backbones.tiny import TinyBackbone
+from vpo.backbones.tiny_reference import reference
+from vpo.train.config import ConfigError, TrainConfig
+
+PROMPTS = ["a red ball moving right", "a small blue square falling down"]
+
+
+def velocities(backbone, bf16: bool = False, old: bool = False) -> torch.Tensor:
+    """Velocities of two prompts with their unconditional halves at four noise levels (batch 4)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, *backbone.latent_shape(), generator=g)
+    sigma = torch.tensor([0.05, 0.3, 0.7, 1.0])
+    text = torch.cat([backbone.encode_prompts(PROMPTS), backbone.null_text(2)])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        if old:
+            with reference(backbone.transformer):
+                return backbone.predict_velocity(x, sigma, text)
+        return backbone.predict_velocity(x, sigma, text)
+
+
+def rms(t: torch.Tensor) -> float:
+    return float(t.pow(2).mean().sqrt())
+
+
+def test_fast_forward_matches_the_old_one_in_fp32(tiny):
+    new, old = velocities(tiny), velocities(tiny, old=True)
+    # the only change in the arithmetic is exact-erf GELU for the tanh approximation (at most 5e-4
+    # per activation); measured: max 6.7e-4, rms 1.0e-4, against velocities of rms 1.7
+    assert rms(old) > 1
+    assert (new - old).abs().max() < 2e-3
+    assert rms(new - old) < 3e-4
+
+
+def test_fast_forward_in_bf16_is_as_close_to_fp32_as_the_old_one_was(tiny):
+    """In bf16 (what a CPU with native bf16 and a GPU compute in) both forwards differ from the
+    fp32 one by bf16's rounding: the new one may not differ more (measured: rms 5.0e-3 each)."""
+    exact = velocities(tiny, old=True)
+    old_error = rms(velocities(tiny, bf16=True, old=True) - exact)
+    new_error = rms(velocities(tiny, bf16=True) - exact)
+    assert 0 < old_error < 2e-2
+    assert new_error < 1.25 * old_error, (new_error, old_error)
+
+
+def test_a_lora_adapter_applies_in_the_fast_forward(tiny):
+    """LoRA wraps to_q, to_k, to_v, to_out by name: the fused-projection path must step aside."""
+    backbone = TinyBackbone.load(text_encoder=tiny.text_encoder)
+    base = velocities(backbone)
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=list(backbone.lora_target_modules), init_lora_weights=False)
+    backbone.transformer.add_adapter(config, adapter_name="probe")
+    with torch.no_grad():
+        for name, p in backbone.transformer.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    tuned, tuned_old = velocities(backbone), velocities(backbone, old=True)
+    assert rms(tuned - base) > 3e-2  # the adapter changes the velocity ...
+    assert rms(tuned - tuned_old) < 3e-4  # ... as it did in the old forward
+
+
+def test_heun_steps_are_second_order_and_euler_first_order(tiny):
+    """On dx/dsigma = x (exact: x e^(sigma - 1) from sigma = 1) over tiny's own noise levels:
+    halving the step divides Heun's error by ~4 (global order 2) and Euler's by ~2 (order 1)."""
+    from vpo.backbones.base import euler_step
+
+    def solve(steps: int, heun: bool) -> float:
+        scheduler = tiny.make_scheduler(steps)
+        x = torch.ones(1, dtype=torch.float64)
+        for i in range(steps - 1):  # up to the last level before 0, where Heun takes Euler's step
+            v = x.clone()
+            x = heun_step(scheduler, i, x, v, lambda y, _s: y) if heun else euler_step(scheduler, i, x, v)
+        exact = torch.exp(scheduler.sigmas[steps - 1].double() - 1)
+        return float((x - exact).abs())
+
+    for heun, order in ((True, 2), (False, 1)):
+        ratio = solve(10, heun) / solve(19, heun)
+        assert 0.7 * 2**order < ratio < 1.4 * 2**order, (heun, ratio)
+
+
+def test_heun_sampling_is_seeded_and_its_last_step_is_euler(tiny):
+    a = tiny.sample(PROMPTS, [3, 4], steps=3, sampler="heun")
+    assert a.shape == (2, tiny.spec.frames, tiny.spec.height, tiny.spec.width, 3)
+    assert torch.equal(a, tiny.sample(PROMPTS, [3, 4], steps=3, sampler="heun"))
+    assert not torch.equal(a, tiny.sample(PROMPTS, [3, 4], steps=3, sampler="euler"))
+    # one step goes from sigma 1 straight to 0: Heun takes Euler's step there
+    assert torch.equal(
+        tiny.sample(PROMPTS, [3, 4], steps=1, sampler="heun"), tiny.sample(PROMPTS, [3, 4], steps=1, sampler="euler")
+    )
+
+
+def test_an_unknown_sampler_is_a_clear_error_everywhere(tiny, tmp_path):
+    assert SAMPLERS == ("euler", "heun")
+    with pytest.raises(ValueError, match="sampler 'rk4' is not valid; valid: euler, heun"):
+        tiny.sample(PROMPTS, [0, 1], steps=2, sampler="rk4")
+    with pytest.raises(ConfigError, match="sampler") as e:
+        TrainConfig(sampler="rk4")
+    assert e.value.field == "sampler"
+    assert TrainConfig().sampler == "euler"  # the default every measured figure used
+    problems = TrainConfig.check({"algorithm": "refl", "sampler": "heun"})
+    assert [str(p) for p in problems if p.field == "sampler"] == [
+        "refl back-propagates through Euler steps; its sampler must be euler"
+    ]
+    args = ["sample", "--prompt", "a red ball", "--out", str(tmp_path), "--seed", "0", "--sampler", "rk4"]
+    cli = subprocess.run(
+        [sys.executable, "-m", "vpo", *args],
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode == 2 and "invalid choice: 'rk4'" in cli.stderr and "Traceback" not in cli.stderr
