@@ -157,22 +157,11 @@ def _add_demo(sub):
 
 
 def cmd_demo(args) -> int:
-    args = argparse.Namespace(
-        backbone="tiny",
-        prompt=None,
-        prompts="demo",
-        out=args.out,
-        seed=0,
-        num_per_prompt=2,
-        steps=20,
-        guidance=4.0,
-        checkpoint=None,
-        guide=None,
-        guide_weights="",
-        model_dir=None,
-        frames=0,  # 0: the backbone's own size
-        height=0,
-        width=0,
+    # `vpo sample` itself, parsed by its own parser: every option it has keeps its default here
+    sample = argparse.ArgumentParser(prog="vpo demo")
+    _add_sample(sample.add_subparsers())
+    args = sample.parse_args(
+        ["sample", "--backbone", "tiny", "--prompts", "demo", "--out", args.out, "--seed", "0", "--num-per-prompt", "2"]
     )
     return cmd_sample(args)  # it prints every file it wrote
 
