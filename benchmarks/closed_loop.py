@@ -184,6 +184,23 @@ def run(name: str, out: Path, steps: int, args, **fields) -> Path:
         sink.close()
 
 
+def win_rate(w: np.ndarray) -> np.ndarray:
+    """(..., prompts, 2) counts of (the run's wins, base's wins) -> the run's win rate over all prompts."""
+    s = w.sum(-2)
+    return s[..., 0] / np.maximum(s[..., 0] + s[..., 1], 1)
+
+
+def paired_bootstrap(first: np.ndarray, second: np.ndarray, seed: int) -> tuple[float, float, float]:
+    """Win rate of ``first`` minus that of ``second`` (each (prompts, 2) counts on the same prompts)
+    and its 95% percentile interval over ``BOOTSTRAP`` resamples of the prompts with replacement;
+    a drawn prompt brings both comparisons' votes (the pairing)."""
+    diff = float(win_rate(first) - win_rate(second))
+    idx = np.random.default_rng([seed, 11]).integers(0, len(first), size=(BOOTSTRAP, len(first)))
+    boot = win_rate(first[idx]) - win_rate(second[idx])
+    low, high = (float(x) for x in np.percentile(boot, [2.5, 97.5]))
+    return diff, low, high
+
+
 def study2(jobs, base: list[Path], others: dict[str, list[Path]], args) -> dict:
     """Base vs each run on the same trials (a = base, b = the run); each run's win rate over base
     (Wilson 95%) and the difference of the first two with a paired bootstrap over prompts."""
@@ -219,16 +236,7 @@ def study2(jobs, base: list[Path], others: dict[str, list[Path]], args) -> dict:
             f"{r.win_rate_a:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] (Wilson 95%, non-tie votes), p = {r.p_value:.2g}"
         )
     first, second = list(others)[:2]
-
-    def rate(w: np.ndarray) -> np.ndarray:  # (..., prompts, 2) summed over prompts -> win rate
-        s = w.sum(-2)
-        return s[..., 0] / np.maximum(s[..., 0] + s[..., 1], 1)
-
-    diff = float(rate(wins[first]) - rate(wins[second]))
-    rng = np.random.default_rng([args.seed, 11])
-    idx = rng.integers(0, len(prompts), size=(BOOTSTRAP, len(prompts)))
-    boot = rate(wins[first][idx]) - rate(wins[second][idx])
-    low, high = (float(x) for x in np.percentile(boot, [2.5, 97.5]))
+    diff, low, high = paired_bootstrap(wins[first], wins[second], args.seed)
     figures["difference"] = {"value": diff, "low": low, "high": high, "resamples": BOOTSTRAP, "clusters": len(prompts)}
     print(
         f"  difference {first} - {second}: {diff:+.3f} [{low:+.3f}, {high:+.3f}] (paired bootstrap 95% over "
