@@ -44,3 +44,18 @@ def test_vpo_pretrain_reproduces_the_shipped_weights(tmp_path):
     assert made.keys() == shipped.keys()
     for k in shipped:
         assert torch.equal(made[k], shipped[k]), k
+
+
+def test_tiny_i2v_pretraining_starts_from_tiny_and_learns_the_image_embedding(tmp_path):
+    from vpo.backbones.tiny import WEIGHTS
+
+    cfg = PretrainConfig(backbone="tiny-i2v", steps=2, batch_size=2, warmup=1, checkpoint_every=2, out=str(tmp_path))
+    made = load_file(pretrain(cfg, progress=False))
+    assert (tmp_path / "tiny-i2v.safetensors").is_file()
+    tiny = load_file(WEIGHTS)
+    assert set(made) == set(tiny) | {"image_embed.weight", "image_embed.bias"}
+    assert made["image_embed.weight"].abs().sum() > 0  # zero-initialised, then trained
+    # two steps from tiny's weights (EMA warm-up keeps most of the last step): near them, not far off
+    assert max((made[k] - tiny[k]).abs().max().item() for k in tiny) < 0.05
+    with pytest.raises(ValueError, match="backbone must be one of tiny, tiny-i2v"):
+        PretrainConfig(backbone="wan")

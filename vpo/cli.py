@@ -31,6 +31,15 @@ def _add_sample(sub):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="one prompt")
     src.add_argument("--prompts", help="a text file, one prompt per line, or a built-in set name")
+    first = p.add_mutually_exclusive_group()
+    first.add_argument(
+        "--image",
+        help="image-to-video: the first frame (PNG, JPEG...) of every prompt's videos, resized to the backbone's",
+    )
+    first.add_argument(
+        "--images",
+        help="image-to-video: a folder of first frames, one per prompt, paired with the prompts by file name",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, required=True, help="seed of the first video; the i-th gets seed + i")
     p.add_argument("--num-per-prompt", type=int, default=1)
@@ -55,7 +64,7 @@ def _add_sample(sub):
 
 
 def cmd_sample(args) -> int:
-    from vpo.backbones import checkpoint_config, load_backbone
+    from vpo.backbones import TINY, checkpoint_config, load_backbone
     from vpo.data.prompts import read_prompts
     from vpo.sample import sample_to_dir
 
@@ -64,8 +73,9 @@ def cmd_sample(args) -> int:
     adapter = args.checkpoint and Path(args.checkpoint).is_dir()
     trained = checkpoint_config(args.checkpoint) if adapter else {}
     name = args.backbone or trained.get("backbone", "tiny")
+    first_frames = _first_frames(args, name, len(prompts))  # read before loading: bad input fails fast
     size = {k: getattr(args, k) or trained.get(k, 0) for k in ("frames", "height", "width")}
-    if name == "tiny":
+    if name in TINY:
         backbone = load_backbone(name, None if adapter else args.checkpoint, **size)
     else:  # a real backbone's base weights are its folder; a checkpoint is always an adapter
         if args.checkpoint and not adapter:
@@ -102,14 +112,58 @@ def cmd_sample(args) -> int:
         guide=guide,
         extra=extra,
         sampler=args.sampler,
+        images=None if first_frames is None else _resized(first_frames, backbone.spec),
     )
     n = len(json.loads(manifest.read_text())["videos"])
     print(f"{n} videos in {time.perf_counter() - t0:.1f} s -> {manifest}")
     for video in json.loads(manifest.read_text())["videos"]:  # every file written, as paths to open
-        for key in ("frames", "mp4"):
-            print(f"  {(manifest.parent / video[key]).resolve()}")
+        for key in ("frames", "mp4", "image"):
+            if key in video:
+                print(f"  {(manifest.parent / video[key]).resolve()}")
     print(f"  {manifest.resolve()}")
     return 0
+
+
+def _first_frames(args, backbone: str, prompts: int) -> list[np.ndarray] | None:
+    """The first frames ``--image`` / ``--images`` give, one per prompt (any size), or None; every
+    mismatch with the backbone or the prompts is a ValueError naming the option."""
+    from vpo.backbones import ALL_BACKBONES, I2V_BACKBONES
+    from vpo.video import image_files, read_image
+
+    given = "--image" if args.image else "--images" if args.images else None
+    if backbone not in ALL_BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; valid: {', '.join(ALL_BACKBONES)}")
+    if backbone not in I2V_BACKBONES:
+        if given:
+            i2v = ", ".join(I2V_BACKBONES)
+            raise ValueError(
+                f"{given}: backbone {backbone!r} is text-to-video and takes no image (image-to-video: {i2v})"
+            )
+        return None
+    if not given:
+        raise ValueError(
+            f"backbone {backbone!r} is image-to-video: give the first frame with --image FILE or --images DIR"
+        )
+    try:
+        if args.image:
+            return [read_image(args.image)] * prompts
+        files = image_files(args.images)
+        if len(files) != prompts:
+            raise ValueError(
+                f"{args.images} holds {len(files)} image(s) but there are {prompts} prompt(s); "
+                "give one image per prompt (paired in file-name order)"
+            )
+        return [read_image(f) for f in files]
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{given}: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"{given}: {e}") from None
+
+
+def _resized(images: list[np.ndarray], spec) -> np.ndarray:
+    from vpo.backbones.base import resize_images
+
+    return resize_images(images, spec.height, spec.width)
 
 
 def _device() -> str:
@@ -119,16 +173,20 @@ def _device() -> str:
 
 
 def _add_pretrain(sub):
-    from vpo.pretrain import PretrainConfig
+    from vpo.pretrain import PRETRAINED, PretrainConfig
 
     d = PretrainConfig()
-    p = sub.add_parser("pretrain", help="pretrain the tiny backbone on the synthetic world")
+    p = sub.add_parser(
+        "pretrain", help="pretrain tiny on the synthetic world, or tiny-i2v from tiny on the physics world"
+    )
+    p.add_argument("--backbone", choices=PRETRAINED, default=d.backbone)
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--out", default=d.out, help="run folder: checkpoint.pt, loss.csv, tiny.safetensors")
+    p.add_argument("--out", default=d.out, help="run folder: checkpoint.pt, loss.csv, BACKBONE.safetensors")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.set_defaults(run=cmd_pretrain)
 
@@ -137,9 +195,11 @@ def cmd_pretrain(args) -> int:
     from vpo.pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(
+        backbone=args.backbone,
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        warmup=args.warmup,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         out=args.out,

@@ -6,19 +6,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vpo.backbones import BACKBONES
+from vpo.backbones import ALL_BACKBONES
 from vpo.backbones.real import REAL_BACKBONES, weights_status
 from vpo.rewards import REWARD_SOURCES
 from vpo.rewards.local import SETTINGS as REWARD_SETTINGS
 from vpo.rewards.local import weights_status as weights_status_of_reward
 
-TINY_WEIGHTS = Path(__file__).parent / "backbones" / "weights" / "tiny.safetensors"
+SHIPPED_WEIGHTS = Path(__file__).parent / "backbones" / "weights"  # <name>.safetensors: tiny, tiny-i2v
 
 
 def report() -> list[dict]:
     """One row per model: kind, name, what it is, where, ok, status."""
     rows = []
-    for name in BACKBONES:
+    for name in ALL_BACKBONES:
         if name in REAL_BACKBONES:
             where, problem = weights_status(name)
             rows.append(
@@ -32,13 +32,14 @@ def report() -> list[dict]:
                 }
             )
         else:
-            ok = TINY_WEIGHTS.is_file()
+            shipped = SHIPPED_WEIGHTS / f"{name}.safetensors"
+            ok = shipped.is_file()
             rows.append(
                 {
                     "kind": "backbone",
                     "name": name,
                     "what": "built-in",
-                    "where": str(TINY_WEIGHTS),
+                    "where": str(shipped),
                     "ok": ok,
                     "status": "present (shipped)" if ok else "missing: the package lost its weights file",
                 }

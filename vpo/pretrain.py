@@ -31,11 +31,16 @@ import torch
 from tqdm import tqdm
 
 from vpo.backbones.tiny import TinyBackbone, TinyConfig
-from vpo.data import world
+from vpo.data import physics, world
+
+PRETRAINED = ("tiny", "tiny-i2v")  # the backbones ``vpo pretrain`` trains
 
 
 @dataclass
 class PretrainConfig:
+    # tiny: from scratch on the synthetic world; tiny-i2v: from tiny's shipped weights on the
+    # physics world (``vpo/data/physics.py``), conditioned on each scene's first frame
+    backbone: str = "tiny"
     steps: int = 3000
     batch_size: int = 32
     lr: float = 2e-3
@@ -48,6 +53,8 @@ class PretrainConfig:
     out: str = "runs/pretrain"
 
     def __post_init__(self):
+        if self.backbone not in PRETRAINED:
+            raise ValueError(f"backbone must be one of {', '.join(PRETRAINED)}, got {self.backbone!r}")
         for name in ("steps", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -60,9 +67,18 @@ class PretrainConfig:
 def batch_of_scenes(cfg: PretrainConfig, step: int) -> tuple[torch.Tensor, list[str]]:
     # scene seeds: a disjoint block per step; held-out checks use seeds >= 10_000_000
     first = 1_000_000 * cfg.seed + step * cfg.batch_size
-    scenes = [world.sample_scene(first + i) for i in range(cfg.batch_size)]
+    world_of = physics if cfg.backbone == "tiny-i2v" else world  # physics: training scenes only
+    scenes = [world_of.sample_scene(first + i) for i in range(cfg.batch_size)]
     video = torch.from_numpy(np.stack([s.render() for s in scenes]))
     return TinyBackbone.encode_video(video), [s.caption for s in scenes]
+
+
+def initial_model(cfg: PretrainConfig) -> TinyBackbone:
+    if cfg.backbone == "tiny-i2v":
+        from vpo.backbones.tiny_i2v import TinyI2VBackbone
+
+        return TinyI2VBackbone.from_tiny()  # tiny's shipped weights, a zero image embedding
+    return TinyBackbone(TinyConfig())
 
 
 def lr_at(cfg: PretrainConfig, step: int) -> float:
@@ -81,7 +97,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, u
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = TinyBackbone(TinyConfig())
+    model = initial_model(cfg)
     net = model.transformer.train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
@@ -117,6 +133,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, u
         eps = torch.randn(x0.shape, generator=g)
         drop = torch.rand(b, generator=g) < cfg.p_uncond
         text = torch.where(drop[:, None, None], torch.zeros_like(text), text)
+        if model.image_conditioned:  # the first frame stays in the dropped ones (CFG keeps the image)
+            first = ((x0[:, :, 0].permute(0, 2, 3, 1) + 1) * 127.5).round().to(torch.uint8)
+            text = torch.cat([text, model.encode_images(first)], 1)
         s = sigma.view(b, 1, 1, 1, 1)
         x_t = (1 - s) * x0 + s * eps
         # 3. velocity regression
@@ -155,6 +174,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, u
             os.replace(tmp, ckpt_path)  # atomic: an interrupted save never corrupts the last one
     log.close()
     model.transformer = ema
-    weights = out / "tiny.safetensors"
+    weights = out / f"{cfg.backbone}.safetensors"
     model.save(weights)
     return weights

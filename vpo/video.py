@@ -108,3 +108,40 @@ def pad_to_same_size(paths: list[Path], quantum: int = 4096) -> int:
             with open(path, "ab") as f:  # box: 32-bit big-endian size (header included), type, payload
                 f.write(pad.to_bytes(4, "big") + b"free" + bytes(pad - 8))
     return target
+
+
+# --- first frames (image-to-video) ------------------------------------------------------------
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def read_image(path) -> np.ndarray:
+    """An image file -> uint8 RGB (H, W, 3) (OpenCV reads it: a project dependency already); a
+    missing file or one that is not an image: an error naming it."""
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no image at {path}")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # grey and RGBA become 3-channel BGR
+    if image is None:
+        raise ValueError(f"{path} is not a readable image (PNG, JPEG, BMP or WebP)")
+    return np.ascontiguousarray(image[..., ::-1])
+
+
+def image_files(directory) -> list[Path]:
+    """The images of a folder, by name (what ``--images DIR`` pairs with the prompts, in order)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no folder at {directory}")
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def write_image(image: np.ndarray, path) -> Path:
+    """uint8 RGB (H, W, 3) -> a PNG (lossless: the first frame exactly as the backbone got it)."""
+    import cv2
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), np.ascontiguousarray(image[..., ::-1])):
+        raise ValueError(f"could not write {path}")
+    return path

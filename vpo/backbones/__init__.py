@@ -16,6 +16,15 @@ BACKBONES = {
     "cogvideox": "vpo.backbones.cogvideox:CogVideoXBackbone",
     "ltx": "vpo.backbones.ltx:LTXBackbone",
 }
+# image-to-video backbones (``Backbone.image_conditioned``: a first frame per prompt). Sampled by
+# ``vpo sample --image/--images``; not in BACKBONES (the training config and the web form) until
+# training takes first frames (issue 17, item 5).
+I2V_BACKBONES = {
+    "tiny-i2v": "vpo.backbones.tiny_i2v:TinyI2VBackbone",
+    "wan-i2v": "vpo.backbones.wan_i2v:WanI2VBackbone",
+}
+ALL_BACKBONES = {**BACKBONES, **I2V_BACKBONES}
+TINY = ("tiny", "tiny-i2v")  # shipped with the package: one size, weights in vpo/backbones/weights/
 
 # the ODE solvers ``Backbone.sample`` offers (``vpo/backbones/base.py``: ``euler_step``,
 # ``heun_step``); torch-free, like the registry. "euler" is the default every measured figure used.
@@ -53,9 +62,9 @@ SIZING = {
 
 
 def backbone_class(name: str):
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}")
-    module, cls = BACKBONES[name].split(":")
+    if name not in ALL_BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(ALL_BACKBONES)}")
+    module, cls = ALL_BACKBONES[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
 
@@ -64,13 +73,15 @@ def load_backbone(name: str, weights=None, device: str = "cpu", **options):
     ``.safetensors`` for tiny, a diffusers folder for a real one). ``options`` (size, memory,
     flow shift) go to a real backbone's ``load``; tiny has one size and refuses others."""
     cls = backbone_class(name)
-    if name != "tiny":
+    if name not in TINY:
         return cls.load(weights, device=device, **options).eval()
     model = cls.load(weights)
     spec = model.spec
     for what in ("frames", "height", "width"):
         if options.get(what) and options[what] != getattr(spec, what):
-            raise ValueError(f"tiny: {what} is fixed at {getattr(spec, what)} (its weights' size), got {options[what]}")
+            raise ValueError(
+                f"{name}: {what} is fixed at {getattr(spec, what)} (its weights' size), got {options[what]}"
+            )
     return model.to(device).eval()
 
 
@@ -108,7 +119,7 @@ def load_for_checkpoint(name: str, checkpoint=None, device: str = "cpu"):
     """The backbone ``name`` as a training checkpoint of it was trained (a real backbone's weights
     folder, size and memory options come from the checkpoint's config); the plain base otherwise."""
     trained = checkpoint_config(checkpoint) if checkpoint else {}
-    if name == "tiny" or trained.get("backbone") != name:
+    if name in TINY or trained.get("backbone") != name:
         return load_backbone(name, device=device)
     from vpo.train.config import TrainConfig
 

@@ -11,6 +11,17 @@ Training and sampling only ever see a backbone through these methods:
 * ``lora_target_modules`` -> module names a LoRA adapter should wrap;
 * ``save(path)`` / ``load(path)``.
 
+Image-to-video (``image_conditioned = True``: ``tiny-i2v``, ``wan-i2v``) adds one optional
+argument, ``images`` (uint8 first frames ``(B, H, W, C)``), to ``conditioning``,
+``null_conditioning``, ``guidance_text`` and the ``sample*`` methods. The conditioning stays one
+tensor ``(B, N, D)``: the text tokens of ``encode_prompts``, then the image's tokens
+(``encode_images``), so everything that handles a text tensor (batching, CFG's 2B stack, DPO's
+repeats) handles an image-conditioned one, and more tokens computed from the first frame (issue 17's
+PhysEncoder) can be appended after them. Classifier-free guidance drops the text only: the
+unconditional half keeps the image (as Wan2.1 I2V does). A T2V backbone refuses an image and an
+I2V backbone refuses its absence, each with a ValueError; T2V callers that use ``encode_prompts`` /
+``null_text`` directly are unchanged.
+
 A latent backbone overrides ``latent_shape`` and ``decode``; ``sample`` stays the same.
 """
 
@@ -23,6 +34,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -93,6 +105,8 @@ class Backbone(torch.nn.Module):
     lora_target_modules: tuple[str, ...] = ()
     # module that LoRA wraps and the optimiser trains; the frozen text encoder is not part of it
     transformer: torch.nn.Module
+    # image-to-video: ``sample`` and ``conditioning`` need a first frame per prompt
+    image_conditioned: bool = False
 
     # --- to implement -------------------------------------------------------------------------
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
@@ -118,6 +132,45 @@ class Backbone(torch.nn.Module):
 
     def save(self, path) -> None:
         raise NotImplementedError
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """I2V only: uint8 first frames (B, H, W, C) at the backbone's size -> image tokens (B, M, D)
+        that ``conditioning`` appends to the text tokens."""
+        raise NotImplementedError
+
+    # --- conditioning (text, and a first frame for image-to-video) ----------------------------
+    def check_images(self, images: torch.Tensor | np.ndarray | None, batch: int) -> torch.Tensor | None:
+        """``images`` as a uint8 tensor (B, H, W, 3) of the backbone's size, or the ValueError that
+        says what is wrong: an image for a T2V backbone, none for an I2V one, a count or size that
+        does not fit (``resize_images`` fits other sizes)."""
+        if not self.image_conditioned:
+            if images is not None:
+                raise ValueError(f"backbone {self.name!r} is text-to-video: it takes no image (got one)")
+            return None
+        if images is None:
+            raise ValueError(f"backbone {self.name!r} is image-to-video: give a first frame per prompt (images)")
+        images = torch.as_tensor(images)
+        want = (batch, self.spec.height, self.spec.width, 3)
+        if images.dtype != torch.uint8 or tuple(images.shape) != want:
+            raise ValueError(
+                f"images must be uint8 {want} (one {self.spec.height}x{self.spec.width} RGB first frame per "
+                f"prompt), got {images.dtype} {tuple(images.shape)}"
+            )
+        return images
+
+    def conditioning(self, prompts: list[str], images=None) -> torch.Tensor:
+        """What ``predict_velocity`` takes as ``text``: the prompts' tokens, then (I2V) the first
+        frames' tokens."""
+        images = self.check_images(images, len(prompts))
+        text = self.encode_prompts(prompts)
+        return text if images is None else torch.cat([text, self.encode_images(images).to(text)], 1)
+
+    def null_conditioning(self, batch: int, images=None) -> torch.Tensor:
+        """Classifier-free guidance's unconditional half: the null text, and (I2V) the same first
+        frames: only the text is dropped."""
+        images = self.check_images(images, batch)
+        text = self.null_text(batch)
+        return text if images is None else torch.cat([text, self.encode_images(images).to(text)], 1)
 
     # --- shared -------------------------------------------------------------------------------
     @property
@@ -157,6 +210,7 @@ class Backbone(torch.nn.Module):
         progress: Callable[[int, int], None] | None = None,
         guide: Guide | None = None,
         sampler: str = "euler",
+        images=None,
     ):
         """Sample one video per (prompt, seed) as one batch -> uint8 (B, F, H, W, C).
 
@@ -174,7 +228,7 @@ class Backbone(torch.nn.Module):
         check_sampler(sampler)
         x = self.initial_noise(seeds)
         b = len(prompts)
-        text = self.guidance_text(prompts, guidance)
+        text = self.guidance_text(prompts, guidance, images)
         scheduler = self.make_scheduler(steps)
 
         def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -192,11 +246,17 @@ class Backbone(torch.nn.Module):
                     progress(i + 1, steps)
         return (self.decode(x), x) if return_latents else self.decode(x)
 
-    def guidance_text(self, prompts: list[str], guidance: float) -> torch.Tensor:
-        """The text conditioning ``guided_velocity`` takes: with classifier-free guidance (guidance
-        != 1) the prompts' and the unconditional conditioning stacked (2B), else the prompts' (B)."""
-        cond = self.encode_prompts(prompts)
-        return torch.cat([cond, self.null_text(len(prompts))]) if guidance != 1.0 else cond
+    def guidance_text(self, prompts: list[str], guidance: float, images=None) -> torch.Tensor:
+        """The conditioning ``guided_velocity`` takes: with classifier-free guidance (guidance
+        != 1) the prompts' and the unconditional conditioning stacked (2B), else the prompts' (B).
+        An I2V backbone's ``images`` are in both halves."""
+        images = self.check_images(images, len(prompts))
+        text = self.encode_prompts(prompts)
+        null = self.null_text(len(prompts)) if guidance != 1.0 else text[:0]
+        if images is not None:  # encoded once (a real VAE's encode is not cheap), in both halves
+            image = self.encode_images(images).to(text)
+            text, null = torch.cat([text, image], 1), torch.cat([null, image[: len(null)]], 1)
+        return torch.cat([text, null]) if guidance != 1.0 else text
 
     def guided_velocity(
         self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor, guidance: float
@@ -218,6 +278,7 @@ class Backbone(torch.nn.Module):
         chunk: int = 12,
         guide: Guide | None = None,
         sampler: str = "euler",
+        images=None,
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """``sample`` over a long list in batches of at most ``chunk`` videos (x2 with CFG), which
         bounds memory: yields (index of the batch's first video, its uint8 videos). A video depends
@@ -226,12 +287,19 @@ class Backbone(torch.nn.Module):
             raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt")
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
+        images = self.check_images(images, len(prompts))
         for start in range(0, len(prompts), chunk):
             end = start + chunk
             yield (
                 start,
                 self.sample(
-                    prompts[start:end], seeds[start:end], steps=steps, guidance=guidance, guide=guide, sampler=sampler
+                    prompts[start:end],
+                    seeds[start:end],
+                    steps=steps,
+                    guidance=guidance,
+                    guide=guide,
+                    sampler=sampler,
+                    images=None if images is None else images[start:end],
                 ),
             )
 
@@ -243,10 +311,26 @@ class Backbone(torch.nn.Module):
         guidance: float = 4.0,
         chunk: int = 12,
         sampler: str = "euler",
+        images=None,
     ) -> torch.Tensor:
         """All the videos of ``sample_chunks`` in one uint8 tensor (B, F, H, W, C)."""
-        chunks = self.sample_chunks(prompts, seeds, steps, guidance, chunk, sampler=sampler)
+        chunks = self.sample_chunks(prompts, seeds, steps, guidance, chunk, sampler=sampler, images=images)
         return torch.cat([videos for _, videos in chunks])
+
+
+def resize_images(images: np.ndarray | list[np.ndarray], height: int, width: int) -> np.ndarray:
+    """RGB uint8 images (each (h, w, 3), any size) -> (B, height, width, 3): area averaging when
+    shrinking, bicubic when growing (OpenCV's advice for each)."""
+    import cv2
+
+    out = []
+    for image in images:
+        image = np.asarray(image)
+        if image.shape[:2] != (height, width):
+            shrink = image.shape[0] >= height and image.shape[1] >= width
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+        out.append(np.ascontiguousarray(image, dtype=np.uint8))
+    return np.stack(out)
 
 
 def euler_step(scheduler: FlowMatchEulerDiscreteScheduler, i: int, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ class RealBackbone:
     fps: int
     # TrainConfig fields a run of this backbone takes when the user gives none
     defaults: dict = field(default_factory=dict)
+    extra_layout: tuple[str, ...] = ()  # subfolders beyond LAYOUT (an I2V model's image encoder)
 
 
 REAL_BACKBONES: dict[str, RealBackbone] = {
@@ -43,6 +44,18 @@ REAL_BACKBONES: dict[str, RealBackbone] = {
         832,
         16,
         {"sampling_steps": 30, "guidance": 5.0, "lora_rank": 32, "noise_draws": 2, "lr": 1e-4},
+    ),
+    # Wan2.1 I2V 14B at 480p (Wan2.1-I2V-14B-480P-Diffusers): the same size, steps and CFG as T2V,
+    # and a CLIP vision encoder for the first frame
+    "wan-i2v": RealBackbone(
+        "WanImageToVideoPipeline",
+        "Wan2.1-I2V-14B-480P / 720P (Diffusers)",
+        81,
+        480,
+        832,
+        16,
+        {"sampling_steps": 30, "guidance": 5.0, "lora_rank": 32, "noise_draws": 2, "lr": 1e-4},
+        ("image_encoder/", "image_processor/"),
     ),
     # CogVideoX 2B / 5B: 49 frames of 480x720 at 8 fps, 50 DDIM steps, CFG 6
     "cogvideox": RealBackbone(
@@ -88,7 +101,7 @@ def layout_problem(name: str, folder: Path) -> str | None:
     if not folder.is_dir():
         hint = f" (set --model-dir or ${MODELS_DIR_SETTING})" if not os.environ.get(MODELS_DIR_SETTING) else ""
         return f"{where}{hint}: {expected}"
-    missing = [p for p in LAYOUT if not (folder / p.rstrip("/")).exists()]
+    missing = [p for p in LAYOUT + REAL_BACKBONES[name].extra_layout if not (folder / p.rstrip("/")).exists()]
     if missing:
         return f"{where}: missing {', '.join(missing)}; {expected}"
     try:

@@ -50,7 +50,7 @@ WORDS = [
 ]
 
 
-def tiny_tokenizer():
+def tiny_tokenizer(max_length: int = 512):
     """A word-level tokenizer with T5's special tokens (pad = 0, eos = 1, unk = 2)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -60,7 +60,7 @@ def tiny_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=max_length
     )
 
 
@@ -111,6 +111,63 @@ def wan_pipeline():
         transformer=transformer,
         vae=vae,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+    )
+
+
+def wan_i2v_pipeline(text_tokens: int = 16):
+    """Wan2.1 I2V at toy size (diffusers' ``tests/pipelines/wan/test_wan_image_to_video.py``), with
+    the image branch of cross-attention switched on (``added_kv_proj_dim``, as the released I2V
+    models have it) and a tokenizer of ``text_tokens`` tokens: shorter than Wan's 512, so that the
+    backbone's padding to 512 is what keeps diffusers' image/text split right."""
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanImageToVideoPipeline,
+        WanTransformer3DModel,
+    )
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=36,
+        out_channels=16,
+        text_dim=TEXT_DIM,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+        image_dim=4,
+        added_kv_proj_dim=24,  # = heads x head dim, as in the released models
+    )
+    torch.manual_seed(0)
+    image_encoder = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=4,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=16,
+            intermediate_size=16,
+            patch_size=4,
+        )
+    )
+    image_processor = CLIPImageProcessor(crop_size=16, size=16)
+    return WanImageToVideoPipeline(
+        tokenizer=tiny_tokenizer(text_tokens),
+        text_encoder=tiny_text_encoder(umt5=True),
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        image_encoder=image_encoder,
+        image_processor=image_processor,
     )
 
 
@@ -227,9 +284,9 @@ def ltx_pipeline():
     )
 
 
-BUILDERS = {"wan": wan_pipeline, "cogvideox": cogvideox_pipeline, "ltx": ltx_pipeline}
+BUILDERS = {"wan": wan_pipeline, "cogvideox": cogvideox_pipeline, "ltx": ltx_pipeline, "wan-i2v": wan_i2v_pipeline}
 # a size each tiny pipeline supports (frames, height, width): a few frames, a few latent pixels
-TINY_SIZES = {"wan": (5, 16, 16), "cogvideox": (9, 16, 16), "ltx": (9, 32, 32)}
+TINY_SIZES = {"wan": (5, 16, 16), "cogvideox": (9, 16, 16), "ltx": (9, 32, 32), "wan-i2v": (5, 16, 16)}
 
 
 def save_tiny_pipeline(name: str, folder) -> Path:

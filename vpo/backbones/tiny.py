@@ -64,6 +64,7 @@ class TinyConfig:
     width: int = world.WIDTH
     fps: int = world.FPS
     sigma_data: float = 0.5  # EDM's data scale; pixels are in [-1, 1]
+    first_frame: bool = False  # tiny-i2v: the transformer also embeds a clean first frame
 
     def __post_init__(self):
         if self.dim % self.heads:
@@ -84,6 +85,7 @@ class TinyConfig:
             frames=self.frames,
             height=self.height,
             width=self.width,
+            first_frame=self.first_frame,
         )
 
 
@@ -247,12 +249,20 @@ class SpaceTimeTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         channels: int = 3,
         text_dim: int = TEXT_DIM,
         freq_dim: int = 256,
+        first_frame: bool = False,
     ):
         super().__init__()
         pt, ph, pw = patch_size
         self.grid = (frames // pt, height // ph, width // pw)
         patch_dim = channels * pt * ph * pw
         self.patch_embed = nn.Linear(patch_dim, dim)
+        # tiny-i2v: the clean first frame, repeated over time, patchified like x and embedded into
+        # every token (the channel concatenation of Wan2.1 I2V's condition latent, written as a
+        # second patch embedding). Zero-initialised, so a model made from tiny's weights starts as tiny.
+        self.image_embed = nn.Linear(patch_dim, dim) if first_frame else None
+        if self.image_embed is not None:
+            nn.init.zeros_(self.image_embed.weight)
+            nn.init.zeros_(self.image_embed.bias)
         # fixed sin-cos positions (DiT): unit-scale from the first step, where small learned ones
         # leave a fresh model unable to tell patches apart, so objects come out in scattered pieces
         self.register_buffer("pos", sincos_positions(self.grid, dim), persistent=False)
@@ -274,18 +284,32 @@ class SpaceTimeTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         angles = (sigma.float() * 1000)[:, None] * freqs[None]  # sigma in [0, 1] -> DiT's timestep range
         return torch.cat([angles.cos(), angles.sin()], -1)
 
-    def hidden_states(
-        self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor, depth: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The tokens after the first ``depth`` blocks (all by default), (B, T*GH*GW, D) time-major,
-        and the conditioning embedding (timestep + sentence), (B, D). The noise-conditioned reward
-        model (``vpo/reward_model/model.py``) reads the first blocks' tokens."""
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, F, H, W) -> (B, T*GH*GW, C*pt*ph*pw), tokens ordered time-major."""
         b, c = x.shape[:2]
         pt, ph, pw = self.config.patch_size
         t, gh, gw = self.grid
-        # (B, C, F, H, W) -> (B, T*GH*GW, C*pt*ph*pw), tokens ordered time-major
-        patches = x.reshape(b, c, t, pt, gh, ph, gw, pw).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, t * gh * gw, -1)
-        tokens = self.patch_embed(patches) + self.pos
+        return x.reshape(b, c, t, pt, gh, ph, gw, pw).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, t * gh * gw, -1)
+
+    def hidden_states(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        text: torch.Tensor,
+        depth: int | None = None,
+        first_frame: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tokens after the first ``depth`` blocks (all by default), (B, T*GH*GW, D) time-major,
+        and the conditioning embedding (timestep + sentence), (B, D). The noise-conditioned reward
+        model (``vpo/reward_model/model.py``) reads the first blocks' tokens. ``first_frame``
+        (B, C, H, W), clean pixels: tiny-i2v's image condition."""
+        b = x.shape[0]
+        tokens = self.patch_embed(self.patchify(x)) + self.pos
+        if self.image_embed is not None:
+            if first_frame is None:
+                raise ValueError("this transformer is image-conditioned: pass first_frame")
+            repeated = first_frame[:, :, None].to(x.dtype).expand(-1, -1, x.shape[2], -1, -1)
+            tokens = tokens + self.image_embed(self.patchify(repeated))
         # sentence embedding = mean of the non-padding token states (padding and null text are 0)
         present = (text.abs().sum(-1, keepdim=True) > 0).to(text.dtype)
         sentence = (text * present).sum(1) / present.sum(1).clamp_min(1)
@@ -296,11 +320,13 @@ class SpaceTimeTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
             tokens = block(tokens, mod, context, self.grid)
         return tokens, emb
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor, first_frame: torch.Tensor | None = None
+    ) -> torch.Tensor:
         b, c, f, h, w = x.shape
         pt, ph, pw = self.config.patch_size
         t, gh, gw = self.grid
-        tokens, emb = self.hidden_states(x, sigma, text)
+        tokens, emb = self.hidden_states(x, sigma, text, first_frame=first_frame)
         shift, scale = self.out_modulation(emb).chunk(2, -1)
         out = self.proj_out(modulate(self.norm_out(tokens), shift, scale))
         return out.reshape(b, t, gh, gw, c, pt, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(b, c, f, h, w)
@@ -400,7 +426,7 @@ class TinyBackbone(Backbone):
     def load(cls, path=None, text_encoder: MiniLM | None = None) -> TinyBackbone:
         path = Path(path or WEIGHTS)
         if not path.is_file():
-            raise FileNotFoundError(f"no tiny backbone weights at {path}")
+            raise FileNotFoundError(f"no {cls.name} backbone weights at {path}")
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
