@@ -95,4 +95,6 @@ class TinyI2VBackbone(TinyBackbone):
 
     @classmethod
     def load(cls, path=None, text_encoder: MiniLM | None = None) -> TinyI2VBackbone:
-        return super().load(path or I2V_WEIGHTS, text_encoder)  # type: ignore[return-value]
+        model = super().load(path or I2V_WEIGHTS, text_encoder)
+        assert isinstance(model, TinyI2VBackbone)
+        return model
