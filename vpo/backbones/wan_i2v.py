@@ -62,14 +62,6 @@ class WanI2VBackbone(WanBackbone):
         vision = self.image_encoder.config
         self.image_states_shape = ((vision.image_size // vision.patch_size) ** 2 + 1, vision.hidden_size)
 
-    @classmethod
-    def load(cls, path=None, device: str = "cpu", **options) -> WanI2VBackbone:
-        model = super().load(path, device, **options)
-        assert isinstance(model, WanI2VBackbone)
-        if not model.memory.cpu_offload:  # like the text encoder and the VAE: on the device
-            model.image_encoder.to(device)
-        return model
-
     def latent_channels(self) -> int:
         return int(self.transformer.config.out_channels)  # in_channels also counts the condition's 20
 
@@ -107,7 +99,9 @@ class WanI2VBackbone(WanBackbone):
         return torch.cat([pack(states.float().to(device), width), pack(torch.cat([mask, z], 1).to(device), width)], 1)
 
     def _on(self, module) -> None:
-        if self.memory.cpu_offload:
+        """On the transformer's device for the encoding (``load`` leaves the CLIP encoder on the
+        CPU; CPU offload keeps the VAE there too until needed)."""
+        if module.device != self.device:
             module.to(self.device)
 
     def _off(self) -> None:
