@@ -511,6 +511,12 @@ def cmd_models(args) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="vpo", description="VPO Studio: online video preference optimisation")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads torch may use (default: torch's own, one per core); on a CPU other jobs share, "
+        "fewer threads can be faster, as each op waits for all of its threads (docs/tiny-backbone.md)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_sample(sub)
     _add_pretrain(sub)
@@ -524,6 +530,12 @@ def main(argv=None) -> int:
     _add_reward_model(sub)
     _add_models(sub)
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError) as e:
