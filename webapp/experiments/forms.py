@@ -105,8 +105,11 @@ def unavailable_rewards() -> dict[str, str]:
 # the config's field names as they appear in TrainConfig's messages (shared with the CLI and TOML,
 # which name fields as written there) -> the labels the form shows; longest first, so that
 # "heldout_prompts" is not read as "prompts"
-_LABELS = sorted(((f.name, f.metadata["label"]) for f in CONFIG_FIELDS), key=lambda item: -len(item[0]))
-_NAMES = re.compile("|".join(rf"(?<![\w-])({re.escape(name)})(?![\w-])" for name, _ in _LABELS))
+_LABEL = {f.name: f.metadata["label"] for f in CONFIG_FIELDS}
+# the longest name first, so that a name containing another (sampling_steps, steps) wins
+_NAMES = re.compile(
+    "|".join(rf"(?<![\w-])({re.escape(name)})(?![\w-])" for name in sorted(_LABEL, key=len, reverse=True))
+)
 
 
 def in_labels(message: str) -> str:
@@ -114,15 +117,14 @@ def in_labels(message: str) -> str:
     per prompt must be >= 2'. A name with an underscore is a field wherever it stands; a
     one-word name (steps, prompts, seed) only where the message starts with it, since the same
     word is also plain English further on."""
-    label = dict(_LABELS)
 
     def named(match: re.Match) -> str:
         name = match.group(0)
         if match.start() == 0:
-            return label[name]
+            return _LABEL[name]
         if "_" not in name:
             return name
-        words = label[name]  # mid-sentence in lower case, but not an acronym (LoRA, DPO, VAE)
+        words = _LABEL[name]  # mid-sentence in lower case, but not an acronym (LoRA, DPO, VAE)
         return words[:1].lower() + words[1:] if words[1:2].islower() else words
 
     text = _NAMES.sub(named, message)
