@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 GLOBAL = "global"  # the mean of a source's dimensions, each normalised to [0, 1]
 # the reward guards a run may set (``reward_guard``; vpo/rewards/guard.py applies them)
-GUARDS = ("none", "subject")
+GUARDS = ("none", "subject", "subject-veto")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from vpo.backbones import load_for_config
 from vpo.backbones.base import Backbone
 from vpo.data.prompts import read_prompts
 from vpo.rewards import load_reward
-from vpo.rewards.guard import subject_factors, unguardable
+from vpo.rewards.guard import subject_factors, unguardable, veto
 from vpo.train.checkpoints import (
     POLICY,
     REF,
@@ -155,9 +155,9 @@ class Run:
     def score(self, videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         result = self.reward.score(videos, prompts)
         scores = result.scores[self.cfg.dimension]
-        if self.cfg.reward_guard == "subject":  # vpo/rewards/guard.py: deleting or freezing the subject never wins
-            factors = subject_factors(videos.numpy(), prompts, result.raw)
-            scores = scores * torch.tensor(factors, dtype=scores.dtype)
+        if self.cfg.reward_guard != "none":  # vpo/rewards/guard.py: deleting or freezing the subject never wins
+            factors = torch.tensor(subject_factors(videos.numpy(), prompts, result.raw), dtype=scores.dtype)
+            scores = scores * factors if self.cfg.reward_guard == "subject" else veto(scores, factors)
         if not torch.isfinite(scores).all():
             bad = int((~torch.isfinite(scores)).nonzero()[0])
             why = result.unavailable.get(bad, "the reward source returned a non-finite score")
