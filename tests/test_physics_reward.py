@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_train import cfg_for, run_train, small, text_encoder  # noqa: F401 (fixtures)
 from vpo.cli import main
 from vpo.data import physics as P
 from vpo.rewards import load_reward
 from vpo.rewards import physics as R
 from vpo.train.config import ConfigError, TrainConfig
+from vpo.train.sinks import read_metrics
 
 WORLD_PROMPT = "a red circle moving left"  # a caption of the text-to-video world, not of the physics world
 
@@ -144,3 +146,36 @@ def test_vpo_score_scores_a_ground_truth_video_and_refuses_a_prompt_outside_the_
     err = capsys.readouterr().err
     assert err.startswith("vpo score: error: ") and err.count("\n") == 1
     assert "captions of the physics world" in err and repr(WORLD_PROMPT) in err
+
+
+def test_a_training_run_on_it_refuses_other_prompts_and_trains_on_physics_captions(tmp_path, small):  # noqa: F811
+    with pytest.raises(ConfigError, match="captions of the physics world") as e:
+        run_train(cfg_for(tmp_path, reward="physics", dimension="trajectory", prompts="train"), small())
+    assert e.value.field == "reward"
+    captions = tmp_path / "physics.txt"
+    captions.write_text("\n".join(s.caption for s in P.train_scenes(4)) + "\n")
+    cfg = cfg_for(tmp_path, reward="physics", dimension="global", prompts=str(captions), steps=1)
+    run_train(cfg, small())
+    (row,) = [r for r in read_metrics(tmp_path / "run") if "reward/mean" in r]
+    assert 0.0 <= row["reward/mean"] <= 1.0
+
+
+def test_vpo_feedback_over_every_source_skips_it_with_why_on_prompts_it_cannot_read(tmp_path, capsys):
+    from vpo.data import world
+
+    groups = []
+    for s in range(2):
+        scene = world.sample_scene(20 + s, two_objects=0.0)
+        clean, still = scene.render(), np.repeat(scene.render()[:1], 16, axis=0)
+        paths = [str(tmp_path / f"{s}_{i}.npy") for i in range(2)]
+        for path, video in zip(paths, (still, clean)):
+            np.save(path, video)
+        groups.append({"prompt": scene.caption, "videos": paths, "chosen": 1})
+    (tmp_path / "groups.json").write_text(json.dumps(groups))
+    assert main(["feedback", str(tmp_path / "groups.json"), "--json"]) == 0  # dimension global
+    out = json.loads(capsys.readouterr().out)
+    assert "captions of the physics world" in out["skipped"]["physics"]
+    assert "metrics" in {row["source"] for row in out["results"]}
+    # asked for by name, it is an error, not a skip
+    assert main(["feedback", str(tmp_path / "groups.json"), "--reward", "physics"]) == 2
+    assert "captions of the physics world" in capsys.readouterr().err
