@@ -289,7 +289,7 @@ def _add_feedback(sub):
 
 def cmd_feedback(args) -> int:
     from vpo.feedback import Group, analyse
-    from vpo.rewards import available_sources, load_reward
+    from vpo.rewards import available_sources, load_reward, prompt_problem
 
     path = Path(args.groups)
     try:
@@ -306,6 +306,9 @@ def cmd_feedback(args) -> int:
     for source in sources:
         if args.dimension not in (*source.dimensions, GLOBAL):
             continue  # a source without this dimension has nothing to say about it
+        if not args.reward and (problem := prompt_problem(source.name, [g.prompt for g in groups])):
+            missing[source.name] = problem  # e.g. physics on prompts that are not physics captions
+            continue
         rows.append(analyse(source, args.dimension, groups))
     if not rows:
         raise ValueError(f"no reward source has dimension {args.dimension!r}")

@@ -25,7 +25,7 @@ import torch
 from vpo.backbones import load_for_config
 from vpo.backbones.base import Backbone
 from vpo.data.prompts import read_prompts
-from vpo.rewards import load_reward
+from vpo.rewards import load_reward, prompt_problem
 from vpo.rewards.guard import subject_factors, unguardable, veto
 from vpo.train.checkpoints import (
     POLICY,
@@ -90,6 +90,8 @@ class Run:
         self.reward.video_fps = self.backbone.spec.fps  # sources that sample frames in time need it
         self.reward.check_dimension(cfg.dimension)
         self.prompts = read_prompts(cfg.prompts)
+        if problem := prompt_problem(cfg.reward, self.prompts):
+            raise ConfigError("reward", f"{problem} (prompts {cfg.prompts!r})")
         if cfg.reward_guard != "none" and (bad := unguardable(self.prompts)) is not None:
             raise ConfigError(
                 "reward_guard", f"reward_guard {cfg.reward_guard!r} cannot read the prompt {bad!r} of {cfg.prompts!r}"

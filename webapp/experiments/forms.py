@@ -10,8 +10,8 @@ from django import forms
 
 from vpo.backbones import BACKBONES, SAMPLERS
 from vpo.backbones.real import weights_status
-from vpo.data.prompts import BUILTIN, parse_prompts
-from vpo.rewards import DIMENSIONS, GLOBAL, GUARDS, REWARD_SOURCES
+from vpo.data.prompts import BUILTIN, parse_prompts, read_prompts
+from vpo.rewards import DIMENSIONS, GLOBAL, GUARDS, REWARD_SOURCES, prompt_problem
 from vpo.rewards.guard import unguardable
 from vpo.rewards.local import weights_status as reward_weights_status
 from vpo.train import ALGORITHMS
@@ -260,6 +260,10 @@ class ExperimentForm(forms.Form):
                 self.add_error("nproc", problem)
                 return data
         self.prompts_text = data.get("prompts_file") or ""
+        uploaded = self.config["prompts"] == UPLOADED
+        prompts = parse_prompts(self.prompts_text) if uploaded else read_prompts(self.config["prompts"])
+        if problem := prompt_problem(self.config["reward"], prompts):
+            self.add_error("reward", problem)
         if self.config["reward_guard"] != "none" and (bad := unguardable(parse_prompts(self.prompts_text))):
             self.add_error("reward_guard", f"the guard cannot read the prompt {bad!r}: it names no object of the world")
         return data
