@@ -83,15 +83,17 @@ def tiny_text_encoder(umt5: bool):
     return UMT5EncoderModel(UMT5Config(**kwargs)) if umt5 else T5EncoderModel(T5Config(**kwargs))
 
 
-def wan_pipeline():
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+def _toy_wan_vae_and_transformer(**transformer_kwargs):
+    """Wan's VAE and transformer at toy size (diffusers' Wan pipeline tests), each from seed 0;
+    ``transformer_kwargs`` add to or replace the T2V transformer's."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
     torch.manual_seed(0)
     vae = AutoencoderKLWan(
         base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
     )
     torch.manual_seed(0)
-    transformer = WanTransformer3DModel(
+    kwargs = dict(
         patch_size=(1, 2, 2),
         num_attention_heads=2,
         attention_head_dim=12,
@@ -105,6 +107,13 @@ def wan_pipeline():
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32,
     )
+    return vae, WanTransformer3DModel(**{**kwargs, **transformer_kwargs})
+
+
+def wan_pipeline():
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    vae, transformer = _toy_wan_vae_and_transformer()
     return WanPipeline(
         tokenizer=tiny_tokenizer(),
         text_encoder=tiny_text_encoder(umt5=True),
@@ -119,32 +128,12 @@ def wan_i2v_pipeline(text_tokens: int = 16):
     the image branch of cross-attention switched on (``added_kv_proj_dim``, as the released I2V
     models have it) and a tokenizer of ``text_tokens`` tokens: shorter than Wan's 512, so that the
     backbone's padding to 512 is what keeps diffusers' image/text split right."""
-    from diffusers import (
-        AutoencoderKLWan,
-        FlowMatchEulerDiscreteScheduler,
-        WanImageToVideoPipeline,
-        WanTransformer3DModel,
-    )
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
-    torch.manual_seed(0)
-    vae = AutoencoderKLWan(
-        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-    )
-    torch.manual_seed(0)
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
+    # 36 input channels: 16 of noisy latent + 4 of mask + 16 of the first frame's latent
+    vae, transformer = _toy_wan_vae_and_transformer(
         in_channels=36,
-        out_channels=16,
-        text_dim=TEXT_DIM,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
         image_dim=4,
         added_kv_proj_dim=24,  # = heads x head dim, as in the released models
     )

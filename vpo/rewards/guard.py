@@ -26,12 +26,15 @@ which every candidate passes is ranked by the reward alone.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from vpo.data import world
 from vpo.data.detector import detect, motion_extent, presence
+
+if TYPE_CHECKING:
+    import torch
 
 
 def unguardable(prompts: list[str]) -> str | None:
@@ -69,5 +72,7 @@ VETO_BELOW = 0.5  # less than half of the subject's presence x motion left: the 
 def veto(scores: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """``scores`` with every candidate whose factor is below ``VETO_BELOW`` moved below all the
     others (by the batch's spread plus 1, whatever the source's range); their own order kept."""
+    import torch  # here, not at the top: the web process imports this module (unguardable) and no torch
+
     below = scores - (scores.max() - scores.min() + 1.0)
     return torch.where(factors < VETO_BELOW, below, scores)
