@@ -26,7 +26,9 @@ def test_ablate_writes_a_report_with_every_study_and_its_plot(tmp_path):
     for study, (title, _) in STUDIES.items():
         assert f"## ({study}) {title}" in text
         assert (tmp_path / "results" / f"{study}.png").stat().st_size > 1000
-    assert text.count("the paper**") == len(STUDIES)  # a verdict per study: "matches" or "does not match"
+    # a verdict per study: "matches" or "does not match" the paper; (f) is no paper's claim
+    assert text.count("the paper**") == len(STUDIES) - 2 and "candidates at 10 steps **" in text
+    assert "By the every-seed rule the veto **" in text
     for name in VARIANTS:
         assert (tmp_path / "runs" / f"{name}-s0" / "eval.json").exists()
     again = ablate(
@@ -57,5 +59,54 @@ def test_one_study_replaces_its_section_of_a_report_and_keeps_the_rest(tmp_path)
     assert merge_sections("# R\n\n## (a) A\n\na\n", text).index("## (a)") < merge_sections(
         "# R\n\n## (a) A\n\na\n", text
     ).index("## (e)")
-    with pytest.raises(ValueError, match="unknown study z; valid: a, b, c, d, e"):
+    with pytest.raises(ValueError, match="unknown study z; valid: a, b, c, d, e, f, g"):
         check_studies(["z"])
+
+
+def test_the_candidate_steps_study_reports_margin_time_and_the_tuning_effect_by_its_rule(tmp_path):
+    from vpo.eval import COLUMNS
+
+    row = dict.fromkeys(COLUMNS, 0.5)
+    full, fast = STUDIES["f"][1]
+    curves = {
+        (full, s): [{"step": 1, "reward/margin": 0.02, "perf/sample_s": 6.0}, {"step": 2, "reward/margin": 0.04}]
+        for s in (0, 1)
+    } | {(fast, s): [{"step": 1, "reward/margin": 0.015, "perf/sample_s": 3.0}] for s in (0, 1)}
+
+    def section(flicker_fast: list[float]) -> str:
+        evals = {(full, s): {**row, "temporal_flickering_all": 0.97} for s in (0, 1)}
+        evals |= {(fast, s): {**row, "temporal_flickering_all": v} for s, v in enumerate(flicker_fast)}
+        return report(
+            TrainConfig(steps=2), [0, 1], evals, row, curves, tmp_path / "r", tmp_path / "r.md", 1, 1, 2, ["f"]
+        )
+
+    text = section([0.97, 0.98])
+    assert "reward margin (winner minus loser) 0.0300 at 20 steps vs 0.0150 at 10 (0.50x)" in text
+    assert "sampling 6.0 s vs 3.0 s a step (2.00x faster)" in text
+    assert "+0.50 points (worse in 0 of 2 seeds)" in text and "**tune as well in every seed**" in text
+    assert "**tune worse in every seed**" in section([0.96, 0.95])
+    assert "**are inconclusive (the seeds split)**" in section([0.96, 0.99])
+    assert "the paper**" not in text
+
+
+def test_the_veto_study_answers_its_two_questions_by_the_every_seed_rule(tmp_path):
+    from vpo.eval import COLUMNS
+
+    base_row = {**dict.fromkeys(COLUMNS, 0.5), "motion_extent": 0.70, "temporal_flickering_all": 0.969}
+    plain, vetoed = STUDIES["g"][1]
+
+    def section(motion: list[float], flicker: list[float]) -> str:
+        evals = {(plain, s): {**base_row, "motion_extent": 0.60, "temporal_flickering_all": 0.972} for s in (0, 1)}
+        evals |= {
+            (vetoed, s): {**base_row, "motion_extent": m, "temporal_flickering_all": f}
+            for s, (m, f) in enumerate(zip(motion, flicker))
+        }
+        return report(
+            TrainConfig(steps=2), [0, 1], evals, base_row, {}, tmp_path / "r", tmp_path / "r.md", 1, 1, 2, ["g"]
+        )
+
+    text = section([0.71, 0.69], [0.971, 0.970])
+    assert "motion_extent online -10.00, subject-veto +0.00" in text
+    assert "the veto **stops the hacking** and **keeps the gain**" in text
+    assert "**does not stop the hacking** and **loses the gain**" in section([0.55, 0.58], [0.968, 0.969])
+    assert "**inconclusive (1 of 2 seeds)** and **inconclusive (1 of 2 seeds)**" in section([0.65, 0.55], [0.97, 0.96])

@@ -14,6 +14,8 @@ def test_sample_writes_frames_mp4s_and_a_manifest(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("# two prompts\na red ball moving right\n\na green square rising\n")
     r = vpo(
+        "--threads",
+        "1",
         "sample",
         "--backbone",
         "tiny",
@@ -64,6 +66,11 @@ def test_a_bad_checkpoint_is_a_message_not_a_traceback(tmp_path):
     r = vpo("sample", "--prompt", "a red ball", "--out", str(tmp_path / "o"), "--seed", "0", "--checkpoint", str(bad))
     assert r.returncode == 2
     assert "not a readable safetensors file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_threads_below_1_is_a_message_not_a_traceback():
+    r = vpo("--threads", "0", "models")
+    assert r.returncode == 2 and "--threads must be >= 1, got 0" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_prompt_and_prompts_are_exclusive(tmp_path):

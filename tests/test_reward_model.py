@@ -212,21 +212,30 @@ def test_guidance_with_weight_0_reproduces_unguided_sampling_exactly(tiny, train
 
 
 def test_guidance_with_a_positive_weight_raises_the_guiding_reward_on_the_same_seeds(tiny, trained):
+    # Guidance is a first-order step up the reward of the *noisy* video, so no one seed is promised
+    # a rise (a CI run on another CPU saw one of four seeds fall by 0.03 at weight 1): what must hold
+    # is the rise on (nearly) every seed at a moderate weight, and more rise for more weight.
     from vpo.guidance import RewardGuide
 
-    seeds = [11, 12, 13, 14]
+    seeds, prompts = list(range(11, 19)), PROMPTS * 2
     model = trained.model
 
     def reward(latents):
         with torch.no_grad():
-            return model.score(latents, torch.zeros(len(latents)), PROMPTS)["overall"]
+            return model.score(latents, torch.zeros(len(latents)), prompts)["overall"]
 
-    _, plain = tiny.sample(PROMPTS, seeds, steps=6, return_latents=True)
-    _, guided = tiny.sample(PROMPTS, seeds, steps=6, return_latents=True, guide=RewardGuide(model, {"overall": 1.0}))
-    before, after = reward(plain), reward(guided)
-    assert (after > before).all(), (before, after)
+    _, plain = tiny.sample(prompts, seeds, steps=6, return_latents=True)
+    rise, distance = {}, {}
+    for weight in (1.0, 2.0, 4.0):
+        _, guided = tiny.sample(
+            prompts, seeds, steps=6, return_latents=True, guide=RewardGuide(model, {"overall": weight})
+        )
+        rise[weight] = reward(guided) - reward(plain)
+        distance[weight] = (guided - plain).abs().mean().item()
+    assert (rise[2.0] > 0).sum() >= 7 and rise[2.0].mean() > 1.0, rise
+    assert 0 < rise[1.0].mean() < rise[2.0].mean() < rise[4.0].mean(), rise
     # and the videos stay videos: same seeds, still close to the unguided ones
-    assert (guided - plain).abs().mean() < 0.5
+    assert distance[2.0] < 0.5, distance
 
 
 def test_the_sample_command_parses_guide_weights_and_refuses_bad_ones(trained, tmp_path):

@@ -159,7 +159,7 @@ def test_feedback_analysis_ranks_the_unshuffled_video_first_on_temporal(metrics,
 
 def test_the_subject_guard_never_lets_an_empty_or_frozen_video_win():
     from vpo.data import world
-    from vpo.rewards.guard import subject_factor, subject_factors
+    from vpo.rewards.guard import subject_factor, subject_factors, veto
 
     scene = next(s for s in world.heldout_scenes(64) if s.objects[0].motion in ("left", "right", "up", "down"))
     truth = scene.render()
@@ -175,5 +175,24 @@ def test_the_subject_guard_never_lets_an_empty_or_frozen_video_win():
     assert subject_factors(videos, [scene.caption] * 3, temporal.raw) == pytest.approx(factors)
     guarded = raw * torch.tensor(factors)
     assert int(guarded.argmax()) == 0
+    # the veto: the empty and the frozen video below the truth, their own order kept
+    vetoed = veto(raw, torch.tensor(factors))
+    assert int(vetoed.argmax()) == 0 and vetoed[0] == raw[0]
+    assert vetoed[1] < vetoed[0] and vetoed[2] < vetoed[0] and (vetoed[1] > vetoed[2]) == bool(raw[1] > raw[2])
     with pytest.raises(ValueError, match="names no object"):
         subject_factor(truth, "a calm lake at dawn")
+
+
+def test_the_veto_leaves_a_group_that_passes_to_the_reward_alone_and_never_lets_a_vetoed_one_win():
+    from vpo.rewards.guard import VETO_BELOW, veto
+
+    scores = torch.tensor([0.2, 0.9, 0.5, 0.7])
+    assert torch.equal(veto(scores, torch.full((4,), VETO_BELOW)), scores)  # all pass: nothing changes
+    # the product with the factor would reorder these (0.9 * 0.55 < 0.5 * 1.0); the veto does not
+    factors = torch.tensor([1.0, 0.55, 1.0, 0.1])
+    assert int((scores * factors).argmax()) == 2
+    vetoed = veto(scores, factors)
+    assert vetoed.tolist()[:3] == scores.tolist()[:3] and int(vetoed.argmax()) == 1
+    assert int(vetoed.argmin()) == 3 and vetoed[3] < scores.min()
+    # whatever the source's range: a score of 40 vetoed still ends below a passing 1
+    assert veto(torch.tensor([1.0, 40.0]), torch.tensor([1.0, 0.0])).argmax() == 0

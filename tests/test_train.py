@@ -246,7 +246,7 @@ def test_the_subject_guard_scales_the_candidates_scores(tmp_path, small):
     assert e.value.field == "reward_guard"
     with pytest.raises(ConfigError) as e:
         cfg_for(tmp_path, reward_guard="everything")
-    assert e.value.field == "reward_guard"
+    assert e.value.field == "reward_guard" and "valid: none, subject, subject-veto" in str(e.value)
     lake = tmp_path / "lake.txt"
     lake.write_text("a red ball moving left\na calm lake at dawn\n")
     with pytest.raises(ConfigError, match="calm lake") as e:

@@ -208,3 +208,16 @@ def test_data_endpoints_answer_json_not_the_login_page(owner, experiment, settin
     assert (r.status_code, r.json()) == (404, {"error": "not found"})
     r = client.get(f"/experiments/{experiment.pk + 1000}/")
     assert r.status_code == 404 and "Not found" in r.content.decode() and "URLconf" not in r.content.decode()
+
+
+def test_a_group_name_longer_than_the_field_is_said_with_the_field_s_limit(owner, experiment):
+    client = logged_in(owner)
+    r = client.post(
+        reverse("experiments:bulk"), {"ids": [experiment.pk], "action": "group", "group": "g" * 121}, follow=True
+    )
+    assert "A group name has at most 120 characters." in r.content.decode()
+    experiment.refresh_from_db()
+    assert experiment.run_group == ""
+    r = client.post(reverse("experiments:bulk"), {"ids": [experiment.pk], "action": "group", "group": "g" * 120})
+    experiment.refresh_from_db()
+    assert experiment.run_group == "g" * 120

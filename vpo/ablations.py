@@ -1,7 +1,7 @@
 """``vpo ablate``: OnlineVPO's ablations reproduced on the tiny default backbone, written to
 ``docs/results.md`` with PNG plots.
 
-Four comparisons, each at equal steps and for every seed given:
+Seven comparisons, each at equal steps and for every seed given:
 
 (a) online vs offline DPO (OnlineVPO Table 4d): where the pairs come from;
 (b) curriculum reference update every K steps vs a fixed reference (Sec. 2.3);
@@ -11,6 +11,12 @@ Four comparisons, each at equal steps and for every seed given:
     one (Table 2's modality gap), both judged by the video-level temporal measure.
 (e) online DPO vs online Flow-RWR (VideoAlign's two training-time algorithms): the same prompts,
     seeds, candidates and steps, only the update differs.
+(f) candidates sampled with 10 Euler steps vs the default 20 (not a paper's claim: whether cheaper
+    candidates make pairs as informative — the reward margin — and tune as well, judged by the
+    same evaluation at 20 steps).
+(g) the temporal reward with the subject veto vs without (``reward_guard = "subject-veto"``,
+    ``vpo/rewards/guard.py``; not a paper's claim): does the veto stop the hacking the held-out
+    motion extent shows, and keep the gain in flickering?
 
 Every variant starts from the same base and shares everything but the one setting compared; the
 online-DPO run with K = ``ref_update_every`` is the common baseline of all of them. Each finished run
@@ -31,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from vpo.train.config import TrainConfig
-from vpo.train.keys import REWARD_MEAN, heldout
+from vpo.train.keys import REWARD_MARGIN, REWARD_MEAN, SAMPLE_S, heldout
 
 # name -> the settings that differ from the baseline
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -41,6 +47,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "refl": {"algorithm": "refl"},
     "image-reward": {"reward": "image-metrics"},
     "online-rwr": {"algorithm": "online-rwr"},
+    "candidates-10-steps": {"sampling_steps": 10},
+    "subject-veto": {"reward_guard": "subject-veto"},
 }
 STUDIES = {
     "a": ("Online vs offline DPO", ["online", "offline"]),
@@ -48,6 +56,8 @@ STUDIES = {
     "c": ("DPO vs ReFL: training reward and a held-out measure", ["online", "refl"]),
     "d": ("Video-level vs image-level reward, judged by the video-level temporal measure", ["online", "image-reward"]),
     "e": ("Online DPO vs online Flow-RWR (VideoAlign)", ["online", "online-rwr"]),
+    "f": ("Candidates at 20 vs 10 sampling steps", ["online", "candidates-10-steps"]),
+    "g": ("Temporal reward without and with the subject veto", ["online", "subject-veto"]),
 }
 # what each study's verdict looks at (an eval column, higher is better) and the paper's direction
 VERDICTS = {
@@ -56,6 +66,9 @@ VERDICTS = {
     "c": ("dynamic_degree", "ReFL's held-out dynamic degree falls further than DPO's (ReFL reward-hacks)"),
     "d": ("temporal_flickering_all", "video-level reward > image-level reward on the video-level temporal measure"),
     "e": ("temporal_flickering_all", "online-dpo > online-rwr (VideoAlign: Flow-DPO beats Flow-RWR)"),
+    # not a paper's claim: the question is whether halving the candidates' steps costs tuning effect
+    "f": ("temporal_flickering_all", "none; the question: do candidates at 10 steps tune as well as at 20?"),
+    "g": ("motion_extent", "none; the question: does the veto stop the hacking and keep the gain?"),
 }
 
 
@@ -237,6 +250,12 @@ def report(base, seeds, evals, base_eval, curves, figures, results, train_s, wal
         # per seed, does the paper's direction hold? (study c: b lost more held-out dynamic than a)
         holds = [evals[(a, s)][column] > evals[(b, s)][column] for s in seeds]
         ties = [evals[(a, s)][column] == evals[(b, s)][column] for s in seeds]
+        if study == "f":  # no paper to match: what the cheaper candidates cost and save
+            lines += ["", _candidate_steps_finding(curves, evals, seeds, column, a, b), ""]
+            continue
+        if study == "g":
+            lines += ["", _veto_finding(evals, base_eval, seeds, a, b), ""]
+            continue
         if study == "c":  # the reward-hacking question: who lost more held-out dynamic degree?
             drop_a, drop_b = base_eval[column] - da, base_eval[column] - db
             finding = (
@@ -254,6 +273,65 @@ def report(base, seeds, evals, base_eval, curves, figures, results, train_s, wal
         )
         lines += ["", f"Paper: {paper}. Here: {finding} — **{verdict} the paper**.", ""]
     return "\n".join(lines) + "\n"
+
+
+def _candidate_steps_finding(curves, evals, seeds, column, full, fast) -> str:
+    """Study (f) in words: the pairs' reward margin and the sampling time per step of each variant
+    (means over all steps and seeds), and the tuning effect by the rule of the other studies: 10
+    steps "tune as well" only if no seed is worse at 10 steps than at 20, "tune worse" if every
+    seed is, and a split is inconclusive."""
+
+    def mean_of(name, key) -> float:
+        return float(np.mean([r[key] for s in seeds for r in curves[(name, s)] if key in r]))
+
+    margin = {name: mean_of(name, REWARD_MARGIN) for name in (full, fast)}
+    sample_s = {name: mean_of(name, SAMPLE_S) for name in (full, fast)}
+    worse = [evals[(fast, s)][column] < evals[(full, s)][column] for s in seeds]
+    verdict = (
+        "tune as well in every seed"
+        if not any(worse)
+        else "tune worse in every seed"
+        if all(worse)
+        else "are inconclusive (the seeds split)"
+    )
+    d = np.mean([evals[(fast, s)][column] - evals[(full, s)][column] for s in seeds])
+    return (
+        f"Pairs: reward margin (winner minus loser) {margin[full]:.4f} at 20 steps vs {margin[fast]:.4f} at 10 "
+        f"({margin[fast] / margin[full]:.2f}x); sampling {sample_s[full]:.1f} s vs {sample_s[fast]:.1f} s a step "
+        f"({sample_s[full] / sample_s[fast]:.2f}x faster). Tuning: {column} 10 steps minus 20 steps "
+        f"{100 * d:+.2f} points (worse in {sum(worse)} of {len(seeds)} seeds) — candidates at 10 steps **{verdict}**."
+    )
+
+
+def _veto_finding(evals, base_eval, seeds, plain, vetoed) -> str:
+    """Study (g) in words, each answer by the every-seed rule: the veto "stops the hacking" if its
+    held-out motion extent is at least the unguarded run's in every seed, and "keeps the gain" if its
+    flicker.all is above the base's in every seed (a split either way is inconclusive)."""
+
+    def rule(holds: list[bool], yes: str, no: str) -> str:
+        return yes if all(holds) else no if not any(holds) else f"inconclusive ({sum(holds)} of {len(holds)} seeds)"
+
+    def change(name: str, column: str) -> str:
+        d = np.mean([evals[(name, s)][column] - base_eval[column] for s in seeds])
+        return f"{100 * d:+.2f}"
+
+    motion = rule(
+        [evals[(vetoed, s)]["motion_extent"] >= evals[(plain, s)]["motion_extent"] for s in seeds],
+        "stops the hacking",
+        "does not stop the hacking",
+    )
+    gain = rule(
+        [evals[(vetoed, s)]["temporal_flickering_all"] > base_eval["temporal_flickering_all"] for s in seeds],
+        "keeps the gain",
+        "loses the gain",
+    )
+    return (
+        f"Held-out change from base (points, mean over seeds): motion_extent {plain} {change(plain, 'motion_extent')}, "
+        f"{vetoed} {change(vetoed, 'motion_extent')}; presence {plain} {change(plain, 'presence')}, "
+        f"{vetoed} {change(vetoed, 'presence')}; flicker.all {plain} {change(plain, 'temporal_flickering_all')}, "
+        f"{vetoed} {change(vetoed, 'temporal_flickering_all')}. By the every-seed rule the veto **{motion}** and "
+        f"**{gain}**."
+    )
 
 
 def _final(curves, name, seeds) -> float:

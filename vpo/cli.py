@@ -349,7 +349,7 @@ def _add_feedback(sub):
 
 def cmd_feedback(args) -> int:
     from vpo.feedback import Group, analyse
-    from vpo.rewards import available_sources, load_reward
+    from vpo.rewards import available_sources, load_reward, prompt_problem
 
     path = Path(args.groups)
     try:
@@ -366,6 +366,9 @@ def cmd_feedback(args) -> int:
     for source in sources:
         if args.dimension not in (*source.dimensions, GLOBAL):
             continue  # a source without this dimension has nothing to say about it
+        if not args.reward and (problem := prompt_problem(source.name, [g.prompt for g in groups])):
+            missing[source.name] = problem  # e.g. physics on prompts that are not physics captions
+            continue
         rows.append(analyse(source, args.dimension, groups))
     if not rows:
         raise ValueError(f"no reward source has dimension {args.dimension!r}")
@@ -571,6 +574,12 @@ def cmd_models(args) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="vpo", description="VPO Studio: online video preference optimisation")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads torch may use (default: torch's own, one per core); on a CPU other jobs share, "
+        "fewer threads can be faster, as each op waits for all of its threads (docs/tiny-backbone.md)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_sample(sub)
     _add_pretrain(sub)
@@ -584,6 +593,12 @@ def main(argv=None) -> int:
     _add_reward_model(sub)
     _add_models(sub)
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError) as e:

@@ -21,6 +21,8 @@ trajectories (``detector.track``) with that rollout.
 from __future__ import annotations
 
 import math
+import re
+import string
 from dataclasses import dataclass
 
 import numpy as np
@@ -285,7 +287,7 @@ def render(state: PhysState, rollout: Rollout | None = None) -> np.ndarray:
     floor_rgb = np.array(FLOORS[state.floor][2])
     cover = np.clip(py - FLOOR_Y + 0.5, 0.0, 1.0)  # antialiased band below the floor line
     if state.ramp is not None:
-        cover = np.maximum(cover, _wedge_coverage(state.ramp, px, py))
+        cover = np.maximum(cover, wedge_coverage(state.ramp, px, py))
     frame = frame * (1 - cover[..., None]) + floor_rgb * cover[..., None]
     frames = rollout.positions.shape[0]
     video = np.repeat(frame[None], frames, axis=0)
@@ -309,7 +311,7 @@ def _block_coverage(px: np.ndarray, py: np.ndarray, cx: float, cy: float, r: flo
     return np.clip(0.5 - (np.maximum(np.abs(u), np.abs(v)) - r), 0.0, 1.0)
 
 
-def _wedge_coverage(ramp: Ramp, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+def wedge_coverage(ramp: Ramp, px: np.ndarray, py: np.ndarray) -> np.ndarray:
     """The solid right triangle under the incline: top corner, its foot on the floor, the bottom."""
     th, s = ramp.angle, ramp.direction
     # inside: below the incline line (signed distance along its upward normal), above the floor,
@@ -482,6 +484,79 @@ def caption(rng: np.random.Generator, state: PhysState, rollout: Rollout) -> str
     return str(rng.choice(TEMPLATES[state.kind])).format(**fields)
 
 
+# What each speed word of a caption can mean, px/frame: the bounds ``_speed_word`` draws its words
+# by (pushes are drawn from 0.5 px/frame up), so a push's speed is known to lie in its word's band.
+SPEED_BANDS = {"gently": (0.5, 1.1), "fast": (1.1, TRAIN_MAX_SPEED), "very fast": (TRAIN_MAX_SPEED, HELDOUT_MAX_SPEED)}
+
+
+@dataclass(frozen=True)
+class CaptionFacts:
+    """What a caption of the physics world says (``parse_caption``): the scene's kind, its bodies'
+    colours in the order the caption names them, the floor's colour, each push's speed word
+    (``slide``: one, ``collide``: two, else none) and a slide's direction (+1 right, -1 left, else 0)."""
+
+    kind: str
+    colours: tuple[str, ...]
+    floor: str
+    speeds: tuple[str, ...] = ()
+    direction: int = 0
+
+
+def _alternatives(words) -> str:
+    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+
+
+_COLOURS = _alternatives(MATERIALS)
+_FIELDS = {
+    "a_colour": rf"an? (?P<colour>{_COLOURS})",
+    "colour": rf"(?P<colour>{_COLOURS})",
+    "colour2": rf"(?P<colour2>{_COLOURS})",
+    "material": rf"(?P<material>{_alternatives(m for m, _ in MATERIALS.values())})",
+    "floor": rf"a (?P<floor>{_alternatives(FLOORS)}) floor",
+    "floor_cap": rf"a (?P<floor>{_alternatives(FLOORS)}) floor",
+    "height": "(?:very high|high|mid-height|low)",
+    "outcome": "(?:bounces high|barely bounces|bounces|stops|keeps sliding)",
+    "speed": rf"(?P<speed>{_alternatives(SPEED_BANDS)})",
+    "speed2": rf"(?P<speed2>{_alternatives(SPEED_BANDS)})",
+    "side": "(?P<side>left|right)",
+    "size1": "(?:big|small)",
+    "size2": "(?:big|small)",
+    "steep": "(?:steep|gentle)",
+}
+# each template as a regular expression, its fields as groups (case-insensitive: "A blue floor: ...")
+_CAPTION_PATTERNS = [
+    (
+        kind,
+        re.compile(
+            "".join(
+                re.escape(text) + (_FIELDS[name] if name else "") for text, name, _, _ in string.Formatter().parse(t)
+            ),
+            re.IGNORECASE,
+        ),
+    )
+    for kind, templates in TEMPLATES.items()
+    for t in templates
+]
+
+
+def parse_caption(text: str) -> CaptionFacts | None:
+    """What a caption written by ``caption`` says, or None if ``text`` is not one: the inverse of
+    ``TEMPLATES`` (a wording outside them, or a material that contradicts its colour, is not read)."""
+    text = " ".join(text.split())
+    for kind, pattern in _CAPTION_PATTERNS:
+        m = pattern.fullmatch(text)
+        if m is None:
+            continue
+        g = {k: v.lower() for k, v in m.groupdict().items() if v is not None}
+        if "material" in g and MATERIALS[g["colour"]][0] != g["material"]:
+            return None
+        colours = (g["colour"], g["colour2"]) if kind == "collide" else (g["colour"],)
+        speeds = tuple(g[k] for k in ("speed", "speed2") if k in g)
+        direction = {"right": 1, "left": -1}.get(g.get("side", ""), 0)
+        return CaptionFacts(kind, colours, g["floor"], speeds, direction)
+    return None
+
+
 def _speed_word(v: float) -> str:
     """A push's speed in words: the caption carries what a single frame cannot show."""
     return "very fast" if abs(v) > TRAIN_MAX_SPEED else "fast" if abs(v) > 1.1 else "gently"
@@ -501,8 +576,13 @@ def trajectory_error(video: np.ndarray, state: PhysState, rollout: Rollout | Non
     video's first-frame state), over all frames and bodies; a frame where a body is not found
     counts ``MISSING_PX``. 0 for a perfect video; the basis of issue 17's ``physics`` reward."""
     rollout = simulate(state, frames=len(video)) if rollout is None else rollout
-    tracks = detector.track(video, [b.colour for b in state.bodies])
-    d = np.linalg.norm(tracks - rollout.positions[: len(video)], axis=-1)
+    return track_error(detector.track(video, [b.colour for b in state.bodies]), rollout.positions)
+
+
+def track_error(tracks: np.ndarray, positions: np.ndarray) -> float:
+    """``trajectory_error`` of detected ``tracks`` (F, bodies, 2), NaN where not found, against a
+    rollout's ``positions``: the mean L2 distance, ``MISSING_PX`` for a body not found."""
+    d = np.linalg.norm(tracks - positions[: len(tracks)], axis=-1)
     return float(np.where(np.isnan(d), MISSING_PX, d).mean())
 
 

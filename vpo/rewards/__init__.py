@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 GLOBAL = "global"  # the mean of a source's dimensions, each normalised to [0, 1]
 # the reward guards a run may set (``reward_guard``; vpo/rewards/guard.py applies them)
-GUARDS = ("none", "subject")
+GUARDS = ("none", "subject", "subject-veto")
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,14 @@ REWARD_SOURCES: dict[str, Source] = {
         (),
         "VideoReward (VideoAlign: Qwen2-VL-2B + reward head; VQ, MQ, TA) from a local weights directory",
     ),
+    "physics": Source(
+        "vpo.rewards.physics:PhysicsSource",
+        ("trajectory", "contact"),
+        (),
+        "the physics world's simulator rolled out from the video's first frame and caption, against the "
+        "detector's trajectories (CPU; captions of vpo/data/physics.py only)",
+        {"trajectory": ("trajectory_error",), "contact": ("contact_offset",)},
+    ),
     # its dimensions are the heads of the model it loads (``reward_model = DIR``): ``heads_of``
     "learned": Source(
         "vpo.rewards.learned:LearnedSource",
@@ -99,6 +107,22 @@ def dimensions_of(name: str, reward_model: str = "") -> tuple[str, ...]:
 
         return heads_of(reward_model)
     return source_info(name).dimensions
+
+
+def prompt_problem(name: str, prompts: list[str]) -> str | None:
+    """Why source ``name`` cannot score one of ``prompts`` at all, or None: ``physics`` reads only
+    captions of the physics world (it simulates the scene they describe); the others read any prompt."""
+    if name != "physics":
+        return None
+    from vpo.data.physics import parse_caption  # numpy only: the web form calls this too
+
+    bad = next((p for p in prompts if parse_caption(p) is None), None)
+    if bad is None:
+        return None
+    return (
+        f"reward 'physics' scores only captions of the physics world (vpo/data/physics.py, e.g. 'a red rubber "
+        f"ball dropped from high bounces high on a blue floor'); {bad!r} is not one"
+    )
 
 
 def load_reward(name: str, **kwargs):

@@ -10,6 +10,17 @@ score by how much of the prompted subject is there and moves as prompted:
 (``vpo.data.detector``; a ``still`` object has no motion extent and the factor is 1). Among
 candidates that keep their subject the order is the reward's own; a candidate that lost or froze
 it cannot be the winner. It needs prompts the world's detector can read.
+
+The product also decides which candidates form the pair: the factor spreads the candidates far more
+than a temporal score does, so pairs end up chosen by presence and motion and the temporal signal is
+lost (measured in the README's training section). The ``subject-veto`` guard only vetoes: a
+candidate whose factor is below ``VETO_BELOW`` is moved below every candidate that passes, and
+every other score is left as it is,
+
+    vetoed_i = r_i - (max_j r_j - min_j r_j + 1)   if factor_i < VETO_BELOW, else r_i,
+
+so a vetoed candidate can never be the winner (it is the loser when there is one), and a group in
+which every candidate passes is ranked by the reward alone.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from vpo.data import world
 from vpo.data.detector import detect, motion_extent, presence
@@ -49,3 +61,13 @@ def subject_factors(videos: np.ndarray, prompts: list[str], raw: dict) -> list[f
             raise ValueError(f"the subject guard cannot read {prompt!r}: it names no object of the synthetic world")
         factors.append(present * (1.0 if math.isnan(extent) else min(1.0, extent)))
     return factors
+
+
+VETO_BELOW = 0.5  # less than half of the subject's presence x motion left: the candidate is vetoed
+
+
+def veto(scores: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """``scores`` with every candidate whose factor is below ``VETO_BELOW`` moved below all the
+    others (by the batch's spread plus 1, whatever the source's range); their own order kept."""
+    below = scores - (scores.max() - scores.min() + 1.0)
+    return torch.where(factors < VETO_BELOW, below, scores)

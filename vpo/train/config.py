@@ -75,8 +75,9 @@ class TrainConfig:
     tie_tolerance: float = _f(1e-3, "skip a prompt whose best and worst scores differ by less", "Tie tolerance", DPO)
     reward_guard: str = _f(
         "none",
-        "none, or subject: scale each candidate's reward by the prompted subject's presence and motion "
-        "(prompts of the synthetic world)",
+        "none; subject: scale each candidate's reward by the prompted subject's presence and motion; "
+        "subject-veto: rank a candidate that lost or froze its subject below all others, the rest by "
+        "the reward alone (prompts of the synthetic world)",
         "Reward guard",
         SCORED,
     )

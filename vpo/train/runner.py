@@ -25,8 +25,8 @@ import torch
 from vpo.backbones import load_for_config
 from vpo.backbones.base import Backbone
 from vpo.data.prompts import read_prompts
-from vpo.rewards import load_reward
-from vpo.rewards.guard import subject_factors, unguardable
+from vpo.rewards import load_reward, prompt_problem
+from vpo.rewards.guard import subject_factors, unguardable, veto
 from vpo.train.checkpoints import (
     POLICY,
     REF,
@@ -90,6 +90,8 @@ class Run:
         self.reward.video_fps = self.backbone.spec.fps  # sources that sample frames in time need it
         self.reward.check_dimension(cfg.dimension)
         self.prompts = read_prompts(cfg.prompts)
+        if problem := prompt_problem(cfg.reward, self.prompts):
+            raise ConfigError("reward", f"{problem} (prompts {cfg.prompts!r})")
         if cfg.reward_guard != "none" and (bad := unguardable(self.prompts)) is not None:
             raise ConfigError(
                 "reward_guard", f"reward_guard {cfg.reward_guard!r} cannot read the prompt {bad!r} of {cfg.prompts!r}"
@@ -155,9 +157,9 @@ class Run:
     def score(self, videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         result = self.reward.score(videos, prompts)
         scores = result.scores[self.cfg.dimension]
-        if self.cfg.reward_guard == "subject":  # vpo/rewards/guard.py: deleting or freezing the subject never wins
-            factors = subject_factors(videos.numpy(), prompts, result.raw)
-            scores = scores * torch.tensor(factors, dtype=scores.dtype)
+        if self.cfg.reward_guard != "none":  # vpo/rewards/guard.py: deleting or freezing the subject never wins
+            factors = torch.tensor(subject_factors(videos.numpy(), prompts, result.raw), dtype=scores.dtype)
+            scores = scores * factors if self.cfg.reward_guard == "subject" else veto(scores, factors)
         if not torch.isfinite(scores).all():
             bad = int((~torch.isfinite(scores)).nonzero()[0])
             why = result.unavailable.get(bad, "the reward source returned a non-finite score")

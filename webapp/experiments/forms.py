@@ -10,8 +10,8 @@ from django import forms
 
 from vpo.backbones import BACKBONES, SAMPLERS
 from vpo.backbones.real import weights_status
-from vpo.data.prompts import BUILTIN, parse_prompts
-from vpo.rewards import DIMENSIONS, GLOBAL, GUARDS, REWARD_SOURCES
+from vpo.data.prompts import BUILTIN, parse_prompts, read_prompts
+from vpo.rewards import DIMENSIONS, GLOBAL, GUARDS, REWARD_SOURCES, prompt_problem
 from vpo.rewards.guard import unguardable
 from vpo.rewards.local import weights_status as reward_weights_status
 from vpo.train import ALGORITHMS
@@ -105,8 +105,11 @@ def unavailable_rewards() -> dict[str, str]:
 # the config's field names as they appear in TrainConfig's messages (shared with the CLI and TOML,
 # which name fields as written there) -> the labels the form shows; longest first, so that
 # "heldout_prompts" is not read as "prompts"
-_LABELS = sorted(((f.name, f.metadata["label"]) for f in CONFIG_FIELDS), key=lambda item: -len(item[0]))
-_NAMES = re.compile("|".join(rf"(?<![\w-])({re.escape(name)})(?![\w-])" for name, _ in _LABELS))
+_LABEL = {f.name: f.metadata["label"] for f in CONFIG_FIELDS}
+# the longest name first, so that a name containing another (sampling_steps, steps) wins
+_NAMES = re.compile(
+    "|".join(rf"(?<![\w-])({re.escape(name)})(?![\w-])" for name in sorted(_LABEL, key=len, reverse=True))
+)
 
 
 def in_labels(message: str) -> str:
@@ -114,15 +117,14 @@ def in_labels(message: str) -> str:
     per prompt must be >= 2'. A name with an underscore is a field wherever it stands; a
     one-word name (steps, prompts, seed) only where the message starts with it, since the same
     word is also plain English further on."""
-    label = dict(_LABELS)
 
     def named(match: re.Match) -> str:
         name = match.group(0)
         if match.start() == 0:
-            return label[name]
+            return _LABEL[name]
         if "_" not in name:
             return name
-        words = label[name]  # mid-sentence in lower case, but not an acronym (LoRA, DPO, VAE)
+        words = _LABEL[name]  # mid-sentence in lower case, but not an acronym (LoRA, DPO, VAE)
         return words[:1].lower() + words[1:] if words[1:2].islower() else words
 
     text = _NAMES.sub(named, message)
@@ -258,6 +260,10 @@ class ExperimentForm(forms.Form):
                 self.add_error("nproc", problem)
                 return data
         self.prompts_text = data.get("prompts_file") or ""
+        uploaded = self.config["prompts"] == UPLOADED
+        prompts = parse_prompts(self.prompts_text) if uploaded else read_prompts(self.config["prompts"])
+        if problem := prompt_problem(self.config["reward"], prompts):
+            self.add_error("reward", problem)
         if self.config["reward_guard"] != "none" and (bad := unguardable(parse_prompts(self.prompts_text))):
             self.add_error("reward_guard", f"the guard cannot read the prompt {bad!r}: it names no object of the world")
         return data

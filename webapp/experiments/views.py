@@ -122,8 +122,9 @@ def bulk(request):
         messages.success(request, f"{action.capitalize()}d {names}.")
     elif action == "group":
         group = request.POST.get("group", "").strip()
-        if len(group) > Experiment._meta.get_field("run_group").max_length:
-            messages.error(request, "A group name has at most 120 characters.")
+        longest = Experiment._meta.get_field("run_group").max_length
+        if len(group) > longest:
+            messages.error(request, f"A group name has at most {longest} characters.")
             return back
         Experiment.objects.filter(pk__in=ids).update(run_group=group)
         messages.success(

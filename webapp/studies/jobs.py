@@ -63,7 +63,7 @@ def analyse_feedback(study_id: int) -> None:
     import numpy as np
 
     from vpo.feedback import Group, analyse
-    from vpo.rewards import GLOBAL, available_sources
+    from vpo.rewards import GLOBAL, available_sources, prompt_problem
 
     study = Study.objects.filter(pk=study_id).first()
     if study is None:
@@ -75,6 +75,9 @@ def analyse_feedback(study_id: int) -> None:
     rows = []
     if groups:
         for source in sources:
+            if problem := prompt_problem(source.name, [g.prompt for g in groups]):
+                skipped[source.name] = problem  # e.g. physics on prompts that are not physics captions
+                continue
             for dimension in (*source.dimensions, GLOBAL):
                 try:
                     row = analyse(source, dimension, groups)
