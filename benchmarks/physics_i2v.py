@@ -1,10 +1,10 @@
-"""tiny-i2v on held-out physics scenes (``docs/physics.md``, "Image-to-video: tiny-i2v"): for each
-scene, one video sampled from its first frame and caption (the scene's seed as the sampling seed),
-scored by the frame-0 error (mean |pixel difference|, 0-255, of the video's frame 0 vs the given
-frame) and the physics trajectory error (``physics.trajectory_error``, px) against the simulator,
-next to the rendered ground truth's; with 95% bootstrap intervals. Rows: the shipped tiny-i2v,
-tiny-i2v before fine-tuning (tiny's weights, a zero image embedding: frame 0 given, nothing
-learnt from it), and text-to-video ``tiny`` from the caption alone.
+"""tiny-i2v on held-out physics scenes (``docs/physics.md``, "Image-to-video"): for each scene, one
+video sampled from its first frame and caption (the scene's seed as the sampling seed), scored by
+the frame-0 error (mean |pixel difference|, 0-255, of the video's frame 0 vs the given frame) and
+the physics trajectory error (``physics.trajectory_error``, px) against the simulator, with 95%
+bootstrap intervals. Rows: the rendered ground truth; the first frame held still; the shipped
+tiny-i2v; tiny-i2v before fine-tuning (tiny's weights, a zero image embedding: frame 0 given,
+nothing learnt from it); text-to-video ``tiny`` from the caption alone.
 
     python benchmarks/physics_i2v.py              # n = 64 held-out scenes, the figures in docs/physics.md
 """
@@ -51,6 +51,8 @@ def main() -> None:
     first = np.stack([s.render()[0] for s in scenes])
     truth = score(np.stack([s.render() for s in scenes]), scenes)["trajectory"]
     rows = {"ground truth (rendered)": {"frame0": np.zeros(len(scenes)), "trajectory": truth}}
+    # the first frame held for the whole clip: what a model that ignores the physics would score
+    rows["first frame held (no motion)"] = score(np.repeat(first[:, None], physics.FRAMES, 1), scenes)
     models = {
         "tiny-i2v (shipped)": lambda: TinyI2VBackbone.load(args.weights),
         "tiny-i2v before fine-tuning": TinyI2VBackbone.from_tiny,

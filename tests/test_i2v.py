@@ -185,3 +185,13 @@ def test_vpo_sample_refuses_bad_images_with_status_2(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("vpo sample: error: ") and message in err and "Traceback" not in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_vpo_sample_with_wan_i2v_from_a_local_folder(tmp_path, tiny_models):
+    write_image(np.full((40, 24, 3), 200, np.uint8), tmp_path / "frame.png")  # resized to 16 x 16
+    args = ["sample", "--backbone", "wan-i2v", "--model-dir", str(tiny_models / "wan-i2v"), "--frames", "5"]
+    args += ["--height", "16", "--width", "16", "--image", str(tmp_path / "frame.png"), "--prompt", "a red ball"]
+    assert main([*args, "--seed", "0", "--steps", "2", "--out", str(tmp_path / "o")]) == 0
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["backbone"] == "wan-i2v" and manifest["videos"][0]["image"] == "0000.png"
+    assert np.load(tmp_path / "o" / "0000.npy").shape == (5, 16, 16, 3)

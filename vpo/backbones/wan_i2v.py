@@ -99,7 +99,9 @@ class WanI2VBackbone(WanBackbone):
         return torch.cat([pack(states.float().to(device), width), pack(torch.cat([mask, z], 1).to(device), width)], 1)
 
     def _on(self, module) -> None:
-        if self.memory.cpu_offload:
+        """On the transformer's device for the encoding (``load`` leaves the CLIP encoder on the
+        CPU; CPU offload keeps the VAE there too until needed)."""
+        if module.device != self.device:
             module.to(self.device)
 
     def _off(self) -> None:
