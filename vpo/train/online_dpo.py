@@ -72,9 +72,10 @@ def dpo_update(
         cond = run.backbone.conditioning(prompts, images)
         return torch.cat([cond, cond])
 
-    text = conditioning()
-    with run.reference():  # with a PhysEncoder, the reference head's tokens
-        ref_text = conditioning() if run.physencoder is not None else text
+    text = ref_text = conditioning()
+    if run.physencoder is not None:
+        with run.reference():  # the reference head's tokens
+            ref_text = conditioning()
     x0 = torch.cat([winners, losers])
     parts = []
     for draw in range(draws):

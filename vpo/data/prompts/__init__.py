@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # the web process reads the set names: numpy only where frames are rendered
+    import numpy as np
 
 HERE = Path(__file__).parent
 BUILTIN = {p.stem: p for p in sorted(HERE.glob("*.txt"))}
@@ -17,6 +19,8 @@ IMAGE_SETS = {"physics-train": 64, "physics-heldout": 16}
 
 @functools.cache
 def _image_set(name: str) -> tuple[tuple[str, ...], np.ndarray]:
+    import numpy as np
+
     from vpo.data import physics
 
     n = IMAGE_SETS[name]
