@@ -239,7 +239,7 @@ def report(base, seeds, evals, base_eval, curves, figures, results, train_s, wal
         ]
         lines.append("| model | " + " | ".join(head) + " |")
         lines.append("|---|" + "---|" * len(head))
-        lines.append("| base | " + " | ".join(f"{100 * base_eval[c]:.2f}" for c in cols) + " |")
+        lines.append("| base | " + " | ".join(_mean_range([base_eval[c]]) for c in cols) + " |")
         for name in names:
             lines.append(
                 f"| {name} | " + " | ".join(_mean_range([evals[(name, s)][c] for s in seeds]) for c in cols) + " |"
