@@ -62,7 +62,8 @@ def test_guidance_drops_the_text_and_keeps_the_image(i2v, scenes):
     text, uncond = cond[:2], cond[2:]
     assert torch.equal(uncond[:, :TEXT_TOKENS], torch.zeros_like(uncond[:, :TEXT_TOKENS]))  # text dropped
     assert torch.equal(uncond[:, TEXT_TOKENS:], text[:, TEXT_TOKENS:])  # the same image in both halves
-    _, frame = i2v.split_conditioning(cond)
+    _, frame, extra = i2v.split_conditioning(cond)
+    assert extra is None  # no PhysEncoder: no token after the image's
     assert torch.allclose(frame[:2], images.permute(0, 3, 1, 2).float() / 127.5 - 1)
 
 
@@ -78,16 +79,17 @@ def test_tiny_i2v_samples_start_from_the_image_and_follow_it(i2v, scenes):
     assert (other[0, 1:].float() - out[0, 1:].float()).abs().mean() > 2.0
 
 
-def test_extra_tokens_join_the_text_in_cross_attention(i2v, scenes):
+def test_extra_tokens_reach_the_velocity_and_zero_ones_change_nothing(i2v, scenes):
     _, videos = scenes
     cond = i2v.conditioning(["a red ball falls"], torch.from_numpy(videos[:1, 0].copy()))
     extra = torch.randn(1, 3, 384)
-    context, _ = i2v.split_conditioning(torch.cat([cond, extra], 1))
-    assert torch.equal(context, torch.cat([cond[:, :TEXT_TOKENS], extra], 1))
+    context, _, split = i2v.split_conditioning(torch.cat([cond, extra], 1))
+    assert torch.equal(context, cond[:, :TEXT_TOKENS]) and torch.equal(split, extra)
     x, sigma = torch.randn(1, 3, 16, 32, 32), torch.tensor([0.7])
-    assert not torch.allclose(
-        i2v.predict_velocity(x, sigma, cond), i2v.predict_velocity(x, sigma, torch.cat([cond, extra], 1))
-    )
+    v = i2v.predict_velocity(x, sigma, cond)
+    assert not torch.allclose(v, i2v.predict_velocity(x, sigma, torch.cat([cond, extra], 1)))
+    # zero tokens (a fresh PhysEncoder's) leave the velocity exactly as without them
+    assert torch.equal(v, i2v.predict_velocity(x, sigma, torch.cat([cond, torch.zeros_like(extra)], 1)))
 
 
 # --- wan-i2v ---------------------------------------------------------------------------------

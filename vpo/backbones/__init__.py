@@ -17,8 +17,8 @@ BACKBONES = {
     "ltx": "vpo.backbones.ltx:LTXBackbone",
 }
 # image-to-video backbones (``Backbone.image_conditioned``: a first frame per prompt). Sampled by
-# ``vpo sample --image/--images``; not in BACKBONES (the training config and the web form) until
-# training takes first frames (issue 17, item 5).
+# ``vpo sample --image/--images``; trained (``TrainConfig``) on an image prompt set
+# (``vpo.data.prompts.IMAGE_SETS``); not in BACKBONES, which the web form lists (issue 17, item 6).
 I2V_BACKBONES = {
     "tiny-i2v": "vpo.backbones.tiny_i2v:TinyI2VBackbone",
     "wan-i2v": "vpo.backbones.wan_i2v:WanI2VBackbone",
@@ -58,6 +58,9 @@ SIZING = {
     "wan": Sizing(lora_width=1536),
     "cogvideox": Sizing(lora_width=1920),
     "ltx": Sizing(lora_width=2048),
+    # image-to-video: tiny-i2v is tiny's network (and its widths); memory not measured yet
+    "tiny-i2v": Sizing(lora_width=128),
+    "wan-i2v": Sizing(lora_width=5120),  # Wan2.1-I2V-14B's dim
 }
 
 

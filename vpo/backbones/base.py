@@ -33,12 +33,16 @@ import functools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from vpo.backbones import SAMPLERS
+
+if TYPE_CHECKING:
+    from vpo.backbones.physencoder import PhysEncoder
 
 
 def keep_freed_memory(keep: bool = True) -> None:
@@ -138,6 +142,29 @@ class Backbone(torch.nn.Module):
         that ``conditioning`` appends to the text tokens."""
         raise NotImplementedError
 
+    def physencoder_features(self) -> tuple[torch.nn.Module, int, int]:
+        """I2V only: a PhysEncoder's frozen feature extractor of first frames (uint8 (B, H, W, C)
+        -> (B, N, F)), F, and the conditioning's token width D (``vpo/backbones/physencoder.py``)."""
+        raise NotImplementedError(f"backbone {self.name!r} has no PhysEncoder")
+
+    # --- PhysEncoder (issue 17, item 3): K more tokens of the first frame ---------------------
+    @property
+    def physencoder(self) -> PhysEncoder | None:
+        return self._modules.get("physencoder")
+
+    def attach_physencoder(self, encoder: PhysEncoder) -> None:
+        """From now on the conditioning ends with ``encoder``'s K tokens of the first frame."""
+        if not self.image_conditioned:
+            raise ValueError(f"backbone {self.name!r} is text-to-video: it has no first frame for a PhysEncoder")
+        self._modules["physencoder"] = encoder  # add_module refuses a name the class has (the property)
+
+    def image_condition(self, images: torch.Tensor) -> torch.Tensor:
+        """The first frames' tokens: ``encode_images``'s, then the PhysEncoder's K (if attached)."""
+        tokens = self.encode_images(images)
+        if self.physencoder is not None:
+            tokens = torch.cat([tokens, self.physencoder(images).to(tokens)], 1)
+        return tokens
+
     # --- conditioning (text, and a first frame for image-to-video) ----------------------------
     def check_images(self, images: torch.Tensor | np.ndarray | None, batch: int) -> torch.Tensor | None:
         """``images`` as a uint8 tensor (B, H, W, 3) of the backbone's size, or the ValueError that
@@ -163,14 +190,14 @@ class Backbone(torch.nn.Module):
         frames' tokens."""
         images = self.check_images(images, len(prompts))
         text = self.encode_prompts(prompts)
-        return text if images is None else torch.cat([text, self.encode_images(images).to(text)], 1)
+        return text if images is None else torch.cat([text, self.image_condition(images).to(text)], 1)
 
     def null_conditioning(self, batch: int, images=None) -> torch.Tensor:
         """Classifier-free guidance's unconditional half: the null text, and (I2V) the same first
         frames: only the text is dropped."""
         images = self.check_images(images, batch)
         text = self.null_text(batch)
-        return text if images is None else torch.cat([text, self.encode_images(images).to(text)], 1)
+        return text if images is None else torch.cat([text, self.image_condition(images).to(text)], 1)
 
     # --- shared -------------------------------------------------------------------------------
     @property
@@ -254,7 +281,7 @@ class Backbone(torch.nn.Module):
         text = self.encode_prompts(prompts)
         null = self.null_text(len(prompts)) if guidance != 1.0 else text[:0]
         if images is not None:  # encoded once (a real VAE's encode is not cheap), in both halves
-            image = self.encode_images(images).to(text)
+            image = self.image_condition(images).to(text)
             text, null = torch.cat([text, image], 1), torch.cat([null, image[: len(null)]], 1)
         return torch.cat([text, null]) if guidance != 1.0 else text
 

@@ -201,9 +201,10 @@ class SpaceTimeBlock(nn.Module):
         with torch.no_grad():
             self.modulation[[2, 5, 8]] = 0
 
-    def forward(self, x, mod, text, grid: tuple[int, int, int]):
+    def forward(self, x, mod, text, grid: tuple[int, int, int], extra=None):
         # x: (B, T*S, D) tokens ordered time-major (S = GH*GW), the fp32 residual stream; mod:
-        # (B, 9, D); text: (B, L, D). Spatial attention reads x as B*T sequences of S tokens (a view);
+        # (B, 9, D); text: (B, L, D); extra: tiny-i2v's PhysEncoder tokens and zero tokens, each
+        # (B, K, D) after text_proj, or None. Spatial attention reads x as B*T sequences of S tokens (a view);
         # temporal attention needs B*S sequences of T tokens: one copy of its input, fused with the
         # cast to the matmul dtype, and its output is added back through a transposed view.
         b, n, d = x.shape
@@ -215,7 +216,14 @@ class SpaceTimeBlock(nn.Module):
         h = h.to(compute_dtype(h), memory_format=torch.contiguous_format).reshape(b * positions, frames, d)
         h = self.attn_t(h).view(b, positions, frames, d).transpose(1, 2)
         x = torch.addcmul(x.view(b, frames, positions, d), gate_t[:, None, None], h).view(b, n, d)
-        x = x + self.attn_c(self.norm_c(x), text)
+        h = self.norm_c(x)
+        x = x + self.attn_c(h, text)
+        if extra is not None:
+            # the PhysEncoder's tokens through the same cross-attention, less what K zero tokens
+            # give: zero tokens (a fresh head) change nothing, exactly, yet pass gradients. In the
+            # text's softmax they would not: K more keys renormalise it (vpo/backbones/physencoder.py)
+            tokens, zeros = extra
+            x = x + (self.attn_c(h, tokens) - self.attn_c(h, zeros))
         return torch.addcmul(x, gate_m[:, None], self.mlp(modulate(self.norm_m(x), shift_m, scale_m), grid))
 
 
@@ -298,11 +306,13 @@ class SpaceTimeTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         text: torch.Tensor,
         depth: int | None = None,
         first_frame: torch.Tensor | None = None,
+        extra: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The tokens after the first ``depth`` blocks (all by default), (B, T*GH*GW, D) time-major,
         and the conditioning embedding (timestep + sentence), (B, D). The noise-conditioned reward
         model (``vpo/reward_model/model.py``) reads the first blocks' tokens. ``first_frame``
-        (B, C, H, W), clean pixels: tiny-i2v's image condition."""
+        (B, C, H, W), clean pixels: tiny-i2v's image condition; ``extra`` (B, K, text_dim): its
+        PhysEncoder's tokens, read by a cross-attention of their own (``SpaceTimeBlock``)."""
         b = x.shape[0]
         tokens = self.patch_embed(self.patchify(x)) + self.pos
         if self.image_embed is not None:
@@ -316,17 +326,23 @@ class SpaceTimeTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         emb = self.time_embed(self.timestep_embedding(sigma)) + self.sentence_embed(sentence)
         mod = self.adaln(emb).view(b, 9, -1)
         context = self.text_proj(text)
+        physics = None if extra is None else (self.text_proj(extra), self.text_proj(torch.zeros_like(extra)))
         for block in self.blocks[:depth]:
-            tokens = block(tokens, mod, context, self.grid)
+            tokens = block(tokens, mod, context, self.grid, physics)
         return tokens, emb
 
     def forward(
-        self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor, first_frame: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        text: torch.Tensor,
+        first_frame: torch.Tensor | None = None,
+        extra: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, c, f, h, w = x.shape
         pt, ph, pw = self.config.patch_size
         t, gh, gw = self.grid
-        tokens, emb = self.hidden_states(x, sigma, text, first_frame=first_frame)
+        tokens, emb = self.hidden_states(x, sigma, text, first_frame=first_frame, extra=extra)
         shift, scale = self.out_modulation(emb).chunk(2, -1)
         out = self.proj_out(modulate(self.norm_out(tokens), shift, scale))
         return out.reshape(b, t, gh, gw, c, pt, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(b, c, f, h, w)

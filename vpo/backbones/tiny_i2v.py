@@ -17,8 +17,10 @@ frame and a mask, concatenated to the noisy latent on channels):
 
 The conditioning tensor (``Backbone.conditioning``) is ``[text (TEXT_TOKENS) | image (IMAGE_TOKENS)
 | extra (K)]`` tokens of width ``TEXT_DIM``: the image's raw pixels packed 384 values a token (a 32 x
-32 RGB frame is 8 tokens), and any tokens appended after them (issue 17's PhysEncoder) join the
-text in cross-attention. Classifier-free guidance's null half zeroes the text and keeps the image.
+32 RGB frame is 8 tokens), and any tokens appended after them (issue 17's PhysEncoder) are read by
+a cross-attention of their own, less what zero tokens give, so that a fresh PhysEncoder (zero
+tokens) changes nothing (``tiny.SpaceTimeBlock``). Classifier-free guidance's null half zeroes the
+text and keeps the image and the PhysEncoder's tokens.
 
 Weights: tiny's, fine-tuned on physics-world scenes by ``vpo pretrain --backbone tiny-i2v``
 (``docs/physics.md``: the run, its loss curve and what the model does on held-out scenes).
@@ -70,9 +72,9 @@ class TinyI2VBackbone(TinyBackbone):
         pad = self.image_tokens * TEXT_DIM - pixels.shape[1]
         return torch.nn.functional.pad(pixels, (0, pad)).view(len(images), self.image_tokens, TEXT_DIM)
 
-    def split_conditioning(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The conditioning -> (cross-attention context = text + extra tokens, first frame
-        (B, 3, H, W) in [-1, 1])."""
+    def split_conditioning(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The conditioning -> (text tokens, first frame (B, 3, H, W) in [-1, 1], the tokens
+        appended after the image's (PhysEncoder; None if there are none))."""
         c, m = self.config, self.image_tokens
         if cond.shape[1] < TEXT_TOKENS + m:
             raise ValueError(
@@ -80,18 +82,24 @@ class TinyI2VBackbone(TinyBackbone):
                 "build it with conditioning(prompts, images)"
             )
         image = cond[:, TEXT_TOKENS : TEXT_TOKENS + m].flatten(1)[:, : 3 * c.height * c.width].float()
-        context = torch.cat([cond[:, :TEXT_TOKENS], cond[:, TEXT_TOKENS + m :]], 1)
-        return context, image.view(-1, 3, c.height, c.width)
+        extra = cond[:, TEXT_TOKENS + m :]
+        return cond[:, :TEXT_TOKENS], image.view(-1, 3, c.height, c.width), extra if extra.shape[1] else None
 
     def predict_velocity(self, x_t, sigma, text):
-        context, frame = self.split_conditioning(text)
+        context, frame, extra = self.split_conditioning(text)
         c_in, c_skip, c_out = self.preconditioning(sigma)
-        out = self.transformer(x_t * c_in, sigma, context, first_frame=frame)
+        out = self.transformer(x_t * c_in, sigma, context, first_frame=frame, extra=extra)
         v = c_skip * x_t + c_out * out.float()
         # frame 0 is given: its exact velocity on the straight path to it (module docstring, 2.)
         s = sigma.float().view(-1, 1, 1, 1).clamp_min(MIN_SIGMA)
         v0 = (x_t[:, :, 0].float() - frame) / s
         return torch.cat([v0[:, :, None], v[:, :, 1:]], 2)
+
+    def physencoder_features(self) -> tuple[torch.nn.Module, int, int]:
+        from vpo.backbones.physencoder import TinyFeatures
+
+        features = TinyFeatures(self)
+        return features, features.dim, TEXT_DIM
 
     @classmethod
     def load(cls, path=None, text_encoder: MiniLM | None = None) -> TinyI2VBackbone:

@@ -74,7 +74,7 @@ def reference_forward(model: SpaceTimeTransformer, x: torch.Tensor, sigma: torch
 @contextlib.contextmanager
 def reference(model: SpaceTimeTransformer) -> Iterator[None]:
     """Within the block, ``model(...)`` runs the old forward (so ``Backbone.sample`` samples with it)."""
-    model.forward = lambda x, sigma, text, first_frame=None: reference_forward(model, x, sigma, text)  # type: ignore[method-assign]
+    model.forward = lambda x, sigma, text, first_frame=None, extra=None: reference_forward(model, x, sigma, text)  # type: ignore[method-assign]
     try:
         yield
     finally:

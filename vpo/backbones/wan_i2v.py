@@ -98,6 +98,14 @@ class WanI2VBackbone(WanBackbone):
         self._off()
         return torch.cat([pack(states.float().to(device), width), pack(torch.cat([mask, z], 1).to(device), width)], 1)
 
+    def physencoder_features(self) -> tuple[torch.nn.Module, int, int]:
+        """The PhysEncoder reads this backbone's own frozen CLIP vision model."""
+        from vpo.backbones.physencoder import VisionFeatures
+
+        processor = self.image_processor
+        features = VisionFeatures(self.image_encoder, processor.image_mean, processor.image_std)
+        return features, features.dim, int(self.text_encoder.config.d_model)
+
     def _on(self, module) -> None:
         """On the transformer's device for the encoding (``load`` leaves the CLIP encoder on the
         CPU; CPU offload keeps the VAE there too until needed)."""

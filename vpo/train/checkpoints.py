@@ -2,7 +2,8 @@
 finding the latest, and loading adapters back (to resume, or to sample from a trained policy).
 
 A checkpoint is a folder ``<out>/checkpoints/step_NNNNNN/`` with ``adapter.safetensors`` (both
-adapters; the run's config in its metadata), ``state.pt`` (step, config, optimizer and RNG states)
+adapters, and a PhysEncoder's policy and reference heads where the run has one, keys
+``physencoder.*``; the run's config in its metadata), ``state.pt`` (step, config, optimizer and RNG states)
 and ``config.toml``; ``<out>/checkpoints/latest`` names the newest complete one.
 """
 
@@ -133,8 +134,9 @@ def read_safetensors(path: str | Path, metadata_only: bool = False) -> Any:
 
 
 def load_adapters(transformer: Any, path: str | Path) -> None:
-    """Copy saved adapter tensors into a transformer that has the same adapters."""
-    saved = read_safetensors(path)
+    """Copy saved adapter tensors into a transformer that has the same adapters (a PhysEncoder's
+    head, also in the file, is ``physencoder.load_head``'s)."""
+    saved = {k: v for k, v in read_safetensors(path).items() if not k.startswith("physencoder.")}
     own = dict(transformer.named_parameters())
     missing = [k for k in saved if k not in own]
     if missing:
@@ -150,7 +152,8 @@ def load_adapters(transformer: Any, path: str | Path) -> None:
 
 def load_policy(backbone: Any, checkpoint: str | Path) -> dict[str, Any]:
     """Give ``backbone`` the trained policy adapter of a training checkpoint folder (or its
-    ``adapter.safetensors``); returns the run's config."""
+    ``adapter.safetensors``), and the PhysEncoder's head where the run had one; returns the run's
+    config."""
     path = Path(checkpoint)
     if path.is_dir():
         path = path / "adapter.safetensors"
@@ -167,4 +170,11 @@ def load_policy(backbone: Any, checkpoint: str | Path) -> dict[str, Any]:
     load_adapters(backbone.transformer, path)
     backbone.transformer.set_adapter(POLICY)
     backbone.transformer.requires_grad_(False)
+    saved = read_safetensors(path)
+    if any(k.startswith("physencoder.") for k in saved):  # the run had a PhysEncoder: its policy head
+        from vpo.backbones.physencoder import load_head, new_physencoder
+
+        encoder = backbone.physencoder or new_physencoder(backbone)
+        load_head(encoder, saved, path)
+        backbone.attach_physencoder(encoder.requires_grad_(False))
     return cfg

@@ -16,14 +16,17 @@ from pathlib import Path
 from typing import Any
 
 # the registries import nothing heavy: the web process validates with this same code
-from vpo.backbones import BACKBONES, SAMPLERS
-from vpo.data.prompts import BUILTIN
+from vpo.backbones import ALL_BACKBONES, I2V_BACKBONES, SAMPLERS
+from vpo.data.prompts import BUILTIN, IMAGE_SETS
 from vpo.rewards import DIMENSIONS, GLOBAL, GUARDS, REWARD_SOURCES, Source, dimensions_of
 from vpo.train import ALGORITHMS
 
 DPO = ("online-dpo", "offline-dpo")  # the algorithms that train on pairs with the Flow-DPO loss
 ONLINE = ("online-dpo", "online-rwr")  # the algorithms that sample N candidates per prompt every step
 SCORED = (*DPO, "online-rwr")  # the algorithms that rank sampled candidates by their scores
+# what a run trains (issue 17, item 3): the generator's LoRA adapter, the PhysEncoder's head
+# (vpo/backbones/physencoder.py; image-to-video backbones only), or both
+TRAINABLE = ("lora", "physencoder", "both")
 
 
 def _f(default: Any, help: str, label: str, only: tuple[str, ...] = ()) -> Any:
@@ -50,7 +53,18 @@ class TrainConfig:
         "Dimension trained on",
     )
     algorithm: str = _f("online-dpo", f"{_one_of(ALGORITHMS)}", "Algorithm")
-    prompts: str = _f("train", f"prompt set: a built-in name ({', '.join(BUILTIN)}) or a text file", "Training prompts")
+    trainable: str = _f(
+        "lora",
+        "what the run trains: lora (the generator's LoRA adapter), physencoder (the head of the "
+        "PhysEncoder of the first frame, the generator frozen; image-to-video backbones) or both",
+        "Trained parameters",
+    )
+    prompts: str = _f(
+        "train",
+        f"prompt set: a built-in name ({', '.join(BUILTIN)}) or a text file; image-to-video backbones: an "
+        f"image prompt set ({', '.join(IMAGE_SETS)})",
+        "Training prompts",
+    )
     steps: int = _f(60, "optimizer steps", "Steps")
     prompts_per_step: int = _f(
         1,
@@ -218,7 +232,7 @@ class TrainConfig:
         registries = [
             e
             for e in (
-                _choice_problem("backbone", self.backbone, BACKBONES),
+                _choice_problem("backbone", self.backbone, ALL_BACKBONES),
                 _choice_problem("reward", self.reward, REWARD_SOURCES),
                 _choice_problem("algorithm", self.algorithm, ALGORITHMS),
             )
@@ -301,11 +315,39 @@ class TrainConfig:
         ):
             if e:
                 sizes.append(e)
+        sizes.extend(self._image_problems())
         if self.guidance < 1:
             sizes.append(ConfigError("guidance", f"guidance must be >= 1 (1 = no guidance), got {self.guidance}"))
         yield from sizes
         if not any(e.field == "backbone" for e in registries):
             yield from self._fit_problems(memory=not sizes)  # the estimate needs sound sizes
+
+    def _image_problems(self) -> Iterator[ConfigError]:
+        """``trainable`` and the first frames: a PhysEncoder needs an image-to-video backbone, and
+        an image-to-video run needs a first frame per prompt (an image prompt set)."""
+        if e := _choice_problem("trainable", self.trainable, TRAINABLE):
+            yield e
+        elif self.trainable != "lora" and self.backbone not in I2V_BACKBONES:
+            yield ConfigError(
+                "trainable",
+                f"trainable {self.trainable!r} trains the PhysEncoder of an image-to-video backbone's first "
+                f"frame ({_one_of(I2V_BACKBONES)}); backbone {self.backbone!r} has none: use trainable = 'lora'",
+            )
+        if self.backbone not in I2V_BACKBONES:
+            return
+        for name in ("prompts", "heldout_prompts"):
+            if getattr(self, name) not in IMAGE_SETS:
+                yield ConfigError(
+                    name,
+                    f"backbone {self.backbone!r} is image-to-video: {name} must be an image prompt set (a first "
+                    f"frame per prompt): {_one_of(IMAGE_SETS)}, got {getattr(self, name)!r}",
+                )
+        if self.algorithm == "refl":
+            yield ConfigError(
+                "algorithm",
+                f"refl does not take first frames yet: backbone {self.backbone!r} trains with "
+                f"{', '.join(DPO)} or online-rwr",
+            )
 
     def _fit_problems(self, memory: bool = True) -> Iterator[ConfigError]:
         """Upper bounds (docs/limits.md): each field at most ``LIMITS``, the LoRA rank at most the

@@ -17,12 +17,13 @@ from vpo.train.online_dpo import dpo_update, pick_pairs
 from vpo.train.runner import Run, derive_seed
 
 
-def build_pairs(run: Run) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
-    """Winner latents, loser latents, prompts and margins of the fixed set, from the base model
+def build_pairs(run: Run) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor, list[int]]:
+    """Winner latents, loser latents, prompts, margins and prompt indices (into ``run.prompts``:
+    image-to-video, their first frames) of the fixed set, from the base model
     (the policy adapter is still zero when this runs). Deterministic in the seed, so a resumed run
     rebuilds exactly the same set."""
     cfg, n = run.cfg, run.cfg.num_candidates
-    winners, losers, prompts, margins = [], [], [], []
+    winners, losers, prompts, margins, sources = [], [], [], [], []
     for i, prompt in enumerate(run.prompts):
         run.phase(PHASE_PAIRS, i, len(run.prompts), step=0)
         seeds = run.candidate_seeds(-1, i, n)  # step -1: before training
@@ -33,6 +34,7 @@ def build_pairs(run: Run) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.
             guidance=cfg.guidance,
             return_latents=True,
             sampler=cfg.sampler,
+            images=None if run.images is None else run.images[[i] * n],
         )
         scores = run.score(videos, [prompt] * n)
         for _, w, l in pick_pairs(scores[None], cfg.tie_tolerance):
@@ -40,15 +42,16 @@ def build_pairs(run: Run) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.
             losers.append(latents[l])
             prompts.append(prompt)
             margins.append(float(scores[w] - scores[l]))
+            sources.append(i)
     if not prompts:
         raise ValueError("offline-dpo found no pair: every prompt's candidates tied within tie_tolerance")
-    return torch.stack(winners), torch.stack(losers), prompts, torch.tensor(margins)
+    return torch.stack(winners), torch.stack(losers), prompts, torch.tensor(margins), sources
 
 
 def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
     cfg = run.cfg
     # the pairs come from the base model: build them before loading any trained adapter
-    winners, losers, pair_prompts, margins = build_pairs(run)
+    winners, losers, pair_prompts, margins, sources = build_pairs(run)
     start = run.begin(resume, {OFFLINE_PAIRS: len(pair_prompts), OFFLINE_MARGIN: margins.mean().item()})
 
     def one_step(step: int) -> dict:
@@ -60,7 +63,13 @@ def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
         idx = drawn[first : first + cfg.prompts_per_step]
         # 4. the same Flow-DPO update as online-dpo
         values = dpo_update(
-            run, winners[idx], losers[idx], [pair_prompts[i] for i in idx], step, list(range(first, first + len(idx)))
+            run,
+            winners[idx],
+            losers[idx],
+            [pair_prompts[i] for i in idx],
+            step,
+            list(range(first, first + len(idx))),
+            run.images_at([sources[i] for i in idx]),
         )
         values[PAIRS] = len(idx)
         values[REWARD_MARGIN] = margins[idx].mean().item()

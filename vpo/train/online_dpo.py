@@ -46,9 +46,11 @@ def dpo_update(
     prompts: list[str],
     step: int,
     indices: list[int] | None = None,
+    images: torch.Tensor | None = None,
 ) -> dict:
-    """One Flow-DPO optimizer step on latent pairs (P, ...) with their prompts; ``indices`` are the
-    pairs' prompt indices among the step's prompts of all ranks (default 0..P-1: one process).
+    """One Flow-DPO optimizer step on latent pairs (P, ...) with their prompts (and, image-to-video,
+    their first frames ``images``, uint8 (P, H, W, 3)); ``indices`` are the pairs' prompt indices
+    among the step's prompts of all ranks (default 0..P-1: one process).
     Every rank calls it, also one without a pair (P = 0): the gradients are summed over the ranks.
 
     The loss is an expectation over sigma and eps (``docs/algorithm.md``, Eq. 3); it is estimated
@@ -65,12 +67,21 @@ def dpo_update(
     # a pair's noise is drawn from its prompt's index, so it is the same on whichever rank and
     # beside whichever pairs it is trained (index 0 keeps the purpose one-prompt runs always had)
     gens = [run.generator(step, "dpo" if i == 0 else f"dpo-{i}") for i in (indices or range(p))]
-    text = run.backbone.encode_prompts(prompts)
-    text = torch.cat([text, text])
+
+    def conditioning() -> torch.Tensor:  # the winners' and the losers': the same
+        cond = run.backbone.conditioning(prompts, images)
+        return torch.cat([cond, cond])
+
+    text = ref_text = conditioning()
+    if run.physencoder is not None:
+        with run.reference():  # the reference head's tokens
+            ref_text = conditioning()
     x0 = torch.cat([winners, losers])
     parts = []
     for draw in range(draws):
         run.phase(PHASE_UPDATING, draw, draws)
+        if draw and run.physencoder is not None:  # the head's tokens: a new graph for each backward
+            text = conditioning()
         # the same sigma and the same eps for a pair's winner and loser (docs/algorithm.md, Eq. 2)
         sigma = torch.cat([run.backbone.training_sigmas(1, g) for g in gens]).to(winners.device)
         eps = torch.cat([torch.randn((1, *winners.shape[1:]), generator=g) for g in gens]).to(winners.device)
@@ -81,7 +92,7 @@ def dpo_update(
         with run.backbone.autocast():
             mse_w, mse_l = per_video_mse(run.backbone.predict_velocity(x_t, s, text), target).chunk(2)
             with run.reference():
-                ref_w, ref_l = per_video_mse(run.backbone.predict_velocity(x_t, s, text), target).chunk(2)
+                ref_w, ref_l = per_video_mse(run.backbone.predict_velocity(x_t, s, ref_text), target).chunk(2)
         loss, stats = flow_dpo_loss(mse_w, mse_l, ref_w, ref_l, run.cfg.beta)
         run.check_finite("the DPO loss", loss)
         (loss * share / draws).backward()
@@ -110,6 +121,7 @@ class Candidates:
     videos: torch.Tensor  # uint8 (P * N, F, H, W, C)
     latents: torch.Tensor  # (P * N, ...)
     scores: torch.Tensor  # (P, N) on the chosen dimension
+    images: torch.Tensor | None  # image-to-video: the prompts' first frames, uint8 (P, H, W, 3)
     first: int  # the step's index of this rank's first prompt (seeds count prompts across ranks)
     sample_s: float
     score_s: float
@@ -146,7 +158,8 @@ def sample_and_score(run: Run, step: int) -> Candidates:
     scores on the chosen dimension."""
     cfg, n = run.cfg, run.cfg.num_candidates
     t0 = time.perf_counter()
-    prompts = run.pick_prompts(step)  # this rank's share of the step's prompts
+    picked = run.pick_indices(step)  # this rank's share of the step's prompts
+    prompts, images = [run.prompts[i] for i in picked], run.images_at(picked)
     first = run.first_prompt
     flat_prompts = [p for p in prompts for _ in range(n)]
     seeds = [s for i in range(len(prompts)) for s in run.candidate_seeds(step, first + i, n)]
@@ -158,12 +171,13 @@ def sample_and_score(run: Run, step: int) -> Candidates:
         return_latents=True,
         progress=run.sampling_progress(PHASE_SAMPLING),
         sampler=cfg.sampler,
+        images=None if images is None else images.repeat_interleave(n, 0),
     )
     t_sample = time.perf_counter()
     run.phase(PHASE_SCORING)
     scores = run.score(videos, flat_prompts).view(len(prompts), n)
     return Candidates(
-        prompts, flat_prompts, videos, latents, scores, first, t_sample - t0, time.perf_counter() - t_sample
+        prompts, flat_prompts, videos, latents, scores, images, first, t_sample - t0, time.perf_counter() - t_sample
     )
 
 
@@ -192,7 +206,15 @@ def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
                 values[REWARD_MARGIN] = float(sum(scores[i, w] - scores[i, l] for i, w, l in pairs) / len(pairs))
             chosen = [i for i, _, _ in pairs]
             values.update(
-                dpo_update(run, winners, losers, [prompts[i] for i in chosen], step, [first + i for i in chosen])
+                dpo_update(
+                    run,
+                    winners,
+                    losers,
+                    [prompts[i] for i in chosen],
+                    step,
+                    [first + i for i in chosen],
+                    None if c.images is None else c.images[chosen],
+                )
             )
         done = step + 1
 

@@ -33,8 +33,16 @@ from vpo.train.online_dpo import sample_and_score
 from vpo.train.runner import Run
 
 
-def rwr_update(run: Run, latents: torch.Tensor, rewards: torch.Tensor, prompts: list[str], step: int) -> dict:
-    """One Flow-RWR optimizer step on (P, N, ...) latents with their (P, N) rewards and P prompts.
+def rwr_update(
+    run: Run,
+    latents: torch.Tensor,
+    rewards: torch.Tensor,
+    prompts: list[str],
+    step: int,
+    images: torch.Tensor | None = None,
+) -> dict:
+    """One Flow-RWR optimizer step on (P, N, ...) latents with their (P, N) rewards and P prompts
+    (and, image-to-video, their P first frames).
 
     The loss is an expectation over sigma and eps (``docs/algorithm.md``, Eq. 3 for DPO, the same
     here); each update averages ``noise_draws`` draws, every video getting its own sigma and eps
@@ -46,12 +54,16 @@ def rwr_update(run: Run, latents: torch.Tensor, rewards: torch.Tensor, prompts: 
     # rank's share is its prompts over the total, and Run.apply_gradients sums the ranks' gradients
     share = p / run.ranks.sum(p)
     g = run.generator(step, "rwr" if run.first_prompt == 0 else f"rwr-{run.first_prompt}")
-    text = bb.encode_prompts([prompt for prompt in prompts for _ in range(n)])
+    flat_prompts = [prompt for prompt in prompts for _ in range(n)]
+    flat_images = None if images is None else images.repeat_interleave(n, 0)
+    text = bb.conditioning(flat_prompts, flat_images)
     x0 = latents.reshape(p * n, *latents.shape[2:])
     run.optimizer.zero_grad(set_to_none=True)
     parts = []
     for draw in range(draws):
         run.phase(PHASE_UPDATING, draw, draws)
+        if draw and run.physencoder is not None:  # the head's tokens: a new graph for each backward
+            text = bb.conditioning(flat_prompts, flat_images)
         sigma = bb.training_sigmas(p * n, g).to(x0.device)
         eps = torch.randn(x0.shape, generator=g).to(x0.device)
         s = sigma.view(-1, *[1] * (x0.ndim - 1))
@@ -86,7 +98,9 @@ def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
             # best minus worst per prompt: the spread the temperature is compared with
             REWARD_MARGIN: (scores.max(1).values - scores.min(1).values).mean().item(),
         }
-        values.update(rwr_update(run, latents.view(len(prompts), n, *latents.shape[1:]), scores, prompts, step))
+        values.update(
+            rwr_update(run, latents.view(len(prompts), n, *latents.shape[1:]), scores, prompts, step, c.images)
+        )
 
         # 4. log, held-out monitor, sample videos, checkpoint (run.end_step); the step's time leaves
         # out writing its videos

@@ -5,6 +5,14 @@ and the NaN guard. The loops themselves live in ``online_dpo.py``, ``offline_dpo
 Policy = backbone + LoRA adapter ``policy`` (trainable). Reference = the same backbone with a
 second adapter ``ref`` (frozen), which starts as zero (B = 0), so the reference equals the base
 until the first curriculum update copies the policy into it. No second copy of the base weights.
+
+``cfg.trainable`` (issue 17, item 3) chooses what the optimizer trains: ``lora`` the policy
+adapter; ``physencoder`` the head of a PhysEncoder attached to an image-to-video backbone
+(``vpo/backbones/physencoder.py``), the generator and both adapters frozen; ``both`` the two. With a
+PhysEncoder the reference holds a frozen copy of its head too, moved with the adapter.
+
+An image-to-video run reads an image prompt set (``vpo.data.prompts.IMAGE_SETS``): each prompt's
+first frame goes with it to sampling, scoring and the updates (``images_at``).
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ import numpy as np
 import torch
 
 from vpo.backbones import load_for_config
-from vpo.backbones.base import Backbone
-from vpo.data.prompts import read_prompts
+from vpo.backbones.base import Backbone, resize_images
+from vpo.backbones.physencoder import HEAD, PhysEncoder, load_head, new_physencoder
+from vpo.data.prompts import read_image_prompts, read_prompts
 from vpo.rewards import load_reward, prompt_problem
 from vpo.rewards.guard import subject_factors, unguardable, veto
 from vpo.train.checkpoints import (
@@ -36,6 +45,7 @@ from vpo.train.checkpoints import (
     latest_checkpoint,
     load_adapters,
     load_state,
+    read_safetensors,
     save_checkpoint,
 )
 from vpo.train.config import ConfigError, TrainConfig
@@ -84,12 +94,32 @@ class Run:
             add_policy_and_ref(self.transformer, lora)  # freezes the base
         for p in (*self.adapter_params(POLICY).values(), *self.adapter_params(REF).values()):
             p.data = p.data.float()  # on bf16 weights (real backbones on CUDA) the adapters still train in fp32
-        self.transformer.set_adapter(POLICY)
-        self.optimizer = torch.optim.AdamW(self.adapter_params(POLICY).values(), lr=cfg.lr, weight_decay=0.0)
+        # the backbone's PhysEncoder (one given with it, e.g. trained by an earlier run: frozen
+        # unless trained here), or for a run that trains one a fresh one (a zero head: the
+        # backbone unchanged); its reference head starts as a copy of its head
+        self.physencoder: PhysEncoder | None = self.backbone.physencoder
+        if self.physencoder is not None:
+            self.physencoder.requires_grad_(False)
+        if cfg.trainable != "lora":
+            if self.physencoder is None:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(derive_seed(cfg.seed, 0, "physencoder-init"))
+                    self.physencoder = new_physencoder(self.backbone)
+                self.backbone.attach_physencoder(self.physencoder)
+            self.physencoder.head.requires_grad_(True)
+            self.physencoder.add_reference()
+        # what the optimizer trains (cfg.trainable); everything else is frozen
+        self.trained = list(self.trained_params().values())
+        self.use_policy()
+        self.optimizer = torch.optim.AdamW(self.trained, lr=cfg.lr, weight_decay=0.0)
         self.reward = load_reward(cfg.reward, **({"directory": cfg.reward_model} if cfg.reward_model else {}))
         self.reward.video_fps = self.backbone.spec.fps  # sources that sample frames in time need it
         self.reward.check_dimension(cfg.dimension)
         self.prompts = read_prompts(cfg.prompts)
+        self.images: torch.Tensor | None = None  # image-to-video: a first frame per prompt
+        self.heldout_images: torch.Tensor | None = None
+        if self.backbone.image_conditioned:
+            self.prompts, self.images = self.image_prompts(cfg.prompts)
         if problem := prompt_problem(cfg.reward, self.prompts):
             raise ConfigError("reward", f"{problem} (prompts {cfg.prompts!r})")
         if cfg.reward_guard != "none" and (bad := unguardable(self.prompts)) is not None:
@@ -97,29 +127,67 @@ class Run:
                 "reward_guard", f"reward_guard {cfg.reward_guard!r} cannot read the prompt {bad!r} of {cfg.prompts!r}"
             )
         self.heldout = read_prompts(cfg.heldout_prompts)[: cfg.heldout_count]
+        if self.backbone.image_conditioned:
+            self.heldout, self.heldout_images = self.image_prompts(cfg.heldout_prompts, cfg.heldout_count)
         self.monitor = self.reward if cfg.reward == "metrics" else load_reward("metrics")
         self.last_checkpoint: Path | None = None
 
-    # --- adapters ----------------------------------------------------------------------------
+    # --- first frames (image-to-video) -------------------------------------------------------
+    def image_prompts(self, name: str, count: int | None = None) -> tuple[list[str], torch.Tensor]:
+        """The (first ``count``) captions of image prompt set ``name`` and their first frames at
+        the backbone's size, uint8 (count, H, W, 3)."""
+        prompts, frames = read_image_prompts(name)
+        spec = self.backbone.spec
+        return prompts[:count], torch.from_numpy(resize_images(frames[:count], spec.height, spec.width))
+
+    def images_at(self, indices: list[int]) -> torch.Tensor | None:
+        """The first frames of the training prompts ``indices`` (None for a text-to-video run)."""
+        return None if self.images is None else self.images[indices]
+
+    # --- adapters and the PhysEncoder's head ---------------------------------------------------
     def adapter_params(self, name: str) -> dict[str, torch.nn.Parameter]:
         return {k: p for k, p in self.transformer.named_parameters() if f".{name}." in k and "lora_" in k}
 
+    def trained_params(self) -> dict[str, torch.nn.Parameter]:
+        """What the optimizer trains (``cfg.trainable``): the policy adapter, the PhysEncoder's
+        head, or both."""
+        params = dict(self.adapter_params(POLICY)) if self.cfg.trainable in ("lora", "both") else {}
+        if self.physencoder is not None and self.cfg.trainable in ("physencoder", "both"):
+            params.update({HEAD + k: p for k, p in self.physencoder.head.named_parameters()})
+        return params
+
+    def use_policy(self) -> None:
+        """The policy runs: its adapter and head. ``set_adapter`` makes the policy adapter
+        trainable; it is frozen again where the run does not train it."""
+        self.transformer.set_adapter(POLICY)
+        if self.cfg.trainable == "physencoder":
+            for p in self.adapter_params(POLICY).values():
+                p.requires_grad_(False)
+        if self.physencoder is not None:
+            self.physencoder.use_reference = False
+
     @contextlib.contextmanager
     def reference(self):
-        """Run the reference model inside this block (no gradients)."""
+        """Run the reference model inside this block (no gradients): the reference adapter and,
+        with a PhysEncoder, the reference head."""
         self.transformer.set_adapter(REF)
+        if self.physencoder is not None:
+            self.physencoder.use_reference = True
         try:
             with torch.no_grad():
                 yield
         finally:
-            self.transformer.set_adapter(POLICY)  # also makes the policy adapter trainable again
+            self.use_policy()
 
     @torch.no_grad()
     def update_reference(self) -> None:
-        """Curriculum reference update (OnlineVPO Sec. 2.3): the reference becomes the policy."""
+        """Curriculum reference update (OnlineVPO Sec. 2.3): the reference becomes the policy
+        (its adapter and, with a PhysEncoder, its head)."""
         ref = self.adapter_params(REF)
         for k, p in self.adapter_params(POLICY).items():
             ref[k.replace(f".{POLICY}.", f".{REF}.")].copy_(p)
+        if self.physencoder is not None:
+            self.physencoder.update_reference()
 
     # --- randomness: every draw is a function of (seed, step, purpose) -----------------------
     def generator(self, step: int, purpose: str) -> torch.Generator:
@@ -139,8 +207,13 @@ class Run:
         """This rank's share of the step's ``prompts_per_step * nproc`` prompts. The draw and every
         seed depend on a prompt's index over all ranks, not on the rank: two ranks of P prompts
         draw what one process of 2P prompts draws."""
+        return [self.prompts[i] for i in self.pick_indices(step)]
+
+    def pick_indices(self, step: int) -> list[int]:
+        """``pick_prompts``'s prompts as indices into ``self.prompts`` (what ``images_at`` reads)."""
         rng = random.Random(derive_seed(self.cfg.seed, step, "prompts"))
-        drawn = [rng.choice(self.prompts) for _ in range(self.cfg.prompts_per_step * self.ranks.world)]
+        # randrange(n) draws what choice(prompts) drew: the draws of earlier runs are unchanged
+        drawn = [rng.randrange(len(self.prompts)) for _ in range(self.cfg.prompts_per_step * self.ranks.world)]
         return drawn[self.first_prompt : self.first_prompt + self.cfg.prompts_per_step]
 
     # --- what the step in progress is doing (the dashboard's live line) ----------------------
@@ -189,7 +262,7 @@ class Run:
     def apply_gradients(self) -> float:
         """Sum the policy's gradients over the ranks, clip them and step; returns the norm before
         clipping (the same on every rank, so every rank's adapter stays the same)."""
-        params = list(self.adapter_params(POLICY).values())
+        params = self.trained
         self.ranks.all_reduce_grads(params)
         norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         self.optimizer.step()
@@ -247,7 +320,7 @@ class Run:
 
     def finish(self) -> Path:
         """Keep the work of a run that stopped early or ended between checkpoints."""
-        self.ranks.check_same(self.adapter_params(POLICY).values())
+        self.ranks.check_same(self.trained)
         if self.last_checkpoint is None or self.last_checkpoint.name != f"step_{self.step:06d}":
             return self.save_checkpoint(self.step)
         return self.last_checkpoint
@@ -264,6 +337,7 @@ class Run:
             guidance=self.cfg.guidance,
             progress=self.sampling_progress(PHASE_HELDOUT, step),
             sampler=self.cfg.sampler,
+            images=self.heldout_images,
         )
         result = self.monitor.score(videos, self.heldout)
         values = {heldout(d): float(torch.nanmean(s)) for d, s in result.scores.items()}
@@ -288,6 +362,8 @@ class Run:
         """Rank 0 writes it (every rank holds the same adapters); the others note its folder."""
         if self.ranks.main:
             adapters = {k: p for name in (POLICY, REF) for k, p in self.adapter_params(name).items()}
+            if self.physencoder is not None:  # its policy and reference heads
+                adapters.update(self.physencoder.head_tensors())
             self.last_checkpoint = save_checkpoint(self.out, step, self.cfg, adapters, self.optimizer)
             log.info("checkpoint %s written", self.last_checkpoint)
         else:
@@ -305,6 +381,8 @@ class Run:
             diff = {k: (v, self.cfg.to_dict()[k]) for k, v in saved.items() if self.cfg.to_dict()[k] != v}
             raise ValueError(f"cannot resume from {folder}: it was trained with other settings {diff}")
         load_adapters(self.transformer, folder / "adapter.safetensors")
+        if self.physencoder is not None:
+            load_head(self.physencoder, read_safetensors(folder / "adapter.safetensors"), folder)
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])

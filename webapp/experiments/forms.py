@@ -15,7 +15,7 @@ from vpo.rewards import DIMENSIONS, GLOBAL, GUARDS, REWARD_SOURCES, prompt_probl
 from vpo.rewards.guard import unguardable
 from vpo.rewards.local import weights_status as reward_weights_status
 from vpo.train import ALGORITHMS
-from vpo.train.config import PARALLEL, SWITCHES, ConfigError, TrainConfig
+from vpo.train.config import PARALLEL, SWITCHES, TRAINABLE, ConfigError, TrainConfig
 from webapp.celery import capacities, ranks_refused
 from webapp.prompt_files import MAX_PROMPT_CHARS, MAX_PROMPTS, read_prompt_file
 
@@ -33,11 +33,15 @@ CHOICES = {
     "reward_guard": list(GUARDS),
     "parallel": list(PARALLEL),
     "sampler": list(SAMPLERS),
+    "trainable": list(TRAINABLE),
     **{name: list(SWITCHES) for name in ("gradient_checkpointing", "vae_tiling", "cpu_offload")},
 }
 SERVER_SIDE = {"out", "model_dir"}  # where a run lives and where weights are is the server's business
 FIELDSETS = [
-    ("What to optimise", ["backbone", "reward", "reward_model", "dimension", "algorithm", "prompts", "prompts_file"]),
+    (
+        "What to optimise",
+        ["backbone", "reward", "reward_model", "dimension", "algorithm", "trainable", "prompts", "prompts_file"],
+    ),
     (
         "Algorithm",
         [
