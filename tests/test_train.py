@@ -126,6 +126,11 @@ def test_every_noise_draw_is_shared_by_winner_and_loser(tmp_path, small, draws):
     stats = dpo_update(run, x, x.clone(), ["a red ball moving left", "a blue box rising"], step=0)
     assert stats["dpo/loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert stats["dpo/mse_w"] == stats["dpo/mse_l"]
+    # a policy that differs from the reference and winner != loser: the bracket is no longer 0 (while
+    # the policy equals the reference, as at the start, the loss is log 2 for any pair)
+    with torch.no_grad():
+        for p in run.adapter_params(POLICY).values():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
     assert dpo_update(run, x, other, ["a red ball moving left", "a blue box rising"], step=1)[
         "dpo/loss"
     ] != pytest.approx(math.log(2), abs=1e-6)
