@@ -109,4 +109,5 @@ def test_the_veto_study_answers_its_two_questions_by_the_every_seed_rule(tmp_pat
     assert "motion_extent online -10.00, subject-veto +0.00" in text
     assert "the veto **stops the hacking** and **keeps the gain**" in text
     assert "**does not stop the hacking** and **loses the gain**" in section([0.55, 0.58], [0.968, 0.969])
-    assert "**inconclusive (1 of 2 seeds)** and **inconclusive (1 of 2 seeds)**" in section([0.65, 0.55], [0.97, 0.96])
+    split = "**is inconclusive on the hacking (in 1 of 2 seeds)** and **is inconclusive on the gain (in 1 of 2 seeds)**"
+    assert split in section([0.65, 0.55], [0.97, 0.96])

@@ -308,8 +308,9 @@ def _veto_finding(evals, base_eval, seeds, plain, vetoed) -> str:
     held-out motion extent is at least the unguarded run's in every seed, and "keeps the gain" if its
     flicker.all is above the base's in every seed (a split either way is inconclusive)."""
 
-    def rule(holds: list[bool], yes: str, no: str) -> str:
-        return yes if all(holds) else no if not any(holds) else f"inconclusive ({sum(holds)} of {len(holds)} seeds)"
+    def rule(holds: list[bool], yes: str, no: str, about: str) -> str:
+        split = f"is inconclusive on {about} (in {sum(holds)} of {len(holds)} seeds)"
+        return yes if all(holds) else no if not any(holds) else split
 
     def change(name: str, column: str) -> str:
         d = np.mean([evals[(name, s)][column] - base_eval[column] for s in seeds])
@@ -319,11 +320,13 @@ def _veto_finding(evals, base_eval, seeds, plain, vetoed) -> str:
         [evals[(vetoed, s)]["motion_extent"] >= evals[(plain, s)]["motion_extent"] for s in seeds],
         "stops the hacking",
         "does not stop the hacking",
+        "the hacking",
     )
     gain = rule(
         [evals[(vetoed, s)]["temporal_flickering_all"] > base_eval["temporal_flickering_all"] for s in seeds],
         "keeps the gain",
         "loses the gain",
+        "the gain",
     )
     return (
         f"Held-out change from base (points, mean over seeds): motion_extent {plain} {change(plain, 'motion_extent')}, "
