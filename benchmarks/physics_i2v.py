@@ -21,13 +21,12 @@ import torch
 from vpo.backbones.tiny import TinyBackbone
 from vpo.backbones.tiny_i2v import TinyI2VBackbone
 from vpo.data import physics
+from vpo.stats import bootstrap_mean_ci
 
 
 def bootstrap_ci(x: np.ndarray, draws: int = 10_000, seed: int = 0) -> tuple[float, float]:
     """95% percentile bootstrap interval of the mean (scenes resampled with replacement)."""
-    means = np.random.default_rng(seed).choice(x, (draws, len(x))).mean(1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
+    return bootstrap_mean_ci(x, draws, seed)
 
 
 def score(videos: np.ndarray, scenes: list[physics.PhysScene]) -> dict[str, np.ndarray]:

@@ -142,6 +142,20 @@ def test_trainable_lora_changes_no_head_parameter(tmp_path, small_i2v):
     assert all(f".{POLICY}." in k for k in moved)  # not the base, not the reference
 
 
+def test_the_curriculum_update_of_a_lora_run_keeps_its_frozen_head(tmp_path, small_i2v):
+    """The curriculum update of a LoRA run on a backbone with a PhysEncoder it does not train (no
+    reference head: the one frozen head serves both models) moves the adapter and leaves the head."""
+    bb = small_i2v()
+    bb.attach_physencoder(new_physencoder(bb))
+    with torch.no_grad():
+        bb.physencoder.head.out.weight.normal_(0, 0.1)
+    run, moved = one_step(cfg_for(tmp_path, trainable="lora", ref_update_every=1), bb)
+    assert run.physencoder.reference_head is None
+    assert not any(k.startswith("physencoder.") for k in moved)
+    ref = run.adapter_params("ref")
+    assert all(torch.equal(p, ref[k.replace(f".{POLICY}.", ".ref.")]) for k, p in run.adapter_params(POLICY).items())
+
+
 def test_trainable_both_changes_the_head_and_the_adapter(tmp_path, small_i2v):
     _, moved = one_step(cfg_for(tmp_path, trainable="both"), small_i2v())
     assert any(k.startswith("physencoder.head.") for k in moved)

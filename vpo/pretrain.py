@@ -81,6 +81,32 @@ def initial_model(cfg: PretrainConfig) -> TinyBackbone:
     return TinyBackbone(TinyConfig())
 
 
+def flow_matching_loss(
+    model: TinyBackbone, x0: torch.Tensor, captions: list[str], g: torch.Generator, p_uncond: float, sigma_shift: float
+) -> torch.Tensor:
+    """Steps 2-3 of a pretraining step, also ``vpo physmaster``'s stage I (SFT): sigma (shifted),
+    eps and the prompt dropout drawn from ``g`` in that order, then the EDM-weighted velocity
+    regression on the clean latents ``x0`` (B, C, F, H, W). An image-to-video model is given each
+    video's own first frame (``image_condition``: its image tokens and, where one is attached, the
+    PhysEncoder's), also where the text is dropped (classifier-free guidance keeps the image)."""
+    text = model.text_encoder(captions)
+    b = x0.shape[0]
+    u = torch.rand(b, generator=g)
+    sigma = sigma_shift * u / (1 + (sigma_shift - 1) * u)
+    eps = torch.randn(x0.shape, generator=g)
+    drop = torch.rand(b, generator=g) < p_uncond
+    text = torch.where(drop[:, None, None], torch.zeros_like(text), text)
+    if model.image_conditioned:
+        first = ((x0[:, :, 0].permute(0, 2, 3, 1) + 1) * 127.5).round().to(torch.uint8)
+        text = torch.cat([text, model.image_condition(first).to(text)], 1)
+    s = sigma.view(b, 1, 1, 1, 1)
+    x_t = (1 - s) * x0 + s * eps
+    with model.autocast():
+        pred = model.predict_velocity(x_t, sigma, text)
+    mse = ((pred.float() - (eps - x0)) ** 2).flatten(1).mean(1)
+    return (mse / model.preconditioning(sigma)[2].flatten() ** 2).mean()  # EDM's weight 1 / c_out^2
+
+
 def lr_at(cfg: PretrainConfig, step: int) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -124,25 +150,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, u
     for step in bar:
         # 1. a batch of scenes and their captions
         x0, captions = batch_of_scenes(cfg, step)
-        text = model.text_encoder(captions)
-        # 2. noise level, noise and prompt dropout, all drawn from this step's generator
+        # 2. noise level, noise and prompt dropout, all drawn from this step's generator; 3. the loss
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        b = x0.shape[0]
-        u = torch.rand(b, generator=g)
-        sigma = cfg.sigma_shift * u / (1 + (cfg.sigma_shift - 1) * u)
-        eps = torch.randn(x0.shape, generator=g)
-        drop = torch.rand(b, generator=g) < cfg.p_uncond
-        text = torch.where(drop[:, None, None], torch.zeros_like(text), text)
-        if model.image_conditioned:  # the first frame stays in the dropped ones (CFG keeps the image)
-            first = ((x0[:, :, 0].permute(0, 2, 3, 1) + 1) * 127.5).round().to(torch.uint8)
-            text = torch.cat([text, model.encode_images(first)], 1)
-        s = sigma.view(b, 1, 1, 1, 1)
-        x_t = (1 - s) * x0 + s * eps
-        # 3. velocity regression
-        with model.autocast():
-            pred = model.predict_velocity(x_t, sigma, text)
-        mse = ((pred.float() - (eps - x0)) ** 2).flatten(1).mean(1)
-        loss = (mse / model.preconditioning(sigma)[2].flatten() ** 2).mean()  # EDM's weight 1 / c_out^2
+        loss = flow_matching_loss(model, x0, captions, g, cfg.p_uncond, cfg.sigma_shift)
         # 4. update + EMA
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)

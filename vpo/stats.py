@@ -41,6 +41,13 @@ class PairResult:
     tie_rate: float | None
 
 
+def bootstrap_mean_ci(x, draws: int = 10_000, seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``x`` (values resampled with replacement)."""
+    means = np.random.default_rng(seed).choice(np.asarray(x, dtype=float), (draws, len(x))).mean(1)
+    lo, hi = np.percentile(means, [50 * (1 - confidence), 50 * (1 + confidence)])
+    return float(lo), float(hi)
+
+
 def pairwise(a: str, b: str, wins_a: int, wins_b: int, ties: int, confidence: float = 0.95) -> PairResult:
     n = wins_a + wins_b
     total = n + ties

@@ -186,7 +186,9 @@ class Run:
         ref = self.adapter_params(REF)
         for k, p in self.adapter_params(POLICY).items():
             ref[k.replace(f".{POLICY}.", f".{REF}.")].copy_(p)
-        if self.physencoder is not None:
+        if self.physencoder is not None and self.physencoder.reference_head is not None:
+            # (a PhysEncoder the run does not train, e.g. trainable = lora, has no reference head:
+            # its one frozen head serves both models)
             self.physencoder.update_reference()
 
     # --- randomness: every draw is a function of (seed, step, purpose) -----------------------

@@ -1,0 +1,109 @@
+"""``vpo physmaster`` (issue 17, item 5): PhysMaster's three stages on the shipped tiny-i2v, with
+``--quick`` (a few tiny steps per stage), each stage's checkpoint and the base evaluated on the
+same held-out scenes."""
+
+import shutil
+
+import pytest
+import torch
+
+from vpo.backbones.physencoder import HEAD
+from vpo.cli import main
+from vpo.physmaster import LABELS, STAGES, STARTED_FROM, PhysMasterConfig
+from vpo.train.checkpoints import POLICY, REF, latest_checkpoint, read_safetensors
+from vpo.train.sinks import read_metrics
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One ``vpo physmaster --quick`` run, shared by the tests of this module (about 10 s)."""
+    out = tmp_path_factory.mktemp("physmaster") / "pm"
+    assert main(["--threads", "1", "physmaster", "--quick", "--out", str(out)]) == 0
+    return out
+
+
+def tensors(out, stage) -> dict[str, torch.Tensor]:
+    return read_safetensors(latest_checkpoint(out / stage) / "adapter.safetensors")
+
+
+def split(saved: dict[str, torch.Tensor]) -> tuple[dict, dict, dict]:
+    """(policy adapter, reference adapter, the policy's PhysEncoder head) of a checkpoint's tensors."""
+    policy = {k: v for k, v in saved.items() if f".{POLICY}." in k and "lora_" in k}
+    ref = {k.replace(f".{REF}.", f".{POLICY}."): v for k, v in saved.items() if f".{REF}." in k and "lora_" in k}
+    head = {k: v for k, v in saved.items() if k.startswith(HEAD)}
+    assert policy and head
+    return policy, ref, head
+
+
+def differ(a: dict, b: dict) -> set[str]:
+    assert a.keys() == b.keys()
+    return {k for k in a if not torch.equal(a[k], b[k])}
+
+
+def test_the_three_stages_run_in_order_each_training_what_it_should(quick_run):
+    quick = PhysMasterConfig.quick("x")
+    steps = {
+        "stage1-sft": quick.steps_sft,
+        "stage2-dpo-lora": quick.steps_dpo,
+        "stage3-dpo-physencoder": quick.steps_dpo,
+    }
+    for stage in STAGES:
+        assert latest_checkpoint(quick_run / stage).name == f"step_{steps[stage]:06d}"
+        assert [m["step"] for m in read_metrics(quick_run / stage) if m["step"]] == list(range(1, steps[stage] + 1))
+    sft, lora, head = (split(tensors(quick_run, s)) for s in STAGES)
+    # stage I trained both: the adapter's B and the head's output projection left their zero init
+    assert any(k.endswith("lora_B.policy.weight") and v.abs().sum() > 0 for k, v in sft[0].items())
+    assert sft[2][HEAD + "out.weight"].abs().sum() > 0
+    # each DPO stage started from the stage before: its reference is that stage's policy (no
+    # curriculum update in one step)
+    assert not differ(lora[1], sft[0]) and not differ(head[1], lora[0])
+    # stage II trained the adapter alone, stage III the head alone
+    assert differ(lora[0], sft[0]) and not differ(lora[2], sft[2])
+    assert not differ(head[0], lora[0]) and differ(head[2], lora[2])
+    assert (quick_run / "stage2-dpo-lora" / STARTED_FROM).read_text().strip() == "stage1-sft/checkpoints/step_000002"
+
+
+def test_the_report_has_a_row_for_the_base_and_each_stage(quick_run, capsys):
+    report = (quick_run / "report.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| ") and not line.startswith("| model ")]
+    assert [r.split(" | ")[0][2:] for r in rows] == [LABELS[k] for k in ("base", *STAGES)]
+    for row in rows:  # the mean inside its interval, three reward dimensions in [0, 1]
+        cells = row.strip("| ").split(" | ")
+        mean, lo, hi = float(cells[1].split()[0]), *map(float, cells[1].split("[")[1].rstrip("]").split(", "))
+        assert lo <= mean <= hi
+        assert all(0 <= float(c) <= 1 for c in cells[3:])
+
+
+def test_rerunning_reuses_finished_stages_and_retrains_a_removed_one(quick_run, capsys):
+    def stamps():
+        return {p: p.stat().st_mtime_ns for p in quick_run.rglob("*") if p.is_file() and p.name != "report.md"}
+
+    before = stamps()
+    assert main(["--threads", "1", "physmaster", "--quick", "--out", str(quick_run)]) == 0
+    assert "stage3-dpo-physencoder: reused" in capsys.readouterr().out
+    assert stamps() == before  # nothing trained, nothing evaluated again
+    shutil.rmtree(quick_run / "stage3-dpo-physencoder")
+    assert main(["--threads", "1", "physmaster", "--quick", "--out", str(quick_run)]) == 0
+    out = capsys.readouterr().out
+    assert "stage2-dpo-lora: reused" in out and "stage3-dpo-physencoder: trained" in out
+    after = stamps()
+    assert all(after[p] == t for p, t in before.items() if "stage3" not in str(p))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--steps-sft", "0"], "steps-sft must be >= 1"),
+        (["--heldout", "0"], "heldout must be >= 1"),
+        (["--steps-dpo", "2"], "other settings"),  # the quick run's stage II took 1 step
+    ],
+)
+def test_bad_input_exits_2_with_a_message(quick_run, capsys, args, message):
+    assert main(["physmaster", "--quick", "--out", str(quick_run), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_out_that_is_a_file_exits_2(tmp_path, capsys):
+    (tmp_path / "f").write_text("")
+    assert main(["physmaster", "--quick", "--out", str(tmp_path / "f")]) == 2
+    assert "is a file" in capsys.readouterr().err

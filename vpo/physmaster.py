@@ -1,0 +1,356 @@
+"""PhysMaster's three stages as one command (issue 17, item 5; ``vpo physmaster --out DIR``).
+
+On ``tiny-i2v`` with a PhysEncoder (``vpo/backbones/physencoder.py``), each stage a run folder under
+``DIR`` (checkpoints, ``metrics.jsonl``), each starting from the checkpoint of the one before:
+
+I.   ``stage1-sft``: supervised flow matching of the generator's LoRA adapter **and** the
+     PhysEncoder's head on ground-truth renders of physics-world training scenes (first frame +
+     caption -> video). The loss and the data are ``vpo pretrain``'s (``pretrain.flow_matching_loss``,
+     ``pretrain.batch_of_scenes``): EDM-weighted velocity regression, sigma shift 3, 10% of captions
+     dropped, fresh scenes every step (seeds from 1,000,000 on: none that pretrained tiny-i2v).
+II.  ``stage2-dpo-lora``: online DPO (``online_dpo``) with ``trainable = lora`` and reward
+     ``physics`` / ``trajectory``; the PhysEncoder's head is stage I's, frozen.
+III. ``stage3-dpo-physencoder``: online DPO with ``trainable = physencoder``: stage II's adapter
+     frozen, the head trained.
+
+A DPO stage's policy *and* reference start as the stage before's policy (adapter and head), as a
+DPO run starts from its SFT model; the curriculum update then moves the reference every K steps.
+
+Each stage is trained through ``vpo.train.runner.Run`` (adapters, the PhysEncoder, optimizer,
+checkpoints, resume), so stage I's checkpoint has the layout ``load_policy`` and the DPO stages read.
+Its recorded ``TrainConfig`` is a carrier: ``algorithm`` is not read (stage I runs its own step,
+below), ``prompts_per_step`` is the SFT batch size.
+
+A finished stage (its last checkpoint at its step count, with the same settings and started from
+the same checkpoint) is reused; an unfinished one resumes. After each stage its checkpoint, and
+the base tiny-i2v, are evaluated on the same held-out scenes and seeds (``evaluate``), cached in
+each folder's ``eval.json``; the table goes to ``DIR/report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vpo.data import physics
+from vpo.stats import bootstrap_mean_ci
+from vpo.train.config import TrainConfig
+
+BACKBONE = "tiny-i2v"
+# Stage II/III's reward dimension. trajectory, not global: it is the continuous measure the
+# held-out evaluation reports (exp(-err / 2 px) of the same kind of error), so each pair is ranked
+# by what the stage should lower; contact moves in quarter steps (a frame's offset), so it ties
+# candidates often, and global = (trajectory + contact) / 2 would add those steps to the ranking.
+DIMENSION = "trajectory"
+STAGES = ("stage1-sft", "stage2-dpo-lora", "stage3-dpo-physencoder")
+TRAINABLE = {"stage1-sft": "both", "stage2-dpo-lora": "lora", "stage3-dpo-physencoder": "physencoder"}
+LABELS = {
+    "base": "base tiny-i2v (shipped)",
+    "stage1-sft": "I: SFT (LoRA + PhysEncoder head)",
+    "stage2-dpo-lora": "II: online DPO, LoRA",
+    "stage3-dpo-physencoder": "III: online DPO, PhysEncoder head",
+}
+SFT_LOSS, SFT_GRAD_NORM = "sft/loss", "sft/grad_norm"
+STARTED_FROM = "started_from.txt"  # a DPO stage's folder: the checkpoint (relative to DIR) it started from
+
+
+@dataclass
+class PhysMasterConfig:
+    out: str
+    steps_sft: int = 200  # stage I's optimizer steps
+    steps_dpo: int = 30  # stage II's and stage III's each
+    heldout: int = 32  # held-out scenes each model is evaluated on
+    sft_batch: int = 8  # stage I: scenes per step
+    sft_lr: float = 1e-3
+    dpo_lr: float = 1e-3
+    num_candidates: int = 6  # stages II/III: N
+    noise_draws: int = 8
+    ref_update_every: int = 20
+    tie_tolerance: float = 1e-3
+    sampling_steps: int = 20  # candidates and evaluation
+    guidance: float = 4.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("out",):
+                continue
+            if isinstance(value, int) and f.name not in ("seed", "ref_update_every") and value < 1:
+                raise ValueError(f"{f.name.replace('_', '-')} must be >= 1, got {value}")
+        if self.num_candidates < 2:
+            raise ValueError(f"num-candidates must be >= 2 to form a pair, got {self.num_candidates}")
+        if self.heldout > 1000:
+            raise ValueError(f"heldout must be <= 1000 scenes, got {self.heldout}")
+        if not self.out:
+            raise ValueError("out must name a folder")
+
+    @classmethod
+    def quick(cls, out: str, **overrides: Any) -> PhysMasterConfig:
+        """A few tiny steps per stage (tests, CI): it checks that everything runs, not that it learns."""
+        small = dict(
+            steps_sft=2,
+            steps_dpo=1,
+            heldout=2,
+            sft_batch=2,
+            num_candidates=2,
+            noise_draws=1,
+            tie_tolerance=0.0,
+            sampling_steps=2,
+        )
+        return cls(out=out, **{**small, **overrides})
+
+    def stage_config(self, stage: str) -> TrainConfig:
+        out = Path(self.out) / stage
+        common = dict(
+            backbone=BACKBONE,
+            prompts="physics-train",
+            heldout_prompts="physics-heldout",
+            reward="physics",
+            dimension=DIMENSION,
+            trainable=TRAINABLE[stage],
+            heldout_every=0,  # each stage's checkpoint is evaluated on held-out scenes after it
+            seed=self.seed,
+            guidance=self.guidance,
+            sampling_steps=self.sampling_steps,
+            out=str(out),
+        )
+        if stage == "stage1-sft":
+            steps = self.steps_sft
+            specific = dict(steps=steps, prompts_per_step=self.sft_batch, lr=self.sft_lr, num_candidates=2)
+        else:
+            steps = self.steps_dpo
+            specific = dict(
+                steps=steps,
+                lr=self.dpo_lr,
+                num_candidates=self.num_candidates,
+                noise_draws=self.noise_draws,
+                ref_update_every=self.ref_update_every,
+                tie_tolerance=self.tie_tolerance,
+            )
+        return TrainConfig.from_dict({**common, **specific, "checkpoint_every": min(steps, 20)})
+
+
+# --- the stages ------------------------------------------------------------------------------
+def physmaster(
+    cfg: PhysMasterConfig, progress: bool = True, say: Callable[[str], None] = print, device: str = "cpu"
+) -> Path:
+    """Train (or reuse) the three stages in order, evaluate the base and each stage on the held-out
+    scenes; returns the path of ``report.md``."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out {cfg.out!r} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    shared = Shared(device)
+    parent: Path | None = None
+    for stage in STAGES:
+        checkpoint, trained = run_stage(cfg, stage, parent, shared, progress)
+        say(f"{stage}: {'trained' if trained else 'reused'} {checkpoint.relative_to(out)}")
+        parent = checkpoint
+    scenes = physics.heldout_scenes(cfg.heldout)
+    rows = {"base": evaluated(out / "base-eval.json", None, scenes, cfg, shared)}
+    for stage in STAGES:
+        rows[stage] = evaluated(out / stage / "eval.json", out / stage, scenes, cfg, shared)
+    table = format_table(rows)
+    say(table)
+    path = out / "report.md"
+    path.write_text(report(cfg, rows, table))
+    return path
+
+
+class Shared:
+    """What every stage's fresh backbone shares: the text encoder (loaded once)."""
+
+    def __init__(self, device: str):
+        self.device, self.text_encoder = device, None
+
+    def backbone(self):
+        from vpo.backbones.tiny_i2v import TinyI2VBackbone
+
+        bb = TinyI2VBackbone.load(text_encoder=self.text_encoder).to(self.device).eval()
+        self.text_encoder = bb.text_encoder
+        return bb
+
+
+def run_stage(
+    cfg: PhysMasterConfig, stage: str, parent: Path | None, shared: Shared, progress: bool
+) -> tuple[Path, bool]:
+    """Stage ``stage`` from checkpoint ``parent`` (None: the shipped tiny-i2v); returns its last
+    checkpoint and whether it trained now (False: reused)."""
+    from vpo.backbones.physencoder import new_physencoder
+    from vpo.train import online_dpo
+    from vpo.train.checkpoints import latest_checkpoint, read_safetensors
+    from vpo.train.runner import Run
+    from vpo.train.sinks import JsonlSink
+
+    tcfg = cfg.stage_config(stage)
+    folder = Path(tcfg.out)
+    started_from = "" if parent is None else str(parent.relative_to(cfg.out))
+    last = latest_checkpoint(folder)
+    if last is not None:
+        saved = json.loads(read_safetensors(last / "adapter.safetensors", metadata_only=True)["config"])
+        if saved != tcfg.to_dict():
+            diff = {k: (v, tcfg.to_dict().get(k)) for k, v in saved.items() if tcfg.to_dict().get(k) != v}
+            raise ValueError(
+                f"{folder} holds a {stage} run with other settings {diff}: give another --out or remove the folder"
+            )
+        before = (folder / STARTED_FROM).read_text().strip() if (folder / STARTED_FROM).exists() else ""
+        if before != started_from:
+            raise ValueError(
+                f"{folder} started from {before or 'the base model'}, not {started_from or 'the base model'}: "
+                "an earlier stage was trained again; remove this folder (and the later stages') to retrain it"
+            )
+        if last.name == f"step_{tcfg.steps:06d}":
+            return last, False
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / STARTED_FROM).write_text(started_from + "\n")
+    bb = shared.backbone()
+    if stage != "stage1-sft":  # the head is the parent's (loaded below); frozen in stage II
+        bb.attach_physencoder(new_physencoder(bb))
+    sink = JsonlSink(folder, tcfg.steps, progress=progress, start_step=0)
+    try:
+        run = Run(tcfg, sink, bb.device.type, backbone=bb)
+        if parent is not None and last is None:
+            start_from(run, parent)
+        if stage == "stage1-sft":
+            checkpoint = sft(run, cfg, resume=last is not None)
+        else:
+            checkpoint = online_dpo.train_run(run, None, last is not None)
+    finally:
+        sink.close()
+    return checkpoint, True
+
+
+def start_from(run, checkpoint: Path) -> None:
+    """Policy and reference of ``run`` (adapter and PhysEncoder head) := the policy of ``checkpoint``."""
+    from vpo.backbones.physencoder import HEAD, load_head
+    from vpo.train.checkpoints import POLICY, read_safetensors
+
+    saved = read_safetensors(checkpoint / "adapter.safetensors")
+    policy = run.adapter_params(POLICY)
+    if set(policy) - set(saved):
+        raise ValueError(f"{checkpoint} does not fit stage {run.out.name}: no {sorted(set(policy) - set(saved))[0]}")
+    with torch.no_grad():
+        for k, p in policy.items():
+            p.copy_(saved[k])
+    load_head(run.physencoder, {k: v for k, v in saved.items() if k.startswith(HEAD)}, checkpoint)
+    run.update_reference()
+
+
+def sft(run, cfg: PhysMasterConfig, resume: bool) -> Path:
+    """Stage I's loop: ``Run.loop`` with a supervised step in place of DPO's."""
+    from vpo.pretrain import PretrainConfig, batch_of_scenes, flow_matching_loss
+
+    # pretrain's data and schedule of sigma; seed + 1: scene seeds from 1,000,000 on, none that
+    # pretrained tiny-i2v (seeds 0-14,399)
+    data = PretrainConfig(backbone=BACKBONE, batch_size=cfg.sft_batch, seed=cfg.seed + 1)
+
+    def one_step(step: int) -> dict[str, float]:
+        # 1. a batch of ground-truth scenes: render, first frame, caption
+        x0, captions = batch_of_scenes(data, step)
+        # 2. the flow-matching loss (noise, sigma and caption dropout from this step's generator)
+        loss = flow_matching_loss(
+            run.backbone,
+            x0.to(run.backbone.device),
+            captions,
+            run.generator(step, "sft"),
+            data.p_uncond,
+            data.sigma_shift,
+        )
+        run.check_finite("the SFT loss", loss)
+        # 3. update the adapter and the head
+        return {SFT_LOSS: loss.item(), SFT_GRAD_NORM: run.optimizer_step(loss)}
+
+    return run.loop(run.begin(resume), None, one_step)
+
+
+# --- evaluation on held-out scenes -----------------------------------------------------------
+def evaluate(backbone, scenes: list[physics.PhysScene], steps: int, guidance: float) -> dict[str, Any]:
+    """One video per scene from its first frame and caption (its seed the sampling seed): the
+    trajectory error (px) of each against the simulator's rollout of the true state, and the
+    ``physics`` reward's dimensions (means)."""
+    from vpo.rewards import load_reward
+
+    captions = [s.caption for s in scenes]
+    seeds = [s.seed for s in scenes]  # as benchmarks/physics_i2v.py
+    first = np.stack([s.render()[0] for s in scenes])
+    videos = backbone.sample_many(captions, seeds, steps=steps, guidance=guidance, images=first)
+    errors = [float(physics.trajectory_error(v, s.state)) for v, s in zip(videos.numpy(), scenes)]
+    result = load_reward("physics").score(videos, captions)
+    return {
+        "trajectory_error": errors,
+        "reward": {d: float(torch.nanmean(s)) for d, s in result.scores.items()},
+    }
+
+
+def evaluated(
+    path: Path, run_folder: Path | None, scenes: list[physics.PhysScene], cfg: PhysMasterConfig, shared: Shared
+) -> dict[str, Any]:
+    """``evaluate`` of the base (``run_folder`` None) or of a stage's last checkpoint, cached at
+    ``path`` for these scenes, settings and checkpoint."""
+    from vpo.train.checkpoints import latest_checkpoint, load_policy
+
+    checkpoint = None if run_folder is None else latest_checkpoint(run_folder)
+    key = {
+        "scenes": [s.seed for s in scenes],
+        "steps": cfg.sampling_steps,
+        "guidance": cfg.guidance,
+        "checkpoint": None if checkpoint is None else checkpoint.name,
+    }
+    if path.exists():
+        row = json.loads(path.read_text())
+        if row.get("key") == key:
+            return row
+    bb = shared.backbone()
+    if checkpoint is not None:
+        load_policy(bb, checkpoint)
+    t0 = time.perf_counter()
+    row = {"key": key, **evaluate(bb, scenes, cfg.sampling_steps, cfg.guidance), "eval_s": time.perf_counter() - t0}
+    path.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def format_table(rows: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        "| model | trajectory error (px), mean [95% CI] | median | reward trajectory | contact | global |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in rows.items():
+        err = np.asarray(row["trajectory_error"])
+        lo, hi = bootstrap_mean_ci(err)
+        r = row["reward"]
+        lines.append(
+            f"| {LABELS[name]} | {err.mean():.2f} [{lo:.2f}, {hi:.2f}] | {np.median(err):.2f} "
+            f"| {r['trajectory']:.3f} | {r['contact']:.3f} | {r['global']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def report(cfg: PhysMasterConfig, rows: dict[str, dict[str, Any]], table: str) -> str:
+    from vpo.ablations import machine
+    from vpo.train.sinks import read_metrics
+
+    walls = []
+    for stage in STAGES:
+        metrics = read_metrics(Path(cfg.out) / stage)
+        walls.append(f"{stage} {metrics[-1]['time']:.0f} s" if metrics else f"{stage} –")
+    n = len(rows["base"]["trajectory_error"])
+    settings = {k: v for k, v in asdict(cfg).items() if k != "out"}
+    return (
+        "# PhysMaster: base vs stages I-III on held-out physics scenes\n\n"
+        f"{n} held-out scenes (`physics.heldout_scenes`, seeds 10,000,000-), each sampled once from its first "
+        f"frame and caption with its seed, {cfg.sampling_steps} Euler steps, CFG {cfg.guidance}; the same scenes "
+        "and seeds for every row. Trajectory error: `physics.trajectory_error` against the simulator's rollout "
+        "of the true state, mean with a 95% percentile bootstrap interval over scenes. Reward: the `physics` "
+        f"source's dimensions, means (stages II and III trained on `{DIMENSION}`).\n\n"
+        f"{table}\n\n"
+        f"Settings: `{json.dumps(settings)}`. Training clock of each stage's last run (a resumed run counts "
+        f"from its resume): {', '.join(walls)}. Machine: {machine()}.\n"
+    )
