@@ -71,7 +71,11 @@ def test_the_report_has_a_row_for_the_base_and_each_stage(quick_run, capsys):
         cells = row.strip("| ").split(" | ")
         mean, lo, hi = float(cells[1].split()[0]), *map(float, cells[1].split("[")[1].rstrip("]").split(", "))
         assert lo <= mean <= hi
-        assert all(0 <= float(c) <= 1 for c in cells[3:])
+        assert all(0 <= float(c) <= 1 for c in cells[4:])
+    # the change from the row above: the difference of the two rows' means (the same scenes)
+    means = [float(r.split(" | ")[1].split()[0]) for r in rows]
+    for row, mean, above in zip(rows[1:], means[1:], means):
+        assert abs(float(row.split(" | ")[3].split()[0]) - (mean - above)) <= 0.011
 
 
 def test_rerunning_reuses_finished_stages_and_retrains_a_removed_one(quick_run, capsys):

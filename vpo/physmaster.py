@@ -318,16 +318,26 @@ def evaluated(
 
 
 def format_table(rows: dict[str, dict[str, Any]]) -> str:
+    """The report's table. The change from the row above is paired (the same scenes and seeds):
+    the mean of the per-scene differences, with its own bootstrap interval, which is narrower than
+    what the two rows' intervals suggest."""
     lines = [
-        "| model | trajectory error (px), mean [95% CI] | median | reward trajectory | contact | global |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| model | trajectory error (px), mean [95% CI] | median | change from the row above, paired [95% CI] "
+        "| reward trajectory | contact | global |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    above: np.ndarray | None = None
     for name, row in rows.items():
         err = np.asarray(row["trajectory_error"])
         lo, hi = bootstrap_mean_ci(err)
+        change = "–"
+        if above is not None:
+            d_lo, d_hi = bootstrap_mean_ci(err - above)
+            change = f"{(err - above).mean():+.2f} [{d_lo:+.2f}, {d_hi:+.2f}]"
+        above = err
         r = row["reward"]
         lines.append(
-            f"| {LABELS[name]} | {err.mean():.2f} [{lo:.2f}, {hi:.2f}] | {np.median(err):.2f} "
+            f"| {LABELS[name]} | {err.mean():.2f} [{lo:.2f}, {hi:.2f}] | {np.median(err):.2f} | {change} "
             f"| {r['trajectory']:.3f} | {r['contact']:.3f} | {r['global']:.3f} |"
         )
     return "\n".join(lines)
