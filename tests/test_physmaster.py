@@ -94,6 +94,15 @@ def test_rerunning_reuses_finished_stages_and_retrains_a_removed_one(quick_run, 
     assert all(after[p] == t for p, t in before.items() if "stage3" not in str(p))
 
 
+def test_a_copied_folder_is_reused_where_it_is(quick_run, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(quick_run, copy)
+    before = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file() and p.name != "report.md"}
+    assert main(["--threads", "1", "physmaster", "--quick", "--out", str(copy)]) == 0
+    assert capsys.readouterr().out.count(": reused ") == len(STAGES)
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

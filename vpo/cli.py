@@ -537,6 +537,7 @@ def _add_physmaster(sub):
     p.add_argument("--steps-dpo", type=int, help="stage II's and stage III's steps each (default: 30; --quick: 1)")
     p.add_argument("--heldout", type=int, help="held-out scenes each model is evaluated on (default: 32; --quick: 2)")
     p.add_argument("--seed", type=int, help="seed of every stage (default: 0)")
+    p.add_argument("--head-lr", type=float, help="stage III's learning rate, the head's (default: 1e-3)")
     p.add_argument(
         "--quick",
         action="store_true",
@@ -555,6 +556,7 @@ def cmd_physmaster(args) -> int:
             "steps_dpo": args.steps_dpo,
             "heldout": args.heldout,
             "seed": args.seed,
+            "head_lr": args.head_lr,
         }.items()
         if v is not None
     }

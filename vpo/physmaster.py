@@ -69,7 +69,8 @@ class PhysMasterConfig:
     heldout: int = 32  # held-out scenes each model is evaluated on
     sft_batch: int = 8  # stage I: scenes per step
     sft_lr: float = 1e-3
-    dpo_lr: float = 1e-3
+    dpo_lr: float = 1e-3  # stage II (the adapter)
+    head_lr: float = 1e-3  # stage III (the head)
     num_candidates: int = 6  # stages II/III: N
     noise_draws: int = 8
     ref_update_every: int = 20
@@ -127,7 +128,7 @@ class PhysMasterConfig:
             steps = self.steps_dpo
             specific = dict(
                 steps=steps,
-                lr=self.dpo_lr,
+                lr=self.dpo_lr if stage == "stage2-dpo-lora" else self.head_lr,
                 num_candidates=self.num_candidates,
                 noise_draws=self.noise_draws,
                 ref_update_every=self.ref_update_every,
@@ -193,7 +194,9 @@ def run_stage(
     started_from = "" if parent is None else str(parent.relative_to(cfg.out))
     last = latest_checkpoint(folder)
     if last is not None:
+        # the same settings; out may differ (DIR moved or copied: the stages' links are relative)
         saved = json.loads(read_safetensors(last / "adapter.safetensors", metadata_only=True)["config"])
+        saved["out"] = tcfg.out
         if saved != tcfg.to_dict():
             diff = {k: (v, tcfg.to_dict().get(k)) for k, v in saved.items() if tcfg.to_dict().get(k) != v}
             raise ValueError(
