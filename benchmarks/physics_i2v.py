@@ -24,11 +24,6 @@ from vpo.data import physics
 from vpo.stats import bootstrap_mean_ci
 
 
-def bootstrap_ci(x: np.ndarray, draws: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean (scenes resampled with replacement)."""
-    return bootstrap_mean_ci(x, draws, seed)
-
-
 def score(videos: np.ndarray, scenes: list[physics.PhysScene]) -> dict[str, np.ndarray]:
     frame0 = np.array([np.abs(v[0].astype(float) - s.render()[0]).mean() for v, s in zip(videos, scenes)])
     traj = np.array([physics.trajectory_error(v, s.state) for v, s in zip(videos, scenes)])
@@ -68,7 +63,7 @@ def main() -> None:
     print("| videos | frame-0 error (0-255) | trajectory error (px), mean [95% CI] | median |")
     print("|---|---:|---:|---:|")
     for name, r in rows.items():
-        lo, hi = bootstrap_ci(r["trajectory"])
+        lo, hi = bootstrap_mean_ci(r["trajectory"])  # scenes resampled with replacement
         print(
             f"| {name} | {r['frame0'].mean():.2f} | {r['trajectory'].mean():.2f} [{lo:.2f}, {hi:.2f}] "
             f"| {np.median(r['trajectory']):.2f} |"

@@ -29,6 +29,17 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+def as_if_pretrained(backbone):
+    """A fresh tiny model outputs 0 (zero-initialised gates): move every transformer parameter by
+    0.05 N(0, 1) (torch's global generator) so that every path counts, as if pretrained."""
+    import torch
+
+    with torch.no_grad():
+        for p in backbone.transformer.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return backbone
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """The shipped tiny backbone, loaded once per test session."""

@@ -4,6 +4,7 @@ the conditioning, and ``TrainConfig.trainable`` choosing what a run trains (LoRA
 import numpy as np
 import pytest
 import torch
+from conftest import as_if_pretrained
 
 from vpo.backbones.physencoder import HEAD, REFERENCE_HEAD, TOKENS, PhysEncoder, VisionFeatures, new_physencoder
 from vpo.backbones.tiny import TEXT_DIM, TEXT_TOKENS, TinyBackbone, TinyConfig
@@ -31,11 +32,7 @@ def small_i2v(tiny):
     def make():
         torch.manual_seed(0)
         config = TinyConfig(dim=32, heads=2, depth=2, mlp_ratio=2, first_frame=True)
-        bb = TinyI2VBackbone(config, text_encoder=tiny.text_encoder).eval()
-        with torch.no_grad():
-            for p in bb.transformer.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-        return bb
+        return as_if_pretrained(TinyI2VBackbone(config, text_encoder=tiny.text_encoder).eval())
 
     return make
 

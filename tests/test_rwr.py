@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import as_if_pretrained
 
 from vpo.backbones.tiny import MiniLM, TinyBackbone, TinyConfig
 from vpo.train import train
@@ -55,11 +56,9 @@ def text_encoder():
 
 def small_backbone(text_encoder):
     torch.manual_seed(0)
-    bb = TinyBackbone(TinyConfig(dim=32, heads=2, depth=1, mlp_ratio=2), text_encoder=text_encoder).eval()
-    with torch.no_grad():  # a fresh model outputs 0 (zero-initialised gates): make every path count
-        for p in bb.transformer.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return bb
+    return as_if_pretrained(
+        TinyBackbone(TinyConfig(dim=32, heads=2, depth=1, mlp_ratio=2), text_encoder=text_encoder).eval()
+    )
 
 
 def test_an_update_with_equal_rewards_is_a_flow_matching_step(tmp_path, text_encoder):

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import as_if_pretrained
 
 from vpo.backbones.tiny import MiniLM, TinyBackbone, TinyConfig
 from vpo.train import ALGORITHMS, train
@@ -26,13 +27,9 @@ def small(text_encoder):
 
     def make():
         torch.manual_seed(0)
-        bb = TinyBackbone(TinyConfig(dim=32, heads=2, depth=1, mlp_ratio=2), text_encoder=text_encoder).eval()
-        with (
-            torch.no_grad()
-        ):  # a fresh model outputs 0 (zero-initialised gates); as if pretrained, make every path count
-            for p in bb.transformer.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-        return bb
+        return as_if_pretrained(
+            TinyBackbone(TinyConfig(dim=32, heads=2, depth=1, mlp_ratio=2), text_encoder=text_encoder).eval()
+        )
 
     return make
 

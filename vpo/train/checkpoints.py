@@ -133,10 +133,10 @@ def read_safetensors(path: str | Path, metadata_only: bool = False) -> Any:
         raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
 
 
-def load_adapters(transformer: Any, path: str | Path) -> None:
-    """Copy saved adapter tensors into a transformer that has the same adapters (a PhysEncoder's
-    head, also in the file, is ``physencoder.load_head``'s)."""
-    saved = {k: v for k, v in read_safetensors(path).items() if not k.startswith("physencoder.")}
+def load_adapters(transformer: Any, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Copy a checkpoint's adapter tensors (``read_safetensors`` of its ``path``) into a transformer
+    that has the same adapters (a PhysEncoder's head, in the same file, is ``physencoder.load_head``'s)."""
+    saved = {k: v for k, v in tensors.items() if not k.startswith("physencoder.")}
     own = dict(transformer.named_parameters())
     missing = [k for k in saved if k not in own]
     if missing:
@@ -167,10 +167,10 @@ def load_policy(backbone: Any, checkpoint: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path} was trained on backbone {cfg['backbone']!r}, not {backbone.name!r}")
     lora = dict(r=cfg["lora_rank"], lora_alpha=cfg["lora_rank"], target_modules=list(backbone.lora_target_modules))
     add_policy_and_ref(backbone.transformer, lora)
-    load_adapters(backbone.transformer, path)
+    saved = read_safetensors(path)
+    load_adapters(backbone.transformer, saved, path)
     backbone.transformer.set_adapter(POLICY)
     backbone.transformer.requires_grad_(False)
-    saved = read_safetensors(path)
     if any(k.startswith("physencoder.") for k in saved):  # the run had a PhysEncoder: its policy head
         from vpo.backbones.physencoder import load_head, new_physencoder
 

@@ -382,9 +382,10 @@ class Run:
         if saved != self.cfg.to_dict():
             diff = {k: (v, self.cfg.to_dict()[k]) for k, v in saved.items() if self.cfg.to_dict()[k] != v}
             raise ValueError(f"cannot resume from {folder}: it was trained with other settings {diff}")
-        load_adapters(self.transformer, folder / "adapter.safetensors")
+        tensors = read_safetensors(folder / "adapter.safetensors")
+        load_adapters(self.transformer, tensors, folder)
         if self.physencoder is not None:
-            load_head(self.physencoder, read_safetensors(folder / "adapter.safetensors"), folder)
+            load_head(self.physencoder, tensors, folder)
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
