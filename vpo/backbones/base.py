@@ -13,7 +13,8 @@ Training and sampling only ever see a backbone through these methods:
 
 Image-to-video (``image_conditioned = True``: ``tiny-i2v``, ``wan-i2v``) adds one optional
 argument, ``images`` (uint8 first frames ``(B, H, W, C)``), to ``conditioning``,
-``null_conditioning``, ``guidance_text`` and the ``sample*`` methods. The conditioning stays one
+``guidance_text`` (whose unconditional half is the null text with the same images) and the
+``sample*`` methods. The conditioning stays one
 tensor ``(B, N, D)``: the text tokens of ``encode_prompts``, then the image's tokens
 (``encode_images``), so everything that handles a text tensor (batching, CFG's 2B stack, DPO's
 repeats) handles an image-conditioned one, and more tokens computed from the first frame (issue 17's
@@ -190,13 +191,6 @@ class Backbone(torch.nn.Module):
         frames' tokens."""
         images = self.check_images(images, len(prompts))
         text = self.encode_prompts(prompts)
-        return text if images is None else torch.cat([text, self.image_condition(images).to(text)], 1)
-
-    def null_conditioning(self, batch: int, images=None) -> torch.Tensor:
-        """Classifier-free guidance's unconditional half: the null text, and (I2V) the same first
-        frames: only the text is dropped."""
-        images = self.check_images(images, batch)
-        text = self.null_text(batch)
         return text if images is None else torch.cat([text, self.image_condition(images).to(text)], 1)
 
     # --- shared -------------------------------------------------------------------------------
