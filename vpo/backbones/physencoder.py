@@ -112,9 +112,6 @@ class PhysEncoder(nn.Module):
             out.update({REFERENCE_HEAD + k: p for k, p in self.reference_head.named_parameters()})
         return out
 
-    def head_metadata(self) -> str:
-        return json.dumps(self.head.shape)
-
 
 class TinyFeatures(nn.Module):
     """tiny-i2v's frozen features of a first frame: a copy of its denoiser's patch embedding and
