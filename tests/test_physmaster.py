@@ -120,3 +120,38 @@ def test_an_out_that_is_a_file_exits_2(tmp_path, capsys):
     (tmp_path / "f").write_text("")
     assert main(["physmaster", "--quick", "--out", str(tmp_path / "f")]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_the_ablation_trains_stages_i_and_ii_without_a_physencoder_and_joins_the_report(quick_run, tmp_path, capsys):
+    results = tmp_path / "results.md"
+    results.write_text("# Ablations on the tiny backbone\n\n## (a) Online vs offline DPO\n\nkept\n")
+    args = ["--threads", "1", "physmaster", "--quick", "--out", str(quick_run), "--ablation", "--results"]
+    assert main([*args, str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "stage3-dpo-physencoder: reused" in out  # the main chain is the module's run, untouched
+    assert "no-physencoder/stage2-dpo-lora: trained" in out
+    ablated = quick_run / "no-physencoder"
+    assert not (ablated / "stage3-dpo-physencoder").exists()
+    for stage in ("stage1-sft", "stage2-dpo-lora"):
+        saved = tensors(ablated, stage)
+        assert not any(k.startswith(HEAD) for k in saved)  # no PhysEncoder at all
+        assert any(k.endswith("lora_B.policy.weight") and v.abs().sum() > 0 for k, v in saved.items())
+    report = (quick_run / "report.md").read_text()
+    rows = [line.split(" | ")[0][2:] for line in report.splitlines() if line.startswith("| ") and "model" not in line]
+    assert rows == [LABELS[k] for k in ("base", *STAGES, "no-physencoder/stage1-sft", "no-physencoder/stage2-dpo-lora")]
+    assert "stage II with it vs without" in report and "--ablation" in report
+    # every verdict line says which way by the interval rule
+    verdicts = [line for line in report.splitlines() if line.startswith("- ")]
+    assert len(verdicts) >= 3
+    assert all(any(w in v for w in ("**lowers**", "**raises**", "**no change beyond noise**")) for v in verdicts)
+    # --results: the report as section (p) of the markdown file, the other sections kept; replaced on a rerun
+    text = results.read_text()
+    assert "## (a) Online vs offline DPO\n\nkept" in text and text.count("## (p) PhysMaster") == 1
+    assert main([*args, str(results)]) == 0
+    assert results.read_text().count("## (p) PhysMaster") == 1
+
+
+def test_results_in_a_missing_folder_exits_2(quick_run, tmp_path, capsys):
+    bad = tmp_path / "nowhere" / "results.md"
+    assert main(["physmaster", "--quick", "--out", str(quick_run), "--results", str(bad)]) == 2
+    assert "existing folder" in capsys.readouterr().err

@@ -539,6 +539,15 @@ def _add_physmaster(sub):
     p.add_argument("--seed", type=int, help="seed of every stage (default: 0)")
     p.add_argument("--head-lr", type=float, help="stage III's learning rate, the head's (default: 1e-3)")
     p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also train stages I and II without a PhysEncoder (OUT/no-physencoder/) and compare in the report",
+    )
+    p.add_argument(
+        "--results",
+        help="also write the report as the PhysMaster section of this markdown file (e.g. docs/results.md)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="a few tiny steps per stage (tests, CI): checks that it runs, not that it learns",
@@ -560,9 +569,13 @@ def cmd_physmaster(args) -> int:
         }.items()
         if v is not None
     }
+    given["ablation"] = args.ablation
     cfg = PhysMasterConfig.quick(args.out, **given) if args.quick else PhysMasterConfig(out=args.out, **given)
+    results = Path(args.results) if args.results else None
+    if results is not None and (results.is_dir() or not results.parent.is_dir()):
+        raise ValueError(f"results {args.results!r} must be a markdown file in an existing folder")
     t0 = time.perf_counter()
-    path = physmaster(cfg, device=_device())
+    path = physmaster(cfg, device=_device(), results=results)
     print(f"report -> {path} ({(time.perf_counter() - t0) / 60:.1f} min)")
     return 0
 

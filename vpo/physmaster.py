@@ -21,6 +21,11 @@ checkpoints, resume), so stage I's checkpoint has the layout ``load_policy`` and
 Its recorded ``TrainConfig`` is a carrier: ``algorithm`` is not read (stage I runs its own step,
 below), ``prompts_per_step`` is the SFT batch size.
 
+The ablation without a PhysEncoder (``ablation``, ``vpo physmaster --ablation``) trains stages I
+and II again in ``DIR/no-physencoder/`` with ``trainable = lora`` and no PhysEncoder at all (the
+generator sees text and image tokens only); there is no stage III to run. Its rows join the report,
+with stage II with vs without the PhysEncoder compared on the same scenes.
+
 A finished stage (its last checkpoint at its step count, with the same settings and started from
 the same checkpoint) is reused; an unfinished one resumes. After each stage its checkpoint, and
 the base tiny-i2v, are evaluated on the same held-out scenes and seeds (``evaluate``), cached in
@@ -32,7 +37,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +56,18 @@ BACKBONE = "tiny-i2v"
 DIMENSION = "trajectory"
 STAGES = ("stage1-sft", "stage2-dpo-lora", "stage3-dpo-physencoder")
 TRAINABLE = {"stage1-sft": "both", "stage2-dpo-lora": "lora", "stage3-dpo-physencoder": "physencoder"}
+NO_PHYSENCODER = "no-physencoder"  # the ablation's folder under DIR; its stages I and II train the LoRA only
+ABLATION_STAGES = STAGES[:2]
 LABELS = {
     "base": "base tiny-i2v (shipped)",
     "stage1-sft": "I: SFT (LoRA + PhysEncoder head)",
     "stage2-dpo-lora": "II: online DPO, LoRA",
     "stage3-dpo-physencoder": "III: online DPO, PhysEncoder head",
+    f"{NO_PHYSENCODER}/stage1-sft": "I without PhysEncoder: SFT (LoRA)",
+    f"{NO_PHYSENCODER}/stage2-dpo-lora": "II without PhysEncoder: online DPO, LoRA",
 }
 SFT_LOSS, SFT_GRAD_NORM = "sft/loss", "sft/grad_norm"
+RESULTS_SECTION = "p"  # the section of docs/results.md (``vpo ablate``'s report) that --results writes
 STARTED_FROM = "started_from.txt"  # a DPO stage's folder: the checkpoint (relative to DIR) it started from
 
 
@@ -78,6 +88,8 @@ class PhysMasterConfig:
     sampling_steps: int = 20  # candidates and evaluation
     guidance: float = 4.0
     seed: int = 0
+    physencoder: bool = True  # False: the ablation's chain (stages I and II, LoRA only, no PhysEncoder)
+    ablation: bool = False  # also run the chain without a PhysEncoder in DIR/no-physencoder/
 
     def __post_init__(self) -> None:
         # counts; the rest (learning rates, K, guidance...) TrainConfig checks, naming its field
@@ -106,6 +118,14 @@ class PhysMasterConfig:
         )
         return cls(out=out, **{**small, **overrides})
 
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return STAGES if self.physencoder else ABLATION_STAGES
+
+    def without_physencoder(self) -> PhysMasterConfig:
+        """The ablation's chain: the same settings in DIR/no-physencoder/, no PhysEncoder."""
+        return replace(self, out=str(Path(self.out) / NO_PHYSENCODER), physencoder=False, ablation=False)
+
     def stage_config(self, stage: str) -> TrainConfig:
         out = Path(self.out) / stage
         common = dict(
@@ -114,7 +134,7 @@ class PhysMasterConfig:
             heldout_prompts="physics-heldout",
             reward="physics",
             dimension=DIMENSION,
-            trainable=TRAINABLE[stage],
+            trainable=TRAINABLE[stage] if self.physencoder else "lora",
             heldout_every=0,  # each stage's checkpoint is evaluated on held-out scenes after it
             seed=self.seed,
             guidance=self.guidance,
@@ -139,28 +159,47 @@ class PhysMasterConfig:
 
 # --- the stages ------------------------------------------------------------------------------
 def physmaster(
-    cfg: PhysMasterConfig, progress: bool = True, say: Callable[[str], None] = print, device: str = "cpu"
+    cfg: PhysMasterConfig,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+    device: str = "cpu",
+    results: Path | None = None,
 ) -> Path:
-    """Train (or reuse) the three stages in order, evaluate the base and each stage on the held-out
-    scenes; returns the path of ``report.md``."""
+    """Train (or reuse) the stages in order (and the ablation's, with ``cfg.ablation``), evaluate
+    the base and each stage on the held-out scenes; returns the path of ``report.md``. ``results``:
+    a markdown report (``docs/results.md``) whose PhysMaster section is written or replaced."""
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out {cfg.out!r} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     shared = Shared(device)
-    parent: Path | None = None
-    for stage in STAGES:
-        checkpoint, trained = run_stage(cfg, stage, parent, shared, progress)
-        say(f"{stage}: {'trained' if trained else 'reused'} {checkpoint.relative_to(out)}")
-        parent = checkpoint
+    chains = [cfg, cfg.without_physencoder()] if cfg.ablation else [cfg]
+    for chain in chains:
+        parent: Path | None = None
+        for stage in chain.stages:
+            checkpoint, trained = run_stage(chain, stage, parent, shared, progress)
+            say(
+                f"{Path(chain.out, stage).relative_to(out)}: {'trained' if trained else 'reused'} "
+                f"{checkpoint.relative_to(chain.out)}"
+            )
+            parent = checkpoint
     scenes = physics.heldout_scenes(cfg.heldout)
     rows = {"base": evaluated(out / "base-eval.json", None, scenes, cfg, shared)}
-    for stage in STAGES:
-        rows[stage] = evaluated(out / stage / "eval.json", out / stage, scenes, cfg, shared)
+    for chain in chains:
+        for stage in chain.stages:
+            key = str(Path(chain.out, stage).relative_to(out))
+            rows[key] = evaluated(out / key / "eval.json", out / key, scenes, cfg, shared)
     table = format_table(rows)
     say(table)
+    text = report(cfg, rows, table, scenes)
     path = out / "report.md"
-    path.write_text(report(cfg, rows, table))
+    path.write_text(text)
+    if results is not None:
+        from vpo.ablations import merge_sections
+
+        section = text.replace("# PhysMaster", f"## ({RESULTS_SECTION}) PhysMaster", 1)
+        old = results.read_text() if results.exists() else "# Ablations on the tiny backbone\n"
+        results.write_text(merge_sections(old, "\n" + section))
     return path
 
 
@@ -213,7 +252,7 @@ def run_stage(
     folder.mkdir(parents=True, exist_ok=True)
     (folder / STARTED_FROM).write_text(started_from + "\n")
     bb = shared.backbone()
-    if stage != "stage1-sft":  # the head is the parent's (loaded below); frozen in stage II
+    if stage != "stage1-sft" and cfg.physencoder:  # the head is the parent's (loaded below); frozen in II
         bb.attach_physencoder(new_physencoder(bb))
     sink = JsonlSink(folder, tcfg.steps, progress=progress, start_step=0)
     try:
@@ -241,7 +280,8 @@ def start_from(run, checkpoint: Path) -> None:
     with torch.no_grad():
         for k, p in policy.items():
             p.copy_(saved[k])
-    load_head(run.physencoder, {k: v for k, v in saved.items() if k.startswith(HEAD)}, checkpoint)
+    if run.physencoder is not None:  # (the ablation's chain has none)
+        load_head(run.physencoder, {k: v for k, v in saved.items() if k.startswith(HEAD)}, checkpoint)
     run.update_reference()
 
 
@@ -318,24 +358,44 @@ def evaluated(
     return row
 
 
+# each row's paired comparison in the table: the model it started from
+STARTED_FROM_ROW = {
+    "stage1-sft": "base",
+    "stage2-dpo-lora": "stage1-sft",
+    "stage3-dpo-physencoder": "stage2-dpo-lora",
+    f"{NO_PHYSENCODER}/stage1-sft": "base",
+    f"{NO_PHYSENCODER}/stage2-dpo-lora": f"{NO_PHYSENCODER}/stage1-sft",
+}
+
+
+def errors(row: dict[str, Any]) -> np.ndarray:
+    return np.asarray(row["trajectory_error"], dtype=float)
+
+
+def paired_change(rows: dict[str, dict[str, Any]], a: str, b: str, subset: np.ndarray | None = None):
+    """``a`` minus ``b``, per scene (the same scenes and seeds): mean and 95% bootstrap interval."""
+    d = errors(rows[a]) - errors(rows[b])
+    d = d if subset is None else d[subset]
+    lo, hi = bootstrap_mean_ci(d)
+    return float(d.mean()), lo, hi
+
+
 def format_table(rows: dict[str, dict[str, Any]]) -> str:
-    """The report's table. The change from the row above is paired (the same scenes and seeds):
-    the mean of the per-scene differences, with its own bootstrap interval, which is narrower than
-    what the two rows' intervals suggest."""
+    """The report's table. The change is paired with the model the row started from (the same
+    scenes and seeds): the mean of the per-scene differences, with its own bootstrap interval,
+    which is narrower than what the two rows' intervals suggest."""
     lines = [
-        "| model | trajectory error (px), mean [95% CI] | median | change from the row above, paired [95% CI] "
-        "| reward trajectory | contact | global |",
+        "| model | trajectory error (px), mean [95% CI] | median | change from the model it started from, "
+        "paired [95% CI] | reward trajectory | contact | global |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    above: np.ndarray | None = None
     for name, row in rows.items():
-        err = np.asarray(row["trajectory_error"])
+        err = errors(row)
         lo, hi = bootstrap_mean_ci(err)
         change = "–"
-        if above is not None:
-            d_lo, d_hi = bootstrap_mean_ci(err - above)
-            change = f"{(err - above).mean():+.2f} [{d_lo:+.2f}, {d_hi:+.2f}]"
-        above = err
+        if name in STARTED_FROM_ROW:
+            mean, d_lo, d_hi = paired_change(rows, name, STARTED_FROM_ROW[name])
+            change = f"{mean:+.2f} [{d_lo:+.2f}, {d_hi:+.2f}] vs {LABELS[STARTED_FROM_ROW[name]].split(':')[0]}"
         r = row["reward"]
         lines.append(
             f"| {LABELS[name]} | {err.mean():.2f} [{lo:.2f}, {hi:.2f}] | {np.median(err):.2f} | {change} "
@@ -344,24 +404,75 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def report(cfg: PhysMasterConfig, rows: dict[str, dict[str, Any]], table: str) -> str:
+def direction(mean: float, lo: float, hi: float) -> str:
+    """The rule of every verdict here: a change counts only when its 95% interval excludes 0."""
+    change = f"{mean:+.2f} px [{lo:+.2f}, {hi:+.2f}]"
+    if hi < 0:
+        return f"**lowers** the error ({change})"
+    if lo > 0:
+        return f"**raises** the error ({change})"
+    return f"**no change beyond noise** ({change}, the interval holds 0)"
+
+
+def findings(rows: dict[str, dict[str, Any]], scenes: list[physics.PhysScene]) -> list[str]:
+    """The verdicts, each by ``direction``'s rule, on the stages present in ``rows``."""
+    out = []
+    for stage, what in (
+        ("stage2-dpo-lora", "Stage II (DPO on the LoRA)"),
+        ("stage3-dpo-physencoder", "Stage III (DPO on the head)"),
+    ):
+        if stage in rows:
+            before = STARTED_FROM_ROW[stage]
+            out.append(f"- {what} vs {LABELS[before].split(':')[0]}: {direction(*paired_change(rows, stage, before))}.")
+    # held-out materials: scenes with a material on a floor it never meets in training
+    unseen = np.array([any((b.colour, s.state.floor) in physics.HELDOUT_PAIRS for b in s.state.bodies) for s in scenes])
+    if "stage3-dpo-physencoder" in rows and unseen.sum() >= 2:
+        vs_ii = direction(*paired_change(rows, "stage3-dpo-physencoder", "stage2-dpo-lora", unseen))
+        vs_base = direction(*paired_change(rows, "stage3-dpo-physencoder", "base", unseen))
+        out.append(
+            f"- Held-out materials ({int(unseen.sum())} of {len(scenes)} scenes: a material on a floor it never meets "
+            f"in training): stage III vs II {vs_ii}; stage III vs base {vs_base}."
+        )
+    ablated = f"{NO_PHYSENCODER}/stage2-dpo-lora"
+    if ablated in rows:
+        out.append(
+            f"- The PhysEncoder (ablation, same steps and scenes): stage II with it vs without "
+            f"{direction(*paired_change(rows, 'stage2-dpo-lora', ablated))}"
+            + (
+                f"; stage III vs stage II without {direction(*paired_change(rows, 'stage3-dpo-physencoder', ablated))}."
+                if "stage3-dpo-physencoder" in rows
+                else "."
+            )
+        )
+    return out
+
+
+def report(cfg: PhysMasterConfig, rows: dict[str, dict[str, Any]], table: str, scenes: list[physics.PhysScene]) -> str:
     from vpo.ablations import machine
     from vpo.train.sinks import read_metrics
 
     walls = []
-    for stage in STAGES:
-        metrics = read_metrics(Path(cfg.out) / stage)
-        walls.append(f"{stage} {metrics[-1]['time']:.0f} s" if metrics else f"{stage} –")
+    for key in rows:
+        if key != "base":
+            metrics = read_metrics(Path(cfg.out) / key)
+            walls.append(f"{key} {metrics[-1]['time']:.0f} s" if metrics else f"{key} –")
     n = len(rows["base"]["trajectory_error"])
     settings = {k: v for k, v in asdict(cfg).items() if k != "out"}
     return (
         "# PhysMaster: base vs stages I-III on held-out physics scenes\n\n"
+        f"Reproduce: `vpo physmaster --out DIR{' --ablation' if cfg.ablation else ''} "
+        f"--steps-sft {cfg.steps_sft} --steps-dpo {cfg.steps_dpo} --heldout {cfg.heldout} --seed {cfg.seed}` "
+        f"(finished stages in DIR are reused).\n\n"
         f"{n} held-out scenes (`physics.heldout_scenes`, seeds 10,000,000-), each sampled once from its first "
         f"frame and caption with its seed, {cfg.sampling_steps} Euler steps, CFG {cfg.guidance}; the same scenes "
         "and seeds for every row. Trajectory error: `physics.trajectory_error` against the simulator's rollout "
         "of the true state, mean with a 95% percentile bootstrap interval over scenes. Reward: the `physics` "
         f"source's dimensions, means (stages II and III trained on `{DIMENSION}`).\n\n"
         f"{table}\n\n"
-        f"Settings: `{json.dumps(settings)}`. Training clock of each stage's last run (a resumed run counts "
+        "Goal (PhysMaster): each DPO stage lowers the error; stage III generalises to held-out materials. "
+        f"Verdicts: a change counts only when its paired 95% interval over scenes excludes 0. One training seed "
+        f"({cfg.seed}): the intervals are over scenes, not over training seeds.\n\n"
+        + "\n".join(findings(rows, scenes))
+        + f"\n\nSettings: `{json.dumps(settings)}`. Training clock of each stage's last run (a resumed run counts "
         f"from its resume): {', '.join(walls)}. Machine: {machine()}.\n"
     )
