@@ -226,3 +226,11 @@ def test_the_veto_study_answers_its_two_questions_by_the_every_seed_rule(tmp_pat
     split = "**is inconclusive on the hacking** and **is inconclusive on the gain**"
     assert split in section([0.65, 0.55], [0.97, 0.96])
 
+
+def test_ablate_refuses_fewer_than_two_eval_prompts_with_a_message(tmp_path, capsys):
+    from vpo.cli import main
+
+    assert main(["ablate", "--eval-prompts", "1", "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "vpo ablate: error: --eval-prompts must be >= 2 (an interval needs two prompts), got 1" in err
+    assert not (tmp_path / "runs").exists()
