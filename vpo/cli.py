@@ -498,7 +498,12 @@ def _add_ablate(sub):
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds (default: 0,1)")
     p.add_argument("--steps", type=int, default=60, help="training steps of every run (default: 60)")
     p.add_argument("--config", help="TOML of TrainConfig fields shared by all runs (defaults otherwise)")
-    p.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts each final model is evaluated on")
+    p.add_argument(
+        "--eval-prompts",
+        type=int,
+        default=32,
+        help="held-out prompts each final model is evaluated on (at least 2: the units of the 95%% intervals)",
+    )
     p.add_argument("--out", default="runs/ablations", help="run folders (finished runs are reused)")
     p.add_argument("--results", default="docs/results.md", help="markdown report; plots go to a folder beside it")
     p.add_argument(
@@ -519,6 +524,8 @@ def cmd_ablate(args) -> int:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    if args.eval_prompts < 2:  # every interval of the report is over prompts
+        raise ValueError(f"--eval-prompts must be >= 2 (an interval needs two prompts), got {args.eval_prompts}")
     t0 = time.perf_counter()
     studies = check_studies(args.studies.split(",") if args.studies else None)
     path = ablate(base, seeds, args.out, args.results, eval_prompts=args.eval_prompts, studies=studies)

@@ -111,10 +111,6 @@ def quality_info(rows: list[dict[str, float]], labels: dict[str, vbench.Dimensio
     return dataclasses.replace(vbench.quality_score(shared, labels), value=float("nan"))
 
 
-def evaluate_videos(videos: torch.Tensor, prompts: list[str], fps: int) -> dict[str, float]:
-    return summarise(per_video(videos, prompts, fps))
-
-
 def paired_difference(base: dict[str, np.ndarray], tuned: dict[str, np.ndarray]) -> dict[str, dict]:
     """Checkpoint minus base per column, paired by video (same prompt, same seed): the mean, its
     95% t-interval, and on how many videos the checkpoint is better / worse. Pairing removes the
