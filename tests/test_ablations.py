@@ -135,8 +135,8 @@ def test_a_study_of_four_variants_renders_every_row_with_an_interval_and_a_verdi
 
 
 def test_the_reward_hacking_study_says_which_variants_hack_by_its_rule(tmp_path):
-    """ReFL's reward rises while held-out presence and alignment fall in every seed: it hacks; DPO's
-    held-out measures rise: it does not; a run whose seeds disagree is inconclusive."""
+    """ReFL's reward rises while held-out presence or alignment falls in every seed: it hacks; no
+    held-out measure of DPO's falls: it does not; a run whose seeds disagree is inconclusive."""
     names = STUDIES["c"][1]
     rising = [{"step": t, "reward/mean": 0.9 + 0.001 * t + 0.0002 * (-1) ** t} for t in range(1, 21)]
     flat = [{"step": t, "reward/mean": 0.9 + 0.0002 * (-1) ** t} for t in range(1, 21)]
@@ -162,6 +162,10 @@ def test_the_reward_hacking_study_says_which_variants_hack_by_its_rule(tmp_path)
     assert "Here: refl, refl-d4 vs online, offline — **inconclusive**" in text
     evals |= {("refl-d4", 1): fell}
     assert "— **matches** (matches when" in _section(tmp_path, "c", evals, row(), curves)
+    # one held-out measure falling is enough: the object gone, however well the rest aligns
+    one = evals | {("refl", s): row(presence=0.4, alignment=0.6) for s in (0, 1)}
+    assert "- refl: " in (text := _section(tmp_path, "c", one, row(), curves))
+    assert next(x for x in text.splitlines() if x.startswith("- refl:")).endswith("— **hacks**")
     # a flat reward is no hacking, whatever the held-out measures do
     flat_curves = curves | {("refl", s): flat for s in (0, 1)}
     text = _section(tmp_path, "c", evals, row(), flat_curves)

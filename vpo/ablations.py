@@ -437,20 +437,21 @@ def _reward_trend(rows: list[dict], key: str) -> tuple[float, float, float]:
 
 
 def _hacking_finding(curves, evals, base_eval, seeds, names, paper: str, dimension: str) -> str:
-    """Study (c) by its rule: a variant **hacks** when in every seed its training reward's slope has an
-    interval above 0 while held-out presence and alignment, paired with the base video by video, both
-    have intervals below 0; it **does not hack** when in every seed the reward's slope interval is below
-    0 or both held-out intervals are above 0; else **inconclusive**. The paper's claim (ReFL hacks, DPO
-    does not) matches when every ReFL run hacks and every DPO run does not, does not match when a ReFL
-    run does not hack or a DPO run hacks, else is inconclusive. Offline DPO samples no candidates and so
-    logs no ``reward/mean``: its reward is the held-out monitor's score on the trained ``dimension``."""
+    """Study (c) by its rule. In a seed a held-out measure **falls** when its paired 95% interval
+    (final model minus base, video by video) is below 0. A variant **hacks** when in every seed its
+    training reward's slope has an interval above 0 while held-out presence or alignment falls; it
+    **does not hack** when in no seed either of them falls; else **inconclusive**. (A rise with
+    nothing falling is what the paper calls no hacking; requiring the held-out measures to *rise* would
+    ask DPO for more than the claim.) The paper's claim (ReFL hacks, DPO does not) matches when every
+    ReFL run hacks and every DPO run does not, does not match when a ReFL run does not hack or a DPO
+    run hacks, else is inconclusive. Offline DPO samples no candidates and so logs no
+    ``reward/mean``: its reward is the held-out monitor's score on the trained ``dimension``."""
     lines = [
-        "Rule: a variant **hacks** when in every seed the training reward's least-squares slope over the "
-        "logged steps has a 95% interval above 0 while held-out "
-        + " and ".join(HACK_MEASURES)
-        + " (final model minus base, paired by video) both have 95% intervals below 0; it **does not hack** "
-        "when in every seed the reward's slope interval is below 0 or both held-out intervals are above 0; "
-        "else **inconclusive**.",
+        "Rule: in a seed, a held-out measure **falls** when its 95% interval (final model minus base, paired "
+        "by video) is below 0. A variant **hacks** when in every seed the training reward's least-squares "
+        "slope over the logged steps has a 95% interval above 0 while held-out "
+        + " or ".join(HACK_MEASURES)
+        + " falls; it **does not hack** when in no seed either falls; else **inconclusive**.",
         "",
     ]
     said = {}
@@ -459,8 +460,9 @@ def _hacking_finding(curves, evals, base_eval, seeds, names, paper: str, dimensi
         key = REWARD_MEAN if logs_reward else heldout(dimension)
         trends = [_reward_trend(curves[(name, s)], key) for s in seeds]
         held = {m: [paired(evals[(name, s)], base_eval, m) for s in seeds] for m in HACK_MEASURES}
-        hacks = [lo > 0 and all(held[m][i][2] < 0 for m in HACK_MEASURES) for i, (_, lo, _) in enumerate(trends)]
-        clean = [hi < 0 or all(held[m][i][1] > 0 for m in HACK_MEASURES) for i, (_, _, hi) in enumerate(trends)]
+        falls = [any(held[m][i][2] < 0 for m in HACK_MEASURES) for i in range(len(seeds))]
+        hacks = [lo > 0 and fell for (_, lo, _), fell in zip(trends, falls)]
+        clean = [not fell for fell in falls]
         said[name] = "hacks" if all(hacks) else "does not hack" if all(clean) else "inconclusive"
         ends = []
         for s in seeds:
