@@ -164,7 +164,7 @@ def test_the_reward_hacking_study_says_which_variants_hack_by_its_rule(tmp_path)
     assert "— **matches** (matches when" in _section(tmp_path, "c", evals, row(), curves)
     # one held-out measure falling is enough: the object gone, however well the rest aligns
     one = evals | {("refl", s): row(presence=0.4, alignment=0.6) for s in (0, 1)}
-    assert "- refl: " in (text := _section(tmp_path, "c", one, row(), curves))
+    text = _section(tmp_path, "c", one, row(), curves)
     assert next(x for x in text.splitlines() if x.startswith("- refl:")).endswith("— **hacks**")
     # a flat reward is no hacking, whatever the held-out measures do
     flat_curves = curves | {("refl", s): flat for s in (0, 1)}
