@@ -34,6 +34,7 @@ each folder's ``eval.json``; the table goes to ``DIR/report.md``.
 
 from __future__ import annotations
 
+# torch is imported where it is used: the web form reads PhysMasterConfig for its preset
 import json
 import time
 from collections.abc import Callable
@@ -42,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from vpo.data import physics
 from vpo.stats import bootstrap_mean_ci
@@ -270,6 +270,8 @@ def run_stage(
 
 def start_from(run, checkpoint: Path) -> None:
     """Policy and reference of ``run`` (adapter and PhysEncoder head) := the policy of ``checkpoint``."""
+    import torch
+
     from vpo.backbones.physencoder import HEAD, load_head
     from vpo.train.checkpoints import POLICY, read_safetensors
 
@@ -317,6 +319,8 @@ def evaluate(backbone, scenes: list[physics.PhysScene], steps: int, guidance: fl
     """One video per scene from its first frame and caption (its seed the sampling seed): the
     trajectory error (px) of each against the simulator's rollout of the true state, and the
     ``physics`` reward's dimensions (means)."""
+    import torch
+
     from vpo.rewards import load_reward
 
     captions = [s.caption for s in scenes]
