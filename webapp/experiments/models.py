@@ -192,7 +192,8 @@ class MetricPoint(models.Model):
 
 
 class Sample(models.Model):
-    """A logged video: a candidate (winner / loser marked) or a held-out sample (step 0 = base)."""
+    """A logged video: a candidate (winner / loser marked) or a held-out sample (step 0 = base), and
+    an image-to-video run's first frame it was conditioned on."""
 
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="samples")
     step = models.IntegerField()
@@ -202,6 +203,8 @@ class Sample(models.Model):
     score = models.FloatField(null=True)
     label = models.CharField(max_length=10, blank=True)  # "winner" | "loser" | "best" (RWR) | ""
     path = models.CharField(max_length=300, help_text="mp4 path relative to the experiment's folder")
+    # image-to-video: the PNG of the first frame the video was conditioned on, as ``path``; "" otherwise
+    image = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["step", "kind", "index"]
@@ -218,6 +221,7 @@ class Sample(models.Model):
             "score": self.score,
             "label": self.label,
             "url": reverse("experiments:media", args=[self.experiment_id, self.path]),
+            "image": reverse("experiments:media", args=[self.experiment_id, self.image]) if self.image else None,
         }
 
 

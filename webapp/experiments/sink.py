@@ -81,13 +81,19 @@ class DatabaseSink:
         retry_once(lambda: Experiment.objects.filter(pk=self.experiment.pk).update(phase=payload))
         push(self.experiment.group, event)
 
-    def samples(self, step, kind, videos, prompts, scores, labels, fps) -> None:
+    def samples(self, step, kind, videos, prompts, scores, labels, fps, images=None) -> None:
+        """Each video (and an image-to-video run's first frame, as a PNG beside it) to the run's
+        folder, then their rows, then the event (``images``: ``vpo.train.sinks.Sink.samples``)."""
         from vpo import video as video_io
 
         folder = f"samples/step_{step:06d}_{kind}"
         rows = []
         for i, (video, prompt, score, label) in enumerate(zip(videos, prompts, scores, labels)):
             files = video_io.save_video(video, self.experiment.run_dir / folder, f"{i:02d}", fps)
+            image = ""
+            if images is not None:  # lossless: the frame exactly as the backbone got it
+                image = f"{folder}/{i:02d}.png"
+                video_io.write_image(images[i], self.experiment.run_dir / image)
             rows.append(
                 Sample(
                     experiment=self.experiment,
@@ -98,6 +104,7 @@ class DatabaseSink:
                     score=finite_or_none(score),
                     label=label,
                     path=f"{folder}/{files['mp4']}",
+                    image=image,
                 )
             )
 

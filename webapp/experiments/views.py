@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from vpo.train.keys import DASHBOARD, REWARD_MEAN
-from webapp.experiments.forms import EvaluationForm, ExperimentForm, validated_config
+from webapp.experiments.forms import PRESETS, EvaluationForm, ExperimentForm, validated_config
 from webapp.experiments.leaderboard import leaderboard, leaderboard_csv, studies_of
 from webapp.experiments.models import Evaluation, Experiment, Status
 from webapp.experiments.runs import RunDetailsForm, delete_with_files, download_name, filtered, sort_links, zip_folder
@@ -178,6 +178,9 @@ def experiment_new(request):
     source = None
     if "clone" in request.GET:
         source = visible_or_404(request, request.GET["clone"])
+    preset = request.GET.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise Http404(f"no preset {preset!r}; presets: {', '.join(PRESETS)}")
     if request.method == "POST":
         form = ExperimentForm(request.POST, request.FILES, user=request.user)
         if form.is_valid():
@@ -189,11 +192,19 @@ def experiment_new(request):
             if enqueue_on_commit(experiment):
                 return redirect(experiment)
             form.add_error(None, f"The run could not be queued: {experiment.error}. Try again in a moment.")
-            return render(request, "experiments/new.html", {"form": form, "source": source}, status=503)
+            return render(request, "experiments/new.html", page(form, source, None), status=503)
+    elif preset is not None:
+        name, config = PRESETS[preset]
+        form = ExperimentForm(initial={"name": name}, config=config(), user=request.user)
     else:
         initial = {"name": f"{source.name} (copy)"} if source else {}
         form = ExperimentForm(initial=initial, config=source.config if source else None, user=request.user)
-    return render(request, "experiments/new.html", {"form": form, "source": source}, status=400 if form.errors else 200)
+    return render(request, "experiments/new.html", page(form, source, preset), status=400 if form.errors else 200)
+
+
+def page(form: ExperimentForm, source: Experiment | None, preset: str | None) -> dict:
+    """The new-experiment page's context: the form, the run it was cloned from, the preset it holds."""
+    return {"form": form, "source": source, "preset": preset, "presets": {k: v[0] for k, v in PRESETS.items()}}
 
 
 @login_required
