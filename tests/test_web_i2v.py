@@ -3,6 +3,9 @@ image prompt sets, the PhysMaster preset, the first frame beside each video of a
 whose trials pair only clips of the same first frame. Real PostgreSQL, Redis, Celery worker, Daphne
 and Chromium, the real tiny-i2v."""
 
+import csv
+import io
+import json
 import time
 from collections import Counter
 
@@ -17,7 +20,8 @@ from tests.test_web_browser import browser, log_in, page, wait_for  # noqa: F401
 from webapp.experiments.forms import UPLOADED, ExperimentForm, physmaster_preset, validated_config
 from webapp.experiments.models import Experiment, Sample
 from webapp.experiments.sink import DatabaseSink
-from webapp.studies.models import Study, StudyStatus, System
+from webapp.studies.models import Clip, Study, StudyStatus, System
+from webapp.studies.results import votes_csv
 
 I2V = {"backbone": "tiny-i2v", "prompts": "physics-train", "heldout_prompts": "physics-heldout"}
 PHYSICS = {**I2V, "reward": "physics", "dimension": "trajectory"}
@@ -133,6 +137,12 @@ def test_the_sink_stores_each_first_frame_as_a_png_beside_its_video_and_the_page
     assert events[0]["image"] == reverse("experiments:media", args=[experiment.pk, rows[0].image])
     r = client.get(events[0]["image"])
     assert r.status_code == 200 and r["Content-Type"] == "image/png"
+    # vpo eval samples text prompts: no evaluation form for an image-to-video run, and a post is a 400
+    (experiment.run_dir / "run" / "checkpoints" / "step_000001").mkdir(parents=True)
+    detail = client.get(reverse("experiments:detail", args=[experiment.pk])).content.decode()
+    assert 'id="no-evaluation"' in detail and 'action="/experiments/' not in detail.split('id="evaluations"')[1]
+    r = client.post(reverse("experiments:evaluate", args=[experiment.pk]), {"checkpoint": "step_000001"})
+    assert r.status_code == 400 and "image-to-video" in r.content.decode()
     # text-to-video: no first frame, no image
     text = Experiment.objects.create(owner=owner, name="t2v", config=validated_config({}))
     DatabaseSink(text).samples(0, "heldout", videos[:1], ["a red ball moving right"], [0.1], ["heldout"], 8)
@@ -238,6 +248,18 @@ def test_an_image_to_video_study_pairs_clips_of_the_same_first_frame_and_the_tri
     r = volunteer.get(frame_url)
     assert r.status_code == 200 and r["Content-Type"] == "image/png"
     assert volunteer.get(frame_url.replace(".png", "x.png")).status_code == 404
+    participant = study.participants.get()
+    item = participant.plan[0]
+    r = volunteer.post(
+        reverse("studies:vote", args=[study.token, participant.token]),
+        json.dumps({"trial": item["trial"], "choice": "left"}),
+        content_type="application/json",
+    )
+    assert r.status_code == 200, r.content
+    row = next(csv.DictReader(io.StringIO(votes_csv(study))))
+    assert int(row["scene"]) == Clip.objects.get(pk=item["left"]).scene  # which first frame, not the caption alone
+    detail = logged_in(owner).get(reverse("studies:detail", args=[study.pk])).content.decode()
+    assert "first frame from <code>physics-train</code>" in detail
     Study.objects.filter(pk=study.pk).update(status=StudyStatus.CLOSED)
     assert volunteer.get(frame_url).status_code == 404  # a closed study's frames go with its clips
 

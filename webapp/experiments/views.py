@@ -14,6 +14,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from vpo.backbones import I2V_BACKBONES
 from vpo.train.keys import DASHBOARD, REWARD_MEAN
 from webapp.experiments.forms import PRESETS, EvaluationForm, ExperimentForm, validated_config
 from webapp.experiments.leaderboard import leaderboard, leaderboard_csv, studies_of
@@ -222,6 +223,7 @@ def demo(request):
 def experiment_detail(request, pk):
     experiment = visible_or_404(request, pk)
     checkpoints = experiment.checkpoints()
+    i2v = experiment.config["backbone"] in I2V_BACKBONES  # vpo eval samples text prompts only
     return render(
         request,
         "experiments/detail.html",
@@ -231,7 +233,8 @@ def experiment_detail(request, pk):
             "checkpoints": checkpoints,
             "config_rows": sorted(experiment.config.items()),
             "evaluations": experiment.evaluations.all(),
-            "evaluation_form": EvaluationForm(checkpoints=checkpoints) if checkpoints else None,
+            "evaluation_form": EvaluationForm(checkpoints=checkpoints) if checkpoints and not i2v else None,
+            "image_to_video": i2v,
             "studies": studies_of(experiment),
             "charts": DASHBOARD,  # the dashboard's charts and the metric names they draw (vpo.train.keys)
         },
@@ -343,6 +346,12 @@ def compare(request):
 @require_POST
 def evaluate(request, pk):
     experiment = visible_or_404(request, pk)
+    if experiment.config["backbone"] in I2V_BACKBONES:
+        return HttpResponse(
+            f"cannot evaluate: vpo eval samples text prompts, and backbone {experiment.config['backbone']!r} is "
+            "image-to-video (it needs a first frame per prompt)",
+            status=400,
+        )
     form = EvaluationForm(request.POST, checkpoints=experiment.checkpoints())
     if not form.is_valid():
         return HttpResponse(f"cannot evaluate: {form.errors.as_text()}", status=400)

@@ -187,6 +187,7 @@ CSV_HEADER = [
     "gold",
     "prompt",
     "seed",
+    "scene",  # image-to-video: the index of the first frame's scene in the study's image set (captions repeat)
     "left_system",
     "right_system",
     "choice",
@@ -238,6 +239,7 @@ def votes_csv(study: Study) -> str:
                 int(v.trial.is_gold),
                 cell(a.prompt),
                 a.seed,
+                "" if a.scene is None else a.scene,
                 cell(left_label),
                 cell(right_label),
                 v.choice,
