@@ -341,3 +341,94 @@ def test_the_physmaster_preset_launches_and_the_dashboard_shows_each_first_frame
     assert experiment.config["reward"] == "physics" and experiment.config["lr"] == 1e-3
     page.reload()  # backfilled on load: the frames come with the stored samples
     page.locator("#video-panel img.first-frame").first.wait_for(timeout=30_000)
+
+
+# --- PhysMaster's three stages as one run -----------------------------------------------------
+QUICK_CHAIN = {
+    "steps_sft": 2,
+    "sft_batch": 2,
+    "sft_lr": 1e-3,
+    "steps_dpo": 1,
+    "dpo_lr": 1e-3,
+    "head_lr": 1e-3,
+    "num_candidates": 2,
+    "noise_draws": 1,
+    "ref_update_every": 20,
+    "tie_tolerance": 0.0,
+    "sampling_steps": 2,
+    "guidance": 4.0,
+    "seed": 0,
+    "heldout_every": 1,
+    "heldout": 2,
+}
+
+
+def test_the_physmaster_form_has_the_command_s_defaults_and_says_each_error_on_its_field(owner):
+    from dataclasses import asdict
+
+    from vpo.physmaster import PhysMasterConfig
+    from webapp.experiments.forms import PhysMasterForm
+
+    client = logged_in(owner)
+    form = client.get(reverse("experiments:new_physmaster")).context["form"]
+    defaults = asdict(PhysMasterConfig(out="x"))
+    assert {name: form[name].value() for name in QUICK_CHAIN} == {
+        **{k: v for k, v in defaults.items() if k in QUICK_CHAIN},
+        "heldout_every": 5,  # the page shows held-out videos; the command's default is none
+    }
+    assert 'id="physmaster-chain"' in client.get(reverse("experiments:new")).content.decode()
+
+    def errors(**fields):
+        bound = PhysMasterForm({"name": "pm", **QUICK_CHAIN, **fields})
+        bound.is_valid()
+        return {k: " ".join(v) for k, v in bound.errors.items()}
+
+    assert "Stage I steps (SFT) must be >= 1" in errors(steps_sft=0)["steps_sft"]
+    assert "stage2-dpo-lora: lr must be > 0" in errors(dpo_lr=0)["dpo_lr"]  # TrainConfig's, on the stage's field
+    assert "stage3-dpo-physencoder: lr must be > 0" in errors(head_lr=-1)["head_lr"]
+    assert "must be a whole number" in errors(num_candidates="six")["num_candidates"]
+    assert set(errors(num_candidates=1)) == {"num_candidates"}
+    bound = PhysMasterForm({"name": "pm", **QUICK_CHAIN})
+    assert bound.is_valid(), bound.errors
+    assert bound.config == QUICK_CHAIN and bound.stage_two["trainable"] == "lora"
+
+
+@pytest.mark.timeout(600)
+def test_the_three_stages_run_as_one_job_on_one_step_axis_and_the_page_shows_the_report(live_stack, transactional_db):
+    from vpo.physmaster import LABELS
+
+    owner = get_user_model().objects.create_user("pm", password="pw-pm-long")
+    client = logged_in(owner)
+    r = client.post(reverse("experiments:new_physmaster"), {"name": "chain", **QUICK_CHAIN})
+    assert r.status_code == 302, r.content.decode()[:2000]
+    experiment = Experiment.objects.get()
+    assert experiment.physmaster == QUICK_CHAIN and experiment.config["backbone"] == "tiny-i2v"
+    deadline = time.time() + 400
+    while not experiment.is_done:
+        assert time.time() < deadline, "the run did not end"
+        time.sleep(0.5)
+        experiment.refresh_from_db()
+    assert experiment.status == "finished", experiment.error
+
+    # stage I at steps 1-2, stage II at 3 (its held-out check of where it starts) and 4, stage III at 5 and 6
+    assert experiment.stage_offsets() == {"stage1-sft": 0, "stage2-dpo-lora": 3, "stage3-dpo-physencoder": 5}
+    points = {p.step: p.values for p in experiment.points.all()}
+    assert sorted(points) == [1, 2, 3, 4, 5, 6] == list(range(1, experiment.total_steps + 1))
+    assert all("sft/loss" in points[s] for s in (1, 2)) and "dpo/loss" in points[4] and "dpo/loss" in points[6]
+    assert all(s.image for s in experiment.samples.all())  # every logged video with its first frame
+    assert sorted({s.step for s in experiment.samples.filter(kind="heldout")}) == [3, 4, 5, 6]
+    assert experiment.checkpoints() == [
+        "stage1-sft/step_000002",
+        "stage2-dpo-lora/step_000001",
+        "stage3-dpo-physencoder/step_000001",
+    ]
+    html = client.get(reverse("experiments:detail", args=[experiment.pk])).content.decode()
+    assert 'id="physmaster-report"' in html and LABELS["stage3-dpo-physencoder"] in html
+    r = client.get(reverse("experiments:download", args=[experiment.pk]) + "?checkpoint=stage2-dpo-lora/step_000001")
+    assert r.status_code == 200 and "stage2-dpo-lora-step_000001" in r["Content-Disposition"]
+    clone = client.get(reverse("experiments:new_physmaster") + f"?clone={experiment.pk}").context["form"]
+    assert {name: clone[name].value() for name in QUICK_CHAIN} == QUICK_CHAIN  # Clone: the same three stages
+    # a stage's checkpoint is a system a study can compare
+    from webapp.studies.forms import system_choices
+
+    assert f"{experiment.pk}:stage3-dpo-physencoder/step_000001" in dict(system_choices(owner))

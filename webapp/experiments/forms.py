@@ -167,24 +167,23 @@ def in_labels(message: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def number_field(f, kind: type) -> forms.Field:
+def number_field(label: str, default: float, kind: type) -> forms.Field:
     """A number typed as text: a browser drops letters typed into ``<input type=number>`` and
     posts nothing, which Django would report as "This field is required."; as text they arrive
     and are reported as what they are."""
-    label = f.metadata["label"]
     if kind is int:
         return forms.IntegerField(
             widget=forms.TextInput(attrs={"inputmode": "numeric", "autocomplete": "off"}),
             error_messages={
                 "invalid": f"{label} must be a whole number",
-                "required": f"{label} needs a value (default {f.default})",
+                "required": f"{label} needs a value (default {default})",
             },
         )
     return forms.FloatField(
         widget=forms.TextInput(attrs={"inputmode": "decimal", "autocomplete": "off"}),
         error_messages={
-            "invalid": f"{label} must be a number (e.g. {f.default})",
-            "required": f"{label} needs a value (default {f.default})",
+            "invalid": f"{label} must be a number (e.g. {default})",
+            "required": f"{label} needs a value (default {default})",
         },
     )
 
@@ -214,7 +213,7 @@ class ExperimentForm(forms.Form):
                     error_messages={"required": f"{f.metadata['label']}: choose one (default {f.default})"},
                 )
             else:
-                field = number_field(f, kind)
+                field = number_field(f.metadata["label"], f.default, kind)
             field.label, field.help_text, field.initial = f.metadata["label"], f.metadata["help"], initial[f.name]
             field.only = f.metadata["only"]  # the algorithms it applies to (the page hides it for the others)
             self.fields[f.name] = field
@@ -325,6 +324,82 @@ class ExperimentForm(forms.Form):
             self.add_error("reward", problem)
         if self.config["reward_guard"] != "none" and (bad := unguardable(parse_prompts(self.prompts_text))):
             self.add_error("reward_guard", f"the guard cannot read the prompt {bad!r}: it names no object of the world")
+        return data
+
+
+# PhysMasterConfig's fields as the PhysMaster form shows them: label, help
+PHYSMASTER_FIELDS = {
+    "steps_sft": ("Stage I steps (SFT)", "supervised flow matching of the LoRA and the PhysEncoder head"),
+    "sft_batch": ("Stage I scenes per step", "fresh ground-truth physics scenes every step"),
+    "sft_lr": ("Stage I learning rate", "the LoRA's and the head's"),
+    "steps_dpo": ("Stage II and III steps (each)", "online DPO on physics / trajectory"),
+    "dpo_lr": ("Stage II learning rate (LoRA)", "the head frozen"),
+    "head_lr": ("Stage III learning rate (head)", "the LoRA frozen"),
+    "num_candidates": ("Candidates per prompt (N)", "stages II and III"),
+    "noise_draws": ("Noise draws per pair", "stages II and III"),
+    "ref_update_every": ("Reference update every K steps", "the curriculum update of stages II and III"),
+    "tie_tolerance": ("Tie tolerance", "a prompt whose candidates' scores spread less is skipped"),
+    "sampling_steps": ("Sampling steps", "candidates and evaluation"),
+    "guidance": ("Guidance (CFG)", "candidates and evaluation"),
+    "seed": ("Seed", "every stage's"),
+    "heldout_every": (
+        "Held-out check every (steps)",
+        "stages II and III: held-out scenes sampled and scored as they train, shown on the page (0 = none)",
+    ),
+    "heldout": ("Held-out scenes", "the base and each stage evaluated on them after training (report.md)"),
+}
+# a stage's TrainConfig field -> the PhysMaster field it comes from (TrainConfig's errors name the former)
+STAGE_FIELDS = {
+    "steps": {"stage1-sft": "steps_sft", "stage2-dpo-lora": "steps_dpo", "stage3-dpo-physencoder": "steps_dpo"},
+    "lr": {"stage1-sft": "sft_lr", "stage2-dpo-lora": "dpo_lr", "stage3-dpo-physencoder": "head_lr"},
+    "prompts_per_step": {"stage1-sft": "sft_batch"},
+}
+
+
+class PhysMasterForm(forms.Form):
+    """PhysMaster's three stages (``vpo physmaster``) as one run: ``PhysMasterConfig``'s fields,
+    checked by it and by each stage's ``TrainConfig``, every error next to its field."""
+
+    name = forms.CharField(max_length=120, label="Name", error_messages={"required": "Name the run"})
+
+    def __init__(self, *args, **kwargs):
+        from vpo.physmaster import PhysMasterConfig
+
+        super().__init__(*args, **kwargs)
+        defaults = PhysMasterConfig(out="web", heldout_every=5)  # the page shows held-out videos
+        for name, (label, help_text) in PHYSMASTER_FIELDS.items():
+            default = getattr(defaults, name)
+            field = number_field(label, default, type(default))
+            field.label, field.help_text, field.initial = label, help_text, default
+            self.fields[name] = field
+        self.config: dict = {}
+        self.stage_two: dict = {}
+
+    def clean(self):
+        from vpo.physmaster import STAGES, PhysMasterConfig
+
+        data = super().clean()
+        if self.errors:
+            return data
+        values = {name: data[name] for name in PHYSMASTER_FIELDS}
+        try:
+            cfg = PhysMasterConfig(out="web", **values)
+        except ValueError as e:  # "steps-sft must be >= 1, got 0": the field is its first word
+            first, _, rest = str(e).partition(" ")
+            name = first.replace("-", "_")
+            if name in self.fields:
+                self.add_error(name, f"{self.fields[name].label} {rest}")
+            else:
+                self.add_error(None, str(e))
+            return data
+        for stage in STAGES:
+            for problem in TrainConfig.check(cfg.stage_fields(stage)):
+                name = STAGE_FIELDS.get(problem.field, {}).get(stage, problem.field)
+                field = name if name in self.fields and name not in self.errors else None
+                self.add_error(field, f"{stage}: {problem}")
+        if not self.errors:
+            self.config = {name: getattr(cfg, name) for name in PHYSMASTER_FIELDS}  # not the CLI's --ablation
+            self.stage_two = validated_config(cfg.stage_config("stage2-dpo-lora").to_dict())
         return data
 
 

@@ -16,7 +16,7 @@ from django.views.decorators.http import require_POST
 
 from vpo.backbones import I2V_BACKBONES
 from vpo.train.keys import DASHBOARD, REWARD_MEAN
-from webapp.experiments.forms import PRESETS, EvaluationForm, ExperimentForm, validated_config
+from webapp.experiments.forms import PRESETS, EvaluationForm, ExperimentForm, PhysMasterForm, validated_config
 from webapp.experiments.leaderboard import leaderboard, leaderboard_csv, studies_of
 from webapp.experiments.models import Evaluation, Experiment, Status
 from webapp.experiments.runs import RunDetailsForm, delete_with_files, download_name, filtered, sort_links, zip_folder
@@ -165,7 +165,7 @@ def download(request, pk):
     if checkpoint is not None:
         if checkpoint not in experiment.checkpoints():
             raise Http404("no such checkpoint")
-        folder, what = experiment.run_dir / "run" / "checkpoints" / checkpoint, checkpoint
+        folder, what = experiment.checkpoint_dir(checkpoint), checkpoint.replace("/", "-")
     else:
         folder, what = experiment.run_dir, "run"
     if not folder.is_dir():
@@ -209,6 +209,26 @@ def page(form: ExperimentForm, source: Experiment | None, preset: str | None) ->
 
 
 @login_required
+def experiment_new_physmaster(request):
+    """PhysMaster's three stages as one run: SFT, online DPO of the LoRA, online DPO of the head,
+    each from the one before (``vpo physmaster``), streamed to one page."""
+    initial = {"name": "PhysMaster: three stages (tiny-i2v)"}
+    if "clone" in request.GET:  # another PhysMaster run's settings
+        source = visible_or_404(request, request.GET["clone"])
+        initial = {"name": f"{source.name} (copy)", **(source.physmaster or {})}
+    form = PhysMasterForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        experiment = Experiment.objects.create(
+            owner=request.user, name=form.cleaned_data["name"], config=form.stage_two, physmaster=form.config
+        )
+        if enqueue_on_commit(experiment):
+            return redirect(experiment)
+        form.add_error(None, f"The run could not be queued: {experiment.error}. Try again in a moment.")
+        return render(request, "experiments/physmaster.html", {"form": form}, status=503)
+    return render(request, "experiments/physmaster.html", {"form": form}, status=400 if form.errors else 200)
+
+
+@login_required
 @require_POST
 def demo(request):
     experiment = Experiment.objects.create(
@@ -235,6 +255,8 @@ def experiment_detail(request, pk):
             "evaluations": experiment.evaluations.all(),
             "evaluation_form": EvaluationForm(checkpoints=checkpoints) if checkpoints and not i2v else None,
             "image_to_video": i2v,
+            "physmaster_rows": sorted((experiment.physmaster or {}).items()),
+            "report": report.read_text() if (report := experiment.run_dir / "run" / "report.md").is_file() else "",
             "studies": studies_of(experiment),
             "charts": DASHBOARD,  # the dashboard's charts and the metric names they draw (vpo.train.keys)
         },

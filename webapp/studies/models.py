@@ -210,7 +210,7 @@ class System(models.Model):
     def checkpoint_path(self) -> Path | None:
         if self.experiment_id is None:
             return None
-        return self.experiment.run_dir / "run" / "checkpoints" / self.checkpoint
+        return self.experiment.checkpoint_dir(self.checkpoint)
 
 
 class Clip(models.Model):
