@@ -39,7 +39,7 @@ class Collect:
     def metrics(self, step: int, values: dict) -> None:
         self.rows.append({"step": step, **values})
 
-    def samples(self, *args) -> None:
+    def samples(self, *args, **kwargs) -> None:
         pass
 
 

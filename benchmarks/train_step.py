@@ -51,7 +51,7 @@ class Collect:
     def phase(self, *args):
         pass
 
-    def samples(self, *args):
+    def samples(self, *args, **kwargs):
         pass
 
 

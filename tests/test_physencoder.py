@@ -1,6 +1,8 @@
 """PhysEncoder (issue 17, item 3): frozen first-frame features + a trainable head giving K tokens of
 the conditioning, and ``TrainConfig.trainable`` choosing what a run trains (LoRA, head, both)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -79,6 +81,26 @@ def one_step(cfg, bb, algorithm=online_dpo) -> tuple[Run, set[str]]:
     finally:
         run.sink.close()
     return run, changed(before, snapshot(bb))
+
+
+def test_the_sink_gets_each_video_s_first_frame_and_writes_it_beside_the_video(tmp_path, small_i2v):
+    """Candidates and held-out videos alike (what the web dashboard shows next to each video)."""
+    import json
+
+    from vpo.video import read_image
+
+    cfg = cfg_for(tmp_path, heldout_every=1, num_candidates=2, noise_draws=1)
+    run, _ = one_step(cfg, small_i2v())
+    for kind in ("heldout", "candidates"):
+        folder = Path(cfg.out) / "samples" / f"step_000001_{kind}"
+        videos = json.loads((folder / "samples.json").read_text())["videos"]
+        assert [v["image"] for v in videos] == [f"{i:02d}.png" for i in range(2)]
+        for v in videos:
+            frame = read_image(folder / v["image"])
+            caption = read_image_prompts(cfg.heldout_prompts if kind == "heldout" else cfg.prompts)[0]
+            assert v["prompt"] in caption and frame.shape == (32, 32, 3)
+    heldout = Path(cfg.out) / "samples" / "step_000001_heldout"
+    assert np.array_equal(read_image(heldout / "00.png"), run.heldout_images[0].numpy())
 
 
 # --- a fresh PhysEncoder changes nothing --------------------------------------------------------
@@ -218,6 +240,8 @@ def test_the_head_round_trips_through_a_checkpoint(tmp_path, small_i2v, heldout_
         ({"trainable": "both"}, "trainable", "image-to-video backbone's first frame"),
         ({"backbone": "tiny-i2v", "heldout_prompts": "physics-heldout"}, "prompts", "image prompt set"),
         ({"backbone": "tiny-i2v", "prompts": "physics-train"}, "heldout_prompts", "got 'heldout64'"),
+        ({"prompts": "physics-train"}, "prompts", "backbone 'tiny' is text-to-video and takes none"),
+        ({"heldout_prompts": "physics-heldout"}, "heldout_prompts", "an image prompt set"),
         (
             {
                 "backbone": "tiny-i2v",

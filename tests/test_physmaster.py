@@ -155,3 +155,33 @@ def test_results_in_a_missing_folder_exits_2(quick_run, tmp_path, capsys):
     bad = tmp_path / "nowhere" / "results.md"
     assert main(["physmaster", "--quick", "--out", str(quick_run), "--results", str(bad)]) == 2
     assert "existing folder" in capsys.readouterr().err
+
+
+def test_a_stop_ends_the_stage_in_progress_with_a_checkpoint_and_starts_no_later_one(tmp_path):
+    """What the web worker passes: a sink per stage, and a stop (cancel, pause) asked before each step."""
+    from vpo.physmaster import physmaster
+
+    class Recorder:  # the three methods of a sink (vpo.train.sinks.Sink), recorded per stage
+        def __init__(self, stage):
+            self.stage = stage
+
+        def metrics(self, step, values):
+            seen.append((self.stage, step))
+
+        def phase(self, *args, **kwargs):
+            pass
+
+        def samples(self, *args, **kwargs):
+            pass
+
+    seen: list[tuple[str, int]] = []
+    cfg = PhysMasterConfig.quick(str(tmp_path / "pm"), steps_sft=3)
+    stop = lambda: len(seen) >= 2  # noqa: E731 (stage I's second step has reported)
+    assert physmaster(cfg, progress=False, say=lambda line: None, sink_for=lambda s, _: Recorder(s), stop=stop) is None
+    assert seen == [("stage1-sft", 1), ("stage1-sft", 2)]
+    assert latest_checkpoint(tmp_path / "pm" / "stage1-sft").name == "step_000002"
+    assert not (tmp_path / "pm" / "stage2-dpo-lora").exists()
+    # run again without a stop: stage I resumes at step 3, the others train, the report is written
+    report = physmaster(cfg, progress=False, say=lambda line: None, sink_for=lambda s, _: Recorder(s))
+    assert report is not None and report.is_file()
+    assert seen[2:] == [("stage1-sft", 3), ("stage2-dpo-lora", 1), ("stage3-dpo-physencoder", 1)]

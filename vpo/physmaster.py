@@ -34,19 +34,22 @@ each folder's ``eval.json``; the table goes to ``DIR/report.md``.
 
 from __future__ import annotations
 
+# torch is imported where it is used: the web form reads PhysMasterConfig for its preset
 import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from vpo.data import physics
 from vpo.stats import bootstrap_mean_ci
 from vpo.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from vpo.train.sinks import Sink
 
 BACKBONE = "tiny-i2v"
 # Stage II/III's reward dimension. trajectory, not global: it is the continuous measure the
@@ -90,6 +93,9 @@ class PhysMasterConfig:
     seed: int = 0
     physencoder: bool = True  # False: the ablation's chain (stages I and II, LoRA only, no PhysEncoder)
     ablation: bool = False  # also run the chain without a PhysEncoder in DIR/no-physencoder/
+    # the DPO stages' held-out check (sampled videos and reward on held-out scenes) every E steps;
+    # 0: none, the stages are evaluated after them (the web app's dashboard sets it, to show videos)
+    heldout_every: int = 0
 
     def __post_init__(self) -> None:
         # counts; the rest (learning rates, K, guidance...) TrainConfig checks, naming its field
@@ -98,6 +104,8 @@ class PhysMasterConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.num_candidates < 2:
             raise ValueError(f"num-candidates must be >= 2 to form a pair, got {self.num_candidates}")
+        if self.heldout_every < 0:
+            raise ValueError(f"heldout-every must be >= 0 (0 = none), got {self.heldout_every}")
         if self.heldout > 1000:
             raise ValueError(f"heldout must be <= 1000 scenes, got {self.heldout}")
         if not self.out:
@@ -127,6 +135,11 @@ class PhysMasterConfig:
         return replace(self, out=str(Path(self.out) / NO_PHYSENCODER), physencoder=False, ablation=False)
 
     def stage_config(self, stage: str) -> TrainConfig:
+        return TrainConfig.from_dict(self.stage_fields(stage))
+
+    def stage_fields(self, stage: str) -> dict[str, Any]:
+        """The TrainConfig fields of ``stage`` (``TrainConfig.check`` reads them: the web form shows
+        every problem of every stage at once)."""
         out = Path(self.out) / stage
         common = dict(
             backbone=BACKBONE,
@@ -135,7 +148,9 @@ class PhysMasterConfig:
             reward="physics",
             dimension=DIMENSION,
             trainable=TRAINABLE[stage] if self.physencoder else "lora",
-            heldout_every=0,  # each stage's checkpoint is evaluated on held-out scenes after it
+            # each stage's checkpoint is evaluated on held-out scenes after it; a DPO stage may
+            # also check them as it trains (stage I's carrier config has no held-out check)
+            heldout_every=0 if stage == "stage1-sft" else self.heldout_every,
             seed=self.seed,
             guidance=self.guidance,
             sampling_steps=self.sampling_steps,
@@ -154,7 +169,7 @@ class PhysMasterConfig:
                 ref_update_every=self.ref_update_every,
                 tie_tolerance=self.tie_tolerance,
             )
-        return TrainConfig.from_dict({**common, **specific, "checkpoint_every": min(steps, 20)})
+        return {**common, **specific, "checkpoint_every": min(steps, 20)}
 
 
 # --- the stages ------------------------------------------------------------------------------
@@ -164,10 +179,16 @@ def physmaster(
     say: Callable[[str], None] = print,
     device: str = "cpu",
     results: Path | None = None,
-) -> Path:
+    sink_for: Callable[[str, TrainConfig], Sink] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> Path | None:
     """Train (or reuse) the stages in order (and the ablation's, with ``cfg.ablation``), evaluate
     the base and each stage on the held-out scenes; returns the path of ``report.md``. ``results``:
-    a markdown report (``docs/results.md``) whose PhysMaster section is written or replaced."""
+    a markdown report (``docs/results.md``) whose PhysMaster section is written or replaced.
+    ``sink_for(stage, its TrainConfig)`` gives each stage's sink (default: a ``JsonlSink`` in its
+    folder; the web worker's streams to its page); ``stop`` is asked before every step: once it
+    says so, the stage stops with a checkpoint, the later ones do not start and None is returned
+    (run it again to resume)."""
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out {cfg.out!r} is a file, not a folder")
@@ -177,12 +198,14 @@ def physmaster(
     for chain in chains:
         parent: Path | None = None
         for stage in chain.stages:
-            checkpoint, trained = run_stage(chain, stage, parent, shared, progress)
-            say(
-                f"{Path(chain.out, stage).relative_to(out)}: {'trained' if trained else 'reused'} "
-                f"{checkpoint.relative_to(chain.out)}"
-            )
+            checkpoint, trained = run_stage(chain, stage, parent, shared, progress, sink_for, stop)
+            where = Path(chain.out, stage).relative_to(out)
+            if stop is not None and stop():
+                say(f"{where}: stopped at {checkpoint.relative_to(chain.out)}")
+                return None
+            say(f"{where}: {'trained' if trained else 'reused'} {checkpoint.relative_to(chain.out)}")
             parent = checkpoint
+    say(f"evaluating the base and each stage on {cfg.heldout} held-out scenes")
     scenes = physics.heldout_scenes(cfg.heldout)
     rows = {"base": evaluated(out / "base-eval.json", None, scenes, cfg, shared)}
     for chain in chains:
@@ -218,7 +241,13 @@ class Shared:
 
 
 def run_stage(
-    cfg: PhysMasterConfig, stage: str, parent: Path | None, shared: Shared, progress: bool
+    cfg: PhysMasterConfig,
+    stage: str,
+    parent: Path | None,
+    shared: Shared,
+    progress: bool,
+    sink_for: Callable[[str, TrainConfig], Sink] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[Path, bool]:
     """Stage ``stage`` from checkpoint ``parent`` (None: the shipped tiny-i2v); returns its last
     checkpoint and whether it trained now (False: reused)."""
@@ -254,22 +283,25 @@ def run_stage(
     bb = shared.backbone()
     if stage != "stage1-sft" and cfg.physencoder:  # the head is the parent's (loaded below); frozen in II
         bb.attach_physencoder(new_physencoder(bb))
-    sink = JsonlSink(folder, tcfg.steps, progress=progress, start_step=0)
+    sink = sink_for(stage, tcfg) if sink_for else JsonlSink(folder, tcfg.steps, progress=progress, start_step=0)
     try:
         run = Run(tcfg, sink, bb.device.type, backbone=bb)
         if parent is not None and last is None:
             start_from(run, parent)
         if stage == "stage1-sft":
-            checkpoint = sft(run, cfg, resume=last is not None)
+            checkpoint = sft(run, cfg, resume=last is not None, stop=stop)
         else:
-            checkpoint = online_dpo.train_run(run, None, last is not None)
+            checkpoint = online_dpo.train_run(run, stop, last is not None)
     finally:
-        sink.close()
+        if isinstance(sink, JsonlSink):
+            sink.close()
     return checkpoint, True
 
 
 def start_from(run, checkpoint: Path) -> None:
     """Policy and reference of ``run`` (adapter and PhysEncoder head) := the policy of ``checkpoint``."""
+    import torch
+
     from vpo.backbones.physencoder import HEAD, load_head
     from vpo.train.checkpoints import POLICY, read_safetensors
 
@@ -285,7 +317,7 @@ def start_from(run, checkpoint: Path) -> None:
     run.update_reference()
 
 
-def sft(run, cfg: PhysMasterConfig, resume: bool) -> Path:
+def sft(run, cfg: PhysMasterConfig, resume: bool, stop: Callable[[], bool] | None = None) -> Path:
     """Stage I's loop: ``Run.loop`` with a supervised step in place of DPO's."""
     from vpo.pretrain import PretrainConfig, batch_of_scenes, flow_matching_loss
 
@@ -309,7 +341,7 @@ def sft(run, cfg: PhysMasterConfig, resume: bool) -> Path:
         # 3. update the adapter and the head
         return {SFT_LOSS: loss.item(), SFT_GRAD_NORM: run.optimizer_step(loss)}
 
-    return run.loop(run.begin(resume), None, one_step)
+    return run.loop(run.begin(resume), stop, one_step)
 
 
 # --- evaluation on held-out scenes -----------------------------------------------------------
@@ -317,6 +349,8 @@ def evaluate(backbone, scenes: list[physics.PhysScene], steps: int, guidance: fl
     """One video per scene from its first frame and caption (its seed the sampling seed): the
     trajectory error (px) of each against the simulator's rollout of the true state, and the
     ``physics`` reward's dimensions (means)."""
+    import torch
+
     from vpo.rewards import load_reward
 
     captions = [s.caption for s in scenes]
@@ -454,7 +488,9 @@ def report(cfg: PhysMasterConfig, rows: dict[str, dict[str, Any]], table: str, s
     walls = []
     for key in rows:
         if key != "base":
-            metrics = read_metrics(Path(cfg.out) / key)
+            # none where another sink than JsonlSink had the metrics (the web worker's: its database)
+            has = (Path(cfg.out) / key / "metrics.jsonl").is_file()
+            metrics = read_metrics(Path(cfg.out) / key) if has else []
             walls.append(f"{key} {metrics[-1]['time']:.0f} s" if metrics else f"{key} –")
     n = len(rows["base"]["trajectory_error"])
     settings = {k: v for k, v in asdict(cfg).items() if k != "out"}

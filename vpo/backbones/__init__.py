@@ -18,7 +18,8 @@ BACKBONES = {
 }
 # image-to-video backbones (``Backbone.image_conditioned``: a first frame per prompt). Sampled by
 # ``vpo sample --image/--images``; trained (``TrainConfig``) on an image prompt set
-# (``vpo.data.prompts.IMAGE_SETS``); not in BACKBONES, which the web form lists (issue 17, item 6).
+# (``vpo.data.prompts.IMAGE_SETS``). Kept apart from BACKBONES (text-to-video): whatever needs a first
+# frame (sampling, training, the web form and studies) asks ``name in I2V_BACKBONES``.
 I2V_BACKBONES = {
     "tiny-i2v": "vpo.backbones.tiny_i2v:TinyI2VBackbone",
     "wan-i2v": "vpo.backbones.wan_i2v:WanI2VBackbone",

@@ -323,8 +323,9 @@ class TrainConfig:
             yield from self._fit_problems(memory=not sizes)  # the estimate needs sound sizes
 
     def _image_problems(self) -> Iterator[ConfigError]:
-        """``trainable`` and the first frames: a PhysEncoder needs an image-to-video backbone, and
-        an image-to-video run needs a first frame per prompt (an image prompt set)."""
+        """``trainable`` and the first frames: a PhysEncoder needs an image-to-video backbone, an
+        image-to-video run needs a first frame per prompt (an image prompt set), and a text-to-video
+        run takes no image prompt set."""
         if e := _choice_problem("trainable", self.trainable, TRAINABLE):
             yield e
         elif self.trainable != "lora" and self.backbone not in I2V_BACKBONES:
@@ -334,6 +335,15 @@ class TrainConfig:
                 f"frame ({_one_of(I2V_BACKBONES)}); backbone {self.backbone!r} has none: use trainable = 'lora'",
             )
         if self.backbone not in I2V_BACKBONES:
+            # an image set's first frames would be dropped without a word: refused, as its opposite is
+            for name in ("prompts", "heldout_prompts"):
+                if getattr(self, name) in IMAGE_SETS and self.backbone in ALL_BACKBONES:
+                    yield ConfigError(
+                        name,
+                        f"{name} {getattr(self, name)!r} is an image prompt set (a first frame per prompt); "
+                        f"backbone {self.backbone!r} is text-to-video and takes none: choose an image-to-video "
+                        f"backbone ({_one_of(I2V_BACKBONES)}) or a text prompt set",
+                    )
             return
         for name in ("prompts", "heldout_prompts"):
             if getattr(self, name) not in IMAGE_SETS:

@@ -141,6 +141,7 @@ class Candidates:
         """Every candidate's video with its score and label (winner/loser, best) on the
         dashboard's candidates panel, every ``heldout_every`` steps (``step`` counted from 1)."""
         if run.cfg.heldout_every and step % run.cfg.heldout_every == 0:
+            n = run.cfg.num_candidates
             run.sink.samples(
                 step,
                 "candidates",
@@ -149,6 +150,7 @@ class Candidates:
                 self.scores.flatten().tolist(),
                 labels,
                 run.backbone.spec.fps,
+                images=None if self.images is None else self.images.repeat_interleave(n, 0).numpy(),
             )
 
 

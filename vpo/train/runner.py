@@ -356,6 +356,7 @@ class Run:
             result.scores["global"].tolist(),
             ["heldout"] * len(seeds),
             self.backbone.spec.fps,
+            images=None if self.heldout_images is None else self.heldout_images.numpy(),
         )
         return values
 

@@ -1,10 +1,10 @@
 """Where a training run reports to. The loop calls a sink; it never prints or writes files itself.
 
 ``JsonlSink`` (the CLI's): a progress bar, ``metrics.jsonl`` (one line per step) and sample videos
-under ``samples/``. The web worker's sink (database first, then a websocket push) implements the
-same three methods. ``phase`` says what the step in progress is doing (``vpo.train.keys.PHASE_*``),
-often: a sink keeps what it needs of it (the progress bar's label; the dashboard's line, written at
-most once a second).
+under ``samples/`` (an image-to-video run's first frames beside them, ``NN.png``). The web worker's
+sink (database first, then a websocket push) implements the same three methods. ``phase`` says
+what the step in progress is doing (``vpo.train.keys.PHASE_*``), often: a sink keeps what it needs
+of it (the progress bar's label; the dashboard's line, written at most once a second).
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ class Sink(Protocol):
         scores: list[float],
         labels: list[str],
         fps: int,
-    ) -> None: ...
+        images: np.ndarray | None = None,
+    ) -> None:
+        """Videos to show: uint8 (V, F, H, W, C) with their prompts, scores and labels; ``images``
+        (image-to-video) the first frame each was conditioned on, uint8 (V, H, W, 3)."""
 
 
 class JsonlSink:
@@ -68,11 +71,14 @@ class JsonlSink:
         scores: list[float],
         labels: list[str],
         fps: int,
+        images: np.ndarray | None = None,
     ) -> None:
         folder = self.out / "samples" / f"step_{step:06d}_{kind}"
         entries = []
         for i, (v, p, s, label) in enumerate(zip(videos, prompts, scores, labels)):
             files = video_io.save_video(v, folder, f"{i:02d}", fps)
+            if images is not None:  # the first frame as the backbone got it, as `vpo sample` writes it
+                files["image"] = video_io.write_image(images[i], folder / f"{i:02d}.png").name
             entries.append({"prompt": p, "score": s, "label": label, **files})
         (folder / "samples.json").write_text(json.dumps({"step": step, "kind": kind, "videos": entries}, indent=1))
 

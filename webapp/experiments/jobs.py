@@ -112,14 +112,12 @@ def train(experiment_id: int, worker_stopping: Callable[[], bool] = lambda: Fals
         problem = ranks_refused(cfg.nproc, experiment.queue, [{**worker_capacity(), "hostname": hostname}])
         if problem:  # a worker with fewer GPUs than the run's took it
             raise ValueError(problem)
-        resume = redelivered and latest_checkpoint(cfg.out) is not None
-        train_config(
-            cfg,
-            DatabaseSink(experiment),
-            stop=lambda: heartbeat.lost.is_set() or experiment.stop_requested() or worker_stopping(),
-            resume=resume,
-            device=pick_device(),
-        )
+        stop = lambda: heartbeat.lost.is_set() or experiment.stop_requested() or worker_stopping()  # noqa: E731
+        if experiment.physmaster is not None:
+            physmaster_chain(experiment, stop)
+        else:
+            resume = redelivered and latest_checkpoint(cfg.out) is not None
+            train_config(cfg, DatabaseSink(experiment), stop=stop, resume=resume, device=pick_device())
     except Exception as e:  # any failure ends the run with its message shown on the page...
         if not worker_stopping() or experiment.stop_requested():
             log.exception("experiment %s failed", experiment.pk)
@@ -141,6 +139,32 @@ def train(experiment_id: int, worker_stopping: Callable[[], bool] = lambda: Fals
     else:
         experiment.set_status(Status.FINISHED)
     return experiment.status
+
+
+def physmaster_chain(experiment: Experiment, stop: Callable[[], bool]) -> None:
+    """PhysMaster's three stages (``vpo physmaster``) in the run's folder, each stage's metrics,
+    videos and phases to the run's page on one step axis (``Experiment.stage_offsets``). A finished
+    stage is reused and an unfinished one resumes, so a paused or redelivered run goes on where it
+    stopped; the report (``report.md``, the held-out table) is written once all three are done."""
+    from vpo.device import pick_device
+    from vpo.physmaster import LABELS, PhysMasterConfig, physmaster
+
+    cfg = PhysMasterConfig(**experiment.physmaster, out=str(experiment.run_dir / "run"))
+    offsets, between = experiment.stage_offsets(), DatabaseSink(experiment)
+
+    def say(line: str) -> None:
+        log.info("experiment %s: %s", experiment.pk, line)
+        if "\n" not in line:  # a stage done, the evaluation begun (not the final table) on the page
+            between.phase(experiment.total_steps, line)
+
+    physmaster(
+        cfg,
+        progress=False,
+        say=say,
+        device=pick_device(),
+        sink_for=lambda stage, _: DatabaseSink(experiment, offset=offsets[stage], label=LABELS[stage]),
+        stop=stop,
+    )
 
 
 def runs_without_worker(restarted: str = "") -> list[Experiment]:

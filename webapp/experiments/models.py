@@ -83,6 +83,10 @@ class Experiment(models.Model):
     notes = models.TextField(blank=True)
     run_group = models.CharField(max_length=120, blank=True)  # e.g. the seeds of one setting
     archived = models.BooleanField(default=False)  # off the list unless asked for; files kept
+    # PhysMaster's three stages as one run (``vpo.physmaster``): its PhysMasterConfig without "out";
+    # ``config`` then holds stage II's TrainConfig (what the table, compare and export show). None:
+    # a plain training run
+    physmaster = models.JSONField(null=True, blank=True)
 
     objects = ExperimentQuerySet.as_manager()
 
@@ -167,12 +171,37 @@ class Experiment(models.Model):
         push(self.group, {"type": "status.event", **self.status_payload()})
 
     def checkpoints(self) -> list[str]:
-        folder = self.run_dir / "run" / "checkpoints"
-        return (
-            sorted(p.name for p in folder.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
-            if folder.is_dir()
-            else []
-        )
+        """Its checkpoints' names, oldest first: ``step_000010``; a PhysMaster run's
+        ``<stage>/step_000010``, stage by stage."""
+        from vpo.physmaster import STAGES
+
+        prefixes = [f"{stage}/" for stage in STAGES] if self.physmaster is not None else [""]
+        names = []
+        for prefix in prefixes:
+            folder = self.checkpoint_dir(prefix + "x").parent
+            if folder.is_dir():
+                names += [
+                    prefix + p.name for p in sorted(folder.glob("step_*")) if p.is_dir() and not p.name.endswith(".tmp")
+                ]
+        return names
+
+    def checkpoint_dir(self, name: str) -> Path:
+        """The folder of checkpoint ``name`` (one of ``checkpoints()``)."""
+        stage, _, step = name.rpartition("/")  # stage "" for a plain run: run/checkpoints/step_...
+        return self.run_dir / "run" / stage / "checkpoints" / step
+
+    @property
+    def total_steps(self) -> int:
+        """The dashboard's x range: a PhysMaster run's stages one after the other (``stage_offsets``)."""
+        if self.physmaster is None:
+            return self.config["steps"]
+        return self.physmaster["steps_sft"] + 2 * (self.physmaster["steps_dpo"] + 1)
+
+    def stage_offsets(self) -> dict[str, int]:
+        """Where each PhysMaster stage's steps go on the run's one step axis: stage I's steps 1..S,
+        stage II's 0..D after it (0: its held-out check of where it starts), then stage III's."""
+        sft, dpo = self.physmaster["steps_sft"], self.physmaster["steps_dpo"]
+        return {"stage1-sft": 0, "stage2-dpo-lora": sft + 1, "stage3-dpo-physencoder": sft + dpo + 2}
 
 
 class MetricPoint(models.Model):
@@ -192,7 +221,8 @@ class MetricPoint(models.Model):
 
 
 class Sample(models.Model):
-    """A logged video: a candidate (winner / loser marked) or a held-out sample (step 0 = base)."""
+    """A logged video: a candidate (winner / loser marked) or a held-out sample (step 0 = base), and
+    an image-to-video run's first frame it was conditioned on."""
 
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="samples")
     step = models.IntegerField()
@@ -202,6 +232,8 @@ class Sample(models.Model):
     score = models.FloatField(null=True)
     label = models.CharField(max_length=10, blank=True)  # "winner" | "loser" | "best" (RWR) | ""
     path = models.CharField(max_length=300, help_text="mp4 path relative to the experiment's folder")
+    # image-to-video: the PNG of the first frame the video was conditioned on, as ``path``; "" otherwise
+    image = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["step", "kind", "index"]
@@ -218,6 +250,7 @@ class Sample(models.Model):
             "score": self.score,
             "label": self.label,
             "url": reverse("experiments:media", args=[self.experiment_id, self.path]),
+            "image": reverse("experiments:media", args=[self.experiment_id, self.image]) if self.image else None,
         }
 
 

@@ -39,8 +39,11 @@ PHASE_EVERY_S = 1.0
 
 
 class DatabaseSink:
-    def __init__(self, experiment: Experiment):
-        self.experiment = experiment
+    """``offset`` is added to every step reported and ``label`` goes before every phase: a PhysMaster
+    run's stages share one step axis (``Experiment.stage_offsets``), each phase says its stage."""
+
+    def __init__(self, experiment: Experiment, offset: int = 0, label: str = ""):
+        self.experiment, self.offset, self.label = experiment, offset, label
         self.t0 = time.time()
         self.last_phase: tuple[int, str] | None = None
         self.last_phase_write = 0.0
@@ -49,6 +52,7 @@ class DatabaseSink:
             self.t0 -= first.wall
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
+        step += self.offset
         clean = {k: finite_or_none(v) for k, v in values.items()}
         # the whole transaction again on a fresh connection if the database dropped this one
         # (webapp/db.py): update_or_create makes the second try write the step once
@@ -72,6 +76,8 @@ class DatabaseSink:
     def phase(self, step: int, name: str, done: int | None = None, total: int | None = None) -> None:
         """Written (then pushed) when the step or the phase changes, else at most every
         PHASE_EVERY_S: a new phase is never held back, so the page never shows a phase that ended."""
+        step += self.offset
+        name = f"{self.label}: {name}" if self.label else name
         now = time.monotonic()
         if (step, name) == self.last_phase and now - self.last_phase_write < PHASE_EVERY_S:
             return
@@ -81,13 +87,20 @@ class DatabaseSink:
         retry_once(lambda: Experiment.objects.filter(pk=self.experiment.pk).update(phase=payload))
         push(self.experiment.group, event)
 
-    def samples(self, step, kind, videos, prompts, scores, labels, fps) -> None:
+    def samples(self, step, kind, videos, prompts, scores, labels, fps, images=None) -> None:
+        """Each video (and an image-to-video run's first frame, as a PNG beside it) to the run's
+        folder, then their rows, then the event (``images``: ``vpo.train.sinks.Sink.samples``)."""
         from vpo import video as video_io
 
+        step += self.offset
         folder = f"samples/step_{step:06d}_{kind}"
         rows = []
         for i, (video, prompt, score, label) in enumerate(zip(videos, prompts, scores, labels)):
             files = video_io.save_video(video, self.experiment.run_dir / folder, f"{i:02d}", fps)
+            image = ""
+            if images is not None:  # lossless: the frame exactly as the backbone got it
+                image = f"{folder}/{i:02d}.png"
+                video_io.write_image(images[i], self.experiment.run_dir / image)
             rows.append(
                 Sample(
                     experiment=self.experiment,
@@ -98,6 +111,7 @@ class DatabaseSink:
                     score=finite_or_none(score),
                     label=label,
                     path=f"{folder}/{files['mp4']}",
+                    image=image,
                 )
             )
 

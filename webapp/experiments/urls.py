@@ -6,6 +6,7 @@ app_name = "experiments"
 urlpatterns = [
     path("", views.experiment_list, name="list"),
     path("new/", views.experiment_new, name="new"),
+    path("new/physmaster/", views.experiment_new_physmaster, name="new_physmaster"),
     path("demo/", views.demo, name="demo"),
     path("compare/", views.compare, name="compare"),
     path("bulk/", views.bulk, name="bulk"),

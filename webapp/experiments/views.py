@@ -14,8 +14,9 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from vpo.backbones import I2V_BACKBONES
 from vpo.train.keys import DASHBOARD, REWARD_MEAN
-from webapp.experiments.forms import EvaluationForm, ExperimentForm, validated_config
+from webapp.experiments.forms import PRESETS, EvaluationForm, ExperimentForm, PhysMasterForm, validated_config
 from webapp.experiments.leaderboard import leaderboard, leaderboard_csv, studies_of
 from webapp.experiments.models import Evaluation, Experiment, Status
 from webapp.experiments.runs import RunDetailsForm, delete_with_files, download_name, filtered, sort_links, zip_folder
@@ -164,7 +165,7 @@ def download(request, pk):
     if checkpoint is not None:
         if checkpoint not in experiment.checkpoints():
             raise Http404("no such checkpoint")
-        folder, what = experiment.run_dir / "run" / "checkpoints" / checkpoint, checkpoint
+        folder, what = experiment.checkpoint_dir(checkpoint), checkpoint.replace("/", "-")
     else:
         folder, what = experiment.run_dir, "run"
     if not folder.is_dir():
@@ -178,6 +179,9 @@ def experiment_new(request):
     source = None
     if "clone" in request.GET:
         source = visible_or_404(request, request.GET["clone"])
+    preset = request.GET.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise Http404(f"no preset {preset!r}; presets: {', '.join(PRESETS)}")
     if request.method == "POST":
         form = ExperimentForm(request.POST, request.FILES, user=request.user)
         if form.is_valid():
@@ -189,11 +193,39 @@ def experiment_new(request):
             if enqueue_on_commit(experiment):
                 return redirect(experiment)
             form.add_error(None, f"The run could not be queued: {experiment.error}. Try again in a moment.")
-            return render(request, "experiments/new.html", {"form": form, "source": source}, status=503)
+            return render(request, "experiments/new.html", page(form, source, None), status=503)
+    elif preset is not None:
+        name, config = PRESETS[preset]
+        form = ExperimentForm(initial={"name": name}, config=config(), user=request.user)
     else:
         initial = {"name": f"{source.name} (copy)"} if source else {}
         form = ExperimentForm(initial=initial, config=source.config if source else None, user=request.user)
-    return render(request, "experiments/new.html", {"form": form, "source": source}, status=400 if form.errors else 200)
+    return render(request, "experiments/new.html", page(form, source, preset), status=400 if form.errors else 200)
+
+
+def page(form: ExperimentForm, source: Experiment | None, preset: str | None) -> dict:
+    """The new-experiment page's context: the form, the run it was cloned from, the preset it holds."""
+    return {"form": form, "source": source, "preset": preset, "presets": {k: v[0] for k, v in PRESETS.items()}}
+
+
+@login_required
+def experiment_new_physmaster(request):
+    """PhysMaster's three stages as one run: SFT, online DPO of the LoRA, online DPO of the head,
+    each from the one before (``vpo physmaster``), streamed to one page."""
+    initial = {"name": "PhysMaster: three stages (tiny-i2v)"}
+    if "clone" in request.GET:  # another PhysMaster run's settings
+        source = visible_or_404(request, request.GET["clone"])
+        initial = {"name": f"{source.name} (copy)", **(source.physmaster or {})}
+    form = PhysMasterForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        experiment = Experiment.objects.create(
+            owner=request.user, name=form.cleaned_data["name"], config=form.stage_two, physmaster=form.config
+        )
+        if enqueue_on_commit(experiment):
+            return redirect(experiment)
+        form.add_error(None, f"The run could not be queued: {experiment.error}. Try again in a moment.")
+        return render(request, "experiments/physmaster.html", {"form": form}, status=503)
+    return render(request, "experiments/physmaster.html", {"form": form}, status=400 if form.errors else 200)
 
 
 @login_required
@@ -211,6 +243,7 @@ def demo(request):
 def experiment_detail(request, pk):
     experiment = visible_or_404(request, pk)
     checkpoints = experiment.checkpoints()
+    i2v = experiment.config["backbone"] in I2V_BACKBONES  # vpo eval samples text prompts only
     return render(
         request,
         "experiments/detail.html",
@@ -220,7 +253,10 @@ def experiment_detail(request, pk):
             "checkpoints": checkpoints,
             "config_rows": sorted(experiment.config.items()),
             "evaluations": experiment.evaluations.all(),
-            "evaluation_form": EvaluationForm(checkpoints=checkpoints) if checkpoints else None,
+            "evaluation_form": EvaluationForm(checkpoints=checkpoints) if checkpoints and not i2v else None,
+            "image_to_video": i2v,
+            "physmaster_rows": sorted((experiment.physmaster or {}).items()),
+            "report": report.read_text() if (report := experiment.run_dir / "run" / "report.md").is_file() else "",
             "studies": studies_of(experiment),
             "charts": DASHBOARD,  # the dashboard's charts and the metric names they draw (vpo.train.keys)
         },
@@ -332,6 +368,12 @@ def compare(request):
 @require_POST
 def evaluate(request, pk):
     experiment = visible_or_404(request, pk)
+    if experiment.config["backbone"] in I2V_BACKBONES:
+        return HttpResponse(
+            f"cannot evaluate: vpo eval samples text prompts, and backbone {experiment.config['backbone']!r} is "
+            "image-to-video (it needs a first frame per prompt)",
+            status=400,
+        )
     form = EvaluationForm(request.POST, checkpoints=experiment.checkpoints())
     if not form.is_valid():
         return HttpResponse(f"cannot evaluate: {form.errors.as_text()}", status=400)

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from django import forms
 
-from vpo.data.prompts import BUILTIN, parse_prompts, read_prompts
+from vpo.backbones import I2V_BACKBONES
+from vpo.data.prompts import BUILTIN, IMAGE_SETS, parse_prompts, read_prompts
 from webapp.experiments.models import Experiment, Status
 from webapp.prompt_files import read_prompt_file
 
@@ -12,7 +13,7 @@ MAX_CLIPS = 2000  # systems x prompts x videos per prompt: what one study may as
 
 def system_choices(user) -> list[tuple[str, str]]:
     """ "base" and every checkpoint of the user's finished or cancelled experiments."""
-    choices = [(BASE, "base model (tiny, untuned)")]
+    choices = [(BASE, "base model (untuned: tiny, or the image-to-video backbone of the other systems)")]
     for e in Experiment.objects.visible_to(user).filter(status__in=(Status.FINISHED, Status.CANCELLED)):
         for ckpt in reversed(e.checkpoints()):
             choices.append((f"{e.pk}:{ckpt}", f"#{e.pk} {e.name} · {ckpt}"))
@@ -22,7 +23,13 @@ def system_choices(user) -> list[tuple[str, str]]:
 class StudyForm(forms.Form):
     name = forms.CharField(max_length=120)
     systems = forms.MultipleChoiceField(widget=forms.CheckboxSelectMultiple, help_text="two or more")
-    prompt_set = forms.ChoiceField(choices=[(p, p) for p in BUILTIN] + [("file", "uploaded file")], initial="heldout64")
+    prompt_set = forms.ChoiceField(
+        choices=[(p, p) for p in BUILTIN]
+        + [(p, f"{p} (a first frame per prompt: image-to-video)") for p in IMAGE_SETS]
+        + [("file", "uploaded file")],
+        initial="heldout64",
+        help_text="image-to-video systems need an image prompt set: both clips of a trial start from its first frame",
+    )
     prompts_file = forms.FileField(required=False)
     prompt_limit = forms.IntegerField(min_value=1, max_value=1000, initial=16, help_text="use the first N prompts")
     videos_per_prompt = forms.IntegerField(min_value=1, max_value=8, initial=1)
@@ -79,15 +86,47 @@ class StudyForm(forms.Form):
             prompts = parse_prompts(text)
         else:
             prompts = read_prompts(data["prompt_set"])
+        systems = data["systems"]  # add_error drops a field from data
+        data["image_set"], data["base_backbone"] = self.image_to_video(systems, data["prompt_set"])
         if data["gold_rate"] > 0 and data["trials_per_participant"] < 2:
             self.add_error(
                 "trials_per_participant", "with gold trials each volunteer needs two or more trials (one is gold)"
             )
         data["prompts"] = prompts[: data["prompt_limit"]]
-        clips = len(data["prompts"]) * data["videos_per_prompt"] * len(data["systems"])
+        clips = len(data["prompts"]) * data["videos_per_prompt"] * len(systems)
         if clips > MAX_CLIPS:
             self.add_error("prompt_limit", f"that is {clips:,} clips to render; the limit is {MAX_CLIPS:,}")
         return data
+
+    def image_to_video(self, systems: list[str], prompt_set: str) -> tuple[str, str]:
+        """(the image set, the base system's backbone) of a study of these systems on this prompt
+        set: an image-to-video study's systems share one image-to-video backbone (the base is its
+        untuned weights) and an image prompt set, whose first frames both clips of a trial start
+        from; a text-to-video study takes no image set. A mismatch is an error on its field."""
+        pks = [choice.split(":")[0] for choice in systems if choice != BASE]
+        backbones = {e.config["backbone"] for e in Experiment.objects.visible_to(self.user).filter(pk__in=pks)}
+        i2v = sorted(backbones & set(I2V_BACKBONES))
+        if not i2v:
+            if prompt_set in IMAGE_SETS:
+                self.add_error(
+                    "prompt_set",
+                    f"{prompt_set} gives a first frame per prompt, for image-to-video systems; these systems are "
+                    "text-to-video: choose a text prompt set",
+                )
+            return "", "tiny"
+        if len(backbones) > 1:
+            self.add_error(
+                "systems",
+                f"image-to-video systems compare only with systems of the same backbone (from the same first "
+                f"frames); these are on {', '.join(sorted(backbones))}",
+            )
+        elif prompt_set not in IMAGE_SETS:
+            self.add_error(
+                "prompt_set",
+                f"image-to-video systems ({i2v[0]}) need a first frame per prompt: choose an image prompt set "
+                f"({', '.join(IMAGE_SETS)})",
+            )
+        return prompt_set, i2v[0]
 
 
 class ManageForm(forms.Form):

@@ -18,6 +18,7 @@ from webapp.studies.models import (
     Study,
     StudyStatus,
     System,
+    new_token,
 )
 from webapp.studies.results import human_groups, study_pairs
 
@@ -34,27 +35,55 @@ def render(study_id: int) -> None:
         return
     systems = list(study.systems.all())
     prompts = study.prompt_list()
-    jobs = [(p, study.seed + k) for p in prompts for k in range(study.videos_per_prompt)]
+    # (prompt, seed, scene): an image-to-video study's prompt i is scene i of its image set
+    scenes = [(p, i if study.image_set else None) for i, p in enumerate(prompts)]
+    jobs = [(p, study.seed + k, scene) for p, scene in scenes for k in range(study.videos_per_prompt)]
     Study.objects.filter(pk=study.pk).update(to_render=len(jobs) * len(systems), rendered=0)
     study.media_dir.mkdir(parents=True, exist_ok=True)
     try:
+        images, frames = None, {}
+        if study.image_set:
+            images, frames = first_frames(study, len(prompts))
         for system in systems:
 
             def saved(job_index: int, video, fps: int, system: System = system) -> None:  # type: ignore[no-untyped-def]
-                prompt, seed = jobs[job_index]
-                clip = Clip(study=study, system=system, prompt=prompt, seed=seed)
+                prompt, seed, scene = jobs[job_index]
+                frame = frames.get(scene, "")
+                clip = Clip(study=study, system=system, prompt=prompt, seed=seed, scene=scene, frame=frame)
                 clip.save_video(video, fps)
-                gold = Clip(study=study, system=system, prompt=prompt, seed=seed, degraded=True)
+                gold = Clip(
+                    study=study, system=system, prompt=prompt, seed=seed, scene=scene, frame=frame, degraded=True
+                )
                 gold.save_video(degrade(video, seed), fps)
                 Study.objects.filter(pk=study.pk).update(rendered=models.F("rendered") + 1)
 
-            render_system(study.backbone_of(system), system.checkpoint_path(), jobs, saved)
+            render_system(
+                study.backbone_of(system),
+                system.checkpoint_path(),
+                [(p, s) for p, s, _ in jobs],
+                saved,
+                images=None if images is None else images[[scene for _, _, scene in jobs]],
+            )
         study.build_trials()
     except Exception as e:  # shown on the study page
         log.exception("study %s failed to render", study.pk)
         Study.objects.filter(pk=study.pk).update(status=StudyStatus.FAILED, error=f"{type(e).__name__}: {e}")
         return
     Study.objects.filter(pk=study.pk).update(status=StudyStatus.OPEN)
+
+
+def first_frames(study: Study, count: int):
+    """The first ``count`` first frames of the study's image set, uint8 (count, H, W, 3), each also
+    written as ``<token>.png`` for the trial page; returns them and scene -> token."""
+    from vpo import video as video_io
+    from vpo.data.prompts import read_image_prompts
+
+    _, images = read_image_prompts(study.image_set)
+    frames = {}
+    for scene, image in enumerate(images[:count]):
+        frames[scene] = new_token()
+        video_io.write_image(image, study.media_dir / f"{frames[scene]}.png")
+    return images[:count], frames
 
 
 def analyse_feedback(study_id: int) -> None:

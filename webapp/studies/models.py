@@ -59,6 +59,9 @@ class Study(models.Model):
     question = models.CharField(max_length=200, default="Which video looks better?")
     instructions = models.TextField(blank=True)
     prompts = models.TextField(help_text="one prompt per line")
+    # image-to-video: the image prompt set (vpo.data.prompts.IMAGE_SETS) whose first frames the
+    # systems are conditioned on, prompt i with scene i; "" for text-to-video
+    image_set = models.CharField(max_length=40, blank=True)
     videos_per_prompt = models.PositiveIntegerField(default=1)
     seed = models.IntegerField(default=0)
     allow_tie = models.BooleanField(default=True, help_text='offer "Can\'t tell"')
@@ -122,8 +125,10 @@ class Study(models.Model):
 
     @transaction.atomic
     def build_trials(self) -> None:
-        """Every pair of systems on every (prompt, seed), and gold trials: a clip against its
-        degraded copy (the right answer is the clean one). Every clip file is first padded to one
+        """Every pair of systems on every (prompt, first frame, seed), and gold trials: a clip
+        against its degraded copy (the right answer is the clean one). An image-to-video study's
+        two clips of a trial come from the same first frame (the same scene: one caption can
+        describe several, ``scene`` tells them apart). Every clip file is first padded to one
         size, so that no request (Content-Length, a ``Range`` probe) tells the noisy, larger
         degraded copy from the clean one."""
         from vpo.video import pad_to_same_size
@@ -131,25 +136,19 @@ class Study(models.Model):
         pad_to_same_size([c.path for c in self.clips.all() if c.path.is_file()])
         clips = {}
         for clip in self.clips.all():
-            clips[(clip.system_id, clip.prompt, clip.seed, clip.degraded)] = clip
+            clips[(clip.system_id, clip.pairing_key, clip.degraded)] = clip
         systems = list(self.systems.order_by("pk"))
-        keys = sorted({(p, s) for (_, p, s, _) in clips})
+        keys = sorted({key for (_, key, _) in clips}, key=lambda k: (k[0], -1 if k[1] is None else k[1], k[2]))
         trials = []
-        for prompt, seed in keys:
+        for key in keys:
             for i, a in enumerate(systems):
                 for b in systems[i + 1 :]:
-                    trials.append(
-                        Trial(
-                            study=self,
-                            clip_a=clips[(a.pk, prompt, seed, False)],
-                            clip_b=clips[(b.pk, prompt, seed, False)],
-                        )
-                    )
+                    trials.append(Trial(study=self, clip_a=clips[(a.pk, key, False)], clip_b=clips[(b.pk, key, False)]))
                 trials.append(
                     Trial(
                         study=self,
-                        clip_a=clips[(a.pk, prompt, seed, False)],
-                        clip_b=clips[(a.pk, prompt, seed, True)],
+                        clip_a=clips[(a.pk, key, False)],
+                        clip_b=clips[(a.pk, key, True)],
                         is_gold=True,
                     )
                 )
@@ -211,7 +210,7 @@ class System(models.Model):
     def checkpoint_path(self) -> Path | None:
         if self.experiment_id is None:
             return None
-        return self.experiment.run_dir / "run" / "checkpoints" / self.checkpoint
+        return self.experiment.checkpoint_dir(self.checkpoint)
 
 
 class Clip(models.Model):
@@ -221,6 +220,10 @@ class Clip(models.Model):
     seed = models.IntegerField()
     degraded = models.BooleanField(default=False)  # a gold trial's visibly damaged copy
     token = models.CharField(max_length=40, unique=True, default=new_token)  # the opaque file name
+    # image-to-video: the index of its scene in the study's image set, and the opaque name of that
+    # scene's first frame (``<frame>.png``, shared by every clip of the scene: it tells no system)
+    scene = models.IntegerField(null=True, blank=True)
+    frame = models.CharField(max_length=40, blank=True)
     duration = models.FloatField(default=0.0)  # seconds: the trial page's minimum watch time comes from it
 
     def save_video(self, video, fps: int) -> None:
@@ -242,6 +245,19 @@ class Clip(models.Model):
 
     def url(self) -> str:
         return reverse("studies:clip", args=[self.study.token, self.token])
+
+    @property
+    def pairing_key(self) -> tuple[str, int | None, int]:
+        """What the two clips of a trial share: prompt, scene (image-to-video) and seed."""
+        return (self.prompt, self.scene, self.seed)
+
+    @property
+    def frame_path(self) -> Path:
+        return self.study.media_dir / f"{self.frame}.png"
+
+    def frame_url(self) -> str:
+        """The first frame it was conditioned on ("" for text-to-video)."""
+        return reverse("studies:frame", args=[self.study.token, self.frame]) if self.frame else ""
 
 
 class Trial(models.Model):

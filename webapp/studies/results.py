@@ -187,6 +187,7 @@ CSV_HEADER = [
     "gold",
     "prompt",
     "seed",
+    "scene",  # image-to-video: the index of the first frame's scene in the study's image set (captions repeat)
     "left_system",
     "right_system",
     "choice",
@@ -238,6 +239,7 @@ def votes_csv(study: Study) -> str:
                 int(v.trial.is_gold),
                 cell(a.prompt),
                 a.seed,
+                "" if a.scene is None else a.scene,
                 cell(left_label),
                 cell(right_label),
                 v.choice,
@@ -250,19 +252,19 @@ def votes_csv(study: Study) -> str:
 
 
 def human_groups(study: Study) -> list[tuple[str, list, int]]:
-    """For the feedback-source analysis: per (prompt, seed), the clean clips of every system and
+    """For the feedback-source analysis: per (prompt, scene, seed), the clean clips of every system and
     the one people preferred most (most decisive wins; groups without a single favourite are
     left out). Returns (prompt, clips, index of the favourite)."""
     wins = Counter()
     clips_of = defaultdict(dict)
     for clip in study.clips.filter(degraded=False).select_related("system"):
-        clips_of[(clip.prompt, clip.seed)][clip.pk] = clip
+        clips_of[clip.pairing_key][clip.pk] = clip
     for v in vote_rows(study).filter(
         trial__is_gold=False, participant__excluded=False, participant__pilot=False, chosen__isnull=False
     ):
         wins[v.chosen_id] += 1
     groups = []
-    for (prompt, _), clips in sorted(clips_of.items()):
+    for (prompt, _, _), clips in sorted(clips_of.items(), key=lambda item: (item[0][0], item[0][1] or 0, item[0][2])):
         ordered = sorted(clips.values(), key=lambda c: c.system_id)
         tally = [wins[c.pk] for c in ordered]
         best = max(tally)

@@ -27,4 +27,5 @@ urlpatterns = [
     path("s/<str:token>/p/<str:ptoken>/vote", volunteer.vote, name="vote"),
     path("s/<str:token>/p/<str:ptoken>/done", volunteer.done, name="done"),
     path("s/<str:token>/c/<str:clip_token>.mp4", volunteer.clip, name="clip"),
+    path("s/<str:token>/f/<str:frame>.png", volunteer.frame, name="frame"),
 ]

@@ -46,6 +46,7 @@ def study_new(request):
                 owner=request.user,
                 name=d["name"],
                 prompts="\n".join(d["prompts"]),
+                image_set=d["image_set"],
                 videos_per_prompt=d["videos_per_prompt"],
                 seed=d["seed"],
                 question=d["question"],
@@ -58,7 +59,7 @@ def study_new(request):
             )
             for choice in d["systems"]:
                 if choice == BASE:
-                    System.objects.create(study=study, label="base")
+                    System.objects.create(study=study, label="base", backbone=d["base_backbone"])
                 else:
                     pk, checkpoint = choice.split(":")
                     experiment = Experiment.objects.visible_to(request.user).get(pk=pk)

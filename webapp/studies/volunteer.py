@@ -158,6 +158,7 @@ def trial(request, token, ptoken):
             "left": clips[item["left"]],
             "right": clips[right],
             "prompt": clips[right].prompt,
+            "frame": clips[right].frame_url(),  # image-to-video: both clips start from it
             "answered": len(answered),
             "total": len(participant.plan),
             "percent": round(100 * len(answered) / max(1, len(participant.plan))),
@@ -260,3 +261,17 @@ def clip(request, token, clip_token):
     if not c.path.is_file():
         raise Http404("no such clip")
     return ranged_file_response(request, c.path)
+
+
+def frame(request, token, frame):
+    """An image-to-video study's first frame by its opaque name, as its clips are served (the same
+    frame goes with every system's clip of a scene, so it tells no system)."""
+    c = Clip.objects.select_related("study").filter(frame=frame, study__token=token).exclude(frame="").first()
+    if c is None:
+        raise Http404("no such frame")
+    owner = request.user.is_authenticated and (request.user.is_staff or request.user.pk == c.study.owner_id)
+    if c.study.status != StudyStatus.OPEN and not owner:
+        raise Http404("no such frame")
+    if not c.frame_path.is_file():
+        raise Http404("no such frame")
+    return ranged_file_response(request, c.frame_path)

@@ -201,17 +201,28 @@
 
   function videoCard(s, title) {
     const card = document.createElement("figure");
-    card.className = `video ${s.label || ""}`;
+    card.className = `video ${s.label || ""}${s.image ? " i2v" : ""}`;
     const v = document.createElement("video");
     Object.assign(v, {src: s.url, muted: true, loop: true, autoplay: true, playsInline: true, controls: true,
                       preload: "auto"});
+    if (s.image) {  // image-to-video: the first frame it was conditioned on, beside it
+      const frame = document.createElement("img");
+      Object.assign(frame, {src: s.image, className: "first-frame", alt: "first frame (the condition)",
+                            title: "the first frame this video was conditioned on"});
+      const both = document.createElement("div");
+      both.className = "with-frame";
+      both.append(frame, v);
+      card.append(both);
+    } else {
+      card.append(v);
+    }
     const score = s.score === null ? "–" : s.score.toFixed(4);
     const cap = document.createElement("figcaption");
     cap.innerHTML = `<b></b> <span class="score"></span><br><small></small>`;
     cap.querySelector("b").textContent = title || s.label || "";
     cap.querySelector(".score").textContent = `score ${score}`;
     cap.querySelector("small").textContent = s.prompt;
-    card.append(v, cap);
+    card.append(cap);
     return card;
   }
 
