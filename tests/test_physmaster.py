@@ -4,6 +4,7 @@ same held-out scenes."""
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,6 +145,7 @@ def test_the_ablation_trains_stages_i_and_ii_without_a_physencoder_and_joins_the
     verdicts = [line for line in report.splitlines() if line.startswith("- ")]
     assert len(verdicts) >= 3
     assert all(any(w in v for w in ("**lowers**", "**raises**", "**no change beyond noise**")) for v in verdicts)
+    assert any(f"lowers the error: **{w}**" in report for w in ("met", "not met", "not shown"))
     # --results: the report as section (p) of the markdown file, the other sections kept; replaced on a rerun
     text = results.read_text()
     assert "## (a) Online vs offline DPO\n\nkept" in text and text.count("## (p) PhysMaster") == 1
@@ -185,3 +187,24 @@ def test_a_stop_ends_the_stage_in_progress_with_a_checkpoint_and_starts_no_later
     report = physmaster(cfg, progress=False, say=lambda line: None, sink_for=lambda s, _: Recorder(s))
     assert report is not None and report.is_file()
     assert seen[2:] == [("stage1-sft", 3), ("stage2-dpo-lora", 1), ("stage3-dpo-physencoder", 1)]
+
+
+def test_the_goal_is_met_only_when_every_dpo_stage_lowers_the_error_beyond_noise():
+    from vpo.physmaster import goal
+
+    rng = np.random.default_rng(0)
+    base = 2 + rng.normal(0, 0.5, 32)
+
+    def rows(d2: float, d3: float) -> dict:
+        # scene-to-scene spread shared by every row (paired), a small per-scene jitter
+        one, two = base + 0.01 * rng.normal(size=32), base + d2 + 0.01 * rng.normal(size=32)
+        return {
+            "base": {"trajectory_error": list(base)},
+            "stage1-sft": {"trajectory_error": list(one)},
+            "stage2-dpo-lora": {"trajectory_error": list(two)},
+            "stage3-dpo-physencoder": {"trajectory_error": list(two + d3 + 0.01 * rng.normal(size=32))},
+        }
+
+    assert goal(rows(-0.2, -0.2)).startswith("**met**")
+    assert goal(rows(-0.2, +0.2)).startswith("**not met**")
+    assert goal(rows(-0.2, 0.0)).startswith("**not shown**")

@@ -448,6 +448,18 @@ def direction(mean: float, lo: float, hi: float) -> str:
     return f"**no change beyond noise** ({change}, the interval holds 0)"
 
 
+def goal(rows: dict[str, dict[str, Any]]) -> str:
+    """PhysMaster's goal, each DPO stage lowering the error, by ``direction``'s rule: **met** when
+    every DPO stage present lowers it, **not met** when one raises it, else **not shown**."""
+    stages = [s for s in ("stage2-dpo-lora", "stage3-dpo-physencoder") if s in rows]
+    changes = [paired_change(rows, s, STARTED_FROM_ROW[s]) for s in stages]
+    if changes and all(hi < 0 for _, _, hi in changes):
+        return "**met**: every DPO stage lowers the error"
+    if any(lo > 0 for _, lo, _ in changes):
+        return "**not met**: a DPO stage raises the error"
+    return "**not shown**: no DPO stage raises the error, but not every one lowers it"
+
+
 def findings(rows: dict[str, dict[str, Any]], scenes: list[physics.PhysScene]) -> list[str]:
     """The verdicts, each by ``direction``'s rule, on the stages present in ``rows``."""
     out = []
@@ -509,6 +521,7 @@ def report(cfg: PhysMasterConfig, rows: dict[str, dict[str, Any]], table: str, s
         f"Verdicts: a change counts only when its paired 95% interval over scenes excludes 0. One training seed "
         f"({cfg.seed}): the intervals are over scenes, not over training seeds.\n\n"
         + "\n".join(findings(rows, scenes))
+        + f"\n\nThe goal that each DPO stage lowers the error: {goal(rows)}."
         + f"\n\nSettings: `{json.dumps(settings)}`. Training clock of each stage's last run (a resumed run counts "
         f"from its resume): {', '.join(walls)}. Machine: {machine()}.\n"
     )
