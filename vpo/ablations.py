@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from vpo.stats import t_half_width
 from vpo.train.config import TrainConfig
 from vpo.train.keys import REWARD_MARGIN, REWARD_MEAN, SAMPLE_S, heldout
 
@@ -247,14 +248,6 @@ def _per_prompt(rows: list[dict], column: str) -> np.ndarray:
     return np.where(kept, m, 0.0).sum(0)[n > 0] / n[n > 0]
 
 
-def _t_half(x: np.ndarray) -> float:
-    """Half-width of the 95% t-interval of the mean of ``x`` (NaN for fewer than two values)."""
-    from scipy import stats
-
-    n = len(x)
-    return float(stats.t.ppf(0.975, n - 1) * x.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
-
-
 def cell(rows: list[dict], column: str) -> str:
     """A table cell in points: the mean over seeds and prompts ± the half-width of its 95% interval.
 
@@ -270,7 +263,7 @@ def cell(rows: list[dict], column: str) -> str:
     x = _per_prompt(rows, column)
     if len(x) == 0:
         return "–"  # e.g. flickering when the static filter kept no video
-    half = _t_half(x)
+    half = t_half_width(x)
     return f"{100 * x.mean():.2f}" + (f" ± {100 * half:.2f}" if np.isfinite(half) else "")
 
 

@@ -115,7 +115,7 @@ def paired_difference(base: dict[str, np.ndarray], tuned: dict[str, np.ndarray])
     """Checkpoint minus base per column, paired by video (same prompt, same seed): the mean, its
     95% t-interval, and on how many videos the checkpoint is better / worse. Pairing removes the
     prompt-to-prompt spread, so a small but consistent change is told apart from noise."""
-    from scipy import stats
+    from vpo.stats import t_half_width
 
     out = {}
     for k in base:
@@ -124,7 +124,7 @@ def paired_difference(base: dict[str, np.ndarray], tuned: dict[str, np.ndarray])
         n = len(d)
         if n == 0:
             continue
-        half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+        half = t_half_width(d)
         out[k] = {
             "mean": float(d.mean()),
             "ci95": [float(d.mean() - half), float(d.mean() + half)],

@@ -41,6 +41,15 @@ class PairResult:
     tie_rate: float | None
 
 
+def t_half_width(x, confidence: float = 0.95) -> float:
+    """Half-width of the t-interval of the mean of ``x`` (NaN for fewer than two values)."""
+    from scipy import stats
+
+    x = np.asarray(x, dtype=float)
+    n = len(x)
+    return float(stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+
+
 def bootstrap_mean_ci(x, draws: int = 10_000, seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``x`` (values resampled with replacement)."""
     means = np.random.default_rng(seed).choice(np.asarray(x, dtype=float), (draws, len(x))).mean(1)
