@@ -57,7 +57,10 @@ def test_ablate_writes_a_report_with_every_study_and_its_plot(tmp_path):
         key = "heldout/temporal" if name == "offline" else "reward/mean"
         assert f"- {name}: {key} slope per 100 steps seed 0 " in section_c
     assert "Paper: ReFL reward-hacks, DPO does not (Sec. 3, Fig. 3). Here: refl, refl-d4 vs online, offline" in text
-    assert "Sample efficiency (OnlineVPO" in text and "Reference updates in 1 steps: fixed-ref (K = 0) 0" in text
+    assert (
+        "Sample efficiency (OnlineVPO" in text
+        and "Reference updates that later steps trained against, in 1 steps: fixed-ref (K = 0) 0" in text
+    )
     for name in VARIANTS:  # each run's evaluation keeps its per-video values, for the intervals
         cached = json.loads((tmp_path / "runs" / f"{name}-s0" / "eval.json").read_text())
         assert len(cached["per_video"]["presence"]) == 2
@@ -79,6 +82,9 @@ def test_one_study_replaces_its_section_of_a_report_and_keeps_the_rest(tmp_path)
     old = "# Ablations\n\nmeasured by hand on machine X\n\n## (a) A\n\nold a\n\n## (e) E\n\nold e\n"
     merged = merge_sections(old, text)
     assert "measured by hand on machine X" in merged and "old a" in merged and "old e" not in merged
+    # the full run's text under the title moves into the old section that stays, not above the new one
+    assert merged.startswith("# Ablations\n\n## (a) A\n\nmeasured by hand on machine X\n")
+    assert merged.count("measured by hand") == 1 and merge_sections(merged, text) == merged
     assert merged.count("## (e) ") == 1 and f"## (e) {STUDIES['e'][0]}" in merged
     section = merged.split("## (e)")[1]
     assert "`vpo ablate --seeds 0 --steps 3 --studies e`" in section and "Flow-RWR: temperature" in section
@@ -131,7 +137,10 @@ def test_a_study_of_four_variants_renders_every_row_with_an_interval_and_a_verdi
     for k in ("ref-every-10", "online", "ref-every-50"):
         assert f"- {k} minus fixed-ref: seed 0 +" in text
     assert text.count("— **matches**") == 3
-    assert "Reference updates in 60 steps: fixed-ref (K = 0) 0, ref-every-10 (K = 10) 6, online (K = 20) 3, " in text
+    assert (
+        "Reference updates that later steps trained against, in 60 steps: fixed-ref (K = 0) 0, "
+        "ref-every-10 (K = 10) 5, online (K = 20) 2, ref-every-50 (K = 50) 1." in text
+    )
 
 
 def test_the_reward_hacking_study_says_which_variants_hack_by_its_rule(tmp_path):

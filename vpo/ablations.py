@@ -207,15 +207,27 @@ def ablate(
 
 
 def merge_sections(old: str, new: str) -> str:
-    """``old`` with each ``## (x)`` section of ``new`` in place of its namesake (or added at the end)."""
+    """``old`` with each ``## (x)`` section of ``new`` in place of its namesake (or added at the end).
+
+    A report written by a full run carries its command and settings once, under the title; a merged
+    report's sections come from different runs, so that text moves into each old section that stays
+    and has no command of its own, and the title stands alone: a replaced section never sits under
+    another run's settings."""
 
     def split(text: str) -> tuple[str, dict[str, str]]:
         head, *parts = text.split("\n## (")
         return head, {part.split(")", 1)[0]: "\n## (" + part.rstrip("\n") for part in parts}
 
     head, sections = split(old)
+    title, _, about = head.strip("\n").partition("\n")
+    about = about.strip("\n")
+    if about:
+        for key, text in sections.items():
+            if "Reproduce:" not in text:
+                heading, _, body = text.lstrip("\n").partition("\n")
+                sections[key] = f"{heading}\n\n{about}\n{body}"
     sections.update(split(new)[1])
-    return head.rstrip("\n") + "\n" + "".join(f"\n{sections[k].lstrip(chr(10))}\n" for k in sorted(sections))
+    return title + "\n" + "".join(f"\n{sections[k].lstrip(chr(10))}\n" for k in sorted(sections))
 
 
 def machine() -> str:
@@ -373,12 +385,14 @@ def report(base, seeds, evals, base_eval, curves, figures, results, train_s, wal
 
 
 def _reference_moves(base: TrainConfig, names: list[str]) -> str:
-    """How often each variant's reference moved in the run (K = 0: never)."""
+    """How often each variant's reference moved while it could still shape training (K = 0: never).
+    The update after step S (S a multiple of K) serves steps S + 1 on, so one after the last step counts
+    for nothing."""
     parts = []
     for name in names:
         k = {**base.to_dict(), **VARIANTS[name]}["ref_update_every"]
-        parts.append(f"{name} (K = {k}) {base.steps // k if k else 0}")
-    return f"Reference updates in {base.steps} steps: " + ", ".join(parts) + "."
+        parts.append(f"{name} (K = {k}) {(base.steps - 1) // k if k else 0}")
+    return f"Reference updates that later steps trained against, in {base.steps} steps: " + ", ".join(parts) + "."
 
 
 def _sample_efficiency(curves, seeds, base: TrainConfig, online: str, offline: str) -> str:
