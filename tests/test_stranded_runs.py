@@ -221,3 +221,83 @@ def test_a_redis_restart_leaves_no_queued_row_without_its_message(run):
         f"{requeued - restarted:.1f} s after the restart (worker start-up included), "
         f"finished {ended - restarted:.1f} s after it"
     )
+
+
+# --- the jobs with no checkpoint: evaluations, study renders, reward models, guided samplings ------
+STOPPED = "the worker running this job stopped"
+
+
+def test_jobs_whose_worker_is_gone_are_marked_failed_with_the_reason_and_live_ones_are_left(transactional_db):
+    """The reaper's sweep on rows as a killed worker leaves them: running with an old heartbeat. Only
+    those are failed (a queued study render has no heartbeat yet; a fresh heartbeat is a live job)."""
+    from webapp.experiments.jobs import stalled_evaluations
+    from webapp.experiments.models import Evaluation
+    from webapp.studies.jobs import stalled_jobs
+    from webapp.studies.models import GuidedSampling, RewardModel, Study
+
+    owner = get_user_model().objects.create_user("alice")
+    old, now = timezone.now() - timedelta(minutes=5), timezone.now()
+    e = Experiment.objects.create(owner=owner, name="tuned", config={}, status="finished")
+    lost_eval = Evaluation.objects.create(experiment=e, checkpoint="step_000001", status="running", heartbeat=old)
+    live_eval = Evaluation.objects.create(experiment=e, checkpoint="step_000001", status="running", heartbeat=now)
+    lost_study = Study.objects.create(owner=owner, name="lost", prompts="a red ball moving right", heartbeat=old)
+    waiting_study = Study.objects.create(owner=owner, name="waiting", prompts="a red ball moving right")
+    lost_rm = RewardModel.objects.create(owner=owner, name="lost", status="running", heartbeat=old)
+    live_rm = RewardModel.objects.create(owner=owner, name="live", status="running", heartbeat=now)
+    lost_guided = GuidedSampling.objects.create(
+        owner=owner, reward_model=live_rm, prompt="a red ball moving right", status="running", heartbeat=old
+    )
+
+    assert stalled_evaluations() == [lost_eval.pk]
+    assert stalled_jobs() == [
+        f"study {lost_study.pk}",
+        f"reward model {lost_rm.pk}",
+        f"guided sampling {lost_guided.pk}",
+    ]
+    for row in (lost_eval, lost_study, lost_rm, lost_guided):
+        row.refresh_from_db()
+        assert row.status == "failed" and STOPPED in row.error and "start it again" in row.error, row
+    lost_rm.refresh_from_db()
+    assert lost_rm.finished is not None
+    for row, status in ((live_eval, "running"), (waiting_study, "rendering"), (live_rm, "running")):
+        row.refresh_from_db()
+        assert (row.status, row.error) == (status, "")
+    assert stalled_evaluations() == [] and stalled_jobs() == []  # once only
+
+
+def test_a_study_whose_render_worker_is_killed_is_marked_failed_by_the_next_worker(run):
+    """A real worker renders a study's clips and beats; SIGKILL mid-render; a new worker's reaper
+    marks the study failed with the reason, within a minute, where before it stayed "rendering"."""
+    from webapp.studies.models import Study, System
+    from webapp.studies.tasks import render_study
+
+    owner = run.experiment.owner
+    study = Study.objects.create(
+        owner=owner,
+        name="killed mid-render",
+        prompts="\n".join(["a red ball moving right", "a blue square falling"] * 8),
+    )
+    System.objects.create(study=study, label="base")
+    System.objects.create(study=study, label="base again")
+    render_study.apply_async((study.pk,), queue=run.queue)
+    first = start_worker(run.queue, "solo", run.env, name=f"first-{run.queue}@%h")
+    try:
+        wait_for(lambda: Study.objects.get(pk=study.pk).rendered >= 2, 300, "two clips rendered", first)
+        beat = Study.objects.get(pk=study.pk).heartbeat
+        wait_for(lambda: Study.objects.get(pk=study.pk).heartbeat != beat, 30, "a heartbeat while rendering", first)
+        first.proc.send_signal(signal.SIGKILL)
+        killed = time.time()
+        first.proc.wait(30)
+    finally:
+        first.stop()
+    assert Study.objects.get(pk=study.pk).status == "rendering"
+    second = start_worker(run.queue, "solo", run.env, name=f"second-{run.queue}@%h")
+    try:
+        wait_for(lambda: Study.objects.get(pk=study.pk).status != "rendering", 60, "the reaper's sweep", second)
+        failed = time.time()
+    finally:
+        second.stop()
+    study.refresh_from_db()
+    assert study.status == "failed" and STOPPED in study.error, study.error
+    assert f"study {study.pk}" in "".join(second.lines)
+    print(f"\nkilled mid-render; the study was marked failed {failed - killed:.1f} s later (worker start-up included)")

@@ -42,14 +42,18 @@ def _mark_stopping(sender: str, **_: Any) -> None:
 # A worker killed outright (SIGKILL, out of memory, the machine gone) cannot put its run back, and
 # Redis would redeliver the message only after the visibility timeout (hours). So every worker, at
 # start-up and then every VPO_REAPER_INTERVAL_S, requeues the runs whose heartbeat is stale and the
-# queued rows whose message Redis lost (webapp/experiments/tasks.py: reap).
+# queued rows whose message Redis lost (webapp/experiments/tasks.py: reap), and marks failed the
+# evaluations, study renders, reward-model trainings and guided samplings whose heartbeat is stale
+# (webapp/heartbeats.py: they have no checkpoint to resume from).
 REAPER_INTERVAL_S = float(os.environ.get("VPO_REAPER_INTERVAL_S", 30))
 
 
 def _reap_forever(hostname: str, queues: list[str]) -> None:
     from django.db import connection
 
+    from webapp.experiments.jobs import stalled_evaluations
     from webapp.experiments.tasks import reap
+    from webapp.studies.jobs import stalled_jobs
 
     restarted = hostname  # at start-up: runs left "running" by an earlier process of this name
     while True:
@@ -63,6 +67,12 @@ def _reap_forever(hostname: str, queues: list[str]) -> None:
                 logger.warning("reaper on %s queued again: experiments %s", hostname, sent)
         except Exception:  # a sweep that fails (database or Redis down) is tried again next time
             logger.exception("reaper sweep failed")
+        try:  # the jobs with no checkpoint to resume from: failed, with the reason on their page
+            failed = [f"evaluation {pk}" for pk in stalled_evaluations()] + stalled_jobs()
+            if failed:
+                logger.warning("reaper on %s marked failed (their worker is gone): %s", hostname, ", ".join(failed))
+        except Exception:
+            logger.exception("reaper sweep of evaluations, renders and reward models failed")
         finally:
             connection.close()
         restarted = ""

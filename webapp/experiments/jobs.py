@@ -26,6 +26,7 @@ from webapp.experiments.models import (
     stale_heartbeat,
 )
 from webapp.experiments.sink import DatabaseSink
+from webapp.heartbeats import Beating, fail_stalled
 from webapp.live import finite_or_none, push
 
 log = logging.getLogger(__name__)
@@ -207,45 +208,60 @@ def requeued(experiment: Experiment) -> bool:
 def evaluate(evaluation_id: int) -> None:
     """``vpo eval`` of evaluation ``evaluation_id``'s checkpoint against the base; the result (and
     the paired difference) stored on the row, then announced on the experiment's page."""
-    from vpo.data.prompts import read_prompts
-    from vpo.device import pick_device
-    from vpo.eval import columns_of, compare
-
     evaluation = Evaluation.objects.filter(pk=evaluation_id).select_related("experiment").first()
     if evaluation is None or evaluation.status in DONE:
         return
     evaluation.status = Status.RUNNING
     evaluation.save(update_fields=["status"])
     try:
-        cfg = evaluation.experiment.config
-        folder = evaluation.experiment.run_dir / "run" / "checkpoints" / evaluation.checkpoint
-        rows = compare(
-            cfg["backbone"],
-            folder,
-            read_prompts(evaluation.prompts),
-            steps=cfg["sampling_steps"],
-            guidance=cfg["guidance"],
-            device=pick_device(),
-            suite=evaluation.suite,
-        )
-        columns = columns_of(rows)
-        # jsonb does not keep key order: store the columns' order with the values
-        diff = rows["difference"]
-        evaluation.result = {
-            "columns": list(columns),
-            "labels": rows["labels"],
-            "quality": rows["quality"],
-            "suite": evaluation.suite,
-            **{m: [finite_or_none(rows[m][c]) for c in columns] for m in ("base", "checkpoint")},
-            "static": {m: [rows[m].get("static_kept"), rows[m]["videos"]] for m in ("base", "checkpoint")},
-            "difference": [difference_cell(diff.get(c)) for c in columns],
-        }
+        with Beating(Evaluation.objects.filter(pk=evaluation.pk, status=Status.RUNNING)):
+            evaluation.result = evaluation_result(evaluation)
         evaluation.status = Status.FINISHED
     except Exception as e:  # shown on the page next to the evaluation
         log.exception("evaluation %s failed", evaluation.pk)
         evaluation.status, evaluation.error = Status.FAILED, f"{type(e).__name__}: {e}"
     evaluation.save(update_fields=["status", "result", "error"])
     push(evaluation.experiment.group, {"type": "evaluation.event", "id": evaluation.pk, "status": evaluation.status})
+
+
+def evaluation_result(evaluation: Evaluation) -> dict[str, Any]:
+    """``vpo eval`` of the evaluation's checkpoint against the base, as the row stores it."""
+    from vpo.data.prompts import read_prompts
+    from vpo.device import pick_device
+    from vpo.eval import columns_of, compare
+
+    cfg = evaluation.experiment.config
+    folder = evaluation.experiment.run_dir / "run" / "checkpoints" / evaluation.checkpoint
+    rows = compare(
+        cfg["backbone"],
+        folder,
+        read_prompts(evaluation.prompts),
+        steps=cfg["sampling_steps"],
+        guidance=cfg["guidance"],
+        device=pick_device(),
+        suite=evaluation.suite,
+    )
+    columns = columns_of(rows)
+    # jsonb does not keep key order: store the columns' order with the values
+    diff = rows["difference"]
+    return {
+        "columns": list(columns),
+        "labels": rows["labels"],
+        "quality": rows["quality"],
+        "suite": evaluation.suite,
+        **{m: [finite_or_none(rows[m][c]) for c in columns] for m in ("base", "checkpoint")},
+        "static": {m: [rows[m].get("static_kept"), rows[m]["videos"]] for m in ("base", "checkpoint")},
+        "difference": [difference_cell(diff.get(c)) for c in columns],
+    }
+
+
+def stalled_evaluations() -> list[int]:
+    """The reaper's sweep of evaluations: running ones whose worker is gone are marked failed, and
+    their experiment's page is told."""
+    failed = fail_stalled(Evaluation.objects.filter(status=Status.RUNNING), status=Status.FAILED)
+    for evaluation in Evaluation.objects.filter(pk__in=failed).select_related("experiment"):
+        push(evaluation.experiment.group, {"type": "evaluation.event", "id": evaluation.pk, "status": Status.FAILED})
+    return failed
 
 
 def difference_cell(d: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -266,6 +266,7 @@ class Evaluation(models.Model):
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
     created = models.DateTimeField(auto_now_add=True)
+    heartbeat = models.DateTimeField(null=True, blank=True)  # while running (webapp/heartbeats.py)
 
     class Meta:
         ordering = ["-created"]

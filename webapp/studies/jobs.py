@@ -10,6 +10,7 @@ import logging
 from django.db import models
 from django.utils import timezone
 
+from webapp.heartbeats import Beating, fail_stalled
 from webapp.studies.models import (
     Clip,
     GuidedSampling,
@@ -28,8 +29,6 @@ log = logging.getLogger(__name__)
 def render(study_id: int) -> None:
     """Sample every system's clips with paired seeds, make the gold copies, build the trials, open
     the study. Progress is kept in ``rendered`` / ``to_render``; a failure is shown on the page."""
-    from vpo.studies import degrade, render_system
-
     study = Study.objects.filter(pk=study_id).first()
     if study is None:
         return
@@ -41,35 +40,41 @@ def render(study_id: int) -> None:
     Study.objects.filter(pk=study.pk).update(to_render=len(jobs) * len(systems), rendered=0)
     study.media_dir.mkdir(parents=True, exist_ok=True)
     try:
-        images, frames = None, {}
-        if study.image_set:
-            images, frames = first_frames(study, len(prompts))
-        for system in systems:
-
-            def saved(job_index: int, video, fps: int, system: System = system) -> None:  # type: ignore[no-untyped-def]
-                prompt, seed, scene = jobs[job_index]
-                frame = frames.get(scene, "")
-                clip = Clip(study=study, system=system, prompt=prompt, seed=seed, scene=scene, frame=frame)
-                clip.save_video(video, fps)
-                gold = Clip(
-                    study=study, system=system, prompt=prompt, seed=seed, scene=scene, frame=frame, degraded=True
-                )
-                gold.save_video(degrade(video, seed), fps)
-                Study.objects.filter(pk=study.pk).update(rendered=models.F("rendered") + 1)
-
-            render_system(
-                study.backbone_of(system),
-                system.checkpoint_path(),
-                [(p, s) for p, s, _ in jobs],
-                saved,
-                images=None if images is None else images[[scene for _, _, scene in jobs]],
-            )
-        study.build_trials()
+        with Beating(Study.objects.filter(pk=study.pk, status=StudyStatus.RENDERING)):
+            render_clips(study, systems, prompts, jobs)
     except Exception as e:  # shown on the study page
         log.exception("study %s failed to render", study.pk)
         Study.objects.filter(pk=study.pk).update(status=StudyStatus.FAILED, error=f"{type(e).__name__}: {e}")
         return
-    Study.objects.filter(pk=study.pk).update(status=StudyStatus.OPEN)
+    Study.objects.filter(pk=study.pk, status=StudyStatus.RENDERING).update(status=StudyStatus.OPEN)
+
+
+def render_clips(study: Study, systems: list[System], prompts: list[str], jobs: list[tuple]) -> None:
+    """Every system's clip of every (prompt, seed, scene) job and its gold copy, then the trials."""
+    from vpo.studies import degrade, render_system
+
+    images, frames = None, {}
+    if study.image_set:
+        images, frames = first_frames(study, len(prompts))
+    for system in systems:
+
+        def saved(job_index: int, video, fps: int, system: System = system) -> None:  # type: ignore[no-untyped-def]
+            prompt, seed, scene = jobs[job_index]
+            frame = frames.get(scene, "")
+            clip = Clip(study=study, system=system, prompt=prompt, seed=seed, scene=scene, frame=frame)
+            clip.save_video(video, fps)
+            gold = Clip(study=study, system=system, prompt=prompt, seed=seed, scene=scene, frame=frame, degraded=True)
+            gold.save_video(degrade(video, seed), fps)
+            Study.objects.filter(pk=study.pk).update(rendered=models.F("rendered") + 1)
+
+        render_system(
+            study.backbone_of(system),
+            system.checkpoint_path(),
+            [(p, s) for p, s, _ in jobs],
+            saved,
+            images=None if images is None else images[[scene for _, _, scene in jobs]],
+        )
+    study.build_trials()
 
 
 def first_frames(study: Study, count: int):
@@ -137,7 +142,8 @@ def train_reward_model(reward_model_id: int) -> None:
         if not pairs:
             raise ValueError(f"study {rm.study.name!r} has no votes to learn from yet")
         path = write_pairs(pairs, rm.directory / "pairs.jsonl")
-        trained = train(path, rm.directory, device=pick_device(), progress=False)
+        with Beating(RewardModel.objects.filter(pk=rm.pk, status=RewardModelStatus.RUNNING)):
+            trained = train(path, rm.directory, device=pick_device(), progress=False)
     except Exception as e:  # shown on the results page
         log.exception("reward model %s failed", rm.pk)
         RewardModel.objects.filter(pk=rm.pk).update(
@@ -156,6 +162,25 @@ def guided_sample(sampling_id: int) -> None:
     """Flow-NRG for the "Guided sampling" page: the same seeds of one prompt sampled from the base
     model without and with the reward model's guidance (``vpo.guidance``), both saved as mp4, and
     the guiding reward r = sum_k w_k r_k of each final video."""
+    sampling = GuidedSampling.objects.filter(pk=sampling_id).select_related("reward_model").first()
+    if sampling is None or not GuidedSampling.objects.filter(pk=sampling.pk, status=RewardModelStatus.QUEUED).update(
+        status=RewardModelStatus.RUNNING
+    ):
+        return
+    try:
+        with Beating(GuidedSampling.objects.filter(pk=sampling.pk, status=RewardModelStatus.RUNNING)):
+            rewards = guided_videos(sampling)
+    except Exception as e:  # shown on the page
+        log.exception("guided sampling %s failed", sampling.pk)
+        GuidedSampling.objects.filter(pk=sampling.pk).update(
+            status=RewardModelStatus.FAILED, error=f"{type(e).__name__}: {e}"
+        )
+        return
+    GuidedSampling.objects.filter(pk=sampling.pk).update(status=RewardModelStatus.FINISHED, rewards=rewards)
+
+
+def guided_videos(sampling: GuidedSampling) -> dict[str, list[float]]:
+    """Both kinds of video of every seed saved as mp4; returns the guiding reward of each."""
     import torch
 
     from vpo import video as video_io
@@ -164,27 +189,42 @@ def guided_sample(sampling_id: int) -> None:
     from vpo.guidance import RewardGuide
     from vpo.reward_model.model import load_reward_model
 
-    sampling = GuidedSampling.objects.filter(pk=sampling_id).select_related("reward_model").first()
-    if sampling is None or not GuidedSampling.objects.filter(pk=sampling.pk, status=RewardModelStatus.QUEUED).update(
-        status=RewardModelStatus.RUNNING
-    ):
-        return
-    try:
-        backbone = load_backbone("tiny", device=pick_device())
-        guide = RewardGuide(load_reward_model(sampling.reward_model.directory, backbone=backbone), sampling.weights)
-        prompts = [sampling.prompt] * sampling.seeds
-        seeds = [sampling.seed + i for i in range(sampling.seeds)]
-        rewards = {}
-        for kind, g in (("unguided", None), ("guided", guide)):
-            videos, latents = backbone.sample(prompts, seeds, steps=sampling.steps, return_latents=True, guide=g)
-            with torch.no_grad():
-                rewards[kind] = guide.reward(latents, torch.zeros(len(latents)), prompts).tolist()
-            for i, video in enumerate(videos.numpy()):
-                video_io.save_video(video, sampling.media_dir, f"{kind}-{i}", backbone.spec.fps)
-    except Exception as e:  # shown on the page
-        log.exception("guided sampling %s failed", sampling.pk)
-        GuidedSampling.objects.filter(pk=sampling.pk).update(
-            status=RewardModelStatus.FAILED, error=f"{type(e).__name__}: {e}"
+    backbone = load_backbone("tiny", device=pick_device())
+    guide = RewardGuide(load_reward_model(sampling.reward_model.directory, backbone=backbone), sampling.weights)
+    prompts = [sampling.prompt] * sampling.seeds
+    seeds = [sampling.seed + i for i in range(sampling.seeds)]
+    rewards = {}
+    for kind, g in (("unguided", None), ("guided", guide)):
+        videos, latents = backbone.sample(prompts, seeds, steps=sampling.steps, return_latents=True, guide=g)
+        with torch.no_grad():
+            rewards[kind] = guide.reward(latents, torch.zeros(len(latents)), prompts).tolist()
+        for i, video in enumerate(videos.numpy()):
+            video_io.save_video(video, sampling.media_dir, f"{kind}-{i}", backbone.spec.fps)
+    return rewards
+
+
+def stalled_jobs() -> list[str]:
+    """The reaper's sweep of the studies app's jobs: renders, reward-model trainings and guided
+    samplings whose worker is gone (a stale heartbeat) are marked failed; returns what it marked."""
+    # a study waiting for its render has no heartbeat yet: only started renders can stall
+    marked = [
+        f"study {pk}"
+        for pk in fail_stalled(
+            Study.objects.filter(status=StudyStatus.RENDERING, heartbeat__isnull=False), status=StudyStatus.FAILED
         )
-        return
-    GuidedSampling.objects.filter(pk=sampling.pk).update(status=RewardModelStatus.FINISHED, rewards=rewards)
+    ]
+    marked += [
+        f"reward model {pk}"
+        for pk in fail_stalled(
+            RewardModel.objects.filter(status=RewardModelStatus.RUNNING),
+            status=RewardModelStatus.FAILED,
+            finished=timezone.now(),
+        )
+    ]
+    marked += [
+        f"guided sampling {pk}"
+        for pk in fail_stalled(
+            GuidedSampling.objects.filter(status=RewardModelStatus.RUNNING), status=RewardModelStatus.FAILED
+        )
+    ]
+    return marked

@@ -56,6 +56,7 @@ class Study(models.Model):
     token = models.CharField(max_length=40, unique=True, default=new_token)
     status = models.CharField(max_length=10, choices=StudyStatus.choices, default=StudyStatus.RENDERING)
     error = models.TextField(blank=True)
+    heartbeat = models.DateTimeField(null=True, blank=True)  # while its clips render (webapp/heartbeats.py)
     question = models.CharField(max_length=200, default="Which video looks better?")
     instructions = models.TextField(blank=True)
     prompts = models.TextField(help_text="one prompt per line")
@@ -474,6 +475,7 @@ class RewardModel(models.Model):
     figures = models.JSONField(null=True, blank=True)  # held-out accuracy (learned and metrics), split sizes
     created = models.DateTimeField(auto_now_add=True)
     finished = models.DateTimeField(null=True, blank=True)
+    heartbeat = models.DateTimeField(null=True, blank=True)  # while running (webapp/heartbeats.py)
 
     objects = StudyQuerySet.as_manager()  # visible_to: the owner's, or all for staff
 
@@ -509,6 +511,7 @@ class GuidedSampling(models.Model):
     error = models.TextField(blank=True)
     rewards = models.JSONField(null=True, blank=True)  # {"unguided": [...], "guided": [...]}: the guiding reward r
     created = models.DateTimeField(auto_now_add=True)
+    heartbeat = models.DateTimeField(null=True, blank=True)  # while running (webapp/heartbeats.py)
 
     objects = StudyQuerySet.as_manager()
 
