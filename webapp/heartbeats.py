@@ -1,12 +1,11 @@
-"""Heartbeats for the worker's shorter jobs: evaluations, study renders, reward-model training and
-guided sampling. Training runs have their own (``webapp/experiments/jobs.py``: ``Heartbeat``), because
-a lost run is queued again and resumes from its checkpoint. These jobs have no checkpoint to resume
-from, so a worker killed under one of them (SIGKILL, out of memory, the machine gone) would leave
-its row "running" for good: Celery redelivers an unacknowledged task only after the broker's
-visibility timeout (hours), and the job functions refuse a row that is no longer queued. While a job
-runs, ``Beating`` writes ``heartbeat = now`` on its row every HEARTBEAT_S; the reaper
-(``worker/celery.py``) calls ``fail_stalled`` on each kind of job, which marks failed, with a reason
-the page shows, every running row whose heartbeat is older than HEARTBEAT_TIMEOUT_S."""
+"""Heartbeats of the worker's jobs. While a job runs, ``Beating`` writes ``heartbeat = now`` on its
+row every HEARTBEAT_S, from a thread of its own. A worker killed under a job (SIGKILL, out of memory,
+the machine gone) stops beating; Celery would redeliver its unacknowledged task only after the
+broker's visibility timeout (hours). So the reaper (``worker/celery.py``) looks for running rows
+whose heartbeat is older than HEARTBEAT_TIMEOUT_S: a training run is queued again and resumes from
+its checkpoint (``webapp/experiments/jobs.py``); evaluations, study renders, reward-model training
+and guided sampling have no checkpoint to resume from, and ``fail_stalled`` marks them failed with
+a reason the page shows (before, they stayed "running" for good)."""
 
 from __future__ import annotations
 
@@ -34,13 +33,15 @@ def stalled_reason(heartbeat) -> str:
 
 
 class Beating(threading.Thread):
-    """``with Beating(rows):`` writes ``heartbeat = now`` on ``rows`` (the job's row, filtered to the
-    state it is running in) at once and then every HEARTBEAT_S, from its own thread and so its own
-    database connection, until the block ends."""
+    """Writes ``heartbeat = now`` on ``rows`` (the job's row, filtered to the state it runs in) every
+    HEARTBEAT_S, from its own thread and so its own database connection, until ``stop()``; ``with
+    Beating(rows):`` beats at once, then until the block ends. When the row has left that state
+    under it (the reaper took it, or it ended), ``lost`` is set and the beating stops."""
 
     def __init__(self, rows: QuerySet):
         super().__init__(name=f"heartbeat-{rows.model.__name__}", daemon=True)
-        self.rows, self.done = rows, threading.Event()
+        self.rows = rows
+        self.done, self.lost = threading.Event(), threading.Event()
 
     def beat(self) -> int:
         return self.rows.update(heartbeat=timezone.now())
@@ -49,11 +50,17 @@ class Beating(threading.Thread):
         try:
             while not self.done.wait(HEARTBEAT_S):
                 try:
-                    retry_once(self.beat)
+                    if not retry_once(self.beat) and not self.done.is_set():
+                        self.lost.set()
+                        return
                 except DatabaseError as e:  # the database is down: the job's own writes will say so
                     log.warning("heartbeat of %s not written: %s", self.rows.model.__name__, e)
         finally:
             connection.close()  # this thread's connection
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(5)
 
     def __enter__(self) -> Beating:
         retry_once(self.beat)
@@ -61,8 +68,7 @@ class Beating(threading.Thread):
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.done.set()
-        self.join(5)
+        self.stop()
 
 
 def fail_stalled(running: QuerySet, **failed: Any) -> list[int]:

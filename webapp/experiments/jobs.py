@@ -5,12 +5,10 @@ functions: the web process imports this module through ``tasks.py`` and must sta
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from django.db import DatabaseError, connection
 from django.db.models import Q
 from django.utils import timezone
 
@@ -18,7 +16,6 @@ from webapp.celery import ranks_refused, worker_capacity
 from webapp.db import retry_once
 from webapp.experiments.models import (
     DONE,
-    HEARTBEAT_S,
     HEARTBEAT_TIMEOUT_S,
     Evaluation,
     Experiment,
@@ -30,39 +27,6 @@ from webapp.heartbeats import Beating, fail_stalled
 from webapp.live import finite_or_none, push
 
 log = logging.getLogger(__name__)
-
-
-class Heartbeat(threading.Thread):
-    """Writes ``heartbeat = now`` on the running row every HEARTBEAT_S, from its own thread (and so
-    its own database connection), as long as the row is still this worker's. If it no longer is
-    (the reaper gave the run to another worker after this one was unreachable), ``lost`` is set and
-    the run stops at its next step rather than run twice."""
-
-    def __init__(self, experiment_id: int, hostname: str):
-        super().__init__(name=f"heartbeat-{experiment_id}", daemon=True)
-        self.experiment_id, self.hostname = experiment_id, hostname
-        self.done, self.lost = threading.Event(), threading.Event()
-
-    def beat(self) -> int:
-        return Experiment.objects.filter(pk=self.experiment_id, status=Status.RUNNING, worker=self.hostname).update(
-            heartbeat=timezone.now()
-        )
-
-    def run(self) -> None:
-        try:
-            while not self.done.wait(HEARTBEAT_S):
-                try:
-                    if not retry_once(self.beat) and not self.done.is_set():
-                        self.lost.set()
-                        return
-                except DatabaseError as e:  # the database is down: the run's own writes will say so
-                    log.warning("heartbeat of experiment %s not written: %s", self.experiment_id, e)
-        finally:
-            connection.close()  # this thread's connection
-
-    def stop(self) -> None:
-        self.done.set()
-        self.join(5)
 
 
 def claim(experiment_id: int, hostname: str) -> bool:
@@ -106,7 +70,9 @@ def train(experiment_id: int, worker_stopping: Callable[[], bool] = lambda: Fals
         log.info("experiment %s is running on a live worker already: this copy of its task does nothing", experiment_id)
         return None
     experiment.set_status(Status.RUNNING)
-    heartbeat = Heartbeat(experiment_id, hostname)
+    # while the row is still this worker's: if it no longer is (the reaper gave the run to another
+    # worker after this one was unreachable), ``lost`` is set and the run stops at its next step
+    heartbeat = Beating(Experiment.objects.filter(pk=experiment_id, status=Status.RUNNING, worker=hostname))
     heartbeat.start()
     try:
         cfg = experiment.train_config()
