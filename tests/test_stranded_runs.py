@@ -232,7 +232,7 @@ def test_jobs_whose_worker_is_gone_are_marked_failed_with_the_reason_and_live_on
     those are failed (a queued study render has no heartbeat yet; a fresh heartbeat is a live job)."""
     from webapp.experiments.jobs import stalled_evaluations
     from webapp.experiments.models import Evaluation
-    from webapp.studies.jobs import stalled_jobs
+    from webapp.studies.jobs import render, stalled_jobs
     from webapp.studies.models import GuidedSampling, RewardModel, Study
 
     owner = get_user_model().objects.create_user("alice")
@@ -263,6 +263,9 @@ def test_jobs_whose_worker_is_gone_are_marked_failed_with_the_reason_and_live_on
         row.refresh_from_db()
         assert (row.status, row.error) == (status, "")
     assert stalled_evaluations() == [] and stalled_jobs() == []  # once only
+    render(lost_study.pk)  # its task redelivered hours later (the visibility timeout): nothing happens
+    lost_study.refresh_from_db()
+    assert lost_study.status == "failed" and not lost_study.clips.exists()
 
 
 def test_a_study_whose_render_worker_is_killed_is_marked_failed_by_the_next_worker(run):

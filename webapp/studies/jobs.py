@@ -30,7 +30,11 @@ def render(study_id: int) -> None:
     """Sample every system's clips with paired seeds, make the gold copies, build the trials, open
     the study. Progress is kept in ``rendered`` / ``to_render``; a failure is shown on the page."""
     study = Study.objects.filter(pk=study_id).first()
-    if study is None:
+    # gone, or a redelivered copy of a task that started already (a render that beat once has a
+    # heartbeat: it is rendering elsewhere, or the reaper failed it when its worker died)
+    if study is None or not Study.objects.filter(
+        pk=study.pk, status=StudyStatus.RENDERING, heartbeat__isnull=True
+    ).update(heartbeat=timezone.now()):
         return
     systems = list(study.systems.all())
     prompts = study.prompt_list()
