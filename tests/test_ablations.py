@@ -240,6 +240,27 @@ def test_the_veto_study_answers_its_two_questions_by_the_every_seed_rule(tmp_pat
     assert split in section([0.65, 0.55], [0.97, 0.96])
 
 
+def test_the_veto_and_reference_studies_say_by_the_rule_of_c_which_variants_hack(tmp_path):
+    """(b) and (g) compare a measure the training reward raises; beside it, the rule of (c) says
+    whether each variant kept its subject: the unguarded run whose reward rises while presence falls
+    hacks, the vetoed one that keeps it does not."""
+    plain, vetoed = STUDIES["g"][1]
+    rising = [{"step": t, "reward/mean": 0.9 + 0.001 * t + 0.0002 * (-1) ** t} for t in range(1, 21)]
+    curves = {(n, s): rising for n in (plain, vetoed) for s in (0, 1)}
+    evals = {(plain, s): row(presence=0.05, alignment=0.1) for s in (0, 1)}
+    evals |= {(vetoed, s): row(presence=0.6, alignment=0.6) for s in (0, 1)}
+    text = _section(tmp_path, "g", evals, row(presence=0.6, alignment=0.6), curves)
+    assert "Reward hacking, by the rule of (c). Rule: in a seed, a held-out measure **falls**" in text
+    verdicts = {line[2:].split(":")[0]: line.rsplit("— ", 1)[1] for line in text.splitlines() if line.startswith("- ")}
+    assert verdicts == {plain: "**hacks**", vetoed: "**does not hack**"}
+    names = STUDIES["b"][1]
+    evals = {(n, s): row(presence=0.05) for n in names for s in (0, 1)}
+    text = _section(tmp_path, "b", evals, row(presence=0.6), {(n, s): rising for n in names for s in (0, 1)})
+    hacking = [line for line in text.splitlines() if line.startswith("- ") and "slope per 100 steps" in line]
+    assert [line.split(":")[0] for line in hacking] == [f"- {n}" for n in names]
+    assert all(line.endswith("— **hacks**") for line in hacking)
+
+
 def test_ablate_refuses_fewer_than_two_eval_prompts_with_a_message(tmp_path, capsys):
     from vpo.cli import main
 

@@ -369,6 +369,7 @@ def report(base, seeds, evals, base_eval, curves, figures, results, train_s, wal
             lines += [_candidate_steps_finding(curves, evals, seeds, column, *names), ""]
         elif study == "g":
             lines += [_veto_finding(evals, base_eval, seeds, *names), ""]
+            lines += [_hacking_beside(curves, evals, base_eval, seeds, names, base.dimension), ""]
         elif study == "c":
             lines += [_hacking_finding(curves, evals, base_eval, seeds, names, paper, base.dimension), ""]
         else:
@@ -379,6 +380,7 @@ def report(base, seeds, evals, base_eval, curves, figures, results, train_s, wal
             lines.append("")
             if study == "b":
                 lines += [_reference_moves(base, names), ""]
+                lines += [_hacking_beside(curves, evals, base_eval, seeds, names, base.dimension), ""]
             if study == "a":
                 lines += [_sample_efficiency(curves, seeds, base, *names), ""]
     return "\n".join(lines) + "\n"
@@ -443,25 +445,20 @@ def _reward_trend(rows: list[dict], key: str) -> tuple[float, float, float]:
     return 100 * fit.slope, 100 * (fit.slope - half), 100 * (fit.slope + half)
 
 
-def _hacking_finding(curves, evals, base_eval, seeds, names, paper: str, dimension: str) -> str:
-    """Study (c) by its rule. In a seed a held-out measure **falls** when its paired 95% interval
-    (final model minus base, video by video) is below 0. A variant **hacks** when in every seed its
-    training reward's slope has an interval above 0 while held-out presence or alignment falls; it
-    **does not hack** when in no seed either of them falls; else **inconclusive**. (A rise with
-    nothing falling is what the paper calls no hacking; requiring the held-out measures to *rise* would
-    ask DPO for more than the claim.) The paper's claim (ReFL hacks, DPO does not) matches when every
-    ReFL run hacks and every DPO run does not, does not match when a ReFL run does not hack or a DPO
-    run hacks, else is inconclusive. Offline DPO samples no candidates and so logs no
-    ``reward/mean``: its reward is the held-out monitor's score on the trained ``dimension``."""
-    lines = [
-        "Rule: in a seed, a held-out measure **falls** when its 95% interval (final model minus base, paired "
-        "by video) is below 0. A variant **hacks** when in every seed the training reward's least-squares "
-        "slope over the logged steps has a 95% interval above 0 while held-out "
-        + " or ".join(HACK_MEASURES)
-        + " falls; it **does not hack** when in no seed either falls; else **inconclusive**.",
-        "",
-    ]
-    said = {}
+HACK_RULE = (
+    "Rule: in a seed, a held-out measure **falls** when its 95% interval (final model minus base, paired "
+    "by video) is below 0. A variant **hacks** when in every seed the training reward's least-squares "
+    "slope over the logged steps has a 95% interval above 0 while held-out "
+    + " or ".join(HACK_MEASURES)
+    + " falls; it **does not hack** when in no seed either falls; else **inconclusive**."
+)
+
+
+def _hacking_verdicts(curves, evals, base_eval, seeds, names, dimension: str) -> tuple[list[str], dict[str, str]]:
+    """The hacking rule (``HACK_RULE``) for each variant of ``names``: a line of figures each, and
+    name -> "hacks" / "does not hack" / "inconclusive". Offline DPO samples no candidates and so logs
+    no ``reward/mean``: its reward is the held-out monitor's score on the trained ``dimension``."""
+    lines, said = [], {}
     for name in names:
         logs_reward = any(REWARD_MEAN in r for s in seeds for r in curves[(name, s)])
         key = REWARD_MEAN if logs_reward else heldout(dimension)
@@ -481,6 +478,19 @@ def _hacking_finding(curves, evals, base_eval, seeds, names, paper: str, dimensi
             + "; ".join(f"held-out {m} vs base {_per_seed(held[m], seeds)}" for m in HACK_MEASURES)
             + f" — **{said[name]}**"
         )
+    return lines, said
+
+
+def _hacking_finding(curves, evals, base_eval, seeds, names, paper: str, dimension: str) -> str:
+    """Study (c) by its rule (``HACK_RULE``): in a seed a held-out measure **falls** when its paired
+    95% interval (final model minus base, video by video) is below 0. A variant **hacks** when in every
+    seed its training reward's slope has an interval above 0 while held-out presence or alignment
+    falls; it **does not hack** when in no seed either of them falls; else **inconclusive**. (A rise
+    with nothing falling is what the paper calls no hacking; requiring the held-out measures to *rise*
+    would ask DPO for more than the claim.) The paper's claim (ReFL hacks, DPO does not) matches when
+    every ReFL run hacks and every DPO run does not, does not match when a ReFL run does not hack or a
+    DPO run hacks, else is inconclusive."""
+    verdicts, said = _hacking_verdicts(curves, evals, base_eval, seeds, names, dimension)
     refl = [n for n in names if VARIANTS[n].get("algorithm") == "refl"]
     dpo = [n for n in names if n not in refl]
     claim = (
@@ -490,13 +500,19 @@ def _hacking_finding(curves, evals, base_eval, seeds, names, paper: str, dimensi
         if any(said[n] == "does not hack" for n in refl) or any(said[n] == "hacks" for n in dpo)
         else "inconclusive"
     )
-    lines += [
-        "",
+    paper_line = (
         f"Paper: {paper}. Here: {', '.join(refl)} vs {', '.join(dpo)} "
         f"— **{claim}** (matches when every ReFL run hacks and every DPO run does not; does not match when a "
-        "ReFL run does not hack or a DPO run hacks).",
-    ]
-    return "\n".join(lines)
+        "ReFL run does not hack or a DPO run hacks)."
+    )
+    return "\n".join([HACK_RULE, "", *verdicts, "", paper_line])
+
+
+def _hacking_beside(curves, evals, base_eval, seeds, names, dimension: str) -> str:
+    """(b) and (g): the hacking rule of (c) applied to the study's own variants, so that a gain on
+    the compared measure is read beside whether the subject survived it."""
+    verdicts, _ = _hacking_verdicts(curves, evals, base_eval, seeds, names, dimension)
+    return "\n".join(["Reward hacking, by the rule of (c). " + HACK_RULE, "", *verdicts])
 
 
 def _candidate_steps_finding(curves, evals, seeds, column, full, fast) -> str:
