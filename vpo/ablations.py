@@ -19,6 +19,9 @@ Seven comparisons, each at equal steps and for every seed given:
     ``vpo/rewards/guard.py``; not a paper's claim): does the veto stop the hacking the held-out
     motion extent shows, and keep the gain in flickering?
 
+(b) and (g) also apply (c)'s hacking rule to their own variants: a gain on the compared measure is
+read beside whether the subject survived it.
+
 Every variant starts from the same base and shares everything but the one setting compared; the
 online-DPO run with K = ``ref_update_every`` is the common baseline of all of them. Each finished run
 is evaluated like ``vpo eval`` (fixed held-out prompts and seeds, base alongside), keeping each video's
