@@ -177,8 +177,9 @@ def evaluate(evaluation_id: int) -> None:
     evaluation = Evaluation.objects.filter(pk=evaluation_id).select_related("experiment").first()
     if evaluation is None or evaluation.status in DONE:
         return
-    evaluation.status = Status.RUNNING
-    evaluation.save(update_fields=["status"])
+    # the first heartbeat with the status: a running row without one would look stalled to the reaper
+    evaluation.status, evaluation.heartbeat = Status.RUNNING, timezone.now()
+    evaluation.save(update_fields=["status", "heartbeat"])
     try:
         with Beating(Evaluation.objects.filter(pk=evaluation.pk, status=Status.RUNNING)):
             evaluation.result = evaluation_result(evaluation)

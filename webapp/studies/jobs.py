@@ -135,8 +135,9 @@ def train_reward_model(reward_model_id: int) -> None:
 
     rm = RewardModel.objects.filter(pk=reward_model_id).select_related("study").first()
     # gone, or a redelivered copy of a task that already ran
+    # the first heartbeat with the claim: a running row without one would look stalled to the reaper
     if rm is None or not RewardModel.objects.filter(pk=rm.pk, status=RewardModelStatus.QUEUED).update(
-        status=RewardModelStatus.RUNNING
+        status=RewardModelStatus.RUNNING, heartbeat=timezone.now()
     ):
         return
     try:
@@ -168,7 +169,7 @@ def guided_sample(sampling_id: int) -> None:
     the guiding reward r = sum_k w_k r_k of each final video."""
     sampling = GuidedSampling.objects.filter(pk=sampling_id).select_related("reward_model").first()
     if sampling is None or not GuidedSampling.objects.filter(pk=sampling.pk, status=RewardModelStatus.QUEUED).update(
-        status=RewardModelStatus.RUNNING
+        status=RewardModelStatus.RUNNING, heartbeat=timezone.now()
     ):
         return
     try:
