@@ -40,9 +40,8 @@ def test_ablate_writes_a_report_with_every_study_and_its_plot(tmp_path):
         checkpoint_every=1,
         prompts="demo",
     )
-    report = ablate(
-        base, seeds=[0], out=tmp_path / "runs", results=tmp_path / "results.md", eval_prompts=2, progress=False
-    )
+    small = {"seeds": [0], "out": tmp_path / "runs", "eval_prompts": 2, "progress": False, "eval_steps": 2}
+    report = ablate(base, results=tmp_path / "results.md", **small)
     text = report.read_text()
     for study, (title, _) in STUDIES.items():
         assert f"## ({study}) {title}" in text
@@ -51,7 +50,8 @@ def test_ablate_writes_a_report_with_every_study_and_its_plot(tmp_path):
     verdicts = [line for line in text.splitlines() if line.startswith("- ") and " minus " in line]
     assert len(verdicts) == 1 + 3 + 1 + 1, verdicts
     assert all(line.endswith(("**matches**", "**does not match**", "**inconclusive**")) for line in verdicts)
-    assert "candidates at 10 steps **" in text and "By the every-seed rule the veto **" in text
+    assert "fixed seeds, 2 sampling steps, the columns" in text
+    assert "candidates at 4 steps **" in text and "By the every-seed rule the veto **" in text
     section_c = text.split("## (c)")[1].split("## (d)")[0]
     for name in STUDIES["c"][1]:  # offline DPO logs no reward/mean: its reward is the held-out monitor's
         key = "heldout/temporal" if name == "offline" else "reward/mean"
@@ -64,9 +64,7 @@ def test_ablate_writes_a_report_with_every_study_and_its_plot(tmp_path):
     for name in VARIANTS:  # each run's evaluation keeps its per-video values, for the intervals
         cached = json.loads((tmp_path / "runs" / f"{name}-s0" / "eval.json").read_text())
         assert len(cached["per_video"]["presence"]) == 2
-    again = ablate(
-        base, seeds=[0], out=tmp_path / "runs", results=tmp_path / "again.md", eval_prompts=2, progress=False
-    )  # finished runs are reused, not retrained
+    again = ablate(base, results=tmp_path / "again.md", **small)  # finished runs are reused, not retrained
     tables = lambda md: [line for line in md.splitlines() if line.startswith("|")]  # noqa: E731
     assert tables(Path(again).read_text()) == tables(text)
 

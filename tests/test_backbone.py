@@ -103,3 +103,32 @@ def test_autocast_follows_vpo_autocast_and_names_the_valid_values(monkeypatch):
             autocast_dtype("cpu")
     finally:
         autocast_dtype.cache_clear()
+
+
+def test_tiny_samples_on_the_flow_shift_its_run_chose_and_keeps_it_in_the_checkpoint(tmp_path):
+    """tiny's sampling schedule follows ``flow_shift`` (SD3's shift, 0 = none), and a checkpoint
+    of a run with a shift is evaluated on that schedule, base and tuned alike (``vpo eval``)."""
+    from safetensors.torch import save_file
+
+    from vpo.backbones import load_for_checkpoint
+
+    plain = load_backbone("tiny")
+    assert plain.flow_shift == 0.0
+    steps = 6
+    unshifted = plain.make_scheduler(steps).sigmas[:-1]
+    assert torch.allclose(unshifted.diff(), unshifted.diff()[0], atol=1e-6)  # evenly spaced: no shift
+    shifted = load_backbone("tiny", flow_shift=3.0).make_scheduler(steps).sigmas[:-1]
+    # SD3's k s / (1 + (k - 1) s) (diffusers spaces the shifted levels a little differently at the end)
+    sd3 = 3 * unshifted / (1 + 2 * unshifted)
+    assert torch.allclose(shifted[:-1], sd3[:-1], atol=3e-3)
+    assert bool((shifted[1:] > unshifted[1:] + 0.005).all())  # more of the steps at high noise
+
+    folder = tmp_path / "step_000001"
+    folder.mkdir()
+    save_file(
+        {"x": torch.zeros(1)},
+        str(folder / "adapter.safetensors"),
+        {"config": '{"backbone": "tiny", "flow_shift": 3.0}'},
+    )
+    assert load_for_checkpoint("tiny", folder).flow_shift == 3.0
+    assert load_for_checkpoint("tiny-i2v", folder).flow_shift == 0.0  # another backbone's run: its base

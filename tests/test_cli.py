@@ -46,6 +46,22 @@ def test_sample_writes_frames_mp4s_and_a_manifest(tmp_path):
     assert len(written) == 9 and written <= printed, r.stdout
 
 
+def test_sample_on_a_shifted_schedule_records_the_shift_and_refuses_a_negative_one(tmp_path):
+    args = ("--threads", "1", "sample", "--prompt", "a red ball moving right", "--seed", "0", "--steps", "2")
+    r = vpo(*args, "--out", str(tmp_path / "shifted"), "--flow-shift", "3")
+    assert r.returncode == 0, r.stderr
+    plain = vpo(*args, "--out", str(tmp_path / "plain"))
+    assert plain.returncode == 0, plain.stderr
+    shifted, unshifted = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("shifted", "plain"))
+    assert shifted["flow_shift"] == 3.0 and "flow_shift" not in unshifted
+    frames = [np.load(tmp_path / d / m["videos"][0]["frames"]) for d, m in (("shifted", shifted), ("plain", unshifted))]
+    assert np.abs(frames[0].astype(int) - frames[1]).mean() > 0.3  # another schedule, other videos (0.74 here)
+
+    r = vpo(*args, "--out", str(tmp_path / "bad"), "--flow-shift", "-1")
+    assert r.returncode == 2
+    assert "--flow-shift must be >= 0" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_an_empty_prompt_file_is_a_message_not_a_traceback(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing here\n\n")

@@ -12,7 +12,7 @@ Seven comparisons, each at equal steps and for every seed given:
     one (Table 2's modality gap), both judged by the video-level temporal measure.
 (e) online DPO vs online Flow-RWR (VideoAlign's two training-time algorithms): the same prompts,
     seeds, candidates and steps, only the update differs.
-(f) candidates sampled with 10 Euler steps vs the default 20 (not a paper's claim: whether cheaper
+(f) candidates sampled with 20 Euler steps vs the default 10 (not a paper's claim: whether cheaper
     candidates make pairs as informative — the reward margin — and tune as well, judged by the
     same evaluation at 20 steps).
 (g) the temporal reward with the subject veto vs without (``reward_guard = "subject-veto"``,
@@ -48,6 +48,8 @@ from vpo.stats import t_half_width
 from vpo.train.config import TrainConfig
 from vpo.train.keys import REWARD_MARGIN, REWARD_MEAN, SAMPLE_S, heldout
 
+# evaluation videos' denoising steps (``vpo eval``'s default), whatever steps the candidates use
+EVAL_STEPS = 20
 # name -> the settings that differ from the baseline
 VARIANTS: dict[str, dict[str, Any]] = {
     "online": {},
@@ -56,12 +58,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "refl": {"algorithm": "refl"},
     "image-reward": {"reward": "image-metrics"},
     "online-rwr": {"algorithm": "online-rwr"},
-    "candidates-10-steps": {"sampling_steps": 10},
     "subject-veto": {"reward_guard": "subject-veto"},
     # appended, not inserted: the names above and their run folders ({out}/{name}-s{seed}) are reused
     "refl-d4": {"algorithm": "refl", "refl_depth": 4},
     "ref-every-10": {"ref_update_every": 10},
     "ref-every-50": {"ref_update_every": 50},
+    # the default became 10 steps (issue 20): (f) now compares 20 with it (its old variant,
+    # candidates-10-steps, was the default's twin)
+    "candidates-20-steps": {"sampling_steps": 20},
 }
 STUDIES = {
     "a": ("Online vs offline DPO", ["online", "offline"]),
@@ -70,7 +74,7 @@ STUDIES = {
     "c": ("DPO vs ReFL: training reward and held-out measures", ["online", "offline", "refl", "refl-d4"]),
     "d": ("Video-level vs image-level reward, judged by the video-level temporal measure", ["online", "image-reward"]),
     "e": ("Online DPO vs online Flow-RWR (VideoAlign)", ["online", "online-rwr"]),
-    "f": ("Candidates at 20 vs 10 sampling steps", ["online", "candidates-10-steps"]),
+    "f": ("Candidates at 20 vs 10 sampling steps", ["candidates-20-steps", "online"]),
     "g": ("Temporal reward without and with the subject veto", ["online", "subject-veto"]),
 }
 # what each study's verdict looks at (an eval column, higher is better), the paper's direction, and the
@@ -175,9 +179,11 @@ def ablate(
     eval_prompts: int = 32,
     progress: bool = True,
     studies: list[str] | None = None,
+    eval_steps: int = EVAL_STEPS,
 ) -> Path:
-    """Run every variant of ``studies`` (default: all) for every seed, evaluate, and write ``results``
-    (markdown) with plots beside it in ``<results stem>/``. Returns the path of the markdown file."""
+    """Run every variant of ``studies`` (default: all) for every seed, evaluate (``eval_steps``
+    denoising steps), and write ``results`` (markdown) with plots beside it in ``<results stem>/``.
+    Returns the path of the markdown file."""
     from vpo.data.prompts import read_prompts
     from vpo.train.checkpoints import latest_checkpoint
     from vpo.train.sinks import read_metrics
@@ -190,10 +196,10 @@ def ablate(
     t0 = time.perf_counter()
     runs = {(name, s): run_variant(base, name, s, out, progress) for name in names for s in seeds}
     evals = {
-        key: evaluated(folder / "eval.json", prompts, base.sampling_steps, base.guidance, latest_checkpoint(folder))
+        key: evaluated(folder / "eval.json", prompts, eval_steps, base.guidance, latest_checkpoint(folder))
         for key, folder in runs.items()
     }
-    base_eval = evaluated(out / "base-eval.json", prompts, base.sampling_steps, base.guidance)
+    base_eval = evaluated(out / "base-eval.json", prompts, eval_steps, base.guidance)
     wall = time.perf_counter() - t0
     curves = {key: read_metrics(folder) for key, folder in runs.items()}
     # each run's own clock (metrics' "time" at its last step), so reused runs still count
@@ -202,7 +208,9 @@ def ablate(
     figures.mkdir(parents=True, exist_ok=True)
     for study in chosen:
         plot_study(study, curves, seeds, figures / f"{study}.png")
-    text = report(base, seeds, evals, base_eval, curves, figures, results, train_s, wall, len(prompts), chosen)
+    text = report(
+        base, seeds, evals, base_eval, curves, figures, results, train_s, wall, len(prompts), chosen, eval_steps
+    )
     if len(chosen) < len(STUDIES) and results.exists():
         text = merge_sections(results.read_text(), text)
     results.write_text(text)
@@ -314,7 +322,20 @@ def _per_seed(intervals: list[tuple[float, float, float]], seeds: list[int], sca
     )
 
 
-def report(base, seeds, evals, base_eval, curves, figures, results, train_s, wall, n_prompts, studies=None) -> str:
+def report(
+    base,
+    seeds,
+    evals,
+    base_eval,
+    curves,
+    figures,
+    results,
+    train_s,
+    wall,
+    n_prompts,
+    studies=None,
+    eval_steps=EVAL_STEPS,
+) -> str:
     from vpo.eval import COLUMNS, SHORT
 
     studies = check_studies(studies)
@@ -339,9 +360,10 @@ def report(base, seeds, evals, base_eval, curves, figures, results, train_s, wal
         f"CFG {base.guidance}; ReFL back-propagates through the last {base.refl_depth} step(s) unless its "
         f"variant says otherwise; held-out monitor: {base.heldout_count} prompts every {base.heldout_every} "
         f"steps.{rwr} Evaluation: {n_prompts} held-out prompts (wordings never seen in pretraining), fixed "
-        f"seeds, the columns of `vpo eval` in %; each cell is the mean over seeds and prompts ± the half-width "
-        f"of its 95% t-interval over the per-prompt means across seeds (prompts are the sampled units; "
-        f"`vpo/ablations.py`, `cell`); quality has no interval (a score of the means, no per-video value).",
+        f"seeds, {eval_steps} sampling steps, the columns of `vpo eval` in %; each cell is the mean over seeds "
+        f"and prompts ± the half-width of its 95% t-interval over the per-prompt means across seeds (prompts "
+        f"are the sampled units; `vpo/ablations.py`, `cell`); quality has no interval (a score of the means, "
+        f"no per-video value).",
         "flicker: VBench's formula on videos its static filter keeps (flicker.all: on every video); subject, "
         "smooth, dynamic and imaging are weight-free proxies (docs/metrics.md); quality is VBench's formula over "
         "these 5 of its 7 quality dimensions, not VBench's score.",
@@ -369,7 +391,9 @@ def report(base, seeds, evals, base_eval, curves, figures, results, train_s, wal
             lines.append(f"| {name} | " + " | ".join(cell([evals[(name, s)] for s in seeds], c) for c in cols) + " |")
         lines.append("")
         if study == "f":  # no paper to match: what the cheaper candidates cost and save
-            lines += [_candidate_steps_finding(curves, evals, seeds, column, *names), ""]
+            full, fast = names
+            steps = {name: {**base.to_dict(), **VARIANTS[name]}["sampling_steps"] for name in names}
+            lines += [_candidate_steps_finding(curves, evals, seeds, column, full, fast, steps), ""]
         elif study == "g":
             lines += [_veto_finding(evals, base_eval, seeds, *names), ""]
             lines += [_hacking_beside(curves, evals, base_eval, seeds, names, base.dimension), ""]
@@ -518,11 +542,12 @@ def _hacking_beside(curves, evals, base_eval, seeds, names, dimension: str) -> s
     return "\n".join(["Reward hacking, by the rule of (c). " + HACK_RULE, "", *verdicts])
 
 
-def _candidate_steps_finding(curves, evals, seeds, column, full, fast) -> str:
+def _candidate_steps_finding(curves, evals, seeds, column, full, fast, steps: dict[str, int]) -> str:
     """Study (f) in words: the pairs' reward margin and the sampling time per step of each variant
     (means over all steps and seeds), and the tuning effect by the every-seed rule on the paired
-    difference 10 steps minus 20: "tune worse" when every seed's interval is below 0, "tune better"
-    when every one is above, else inconclusive (equal tuning is not something the rule can show)."""
+    difference fewer steps minus more (``steps``: each variant's sampling steps): "tune worse" when
+    every seed's interval is below 0, "tune better" when every one is above, else inconclusive (equal
+    tuning is not something the rule can show)."""
 
     def mean_of(name, key) -> float:
         return float(np.mean([r[key] for s in seeds for r in curves[(name, s)] if key in r]))
@@ -536,11 +561,11 @@ def _candidate_steps_finding(curves, evals, seeds, column, full, fast) -> str:
         0: "are inconclusive (no seed-consistent difference)",
     }[by_rule(intervals)]
     return (
-        f"Pairs: reward margin (winner minus loser) {margin[full]:.4f} at 20 steps vs {margin[fast]:.4f} at 10 "
-        f"({margin[fast] / margin[full]:.2f}x); sampling {sample_s[full]:.1f} s vs {sample_s[fast]:.1f} s a step "
-        f"({sample_s[full] / sample_s[fast]:.2f}x faster). Tuning: {column} 10 steps minus 20 steps, points "
-        f"with 95% intervals: {_per_seed(intervals, seeds)} — by the every-seed rule candidates at 10 steps "
-        f"**{verdict}**."
+        f"Pairs: reward margin (winner minus loser) {margin[full]:.4f} at {steps[full]} steps vs {margin[fast]:.4f} "
+        f"at {steps[fast]} ({margin[fast] / margin[full]:.2f}x); sampling {sample_s[full]:.1f} s vs "
+        f"{sample_s[fast]:.1f} s a step ({sample_s[full] / sample_s[fast]:.2f}x faster). Tuning: {column} "
+        f"{steps[fast]} steps minus {steps[full]} steps, points with 95% intervals: {_per_seed(intervals, seeds)} "
+        f"— by the every-seed rule candidates at {steps[fast]} steps **{verdict}**."
     )
 
 

@@ -50,6 +50,12 @@ def _add_sample(sub):
         default="euler",
         help="ODE solver: euler (one velocity per step) or heun (second order, two per step but the last)",
     )
+    p.add_argument(
+        "--flow-shift",
+        type=float,
+        help="sigma shift of the sampling schedule (0 = the backbone's: tiny 1, wan 5, ltx by resolution; "
+        "default: a training checkpoint's run's)",
+    )
     p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument(
         "--checkpoint", help="a training checkpoint folder (its adapter is applied) or backbone weights (.safetensors)"
@@ -75,6 +81,10 @@ def cmd_sample(args) -> int:
     name = args.backbone or trained.get("backbone", "tiny")
     first_frames = _first_frames(args, name, len(prompts))  # read before loading: bad input fails fast
     size = {k: getattr(args, k) or trained.get(k, 0) for k in ("frames", "height", "width")}
+    shift = trained.get("flow_shift", 0.0) if args.flow_shift is None else args.flow_shift
+    if shift < 0:
+        raise ValueError(f"--flow-shift must be >= 0 (0 = the backbone's default), got {shift}")
+    size["flow_shift"] = shift
     if name in TINY:
         backbone = load_backbone(name, None if adapter else args.checkpoint, **size)
     else:  # a real backbone's base weights are its folder; a checkpoint is always an adapter
@@ -99,6 +109,8 @@ def cmd_sample(args) -> int:
         weights = parse_weights(args.guide_weights, list(heads_of(args.guide)))
         guide = RewardGuide(load_reward_model(args.guide, device=str(backbone.device)), weights)
         extra = {"guide": str(args.guide), "guide_weights": weights}
+    if shift:
+        extra["flow_shift"] = shift
     t0 = time.perf_counter()
     manifest = sample_to_dir(
         backbone,

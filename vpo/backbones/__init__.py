@@ -75,11 +75,13 @@ def backbone_class(name: str):
 def load_backbone(name: str, weights=None, device: str = "cpu", **options):
     """The backbone ``name`` with its base weights (``weights`` overrides where they come from: a
     ``.safetensors`` for tiny, a diffusers folder for a real one). ``options`` (size, memory,
-    flow shift) go to a real backbone's ``load``; tiny has one size and refuses others."""
+    flow shift) go to a real backbone's ``load``; tiny takes a flow shift (its sampling schedule's)
+    and has one size, refusing others."""
     cls = backbone_class(name)
     if name not in TINY:
         return cls.load(weights, device=device, **options).eval()
     model = cls.load(weights)
+    model.flow_shift = float(options.get("flow_shift") or 0.0)
     spec = model.spec
     for what in ("frames", "height", "width"):
         if options.get(what) and options[what] != getattr(spec, what):
@@ -123,8 +125,10 @@ def load_for_checkpoint(name: str, checkpoint=None, device: str = "cpu"):
     """The backbone ``name`` as a training checkpoint of it was trained (a real backbone's weights
     folder, size and memory options come from the checkpoint's config); the plain base otherwise."""
     trained = checkpoint_config(checkpoint) if checkpoint else {}
-    if name in TINY or trained.get("backbone") != name:
+    if trained.get("backbone") != name:
         return load_backbone(name, device=device)
+    if name in TINY:  # its one size and weights; the run's sampling schedule
+        return load_backbone(name, device=device, flow_shift=trained.get("flow_shift", 0.0))
     from vpo.train.config import TrainConfig
 
     return load_for_config(TrainConfig.from_dict(trained), device)

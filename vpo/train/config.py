@@ -98,7 +98,9 @@ class TrainConfig:
     lora_rank: int = _f(8, "LoRA rank", "LoRA rank")
     lr: float = _f(1e-3, "AdamW learning rate of the adapter", "Learning rate")
     grad_clip: float = _f(1.0, "max gradient norm", "Gradient clipping (max norm)")
-    sampling_steps: int = _f(20, "denoising steps when sampling candidates", "Sampling steps")
+    # 10 on tiny: its held-out quality at 10 Euler steps equals that at 20, and the pairs tune as
+    # well (docs/tiny-backbone.md, "Steps vs quality"); the real backbones' presets set their own
+    sampling_steps: int = _f(10, "denoising steps of the candidates and the run's held-out videos", "Sampling steps")
     sampler: str = _f(
         "euler",
         f"ODE solver of candidates and held-out videos: {_one_of(SAMPLERS)} (second order: two velocities "
@@ -134,7 +136,8 @@ class TrainConfig:
     width: int = _f(0, "video width in pixels (0 = the backbone's default; a multiple of VAE x patch factor)", "Width")
     flow_shift: float = _f(
         0.0,
-        "sigma shift of wan and ltx, sampling and training (0 = the backbone's: wan 5, ltx by resolution)",
+        "sigma shift of the sampling schedule (wan, ltx: of training's draws too); 0 = the backbone's: "
+        "tiny 1 (none), wan 5, ltx by resolution",
         "Flow shift",
     )
     weights_dtype: str = _f(

@@ -72,7 +72,7 @@ FIELDSETS = [
         ],
     ),
     ("Optimiser", ["steps", "prompts_per_step", "lora_rank", "lr", "grad_clip", "seed"]),
-    ("Sampling", ["sampling_steps", "sampler", "guidance"]),
+    ("Sampling", ["sampling_steps", "sampler", "flow_shift", "guidance"]),
     ("More than one GPU", ["nproc", "parallel"]),
     ("Monitoring", ["heldout_prompts", "heldout_count", "heldout_every", "checkpoint_every"]),
     (
@@ -81,7 +81,6 @@ FIELDSETS = [
             "frames",
             "height",
             "width",
-            "flow_shift",
             "weights_dtype",
             "gradient_checkpointing",
             "vae_tiling",
