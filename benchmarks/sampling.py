@@ -9,9 +9,8 @@ default; ``flow_shift`` in the training config). Prints, all measured in this on
 
 1. speed: N candidates x ``--steps`` with CFG as one batch with the old forward
    (``vpo/backbones/tiny_reference.py``) and with today's, one at a time with today's, and as one
-   batch with today's at each of ``--candidate-runs`` (the training default's steps, and fewer on a
-   shifted schedule) (interleaved repeats, medians); the model's FLOPs per denoising step (torch's
-   FlopCounterMode on
+   batch with today's at each of ``--candidate-runs`` (10 steps, and 6 on a schedule shifted by 3;
+   interleaved repeats, medians); the model's FLOPs per denoising step (torch's FlopCounterMode on
    the old forward, whose attention is plain matmuls that it counts; the new one computes the same
    products); achieved GFLOP/s of each against a matmul peak in the dtype the backbone computes in
    here (``vpo.backbones.base.autocast_dtype``);
@@ -46,10 +45,9 @@ from vpo.backbones.base import autocast_dtype
 from vpo.backbones.tiny import Attention, ConvMLP
 from vpo.backbones.tiny_reference import reference
 from vpo.fidelity import heldout_videos, world_fidelity
-from vpo.train.config import TrainConfig
 
 PROMPT = "a red ball moving right"
-CANDIDATE_RUNS = f"euler:{TrainConfig().sampling_steps},euler:6:3"
+CANDIDATE_RUNS = "euler:10,euler:6:3"
 QUALITY_RUNS = "euler:20,euler:10,euler:6:3,euler:20:3,heun:10"
 
 
@@ -253,12 +251,11 @@ def quality(backbone, args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--candidates", type=int, default=6)
-    ap.add_argument("--steps", type=int, default=20, help="evaluation videos' steps (vpo eval's default)")
+    ap.add_argument("--steps", type=int, default=20, help="steps of the old forward's batch (the default's)")
     ap.add_argument(
         "--candidate-runs",
         default=CANDIDATE_RUNS,
-        help=f"the candidates' batch with the new forward at these euler:STEPS[:SHIFT],... (default {CANDIDATE_RUNS}: "
-        f"the training default, then 6 steps on the schedule shifted by 3)",
+        help=f"the candidates' batch with the new forward at these euler:STEPS[:SHIFT],... (default {CANDIDATE_RUNS})",
     )
     ap.add_argument("--guidance", type=float, default=4.0)
     ap.add_argument("--repeats", type=int, default=3)

@@ -51,7 +51,7 @@ def test_ablate_writes_a_report_with_every_study_and_its_plot(tmp_path):
     assert len(verdicts) == 1 + 3 + 1 + 1, verdicts
     assert all(line.endswith(("**matches**", "**does not match**", "**inconclusive**")) for line in verdicts)
     assert "fixed seeds, 2 sampling steps, the columns" in text
-    assert "candidates at 4 steps **" in text and "By the every-seed rule the veto **" in text
+    assert "candidates at 10 steps **" in text and "By the every-seed rule the veto **" in text
     section_c = text.split("## (c)")[1].split("## (d)")[0]
     for name in STUDIES["c"][1]:  # offline DPO logs no reward/mean: its reward is the held-out monitor's
         key = "heldout/temporal" if name == "offline" else "reward/mean"

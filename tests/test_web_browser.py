@@ -190,4 +190,4 @@ def test_choosing_a_real_backbone_fills_in_its_defaults(live_stack, transactiona
         page.input_value("#id_guidance"),
     ) == ("32", "30", "5")
     page.select_option("#id_backbone", "tiny")
-    assert page.input_value("#id_lora_rank") == "8" and page.input_value("#id_sampling_steps") == "10"
+    assert page.input_value("#id_lora_rank") == "8" and page.input_value("#id_sampling_steps") == "20"

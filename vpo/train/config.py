@@ -98,9 +98,9 @@ class TrainConfig:
     lora_rank: int = _f(8, "LoRA rank", "LoRA rank")
     lr: float = _f(1e-3, "AdamW learning rate of the adapter", "Learning rate")
     grad_clip: float = _f(1.0, "max gradient norm", "Gradient clipping (max norm)")
-    # 10 on tiny: its held-out quality at 10 Euler steps equals that at 20, and the pairs tune as
-    # well (docs/tiny-backbone.md, "Steps vs quality"); the real backbones' presets set their own
-    sampling_steps: int = _f(10, "denoising steps of the candidates and the run's held-out videos", "Sampling steps")
+    # 20 on tiny: at 10 its held-out quality holds, but the README example tuned less (+0.16 vs +0.28
+    # flicker.all, docs/tiny-backbone.md, "Steps vs quality"); the real backbones' presets set their own
+    sampling_steps: int = _f(20, "denoising steps of the candidates and the run's held-out videos", "Sampling steps")
     sampler: str = _f(
         "euler",
         f"ODE solver of candidates and held-out videos: {_one_of(SAMPLERS)} (second order: two velocities "
