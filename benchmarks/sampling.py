@@ -126,9 +126,9 @@ def speed(backbone, args, flops_step: float, peak: float, dtype_name: str) -> No
     n, steps = args.candidates, args.steps
     seeds = list(range(n))
 
-    def batch(steps=steps, shift=1.0):
+    def batch(steps=steps, shift=1.0, sampler="euler"):
         with shifted(backbone, shift):
-            backbone.sample([PROMPT] * n, seeds, steps=steps, guidance=args.guidance)
+            backbone.sample([PROMPT] * n, seeds, steps=steps, guidance=args.guidance, sampler=sampler)
 
     def one_at_a_time():
         for s in seeds:
@@ -144,9 +144,10 @@ def speed(backbone, args, flops_step: float, peak: float, dtype_name: str) -> No
         f"new forward, batch, {steps} steps": (batch, steps),
         f"new forward, one at a time, {steps} st.": (one_at_a_time, steps),
     }
-    for _, k_steps, shift in runs(args.candidate_runs, "--candidate-runs"):
-        label = f"new forward, batch, {k_steps} st., shift {shift:g}"
-        rows[label] = (functools.partial(batch, k_steps, shift), k_steps)
+    for sampler, k_steps, shift in runs(args.candidate_runs, "--candidate-runs"):
+        label = f"new forward, batch, {sampler} {k_steps} st., shift {shift:g}"
+        velocities = k_steps if sampler == "euler" else 2 * k_steps - 1  # heun: two a step but the last
+        rows[label] = (functools.partial(batch, k_steps, shift, sampler), velocities)
     t: dict[str, list[float]] = {k: [] for k in rows}
     for _ in range(args.repeats):
         for k, (fn, _) in rows.items():
@@ -156,7 +157,7 @@ def speed(backbone, args, flops_step: float, peak: float, dtype_name: str) -> No
     for k, (_, k_steps) in rows.items():
         achieved = flops_step * k_steps / med[k] / 1e9
         print(
-            f"   {k:36s} median {med[k]:6.2f} s  {achieved:5.0f} GFLOP/s = {achieved / peak:4.0%} of peak"
+            f"   {k:42s} median {med[k]:6.2f} s  {achieved:5.0f} GFLOP/s = {achieved / peak:4.0%} of peak"
             f"   (runs: {', '.join(f'{x:.2f}' for x in t[k])})"
         )
     old, new, single = list(med.values())[:3]
