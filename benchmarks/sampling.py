@@ -9,11 +9,14 @@ default; ``flow_shift`` in the training config). Prints, all measured in this on
 
 1. speed: N candidates x ``--steps`` with CFG as one batch with the old forward
    (``vpo/backbones/tiny_reference.py``) and with today's, one at a time with today's, and as one
-   batch with today's at each of ``--candidate-runs`` (10 steps, and 6 on a schedule shifted by 3;
-   interleaved repeats, medians); the model's FLOPs per denoising step (torch's FlopCounterMode on
-   the old forward, whose attention is plain matmuls that it counts; the new one computes the same
-   products); achieved GFLOP/s of each against a matmul peak in the dtype the backbone computes in
-   here (``vpo.backbones.base.autocast_dtype``);
+   batch with today's at each of ``--candidate-runs`` (10 steps, and 6 on a schedule shifted by 3),
+   and from a policy with training's LoRA adapter with the old and today's forward (interleaved
+   repeats, medians); the model's FLOPs per denoising step (torch's FlopCounterMode on the old
+   forward, whose attention is plain matmuls that it counts; the new one computes the same products
+   but in cross-attention, where its folded projections compute fewer); achieved GFLOP/s of each
+   against a matmul peak in the dtype the backbone computes in here
+   (``vpo.backbones.base.autocast_dtype``): the faster of torch's matmul and oneDNN's on a
+   prepacked weight (what the fp32 forward runs);
 2. what each change of the forward bought: one forward of the candidates' batch with each change
    undone alone (interleaved repeats, medians);
 3. steps vs quality: the held-out fidelity check (``vpo/fidelity.py``: colour, motion direction and
@@ -42,25 +45,33 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vpo.backbones import SAMPLERS, load_backbone
 from vpo.backbones.base import autocast_dtype
-from vpo.backbones.tiny import Attention, ConvMLP
+from vpo.backbones.tiny import Attention, ConvMLP, Linears, TinyBackbone
 from vpo.backbones.tiny_reference import reference
 from vpo.fidelity import heldout_videos, world_fidelity
+from vpo.train.checkpoints import POLICY, add_policy_and_ref
+from vpo.train.config import TrainConfig
 
 PROMPT = "a red ball moving right"
 CANDIDATE_RUNS = "euler:10,euler:6:3"
 QUALITY_RUNS = "euler:20,euler:10,euler:6:3,euler:20:3,heun:10"
+LORA_RANK = TrainConfig().lora_rank  # training's default
+PREPACKED = Linears.prepacked  # whether this torch has oneDNN's matmul on packed weights
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 20) -> float:
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 20) -> dict[str, float]:
+    """GFLOP/s of an n^3 matmul, best of ``repeats``: torch's ``a @ b`` (MKL on x86 CPUs) and, where
+    torch has it, oneDNN's on a prepacked weight (what ``Linears`` runs): the peak is the faster."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / min(times) / 1e9
+    kernels = {"torch.matmul": lambda: a @ b}
+    if PREPACKED and dtype == torch.float32:
+        packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), None)
+        kernels["oneDNN packed"] = lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
+    best = {}
+    for name, fn in kernels.items():
+        for _ in range(3):
+            fn()
+        best[name] = 2 * n**3 / min(timed(fn) for _ in range(repeats)) / 1e9
+    return best
 
 
 def timed(fn) -> float:
@@ -115,11 +126,33 @@ def undone(change: str, transformer):
         elif change == "matmul attention for temporal":
             for m in temporal:
                 m.fused_kernel = True
+        elif change == "oneDNN prepacked matmuls":
+            Linears.prepacked = False
+        elif change == "folded cross-attention":
+            Attention.fold_cross = False
+        elif change == "convolution's residual folded":
+            ConvMLP.fold_residual = False
         yield
     finally:
         Attention.fuse_projections, ConvMLP.approximate = True, "none"
+        Attention.fold_cross, ConvMLP.fold_residual, Linears.prepacked = True, True, PREPACKED
         for m, flag in zip(attentions, saved):
             m.fused_kernel = flag
+
+
+def with_policy_adapter(backbone):
+    """A second ``tiny`` with training's two LoRA adapters (``add_policy_and_ref``), the policy's
+    active and moved off zero as after some training: what online DPO samples candidates from."""
+    policy = TinyBackbone.load(text_encoder=backbone.text_encoder)
+    lora = {"r": LORA_RANK, "lora_alpha": LORA_RANK, "target_modules": list(policy.lora_target_modules)}
+    add_policy_and_ref(policy.transformer, lora)
+    policy.transformer.set_adapter(POLICY)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in policy.transformer.named_parameters():
+            if f"lora_B.{POLICY}" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.01)
+    return policy
 
 
 def speed(backbone, args, flops_step: float, peak: float, dtype_name: str) -> None:
@@ -138,6 +171,12 @@ def speed(backbone, args, flops_step: float, peak: float, dtype_name: str) -> No
         with reference(backbone.transformer):
             batch()
 
+    policy = with_policy_adapter(backbone)
+
+    def policy_batch(old: bool):
+        with reference(policy.transformer) if old else contextlib.nullcontext():
+            policy.sample([PROMPT] * n, seeds, steps=steps, guidance=args.guidance)
+
     # interleaved so that drift in machine load hits all alike
     rows = {
         f"old forward, batch, {steps} steps": (old_batch, steps),
@@ -148,6 +187,9 @@ def speed(backbone, args, flops_step: float, peak: float, dtype_name: str) -> No
         label = f"new forward, batch, {sampler} {k_steps} st., shift {shift:g}"
         velocities = k_steps if sampler == "euler" else 2 * k_steps - 1  # heun: two a step but the last
         rows[label] = (functools.partial(batch, k_steps, shift, sampler), velocities)
+    candidate_rows = list(rows)[3:]
+    rows[f"old forward, LoRA policy, batch, {steps} st."] = (functools.partial(policy_batch, True), steps)
+    rows[f"new forward, LoRA policy, batch, {steps} st."] = (functools.partial(policy_batch, False), steps)
     t: dict[str, list[float]] = {k: [] for k in rows}
     for _ in range(args.repeats):
         for k, (fn, _) in rows.items():
@@ -162,12 +204,18 @@ def speed(backbone, args, flops_step: float, peak: float, dtype_name: str) -> No
         )
     old, new, single = list(med.values())[:3]
     print(f"   the forward alone, old / new (batch, {steps} steps each): {old / new:.2f}x")
-    for k, m in list(med.items())[3:]:
+    for k in candidate_rows:
+        m = med[k]
         print(
             f"   the candidates' batch, old forward at {steps} steps (before issue 20) / {k}: {old / m:.2f}x "
             f"(goal >= 3x at the same quality: section 3)"
         )
     print(f"   batch vs one at a time (new forward, {steps} steps): {single / new:.2f}x")
+    lora_old, lora_new = list(med.values())[-2:]
+    print(
+        f"   training's candidates (the policy with a rank-{LORA_RANK} LoRA adapter, {steps} steps), "
+        f"old / new forward: {lora_old / lora_new:.2f}x"
+    )
     print(
         f"   model FLOPs per denoising step: {flops_step / 1e9:.2f} GFLOP for the batch "
         f"({flops_step / (2 * n) / 1e9:.3f} GFLOP per video forward); {dtype_name} matmul peak "
@@ -182,6 +230,9 @@ def ablation(backbone, args, x, sigma, text) -> None:
         "fused attention kernel",
         "matmul attention for temporal",
         "exact GELU",
+        "oneDNN prepacked matmuls",
+        "folded cross-attention",
+        "convolution's residual folded",
         "all (the old forward)",
     ]
     times: dict[str, list[float]] = {c: [] for c in changes}
@@ -295,7 +346,10 @@ def main() -> None:
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
     if not args.quality_only:
-        peak = matmul_peak(dtype)
+        peaks = matmul_peak(dtype)
+        peak = max(peaks.values())
+        kernels = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
+        print(f"{dtype_name} matmul peak (2048^3, best of 20): {kernels}; the faster is the peak below")
         speed(backbone, args, flops_step, peak, dtype_name)
         ablation(backbone, args, x, sigma, text)
     if args.quality_n:

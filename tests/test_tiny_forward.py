@@ -69,6 +69,52 @@ def test_a_lora_adapter_applies_in_the_fast_forward(tiny):
     assert rms(tuned - tuned_old) < 3e-4  # ... as it did in the old forward
 
 
+def test_sampling_follows_every_change_of_the_weights_it_packs(tiny):
+    """Outside autograd the layers run as oneDNN matmuls on packed copies of their weights, LoRA
+    adapters folded in (``Linears``, ``effective_linear``): an optimiser step on the adapter, a
+    switch of adapter and a new base weight must each reach the velocities, as in the old forward."""
+    backbone = TinyBackbone.load(text_encoder=tiny.text_encoder)
+    base = velocities(backbone)
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=list(backbone.lora_target_modules), init_lora_weights=False)
+    for name in ("policy", "ref"):
+        backbone.transformer.add_adapter(config, adapter_name=name)
+    backbone.transformer.set_adapter("policy")
+    lora_b = [p for n, p in backbone.transformer.named_parameters() if "lora_B.policy" in n]
+    fc1 = backbone.transformer.blocks[0].mlp.fc1.weight
+    seen = [base]
+
+    def check(change) -> None:
+        with torch.no_grad():
+            change()
+        new, old = velocities(backbone), velocities(backbone, old=True)
+        assert rms(new - old) < 3e-4  # the fast forward computes what the old one does ...
+        assert all(rms(new - before) > 1e-3 for before in seen)  # ... with the changed weights
+        seen.append(new)
+
+    check(lambda: [p.normal_(0, 0.3) for p in lora_b])  # the policy's adapter moves
+    check(lambda: [p.mul_(0.5) for p in lora_b])  # and again, in place (same storage)
+    check(lambda: backbone.transformer.set_adapter("ref"))  # the reference adapter runs
+    check(lambda: fc1.add_(0.05))  # a base weight changes in place
+
+
+def test_training_and_sampling_compute_the_same_velocities(tiny):
+    """With gradients on, LoRA adapters run as modules and matmuls in torch's default kernels; with
+    them off (sampling, the reference inside a DPO loss), folded and prepacked (``Linears``): the
+    same function within fp32 rounding."""
+    backbone = TinyBackbone.load(text_encoder=tiny.text_encoder)
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=list(backbone.lora_target_modules), init_lora_weights=False)
+    backbone.transformer.add_adapter(config, adapter_name="policy")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, *backbone.latent_shape(), generator=g)
+    sigma = torch.tensor([0.05, 0.3, 0.7, 1.0])
+    text = torch.cat([backbone.encode_prompts(PROMPTS), backbone.null_text(2)])
+    trained = backbone.predict_velocity(x, sigma, text)
+    assert trained.requires_grad
+    with torch.no_grad():
+        sampled = backbone.predict_velocity(x, sigma, text)
+    assert rms(sampled - trained.detach()) < 1e-5, rms(sampled - trained.detach())
+
+
 def test_heun_steps_are_second_order_and_euler_first_order(tiny):
     """On dx/dsigma = x (exact: x e^(sigma - 1) from sigma = 1) over tiny's own noise levels:
     halving the step divides Heun's error by ~4 (global order 2) and Euler's by ~2 (order 1)."""

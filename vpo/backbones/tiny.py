@@ -34,6 +34,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +42,11 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.modeling_utils import ModelMixin
+from peft.tuners.lora import Linear as LoraLinear
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from vpo.backbones.base import Backbone, VideoSpec
 from vpo.data import world
@@ -102,15 +105,104 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
+class Effective(NamedTuple):
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    made_of: tuple  # the tensors (and LoRA scalings) the weight was computed from
+
+
+def effective_linear(layer: nn.Module, x: torch.Tensor) -> Effective | None:
+    """A linear layer about to read ``x`` as one weight and bias, with what they were made of, or
+    None where the layer must run as a module.
+
+    A plain ``nn.Linear``: its own. A LoRA-wrapped one (PEFT), outside autograd and computing in
+    fp32: the base weight plus each active adapter's ``scaling * B A`` (LoRA, Hu et al. 2021, Eq. 3:
+    h = W0 x + B A x), so that sampling from a policy under training costs one matmul a layer, not
+    three. With gradients on, the wrapper runs as a module: the folded weight's gradient would cost
+    a full matmul where the adapter's costs a rank-r one. Under bf16 autocast too: a young adapter's
+    B A is far below bf16's resolution of W0 (2^-8 relative) and would round away in the sum."""
+    if type(layer) is nn.Linear:
+        return Effective(layer.weight, layer.bias, (layer.weight,))
+    if not (isinstance(layer, LoraLinear) and type(layer.base_layer) is nn.Linear):
+        return None
+    if torch.is_grad_enabled() or compute_dtype(x) != torch.float32:
+        return None
+    if layer.merged or layer.disable_adapters:
+        return None
+    base = layer.base_layer
+    weight, made_of = base.weight, [base.weight]
+    for name in layer.active_adapters:
+        if name not in layer.lora_A:
+            continue
+        if name in layer.lora_variant or layer.lora_bias[name] or not isinstance(layer.lora_dropout[name], nn.Identity):
+            return None  # DoRA and other variants, a bias on B, dropout: not a weight of the same shape
+        weight = weight + layer.get_delta_weight(name)
+        made_of += [layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name]]
+    return Effective(weight, base.bias, tuple(made_of))
+
+
+class Linears:
+    """Linear layers that read the same input, run as one matmul on their stacked weights (outputs
+    concatenated on the last axis), through oneDNN on a prepacked weight where that applies.
+
+    Why oneDNN: on a CPU computing in fp32, ``F.linear`` calls MKL's sgemm, and oneDNN's matmul on
+    a weight reordered once into its blocked layout ran this model's shapes (6,144 rows, K = 128
+    or 512) faster on an AMD EPYC with AVX2 (``docs/tiny-backbone.md``, "Forward pass"). It applies
+    where torch has oneDNN, outside autograd (the op has no backward), on fp32 CPU tensors;
+    elsewhere (training, autocast to bf16, GPUs) this is ``F.linear``. Reordering a weight costs
+    about a millisecond, so the packed copy is kept, keyed by the storage and version counter of
+    every tensor it was made from: a loaded checkpoint, an optimiser step or a switch of LoRA
+    adapter is never served a stale one.
+    """
+
+    prepacked = hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
+    _packed: WeakIdKeyDictionary = WeakIdKeyDictionary()  # first layer -> (key, packed weight)
+
+    @classmethod
+    def run(cls, x: torch.Tensor, layers: tuple[nn.Module, ...]) -> torch.Tensor | None:
+        """``x`` through ``layers``, or None where one of them must run as a module (``effective_linear``)."""
+        found = [f for f in (effective_linear(layer, x) for layer in layers) if f is not None]
+        if len(found) < len(layers):
+            return None
+        weights = [f.weight for f in found]
+        biases = [torch.zeros_like(f.weight[:, 0]) if f.bias is None else f.bias for f in found]
+        bias = torch.cat(biases) if len(found) > 1 else biases[0]
+        sources = [t for f in found for t in f.made_of]
+        tensors = [t for t in sources if isinstance(t, torch.Tensor)]
+        if not (
+            cls.prepacked
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and compute_dtype(x) == torch.float32
+            and not torch.is_grad_enabled()
+            and not any(t.is_inference() for t in tensors)
+        ):
+            return F.linear(x, torch.cat(weights) if len(found) > 1 else weights[0], bias)
+        key = tuple((id(t), t.data_ptr(), t._version) if isinstance(t, torch.Tensor) else t for t in sources)
+        hit = cls._packed.get(layers[0])
+        if hit is None or hit[0] != key:
+            weight = torch.cat(weights).detach()
+            hit = cls._packed[layers[0]] = (key, torch.ops.mkldnn._reorder_linear_weight(weight, None))
+        return torch.ops.mkldnn._linear_pointwise(x, hit[1], bias, "none", [], "")
+
+
+def dense(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``, through ``Linears`` where the layer is one weight (``effective_linear``)."""
+    out = Linears.run(x, (layer,))
+    return layer(x) if out is None else out
+
+
 class Attention(nn.Module):
-    """Multi-head attention: one matmul for the Q, K and V projections together (while no LoRA
-    adapter wraps them), then ``scaled_dot_product_attention``, which reads the projections through
-    strided views, so neither the heads nor the tokens are copied into another layout. For the
-    8-token sequences of temporal attention two matmuls with a float32 softmax measured faster alone
-    (``fused_kernel=False``), though within noise in the whole forward on a loaded machine; figures
-    in ``docs/tiny-backbone.md``, "Forward pass"."""
+    """Multi-head attention: one matmul for the Q, K and V projections together (while each is one
+    weight: ``effective_linear``), then ``scaled_dot_product_attention``, which reads the
+    projections through strided views, so neither the heads nor the tokens are copied into another
+    layout. For the 8-token sequences of temporal attention two matmuls with a float32 softmax
+    measured faster alone (``fused_kernel=False``). Cross-attention folds its query and output
+    projections into the text's keys and values (``folded_cross_attention``). Figures in
+    ``docs/tiny-backbone.md``, "Forward pass"."""
 
     fuse_projections = True  # False: one matmul per projection (benchmarks/sampling.py measures both)
+    fold_cross = True  # False: cross-attention as the other attentions (benchmarks/sampling.py)
 
     def __init__(self, dim: int, heads: int, context_dim: int | None = None, fused_kernel: bool = True):
         super().__init__()
@@ -123,20 +215,26 @@ class Attention(nn.Module):
         self.to_out = nn.Linear(dim, dim)
 
     def project(self, x: torch.Tensor, layers: tuple[nn.Module, ...]) -> list[torch.Tensor]:
-        """``x`` (B, N, D_in) through each of ``layers`` -> one (B, heads, N, D/heads) view each. Plain
-        Linears run as one matmul on their stacked weights (stacking 3 x 128 x 128 values costs
-        nothing next to the matmul); a LoRA-wrapped one runs alone, so its adapter applies."""
+        """``x`` (B, N, D_in) through each of ``layers`` -> one (B, heads, N, D/heads) view each. Layers
+        that are each one weight (``effective_linear``: plain Linears, and LoRA-wrapped ones outside
+        autograd) run as one matmul on their stacked weights (stacking 3 x 128 x 128 values costs
+        nothing next to the matmul); a LoRA-wrapped one in training runs alone, as a module."""
         b, n = x.shape[:2]
-        if self.fuse_projections and all(type(layer) is nn.Linear for layer in layers):
-            weight = torch.cat([layer.weight for layer in layers])
-            bias = torch.cat([layer.bias for layer in layers])
-            parts = F.linear(x, weight, bias).view(b, n, len(layers), self.heads, -1).unbind(2)
+        stacked = Linears.run(x, layers) if self.fuse_projections else None
+        if stacked is not None:
+            parts = stacked.view(b, n, len(layers), self.heads, -1).unbind(2)
         else:
-            parts = tuple(layer(x).view(b, n, self.heads, -1) for layer in layers)
+            parts = tuple(dense(layer, x).view(b, n, self.heads, -1) for layer in layers)
         return [part.transpose(1, 2) for part in parts]
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         b, n, d = x.shape
+        if context is not None and self.fold_cross:
+            query, output = effective_linear(self.to_q, x), effective_linear(self.to_out, x)
+            if query is not None and output is not None and query.bias is not None and output.bias is not None:
+                keys = Linears.run(context, (self.to_k, self.to_v))
+                if keys is not None:
+                    return self.folded_cross_attention(x, keys, query, output)
         if context is None:
             q, k, v = self.project(x, (self.to_q, self.to_k, self.to_v))
         else:
@@ -150,7 +248,31 @@ class Attention(nn.Module):
             # kernel for the 8-token sequences of temporal attention (3,072 in a batch of 12)
             logits = (q.contiguous() @ k.transpose(-1, -2).contiguous()) * q.shape[-1] ** -0.5
             out = logits.float().softmax(-1).to(v.dtype) @ v.contiguous()
-        return self.to_out(out.transpose(1, 2).reshape(b, n, d))
+        return dense(self.to_out, out.transpose(1, 2).reshape(b, n, d))
+
+    def folded_cross_attention(self, x: torch.Tensor, keys: torch.Tensor, query: Effective, output: Effective):
+        """Cross-attention to a few context tokens with the query and output projections folded
+        into the keys and values, exact because both are linear. Per head h, with q = x Wq_h^T + bq_h,
+
+            softmax(q k_h^T / sqrt(d_h)) v_h Wo_h^T
+            = softmax(x [Wq_h^T k_h^T / sqrt(d_h)] + [bq_h k_h^T / sqrt(d_h)]) [v_h Wo_h^T]
+
+        and the output is the sum over heads plus bo. For 24 text tokens and 4 heads the tokens go
+        through a 128 x 96 and a 96 x 128 matmul instead of two 128 x 128 projections and the
+        attention between them, in token order throughout (no head layout); the bracketed terms
+        cost a few MFLOP a batch. ``keys``: the context through to_k and to_v, (B, L, 2 D)."""
+        b, n, _ = x.shape
+        heads, length = self.heads, keys.shape[1]
+        k, v = keys.view(b, length, 2, heads, -1).unbind(2)
+        k = k * k.shape[-1] ** -0.5
+        w_q, w_o = query.weight, output.weight
+        assert query.bias is not None and output.bias is not None  # the caller checks
+        per_head = w_q.view(heads, -1, w_q.shape[1])  # (heads, d_h, D_in)
+        folded_keys = torch.einsum("hed,bjhe->bdhj", per_head, k).reshape(b, -1, heads * length)
+        offset = torch.einsum("he,bjhe->bhj", query.bias.view(heads, -1), k).reshape(b, 1, heads * length)
+        weights = torch.baddbmm(offset, x, folded_keys).view(b, n, heads, length).float().softmax(-1)
+        values = torch.einsum("ohe,bjhe->bhjo", w_o.view(w_o.shape[0], heads, -1), v).reshape(b, heads * length, -1)
+        return torch.baddbmm(output.bias, weights.to(values.dtype).view(b, n, heads * length), values)
 
 
 class ConvMLP(nn.Module):
@@ -165,6 +287,7 @@ class ConvMLP(nn.Module):
     the activations, and the held-out quality is unchanged (``docs/tiny-backbone.md``)."""
 
     approximate = "none"  # F.gelu's; "tanh" is what the weights were trained with (benchmarks/sampling.py)
+    fold_residual = True  # False: the convolution's residual as a separate add (benchmarks/sampling.py)
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -175,12 +298,24 @@ class ConvMLP(nn.Module):
     def forward(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         b, n, _ = x.shape
         t, gh, gw = grid
-        h = self.fc1(x)
+        h = dense(self.fc1, x)
         # (B, T*H*W, C) viewed as (B*T, C, H, W) is already channels-last: no copy, and the layout
         # the CPU's fast depthwise kernel wants (10x faster than a contiguous NCHW copy)
         frames = h.view(b * t, gh, gw, -1).permute(0, 3, 1, 2)
-        h = h + self.conv(frames).permute(0, 2, 3, 1).reshape(b, n, -1)
-        return self.fc2(F.gelu(h, approximate=self.approximate))
+        if self.fold_residual:
+            # h + conv(h) is one convolution whose centre tap is one larger: no pass over h to add
+            weight = self.conv.weight + self.identity_tap(self.conv.weight)
+            h = F.conv2d(frames, weight, self.conv.bias, padding=1, groups=self.conv.groups)
+        else:
+            h = frames + self.conv(frames)
+        return dense(self.fc2, F.gelu(h.permute(0, 2, 3, 1).reshape(b, n, -1), approximate=self.approximate))
+
+    @staticmethod
+    def identity_tap(weight: torch.Tensor) -> torch.Tensor:
+        """A depthwise 3x3 kernel that copies its input: 1 at the centre tap, 0 elsewhere."""
+        tap = torch.zeros_like(weight)
+        tap[:, :, 1, 1] = 1
+        return tap
 
 
 class SpaceTimeBlock(nn.Module):
