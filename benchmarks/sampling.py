@@ -16,7 +16,7 @@ default; ``flow_shift`` in the training config). Prints, all measured in this on
    but in cross-attention, where its folded projections compute fewer); achieved GFLOP/s of each
    against a matmul peak in the dtype the backbone computes in here
    (``vpo.backbones.base.autocast_dtype``): the faster of torch's matmul and oneDNN's on a
-   prepacked weight (what the fp32 forward runs);
+   prepacked weight (what the forward runs on a CPU);
 2. what each change of the forward bought: one forward of the candidates' batch with each change
    undone alone (interleaved repeats, medians);
 3. steps vs quality: the held-out fidelity check (``vpo/fidelity.py``: colour, motion direction and
@@ -63,7 +63,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 20) -> dict[st
     torch has it, oneDNN's on a prepacked weight (what ``Linears`` runs): the peak is the faster."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     kernels = {"torch.matmul": lambda: a @ b}
-    if PREPACKED and dtype == torch.float32:
+    if PREPACKED and dtype in (torch.float32, torch.bfloat16):
         packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), None)
         kernels["oneDNN packed"] = lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
     best = {}
@@ -132,10 +132,13 @@ def undone(change: str, transformer):
             Attention.fold_cross = False
         elif change == "convolution's residual folded":
             ConvMLP.fold_residual = False
+        elif change == "matmul attention on CPU bf16":
+            Attention.cpu_bf16_matmuls = False
         yield
     finally:
         Attention.fuse_projections, ConvMLP.approximate = True, "none"
         Attention.fold_cross, ConvMLP.fold_residual, Linears.prepacked = True, True, PREPACKED
+        Attention.cpu_bf16_matmuls = True
         for m, flag in zip(attentions, saved):
             m.fused_kernel = flag
 
@@ -233,6 +236,7 @@ def ablation(backbone, args, x, sigma, text) -> None:
         "oneDNN prepacked matmuls",
         "folded cross-attention",
         "convolution's residual folded",
+        "matmul attention on CPU bf16",
         "all (the old forward)",
     ]
     times: dict[str, list[float]] = {c: [] for c in changes}

@@ -209,13 +209,20 @@ def test_the_candidate_steps_study_reports_margin_time_and_the_tuning_effect_by_
         return _section(tmp_path, "f", evals, row(), curves)
 
     text = section([0.975, 0.98])
-    assert "reward margin (winner minus loser) 0.0300 at 20 steps vs 0.0150 at 10 (0.50x)" in text
+    assert "reward margin (winner minus loser) 0.0300 at 20 steps vs 0.0150 at 10 steps (0.50x)" in text
     assert "sampling 6.0 s vs 3.0 s a step (2.00x faster)" in text
     assert "seed 0 +0.50 [+0.50, +0.50]; seed 1 +1.00 [+1.00, +1.00]" in text
     assert "**tune better in every seed**" in text
     assert "**tune worse in every seed**" in section([0.96, 0.95])
     assert "**are inconclusive (no seed-consistent difference)**" in section([0.96, 0.99])
     assert "— **matches**" not in text
+    full, shifted = STUDIES["h"][1]
+    evals = {(full, s): row(temporal_flickering_all=0.97) for s in (0, 1)}
+    evals |= {(shifted, s): row(temporal_flickering_all=0.97) for s in (0, 1)}
+    curves |= {(shifted, s): curves[(fast, s)] for s in (0, 1)}
+    text = _section(tmp_path, "h", evals, row(), curves)
+    assert "0.0300 at 20 steps vs 0.0150 at 6 steps shifted by 3 (0.50x)" in text
+    assert "candidates at 6 steps shifted by 3 **are inconclusive" in text
 
 
 def test_the_veto_study_answers_its_two_questions_by_the_every_seed_rule(tmp_path):

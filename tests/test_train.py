@@ -134,6 +134,28 @@ def test_every_noise_draw_is_shared_by_winner_and_loser(tmp_path, small, draws):
     sink.close()
 
 
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_the_loss_is_log_2_for_any_pair_while_the_policy_equals_the_reference(tmp_path, small, monkeypatch, dtype):
+    """The reference's velocities are computed outside autograd, the policy's inside: the reference
+    must still take the policy's arithmetic (``training_arithmetic``), not sampling's shortcuts
+    (LoRA folded into its weight, prepacked kernels), or in bf16 their rounding leaves noise in the
+    DPO bracket where it is exactly 0 (and the implicit accuracy at the start is a coin toss)."""
+    monkeypatch.setattr("vpo.backbones.base.autocast_dtype", lambda device_type: dtype)  # what the CPU's is not
+    sink = JsonlSink(tmp_path / "m", 1, progress=False)
+    run = Run(cfg_for(tmp_path), sink, backbone=small())
+    run.step = 0
+    with torch.no_grad():  # a policy moved off zero, then copied to the reference (a curriculum update)
+        for p in run.adapter_params(POLICY).values():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    run.update_reference()
+    g = torch.Generator().manual_seed(1)
+    x, other = (torch.randn(2, *run.backbone.latent_shape(), generator=g) for _ in range(2))
+    stats = dpo_update(run, x, other, ["a red ball moving left", "a blue box rising"], step=0)
+    assert stats["dpo/loss"] == pytest.approx(math.log(2), abs=1e-7)
+    assert stats["dpo/implicit_acc"] == 0.0
+    sink.close()
+
+
 def test_online_dpo_logs_namespaced_metrics_and_held_out_measures(tmp_path, small):
     cfg = cfg_for(tmp_path, steps=2, heldout_every=2, ref_update_every=1)
     run_train(cfg, small())

@@ -64,6 +64,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "refl-d4": {"algorithm": "refl", "refl_depth": 4},
     "ref-every-10": {"ref_update_every": 10},
     "ref-every-50": {"ref_update_every": 50},
+    # 6 steps on SD3's schedule shifted by 3 held 20 steps' held-out quality (docs/tiny-backbone.md)
+    "candidates-6-steps-shift-3": {"sampling_steps": 6, "flow_shift": 3.0},
 }
 STUDIES = {
     "a": ("Online vs offline DPO", ["online", "offline"]),
@@ -74,9 +76,10 @@ STUDIES = {
     "e": ("Online DPO vs online Flow-RWR (VideoAlign)", ["online", "online-rwr"]),
     "f": ("Candidates at 20 vs 10 sampling steps", ["online", "candidates-10-steps"]),
     "g": ("Temporal reward without and with the subject veto", ["online", "subject-veto"]),
+    "h": ("Candidates at 20 steps vs 6 on the schedule shifted by 3", ["online", "candidates-6-steps-shift-3"]),
 }
 # what each study's verdict looks at (an eval column, higher is better), the paper's direction, and the
-# pairs (x, y) compared, x expected above y; (c), (f) and (g) have rules of their own (see ``report``)
+# pairs (x, y) compared, x expected above y; (c), (f), (g) and (h) have rules of their own (see ``report``)
 VERDICTS: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
     "a": (
         "temporal_flickering_all",
@@ -106,6 +109,11 @@ VERDICTS: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
     # not a paper's claim: the question is whether halving the candidates' steps costs tuning effect
     "f": ("temporal_flickering_all", "none; the question: do candidates at 10 steps tune as well as at 20?", []),
     "g": ("motion_extent", "none; the question: does the veto stop the hacking and keep the gain?", []),
+    "h": (
+        "temporal_flickering_all",
+        "none; the question: do candidates at 6 steps on the shifted schedule tune as well as at 20?",
+        [],
+    ),
 }
 # (c): the held-out measures whose fall, while the training reward rises, is reward hacking
 HACK_MEASURES = ("presence", "alignment")
@@ -388,9 +396,9 @@ def report(
         for name in names:
             lines.append(f"| {name} | " + " | ".join(cell([evals[(name, s)] for s in seeds], c) for c in cols) + " |")
         lines.append("")
-        if study == "f":  # no paper to match: what the cheaper candidates cost and save
+        if study in ("f", "h"):  # no paper to match: what the cheaper candidates cost and save
             full, fast = names
-            steps = {name: {**base.to_dict(), **VARIANTS[name]}["sampling_steps"] for name in names}
+            steps = {name: _schedule({**base.to_dict(), **VARIANTS[name]}) for name in names}
             lines += [_candidate_steps_finding(curves, evals, seeds, column, full, fast, steps), ""]
         elif study == "g":
             lines += [_veto_finding(evals, base_eval, seeds, *names), ""]
@@ -540,10 +548,16 @@ def _hacking_beside(curves, evals, base_eval, seeds, names, dimension: str) -> s
     return "\n".join(["Reward hacking, by the rule of (c). " + HACK_RULE, "", *verdicts])
 
 
-def _candidate_steps_finding(curves, evals, seeds, column, full, fast, steps: dict[str, int]) -> str:
-    """Study (f) in words: the pairs' reward margin and the sampling time per step of each variant
-    (means over all steps and seeds), and the tuning effect by the every-seed rule on the paired
-    difference fewer steps minus more (``steps``: each variant's sampling steps): "tune worse" when
+def _schedule(settings: dict[str, Any]) -> str:
+    """A variant's candidate sampling schedule in words: "10 steps", "6 steps shifted by 3"."""
+    shift = settings["flow_shift"]
+    return f"{settings['sampling_steps']} steps" + (f" shifted by {shift:g}" if shift not in (0, 1) else "")
+
+
+def _candidate_steps_finding(curves, evals, seeds, column, full, fast, steps: dict[str, str]) -> str:
+    """Studies (f) and (h) in words: the pairs' reward margin and the sampling time per step of each
+    variant (means over all steps and seeds), and the tuning effect by the every-seed rule on the paired
+    difference fewer steps minus more (``steps``: each variant's schedule, ``_schedule``): "tune worse" when
     every seed's interval is below 0, "tune better" when every one is above, else inconclusive (equal
     tuning is not something the rule can show)."""
 
@@ -559,11 +573,11 @@ def _candidate_steps_finding(curves, evals, seeds, column, full, fast, steps: di
         0: "are inconclusive (no seed-consistent difference)",
     }[by_rule(intervals)]
     return (
-        f"Pairs: reward margin (winner minus loser) {margin[full]:.4f} at {steps[full]} steps vs {margin[fast]:.4f} "
+        f"Pairs: reward margin (winner minus loser) {margin[full]:.4f} at {steps[full]} vs {margin[fast]:.4f} "
         f"at {steps[fast]} ({margin[fast] / margin[full]:.2f}x); sampling {sample_s[full]:.1f} s vs "
         f"{sample_s[fast]:.1f} s a step ({sample_s[full] / sample_s[fast]:.2f}x faster). Tuning: {column} "
-        f"{steps[fast]} steps minus {steps[full]} steps, points with 95% intervals: {_per_seed(intervals, seeds)} "
-        f"— by the every-seed rule candidates at {steps[fast]} steps **{verdict}**."
+        f"{steps[fast]} minus {steps[full]}, points with 95% intervals: {_per_seed(intervals, seeds)} "
+        f"— by the every-seed rule candidates at {steps[fast]} **{verdict}**."
     )
 
 

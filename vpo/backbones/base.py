@@ -29,6 +29,7 @@ A latent backbone overrides ``latent_shape`` and ``decode``; ``sample`` stays th
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import functools
 import os
@@ -60,6 +61,30 @@ def keep_freed_memory(keep: bool = True) -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
     libc.mallopt(m_mmap_threshold, 32 * 2**20 if keep else 128 * 2**10)  # 32 MiB: glibc's ceiling on 64-bit
     libc.mallopt(m_trim_threshold, 2**30 if keep else 128 * 2**10)
+
+
+_TRAINING_ARITHMETIC = contextvars.ContextVar("training_arithmetic", default=False)
+
+
+@contextlib.contextmanager
+def training_arithmetic() -> Iterator[None]:
+    """Forwards inside compute as they do with gradients on, though gradients are off. A backbone
+    may take shortcuts outside autograd that are exact in arithmetic but round differently (``tiny``
+    folds LoRA adapters into their weights and runs prepacked kernels: ``vpo/backbones/tiny.py``).
+    A DPO loss subtracts the reference's errors from the policy's; computed the same way, the two
+    are equal to the bit while the policy equals the reference (the loss is log 2), where in bf16 the
+    shortcuts would leave rounding noise in the difference."""
+    token = _TRAINING_ARITHMETIC.set(True)
+    try:
+        yield
+    finally:
+        _TRAINING_ARITHMETIC.reset(token)
+
+
+def sampling_shortcuts() -> bool:
+    """Whether a forward may take the shortcuts ``training_arithmetic`` describes: outside autograd
+    and outside that block (sampling, held-out videos, evaluation)."""
+    return not torch.is_grad_enabled() and not _TRAINING_ARITHMETIC.get()
 
 
 AUTOCAST_CHOICES = ("auto", "bf16", "fp32")

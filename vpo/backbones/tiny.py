@@ -48,7 +48,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-from vpo.backbones.base import Backbone, VideoSpec
+from vpo.backbones.base import Backbone, VideoSpec, sampling_shortcuts
 from vpo.data import world
 
 WEIGHTS = Path(__file__).parent / "weights" / "tiny.safetensors"
@@ -115,17 +115,20 @@ def effective_linear(layer: nn.Module, x: torch.Tensor) -> Effective | None:
     """A linear layer about to read ``x`` as one weight and bias, with what they were made of, or
     None where the layer must run as a module.
 
-    A plain ``nn.Linear``: its own. A LoRA-wrapped one (PEFT), outside autograd and computing in
-    fp32: the base weight plus each active adapter's ``scaling * B A`` (LoRA, Hu et al. 2021, Eq. 3:
-    h = W0 x + B A x), so that sampling from a policy under training costs one matmul a layer, not
-    three. With gradients on, the wrapper runs as a module: the folded weight's gradient would cost
-    a full matmul where the adapter's costs a rank-r one. Under bf16 autocast too: a young adapter's
-    B A is far below bf16's resolution of W0 (2^-8 relative) and would round away in the sum."""
+    A plain ``nn.Linear``: its own. A LoRA-wrapped one (PEFT), outside autograd: the base weight plus
+    each active adapter's ``scaling * B A`` (LoRA, Hu et al. 2021, Eq. 3: h = W0 x + B A x), so that
+    sampling from a policy under training costs one matmul a layer, not three. With gradients on, the
+    wrapper runs as a module: the folded weight's gradient would cost a full matmul where the
+    adapter's costs a rank-r one; so it does in a DPO loss's reference, which must compute as the
+    policy does (``vpo.backbones.base.training_arithmetic``). In bf16 the folded weight is rounded
+    once, where autocast rounds W0, A and B apart: the velocities stay as close to fp32's as the
+    unfolded adapter's, bf16's rounding of the activations dominating both
+    (``tests/test_tiny_forward.py``; ``Linears.fold_lora = False`` switches folding off)."""
     if type(layer) is nn.Linear:
         return Effective(layer.weight, layer.bias, (layer.weight,))
     if not (isinstance(layer, LoraLinear) and type(layer.base_layer) is nn.Linear):
         return None
-    if torch.is_grad_enabled() or compute_dtype(x) != torch.float32:
+    if not (sampling_shortcuts() and Linears.fold_lora):
         return None
     if layer.merged or layer.disable_adapters:
         return None
@@ -145,17 +148,21 @@ class Linears:
     """Linear layers that read the same input, run as one matmul on their stacked weights (outputs
     concatenated on the last axis), through oneDNN on a prepacked weight where that applies.
 
-    Why oneDNN: on a CPU computing in fp32, ``F.linear`` calls MKL's sgemm, and oneDNN's matmul on
-    a weight reordered once into its blocked layout ran this model's shapes (6,144 rows, K = 128
-    or 512) faster on an AMD EPYC with AVX2 (``docs/tiny-backbone.md``, "Forward pass"). It applies
-    where torch has oneDNN, outside autograd (the op has no backward), on fp32 CPU tensors;
-    elsewhere (training, autocast to bf16, GPUs) this is ``F.linear``. Reordering a weight costs
-    about a millisecond, so the packed copy is kept, keyed by the storage and version counter of
-    every tensor it was made from: a loaded checkpoint, an optimiser step or a switch of LoRA
-    adapter is never served a stale one.
+    Why oneDNN: on a CPU, ``F.linear`` calls MKL's sgemm in fp32 and reorders the weight for oneDNN
+    on every call in bf16; oneDNN's matmul on a weight reordered once into its blocked layout ran this
+    model's shapes (6,144 rows, K = 128 or 512) faster: 1.2-1.5x on the MLP's shapes in fp32 on an AMD
+    EPYC with AVX2, 5-15% in bf16 on one with avx512_bf16 (``docs/tiny-backbone.md``, "Forward pass").
+    It applies where torch has oneDNN, outside autograd (the op has no backward) and a DPO loss's
+    reference (``vpo.backbones.base.training_arithmetic``), on CPU tensors
+    computing in fp32 or bf16 (autocast's dtype: the input is cast as autocast would, the weight is
+    packed in it); elsewhere (training, GPUs) this is ``F.linear``. Reordering a weight costs about a
+    millisecond, so the packed copy is kept, keyed by the storage and version counter of every
+    tensor it was made from: a loaded checkpoint, an optimiser step or a switch of LoRA adapter is
+    never served a stale one.
     """
 
     prepacked = hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
+    fold_lora = True  # False: LoRA-wrapped layers run as modules outside autograd too (effective_linear)
     # first layer -> {the layers stacked: (key, packed weight)}; self-attention's Q alone and Q, K, V
     # stacked are both kept (benchmarks/sampling.py switches between them; a reorder each is ~1.5 ms)
     _packed: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -171,23 +178,24 @@ class Linears:
         bias = torch.cat(biases) if len(found) > 1 else biases[0]
         sources = [t for f in found for t in f.made_of]
         tensors = [t for t in sources if isinstance(t, torch.Tensor)]
+        dtype = compute_dtype(x)
         if not (
             cls.prepacked
             and x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and compute_dtype(x) == torch.float32
-            and not torch.is_grad_enabled()
+            and x.dtype in (torch.float32, dtype)
+            and dtype in (torch.float32, torch.bfloat16)
+            and sampling_shortcuts()
             and not any(t.is_inference() for t in tensors)
         ):
             return F.linear(x, torch.cat(weights) if len(found) > 1 else weights[0], bias)
-        key = tuple((id(t), t.data_ptr(), t._version) if isinstance(t, torch.Tensor) else t for t in sources)
+        key = (dtype, *((id(t), t.data_ptr(), t._version) if isinstance(t, torch.Tensor) else t for t in sources))
         stacks = cls._packed.setdefault(layers[0], {})
         stack = tuple(map(id, layers))
         hit = stacks.get(stack)
         if hit is None or hit[0] != key:
-            weight = torch.cat(weights).detach()
+            weight = torch.cat(weights).detach().to(dtype)
             hit = stacks[stack] = (key, torch.ops.mkldnn._reorder_linear_weight(weight, None))
-        return torch.ops.mkldnn._linear_pointwise(x, hit[1], bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x.to(dtype), hit[1], bias.to(dtype), "none", [], "")
 
 
 def dense(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -201,12 +209,17 @@ class Attention(nn.Module):
     weight: ``effective_linear``), then ``scaled_dot_product_attention``, which reads the
     projections through strided views, so neither the heads nor the tokens are copied into another
     layout. For the 8-token sequences of temporal attention two matmuls with a float32 softmax
-    measured faster alone (``fused_kernel=False``). Cross-attention folds its query and output
+    measured faster alone (``fused_kernel=False``), and so did they for all attention on a CPU
+    computing in bf16 (``cpu_bf16_matmuls``). Cross-attention folds its query and output
     projections into the text's keys and values (``folded_cross_attention``). Figures in
     ``docs/tiny-backbone.md``, "Forward pass"."""
 
     fuse_projections = True  # False: one matmul per projection (benchmarks/sampling.py measures both)
     fold_cross = True  # False: cross-attention as the other attentions (benchmarks/sampling.py)
+    # On a CPU in bf16 the fused kernel made the whole forward about 10% slower than two matmuls on
+    # an AMD EPYC with avx512_bf16 (four runs) and was level on a Xeon with AMX; in fp32 (AVX2) it
+    # was 2-9% faster, and on GPUs it is the flash kernel. False: the kernel wherever fused_kernel.
+    cpu_bf16_matmuls = True
 
     def __init__(self, dim: int, heads: int, context_dim: int | None = None, fused_kernel: bool = True):
         super().__init__()
@@ -244,14 +257,18 @@ class Attention(nn.Module):
         else:
             (q,) = self.project(x, (self.to_q,))
             k, v = self.project(context, (self.to_k, self.to_v))
-        if self.fused_kernel:
+        on_cpu_bf16 = self.cpu_bf16_matmuls and q.device.type == "cpu" and q.dtype == torch.bfloat16
+        if self.fused_kernel and not on_cpu_bf16:
             # softmax(q k^T / sqrt(d/heads)) v; the kernel accumulates and normalises in fp32
             out = F.scaled_dot_product_attention(q, k, v)
         else:
-            # the same as two batched matmuls with a float32 softmax: faster alone than the fused
-            # kernel for the 8-token sequences of temporal attention (3,072 in a batch of 12)
+            # the same as two batched matmuls: faster alone than the fused kernel for the 8-token
+            # sequences of temporal attention (3,072 in a batch of 12), and for all of them on a CPU
+            # in bf16. The softmax reads bf16 logits as they are: torch's kernel computes in fp32 and
+            # rounds its output to bf16, as casting the logits to fp32 and the result back did (within
+            # one bf16 rounding), without the two casts (1.4-1.8x faster on a CPU, docs/tiny-backbone.md)
             logits = (q.contiguous() @ k.transpose(-1, -2).contiguous()) * q.shape[-1] ** -0.5
-            out = logits.float().softmax(-1).to(v.dtype) @ v.contiguous()
+            out = logits.softmax(-1).to(v.dtype) @ v.contiguous()
         return dense(self.to_out, out.transpose(1, 2).reshape(b, n, d))
 
     def folded_cross_attention(self, x: torch.Tensor, keys: torch.Tensor, query: Effective, output: Effective):

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from vpo.backbones import load_for_config
-from vpo.backbones.base import Backbone, resize_images
+from vpo.backbones.base import Backbone, resize_images, training_arithmetic
 from vpo.backbones.physencoder import HEAD, PhysEncoder, load_head, new_physencoder
 from vpo.data.prompts import read_image_prompts, read_prompts
 from vpo.rewards import load_reward, prompt_problem
@@ -168,13 +168,14 @@ class Run:
 
     @contextlib.contextmanager
     def reference(self):
-        """Run the reference model inside this block (no gradients): the reference adapter and,
-        with a PhysEncoder, the reference head."""
+        """Run the reference model inside this block (no gradients, yet the arithmetic of the
+        policy's forward with them: ``training_arithmetic``): the reference adapter and, with a
+        PhysEncoder, the reference head."""
         self.transformer.set_adapter(REF)
         if self.physencoder is not None:
             self.physencoder.use_reference = True
         try:
-            with torch.no_grad():
+            with torch.no_grad(), training_arithmetic():
                 yield
         finally:
             self.use_policy()
