@@ -208,8 +208,8 @@ class Attention(nn.Module):
     """Multi-head attention: one matmul for the Q, K and V projections together (while each is one
     weight: ``effective_linear``), then ``scaled_dot_product_attention``, which reads the
     projections through strided views, so neither the heads nor the tokens are copied into another
-    layout. For the 8-token sequences of temporal attention two matmuls with a float32 softmax
-    measured faster alone (``fused_kernel=False``), and so did they for all attention on a CPU
+    layout. For the 8-token sequences of temporal attention two matmuls around a softmax measured
+    faster alone (``fused_kernel=False``), and so did they for all attention on a CPU
     computing in bf16 (``cpu_bf16_matmuls``). Cross-attention folds its query and output
     projections into the text's keys and values (``folded_cross_attention``). Figures in
     ``docs/tiny-backbone.md``, "Forward pass"."""
