@@ -140,7 +140,8 @@ def test_the_loss_is_log_2_for_any_pair_while_the_policy_equals_the_reference(tm
     must still take the policy's arithmetic (``training_arithmetic``), not sampling's shortcuts
     (LoRA folded into its weight, prepacked kernels), or in bf16 their rounding leaves noise in the
     DPO bracket where it is exactly 0 (and the implicit accuracy at the start is a coin toss)."""
-    monkeypatch.setattr("vpo.backbones.base.autocast_dtype", lambda device_type: dtype)  # what the CPU's is not
+    # either dtype, whatever this CPU would pick
+    monkeypatch.setattr("vpo.backbones.base.autocast_dtype", lambda device_type: dtype)
     sink = JsonlSink(tmp_path / "m", 1, progress=False)
     run = Run(cfg_for(tmp_path), sink, backbone=small())
     run.step = 0
