@@ -27,10 +27,17 @@ def test_the_paired_difference_matches_scipys_paired_t_interval():
     assert d["temporal_flickering"]["ci95"] == pytest.approx([ci.low, ci.high])
     assert d["temporal_flickering"]["better"] == int((diff > 0).sum())
     assert d["alignment"]["n"] == 16 and d["alignment"]["better"] == 0 and d["alignment"]["worse"] == 1
+    sampling = {"sampler": "euler", "steps": 20, "guidance": 4.0, "seed": 0, "videos": 20}
     table = format_table(
-        {"base": summarise({**base, **_rest()}), "checkpoint": summarise({**tuned, **_rest()}), "difference": d}
+        {
+            "base": summarise({**base, **_rest()}),
+            "checkpoint": summarise({**tuned, **_rest()}),
+            "difference": d,
+            "sampling": sampling,
+        }
     )
     assert f"{d['temporal_flickering']['better']}/20" in table and "0/16" in table
+    assert "sampled: 20 videos each, seeds 0..19, 20 Euler steps, CFG 4; base and checkpoint alike." in table
 
 
 def _rest():
@@ -61,7 +68,8 @@ def test_vpo_eval_prints_base_checkpoint_and_their_paired_difference(tmp_path, q
     )
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
-    assert set(result) == {"base", "checkpoint", "difference", "suite", "labels", "quality"}
+    assert set(result) == {"base", "checkpoint", "difference", "suite", "labels", "quality", "sampling"}
+    assert result["sampling"] == {"sampler": "euler", "steps": 2, "guidance": 4.0, "seed": 0, "videos": 3}
     assert set(COLUMNS) <= set(result["base"]) and result["base"]["videos"] == 3
     assert result["labels"]["imaging_quality"].startswith("proxy (") and result["labels"][
         "temporal_flickering_all"
@@ -91,3 +99,24 @@ def test_wide_intervals_do_not_run_into_their_neighbours():
     # one whitespace-separated token per column with a difference, each an interval "lo..hi"
     tokens = ci_row.split()[2:]
     assert len(tokens) == len(d) and all(t.count("..") == 1 for t in tokens)
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--steps", "0", "steps must be between 1 and 1000, got 0"),
+        ("--steps", "5000", "steps must be between 1 and 1000, got 5000"),
+        ("--guidance", "nan", "guidance must be >= 1 (1 = no guidance), got nan"),
+        ("--guidance", "0.5", "guidance must be >= 1 (1 = no guidance), got 0.5"),
+    ],
+)
+def test_vpo_eval_refuses_bad_sampling_in_one_line_before_loading_anything(tmp_path, flag, value, message):
+    from tests.test_limits import one_line_error
+
+    r = subprocess.run(
+        [sys.executable, "-m", "vpo", "eval", "--checkpoint", str(tmp_path / "none"), flag, value],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert one_line_error(r) and message in r.stderr, r.stderr

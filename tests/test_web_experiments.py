@@ -167,20 +167,29 @@ def test_cancelling_a_queued_experiment_cancels_it_at_once(owner, experiment):
 
 def test_an_evaluation_shows_base_checkpoint_and_their_paired_difference(owner, tmp_path, settings, quick_checkpoint):
     from vpo.data.prompts import read_prompts
+    from vpo.eval import compare
     from webapp.experiments import jobs
     from webapp.experiments.models import Evaluation
 
     settings.MEDIA_ROOT = tmp_path
     e = Experiment.objects.create(
-        owner=owner, name="tuned", status="finished", config=validated_config({"sampling_steps": 2})
+        owner=owner, name="tuned", status="finished", config=validated_config({"sampling_steps": 3})
     )
     quick_checkpoint(e.run_dir / "run")
-    ev = Evaluation.objects.create(experiment=e, checkpoint="step_000001", prompts="demo")
+    ev = Evaluation.objects.create(
+        experiment=e, checkpoint="step_000001", prompts="demo", sampling_steps=2, guidance=3.0
+    )
     jobs.evaluate(ev.pk)  # what the worker's task calls
     ev.refresh_from_db()
     assert ev.status == "finished", ev.error
-    rows = dict(ev.difference_rows)
+    # sampled as the evaluation says (2 steps, CFG 3), not at the run's candidates' 3 steps and CFG 4
     n = len(read_prompts("demo"))
+    assert ev.result["sampling"] == {"sampler": "euler", "steps": 2, "guidance": 3.0, "seed": 0, "videos": n}
+    checkpoint = e.run_dir / "run" / "checkpoints" / "step_000001"
+    alone = compare("tiny", checkpoint, read_prompts("demo"), steps=2, guidance=3.0)
+    assert ev.result["checkpoint"][1] == pytest.approx(alone["checkpoint"]["temporal_flickering_all"], abs=1e-9)
+    assert ev.result["columns"][1] == "temporal_flickering_all"
+    rows = dict(ev.difference_rows)
     # column 0 is flickering on the videos the static filter keeps (maybe none); 1-5 are on every video
     assert all(cell.endswith(f"/{n}") for cell in rows["better on"][1:6])
     assert rows["difference"][-1] == "–"  # the quality score is not per video
@@ -191,6 +200,38 @@ def test_an_evaluation_shows_base_checkpoint_and_their_paired_difference(owner, 
     # every column says what it is, and the score over proxies does not call itself VBench's
     assert "proxy (sharpness/noise/contrast, stands in for MUSIQ-SPAQ / 100" in html
     assert "not VBench&#x27;s score" in html and f"base {ev.result['static']['base'][0]}/{n}" in html
+    assert "(builtin, 2 steps, CFG 3.0)" in html and f"Sampled: {n} videos each" in html
+
+
+def test_the_evaluation_form_starts_at_the_backbone_s_standard_sampling_and_refuses_bad_values(owner, experiment):
+    """A run tuned on 6-step candidates on a shifted schedule is judged on videos sampled as the
+    backbone's are by default (tiny: 20 Euler steps, CFG 4), unless the user says otherwise."""
+    from webapp.experiments.forms import EvaluationForm
+    from webapp.experiments.models import Evaluation
+
+    experiment.config = validated_config({"sampling_steps": 6, "flow_shift": 3.0, "guidance": 5.0})
+    experiment.save()
+    experiment.checkpoint_dir("step_000001").mkdir(parents=True)
+    client = logged_in(owner)
+    form = client.get(reverse("experiments:detail", args=[experiment.pk])).context["evaluation_form"]
+    assert (form["sampling_steps"].initial, form["guidance"].initial) == (20, 4.0)
+    wan = EvaluationForm(checkpoints=["step_000001"], backbone="wan")  # a real backbone's own standard
+    assert (wan["sampling_steps"].initial, wan["guidance"].initial) == (30, 5.0)
+    url = reverse("experiments:evaluate", args=[experiment.pk])
+    good = {"checkpoint": "step_000001", "prompts": "demo", "suite": "builtin", "sampling_steps": 20, "guidance": 4}
+    for field, value, message in (
+        ("sampling_steps", 0, "greater than or equal to 1"),
+        ("sampling_steps", 1001, "less than or equal to 1000"),
+        ("guidance", 0.5, "greater than or equal to 1"),
+        ("guidance", "nan", "Enter a number"),
+        ("sampling_steps", "", "required"),
+    ):
+        r = client.post(url, {**good, field: value})
+        assert r.status_code == 400 and field in r.content.decode() and message in r.content.decode(), (field, value)
+    assert not Evaluation.objects.exists()
+    assert client.post(url, {**good, "sampling_steps": 12, "guidance": 2.5}).status_code == 302
+    ev = Evaluation.objects.get()
+    assert (ev.sampling_steps, ev.guidance) == (12, 2.5)
 
 
 def test_data_endpoints_answer_json_not_the_login_page(owner, experiment, settings):

@@ -26,7 +26,7 @@ def cell(mean, lo, hi):
     return {"mean": mean, "ci95": [lo, hi], "better": 3, "worse": 1, "n": 4}
 
 
-def evaluated(owner, name, checkpoint_values, ci):
+def evaluated(owner, name, checkpoint_values, ci, steps=20):
     e = Experiment.objects.create(owner=owner, name=name, status="finished", config=validated_config({}))
     result = {
         "columns": COLUMNS,
@@ -39,7 +39,12 @@ def evaluated(owner, name, checkpoint_values, ci):
         "difference": [None, cell(checkpoint_values[1] - 0.97, *ci), cell(0.0, 0.0, 0.0), None],
     }
     Evaluation.objects.create(
-        experiment=e, checkpoint="step_000060", prompts="heldout64", status="finished", result=result
+        experiment=e,
+        checkpoint="step_000060",
+        prompts="heldout64",
+        sampling_steps=steps,
+        status="finished",
+        result=result,
     )
     return e
 
@@ -71,6 +76,19 @@ def test_the_leaderboard_lists_the_users_evaluated_runs_with_intervals_and_a_bas
     assert mine[0]["value"] == "0.973300" and mine[0]["ci95_low"] == "0.972000" and mine[0]["is_base"] == "0"
     assert sum(x["is_base"] == "1" for x in rows) == len(COLUMNS) and not any(x["run"] == "not-mine" for x in rows)
     assert logged_in(owner).get(reverse("experiments:leaderboard") + "?format=xml").status_code == 400
+    assert {x["sampling_steps"] for x in rows} == {"20"} and {x["guidance"] for x in rows} == {"4.0"}
+
+
+def test_runs_evaluated_with_other_sampling_steps_do_not_share_a_base_row(owner):
+    """The base sampled at 6 steps is not the base sampled at 20: each sampling gets its own table."""
+    evaluated(owner, "at-20", [None, 0.9733, 1.0, 0.81], (0.002, 0.004))
+    evaluated(owner, "at-6", [None, 0.9610, 1.0, 0.70], (-0.002, 0.0), steps=6)
+    html = logged_in(owner).get(reverse("experiments:leaderboard")).content.decode()
+    assert html.count('class="base-row"') == 2
+    assert "20 steps, CFG 4.0" in html and "6 steps, CFG 4.0" in html
+    assert html.index("at-20") < html.index("6 steps, CFG 4.0") < html.index("at-6") or html.index("at-6") < html.index(
+        "20 steps, CFG 4.0"
+    ) < html.index("at-20")
 
 
 def test_a_closed_study_of_a_run_shows_on_its_evaluation_view(owner, tmp_path, settings):
@@ -113,3 +131,29 @@ def test_an_official_vbench_evaluation_goes_to_queue_vbench_and_fails_clearly_wi
     jobs.evaluate(ev.pk)  # what the vbench worker's task calls
     ev.refresh_from_db()
     assert ev.status == "failed" and "dino_vitbase16_pretrain.pth" in ev.error and "vpo vbench check" in ev.error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_evaluations_made_before_they_said_their_sampling_get_their_run_s_steps_and_cfg():
+    """Migration 0010: an evaluation from before sampled at its run's sampling_steps and guidance."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before, after = [("experiments", "0009_job_heartbeat")], [("experiments", "0010_evaluation_sampling")]
+    executor = MigrationExecutor(connection)
+    latest = executor.loader.graph.leaf_nodes()
+    try:
+        executor.migrate(before)
+        old = executor.loader.project_state(before).apps
+        user = old.get_model("auth", "User").objects.create(username="then")
+        run = old.get_model("experiments", "Experiment").objects.create(
+            owner=user, name="6-step run", config={"backbone": "tiny", "sampling_steps": 6, "guidance": 5.0}
+        )
+        evaluation = old.get_model("experiments", "Evaluation").objects.create(experiment=run, checkpoint="step_1")
+        executor = MigrationExecutor(connection)
+        executor.migrate(after)
+        new = executor.loader.project_state(after).apps
+        migrated = new.get_model("experiments", "Evaluation").objects.get(pk=evaluation.pk)
+        assert (migrated.sampling_steps, migrated.guidance) == (6, 5.0)
+    finally:
+        MigrationExecutor(connection).migrate(latest)

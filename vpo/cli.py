@@ -453,8 +453,13 @@ def _add_eval(sub):
     p.add_argument("--prompts", default="heldout64", help="prompt file or built-in set (default: heldout64)")
     p.add_argument("--backbone", help="default: the checkpoint's")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="Euler sampling steps of base and checkpoint (default: the backbone's standard, 20 for tiny, "
+        "whatever steps the run's candidates took)",
+    )
+    p.add_argument("--guidance", type=float, help="CFG scale (default: the backbone's standard, 4 for tiny)")
     p.add_argument(
         "--suite",
         default="builtin",
@@ -475,15 +480,17 @@ def cmd_eval(args) -> int:
     from vpo.backbones import checkpoint_config
     from vpo.data.prompts import read_prompts
     from vpo.eval import compare, format_table
+    from vpo.train.config import TrainConfig
 
     backbone = args.backbone or checkpoint_config(args.checkpoint).get("backbone", "tiny")
+    standard = TrainConfig.from_dict({"backbone": backbone})  # a real backbone's own steps and CFG
     result = compare(
         backbone,
         args.checkpoint,
         read_prompts(args.prompts),
         seed=args.seed,
-        steps=args.steps,
-        guidance=args.guidance,
+        steps=standard.sampling_steps if args.steps is None else args.steps,
+        guidance=standard.guidance if args.guidance is None else args.guidance,
         suite=args.suite,
         vbench_device=args.vbench_device,
         vbench_dimensions=args.vbench_dimension,

@@ -25,6 +25,7 @@ from vpo import vbench
 from vpo.data.detector import detect, motion_extent, presence
 from vpo.rewards import measures as M
 from vpo.rewards.metrics import alignment_score
+from vpo.train.config import LIMITS
 
 COLUMNS = (
     "temporal_flickering",
@@ -154,14 +155,19 @@ def compare(
     work_dir: Path | None = None,
 ) -> dict:
     """{"base": row, "checkpoint": row, "difference": ``paired_difference`` of the two, "suite", "labels":
-    {column: "exact" / "proxy (...)" / ...}, "quality": ``QualityScore.as_dict``} on the same prompts and
-    seeds. Both rows' quality scores are over the dimensions both have. ``vbench_dimensions``: the official
-    suite's dimensions (default: VBench's 7 quality dimensions)."""
+    {column: "exact" / "proxy (...)" / ...}, "quality": ``QualityScore.as_dict``, "sampling": how both
+    were sampled} on the same prompts and seeds (prompt i: seed + i), Euler steps on the backbone's
+    schedule. Both rows' quality scores are over the dimensions both have. ``vbench_dimensions``: the
+    official suite's dimensions (default: VBench's 7 quality dimensions)."""
     from vpo.backbones import load_for_checkpoint
     from vpo.train.checkpoints import load_policy
 
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
+    if not 1 <= steps <= LIMITS["sampling_steps"]:
+        raise ValueError(f"steps must be between 1 and {LIMITS['sampling_steps']}, got {steps}")
+    if not guidance >= 1:  # also refuses NaN
+        raise ValueError(f"guidance must be >= 1 (1 = no guidance), got {guidance}")
     dims = tuple(vbench_dimensions or vbench.SUITE_DIMENSIONS)
     if suite == "vbench":  # refuse before sampling anything when the official package cannot run
         vbench.check_runnable(dims)
@@ -190,6 +196,7 @@ def compare(
         "suite": suite,
         "labels": {c: labels[c].label for c in labels} | {"quality_score": quality.label},
         "quality": quality.as_dict(),
+        "sampling": {"sampler": "euler", "steps": steps, "guidance": guidance, "seed": seed, "videos": len(prompts)},
     }
 
 
@@ -213,6 +220,15 @@ def official_per_video(
     paths = [write_mp4(x, folder / f"{i:04d}.mp4", fps) for i, x in enumerate(videos.numpy())]
     result = vbench.run_official(paths, prompts, list(dimensions), folder / "vbench", device=device)
     return {d: np.array([np.nan if x is None else x for x in r["per_video"]], dtype=float) for d, r in result.items()}
+
+
+def sampling_line(sampling: dict) -> str:
+    """How an evaluation's videos were sampled, in one line (``compare``'s "sampling")."""
+    last = sampling["seed"] + sampling["videos"] - 1
+    return (
+        f"sampled: {sampling['videos']} videos each, seeds {sampling['seed']}..{last}, {sampling['steps']} "
+        f"{sampling['sampler'].capitalize()} steps, CFG {sampling['guidance']:g}; base and checkpoint alike."
+    )
 
 
 def columns_of(result: dict) -> tuple[str, ...]:
@@ -256,6 +272,8 @@ def format_table(result: dict) -> str:
                 result["checkpoint"]["videos"],
             )
         )
+    if "sampling" in result:
+        lines.append(sampling_line(result["sampling"]))
     labels = result.get("labels", {})
     for c in cols:
         if c not in result["base"]:

@@ -15,7 +15,7 @@ from vpo.rewards import DIMENSIONS, GLOBAL, GUARDS, REWARD_SOURCES, prompt_probl
 from vpo.rewards.guard import unguardable
 from vpo.rewards.local import weights_status as reward_weights_status
 from vpo.train import ALGORITHMS
-from vpo.train.config import PARALLEL, SWITCHES, TRAINABLE, ConfigError, TrainConfig
+from vpo.train.config import LIMITS, PARALLEL, SWITCHES, TRAINABLE, ConfigError, TrainConfig
 from webapp.celery import capacities, ranks_refused
 from webapp.prompt_files import MAX_PROMPT_CHARS, MAX_PROMPTS, read_prompt_file
 
@@ -411,9 +411,16 @@ class EvaluationForm(forms.Form):
         required=False,
     )
 
+    # Euler on the backbone's schedule; initially the backbone's standard, not the run's candidates' steps
+    sampling_steps = forms.IntegerField(min_value=1, max_value=LIMITS["sampling_steps"], label="Sampling steps")
+    guidance = forms.FloatField(min_value=1, label="Guidance scale")
+
     def clean_suite(self) -> str:
         return self.cleaned_data.get("suite") or "builtin"
 
-    def __init__(self, *args, checkpoints: list[str], **kwargs):
+    def __init__(self, *args, checkpoints: list[str], backbone: str, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["checkpoint"].choices = [(c, c) for c in reversed(checkpoints)]
+        standard = TrainConfig.from_dict({"backbone": backbone})  # a real backbone's own steps and CFG
+        self.fields["sampling_steps"].initial = standard.sampling_steps
+        self.fields["guidance"].initial = standard.guidance

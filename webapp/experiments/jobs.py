@@ -203,8 +203,8 @@ def evaluation_result(evaluation: Evaluation) -> dict[str, Any]:
         cfg["backbone"],
         folder,
         read_prompts(evaluation.prompts),
-        steps=cfg["sampling_steps"],
-        guidance=cfg["guidance"],
+        steps=evaluation.sampling_steps,
+        guidance=evaluation.guidance,
         device=pick_device(),
         suite=evaluation.suite,
     )
@@ -216,6 +216,7 @@ def evaluation_result(evaluation: Evaluation) -> dict[str, Any]:
         "labels": rows["labels"],
         "quality": rows["quality"],
         "suite": evaluation.suite,
+        "sampling": rows["sampling"],
         **{m: [finite_or_none(rows[m][c]) for c in columns] for m in ("base", "checkpoint")},
         "static": {m: [rows[m].get("static_kept"), rows[m]["videos"]] for m in ("base", "checkpoint")},
         "difference": [difference_cell(diff.get(c)) for c in columns],

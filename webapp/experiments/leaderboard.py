@@ -1,10 +1,12 @@
 """Evaluations beside each other: the leaderboard (OnlineVPO's Table 3 over the user's own runs) and the user
 studies that compared a run, shown on its evaluation view next to the automatic measures.
 
-Leaderboard rows: the newest finished evaluation of each experiment the user sees, per (suite, prompt set); one
-base row per (backbone, suite, prompt set), marked. A run's cell is its mean with the 95% t-interval of its
-paired difference from the base moved onto it (mean - diff + [lo, hi]: the interval of the run's value given the
-base's); the base row has no interval of its own. Columns are those of the suite (each labelled exact/proxy)."""
+Leaderboard rows: the newest finished evaluation of each experiment the user sees, per (suite, prompt set,
+sampling steps, CFG); one base row per (backbone, suite, prompt set, steps, CFG), marked: videos sampled with
+other steps or CFG are not the same base and sit in a table of their own. A run's cell is its mean with the 95%
+t-interval of its paired difference from the base moved onto it (mean - diff + [lo, hi]: the interval of the
+run's value given the base's); the base row has no interval of its own. Columns are those of the suite (each
+labelled exact/proxy)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from webapp.experiments.models import Evaluation, Experiment, Status
 
 
 def leaderboard(user) -> list[dict]:
-    """Tables, one per (suite, prompts, backbone): {"suite", "prompts", "backbone", "columns": [(name, label)],
+    """Tables, one per (suite, prompts, backbone, steps, guidance): {"suite", "prompts", "backbone", "steps",
+    "guidance", "columns": [(name, label)],
     "rows": [{"name", "experiment", "checkpoint", "base": bool, "cells": [(value, low, high) or None]}]}."""
     experiments = Experiment.objects.visible_to(user)
     evaluations = (
@@ -32,7 +35,7 @@ def leaderboard(user) -> list[dict]:
             continue
         suite = result.get("suite", ev.suite)
         backbone = ev.experiment.config.get("backbone", "?")
-        key = (suite, ev.prompts, backbone)
+        key = (suite, ev.prompts, backbone, ev.sampling_steps, ev.guidance)
         if (key, ev.experiment_id) in seen:
             continue  # only the newest evaluation of a run
         seen.add((key, ev.experiment_id))
@@ -43,6 +46,8 @@ def leaderboard(user) -> list[dict]:
                 "suite": suite,
                 "prompts": ev.prompts,
                 "backbone": backbone,
+                "steps": ev.sampling_steps,
+                "guidance": ev.guidance,
                 "columns": [(c, labels.get(c, "")) for c in columns],
                 "rows": [],
                 "_base": None,
@@ -104,6 +109,8 @@ def leaderboard_csv(tables: list[dict]) -> str:
             "suite",
             "prompts",
             "backbone",
+            "sampling_steps",
+            "guidance",
             "run",
             "checkpoint",
             "is_base",
@@ -123,6 +130,8 @@ def leaderboard_csv(tables: list[dict]) -> str:
                         t["suite"],
                         t["prompts"],
                         t["backbone"],
+                        t["steps"],
+                        t["guidance"],
                         row["name"],
                         row["checkpoint"],
                         int(row["base"]),

@@ -253,7 +253,11 @@ def experiment_detail(request, pk):
             "checkpoints": checkpoints,
             "config_rows": sorted(experiment.config.items()),
             "evaluations": experiment.evaluations.all(),
-            "evaluation_form": EvaluationForm(checkpoints=checkpoints) if checkpoints and not i2v else None,
+            "evaluation_form": (
+                EvaluationForm(checkpoints=checkpoints, backbone=experiment.config["backbone"])
+                if checkpoints and not i2v
+                else None
+            ),
             "image_to_video": i2v,
             "physmaster_rows": sorted((experiment.physmaster or {}).items()),
             "report": report.read_text() if (report := experiment.run_dir / "run" / "report.md").is_file() else "",
@@ -374,7 +378,7 @@ def evaluate(request, pk):
             "image-to-video (it needs a first frame per prompt)",
             status=400,
         )
-    form = EvaluationForm(request.POST, checkpoints=experiment.checkpoints())
+    form = EvaluationForm(request.POST, checkpoints=experiment.checkpoints(), backbone=experiment.config["backbone"])
     if not form.is_valid():
         return HttpResponse(f"cannot evaluate: {form.errors.as_text()}", status=400)
     evaluation = Evaluation.objects.create(experiment=experiment, **form.cleaned_data)
