@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vpo.backbones.base import autocast_dtype
 from vpo.cli import main
 from vpo.train import train
 from vpo.train.config import TrainConfig
@@ -59,6 +60,7 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None):
 def runs(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("VPO_AUTOCAST", "fp32")  # the ranks inherit it
+    autocast_dtype.cache_clear()  # and this process, the single-process run, reads it again
     base = tmp_path_factory.mktemp("dist")
     one = TrainConfig(**SMALL, prompts_per_step=2, nproc=1, out=str(base / "one"))
     two = TrainConfig(**SMALL, prompts_per_step=1, nproc=2, out=str(base / "two"))
@@ -68,6 +70,7 @@ def runs(tmp_path_factory):
         resumed = run(two, resume=True)
     finally:
         mp.undo()
+        autocast_dtype.cache_clear()
     return one, two, paused, resumed
 
 
