@@ -27,7 +27,7 @@ def test_the_paired_difference_matches_scipys_paired_t_interval():
     assert d["temporal_flickering"]["ci95"] == pytest.approx([ci.low, ci.high])
     assert d["temporal_flickering"]["better"] == int((diff > 0).sum())
     assert d["alignment"]["n"] == 16 and d["alignment"]["better"] == 0 and d["alignment"]["worse"] == 1
-    sampling = {"sampler": "euler", "steps": 20, "guidance": 4.0, "seed": 0, "videos": 20}
+    sampling = {"sampler": "euler", "steps": 20, "guidance": 4.0, "flow_shift": 3.0, "seed": 0, "videos": 20}
     table = format_table(
         {
             "base": summarise({**base, **_rest()}),
@@ -37,7 +37,10 @@ def test_the_paired_difference_matches_scipys_paired_t_interval():
         }
     )
     assert f"{d['temporal_flickering']['better']}/20" in table and "0/16" in table
-    assert "sampled: 20 videos each, seeds 0..19, 20 Euler steps, CFG 4; base and checkpoint alike." in table
+    assert (
+        "sampled: 20 videos each, seeds 0..19, 20 Euler steps on schedule shifted by 3 (the run's), CFG 4; "
+        "base and checkpoint alike." in table
+    )
 
 
 def _rest():
@@ -69,7 +72,14 @@ def test_vpo_eval_prints_base_checkpoint_and_their_paired_difference(tmp_path, q
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert set(result) == {"base", "checkpoint", "difference", "suite", "labels", "quality", "sampling"}
-    assert result["sampling"] == {"sampler": "euler", "steps": 2, "guidance": 4.0, "seed": 0, "videos": 3}
+    assert result["sampling"] == {
+        "sampler": "euler",
+        "steps": 2,
+        "guidance": 4.0,
+        "flow_shift": 0.0,
+        "seed": 0,
+        "videos": 3,
+    }
     assert set(COLUMNS) <= set(result["base"]) and result["base"]["videos"] == 3
     assert result["labels"]["imaging_quality"].startswith("proxy (") and result["labels"][
         "temporal_flickering_all"

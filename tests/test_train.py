@@ -289,6 +289,33 @@ def test_the_subject_guard_scales_the_candidates_scores(tmp_path, small):
     assert [v["score"] for v in videos] == pytest.approx((plain * factors).tolist(), abs=1e-6)
 
 
+def test_a_vetoed_candidate_reports_its_own_reward_and_is_counted_and_labelled(tmp_path, small):
+    """The subject veto shifts a candidate below the others to rank it; the run's reward metrics, its
+    margin and the candidates panel still show the source's scores, and say which were vetoed."""
+    from vpo.rewards import load_reward
+    from vpo.rewards.guard import VETO_BELOW, subject_factor
+
+    cfg = cfg_for(tmp_path, steps=1, heldout_every=1, reward_guard="subject-veto")
+    run_train(cfg, small())
+    folder = tmp_path / "run" / "samples" / "step_000001_candidates"
+    videos = json.loads((folder / "samples.json").read_text())["videos"]
+    frames = np.stack([np.load(folder / v["frames"]) for v in videos])
+    prompts = [v["prompt"] for v in videos]
+    plain = load_reward("metrics").score(torch.from_numpy(frames), prompts).scores["temporal"]
+    vetoed = [subject_factor(f, p) < VETO_BELOW for f, p in zip(frames, prompts)]
+    assert any(vetoed)  # a random model's candidates lose their subject
+    assert [v["score"] for v in videos] == pytest.approx(plain.tolist(), abs=1e-6)
+    assert [("vetoed" in v["label"]) for v in videos] == vetoed
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    step = next(m for m in metrics if m.get("step") == 1 and "reward/mean" in m)
+    assert step["reward/mean"] == pytest.approx(plain.mean().item(), abs=1e-6)
+    assert step["reward/min"] == pytest.approx(plain.min().item(), abs=1e-6)
+    assert step["guard/vetoed"] == sum(vetoed)
+    winner = next(v for v in videos if v["label"].startswith("winner"))
+    loser = next(v for v in videos if v["label"].startswith("loser"))
+    assert step["reward/margin"] == pytest.approx(winner["score"] - loser["score"], abs=1e-6)
+
+
 class PhaseLog(JsonlSink):
     """The CLI's sink, also keeping every phase it was told."""
 

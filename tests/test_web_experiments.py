@@ -88,6 +88,19 @@ def test_the_owner_gets_the_dashboard_data_and_a_ranged_video(owner, experiment)
     assert client.get(reverse("experiments:media", args=[experiment.pk, "../../etc/passwd"])).status_code == 404
 
 
+def test_the_dashboard_gets_the_vetoed_candidates_labels(owner, experiment):
+    """A subject-veto run labels a candidate "winner vetoed" / "loser vetoed" (vpo/train/online_dpo.py)."""
+    import numpy as np
+
+    from webapp.experiments.sink import DatabaseSink
+
+    videos = np.zeros((2, 16, 32, 32, 3), dtype=np.uint8)
+    labels = ["winner vetoed", "loser vetoed"]
+    DatabaseSink(experiment).samples(1, "candidates", videos, ["a red ball"] * 2, [0.97, 0.99], labels, 8)
+    events = logged_in(owner).get(reverse("experiments:samples", args=[experiment.pk])).json()["samples"]
+    assert [e["label"] for e in events if e["kind"] == "candidates"] == labels
+
+
 def form_data(**overrides):
     data = {"name": "x", **validated_config({}), **overrides}
     return dict(data)
@@ -173,18 +186,20 @@ def test_an_evaluation_shows_base_checkpoint_and_their_paired_difference(owner, 
 
     settings.MEDIA_ROOT = tmp_path
     e = Experiment.objects.create(
-        owner=owner, name="tuned", status="finished", config=validated_config({"sampling_steps": 3})
+        owner=owner, name="tuned", status="finished", config=validated_config({"sampling_steps": 3, "flow_shift": 3.0})
     )
-    quick_checkpoint(e.run_dir / "run")
+    quick_checkpoint(e.run_dir / "run", flow_shift=3.0)
     ev = Evaluation.objects.create(
         experiment=e, checkpoint="step_000001", prompts="demo", sampling_steps=2, guidance=3.0
     )
     jobs.evaluate(ev.pk)  # what the worker's task calls
     ev.refresh_from_db()
     assert ev.status == "finished", ev.error
-    # sampled as the evaluation says (2 steps, CFG 3), not at the run's candidates' 3 steps and CFG 4
+    # sampled as the evaluation says (2 steps, CFG 3), not at the run's candidates' 3 steps and CFG 4,
+    # on the run's schedule (shifted by 3), base and checkpoint alike
     n = len(read_prompts("demo"))
-    assert ev.result["sampling"] == {"sampler": "euler", "steps": 2, "guidance": 3.0, "seed": 0, "videos": n}
+    sampling = {"sampler": "euler", "steps": 2, "guidance": 3.0, "flow_shift": 3.0, "seed": 0, "videos": n}
+    assert ev.result["sampling"] == sampling
     checkpoint = e.run_dir / "run" / "checkpoints" / "step_000001"
     alone = compare("tiny", checkpoint, read_prompts("demo"), steps=2, guidance=3.0)
     assert ev.result["checkpoint"][1] == pytest.approx(alone["checkpoint"]["temporal_flickering_all"], abs=1e-9)
@@ -201,6 +216,7 @@ def test_an_evaluation_shows_base_checkpoint_and_their_paired_difference(owner, 
     assert "proxy (sharpness/noise/contrast, stands in for MUSIQ-SPAQ / 100" in html
     assert "not VBench&#x27;s score" in html and f"base {ev.result['static']['base'][0]}/{n}" in html
     assert "(builtin, 2 steps, CFG 3.0)" in html and f"Sampled: {n} videos each" in html
+    assert "2 Euler steps on the run's schedule (flow shift 3.0)" in html
 
 
 def test_the_evaluation_form_starts_at_the_backbone_s_standard_sampling_and_refuses_bad_values(owner, experiment):

@@ -76,7 +76,7 @@ def test_the_leaderboard_lists_the_users_evaluated_runs_with_intervals_and_a_bas
     assert mine[0]["value"] == "0.973300" and mine[0]["ci95_low"] == "0.972000" and mine[0]["is_base"] == "0"
     assert sum(x["is_base"] == "1" for x in rows) == len(COLUMNS) and not any(x["run"] == "not-mine" for x in rows)
     assert logged_in(owner).get(reverse("experiments:leaderboard") + "?format=xml").status_code == 400
-    assert {x["sampling_steps"] for x in rows} == {"20"} and {x["guidance"] for x in rows} == {"4.0"}
+    assert {(x["sampling_steps"], x["guidance"], x["flow_shift"]) for x in rows} == {("20", "4.0", "0.0")}
 
 
 def test_runs_evaluated_with_other_sampling_steps_do_not_share_a_base_row(owner):

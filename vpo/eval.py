@@ -156,9 +156,10 @@ def compare(
 ) -> dict:
     """{"base": row, "checkpoint": row, "difference": ``paired_difference`` of the two, "suite", "labels":
     {column: "exact" / "proxy (...)" / ...}, "quality": ``QualityScore.as_dict``, "sampling": how both
-    were sampled} on the same prompts and seeds (prompt i: seed + i), Euler steps on the backbone's
-    schedule. Both rows' quality scores are over the dimensions both have. ``vbench_dimensions``: the
-    official suite's dimensions (default: VBench's 7 quality dimensions)."""
+    were sampled} on the same prompts and seeds (prompt i: seed + i), Euler steps on the schedule the
+    checkpoint's run sampled on (its ``flow_shift``; ``load_for_checkpoint``). Both rows' quality scores
+    are over the dimensions both have. ``vbench_dimensions``: the official suite's dimensions (default:
+    VBench's 7 quality dimensions)."""
     from vpo.backbones import load_for_checkpoint
     from vpo.train.checkpoints import load_policy
 
@@ -196,7 +197,14 @@ def compare(
         "suite": suite,
         "labels": {c: labels[c].label for c in labels} | {"quality_score": quality.label},
         "quality": quality.as_dict(),
-        "sampling": {"sampler": "euler", "steps": steps, "guidance": guidance, "seed": seed, "videos": len(prompts)},
+        "sampling": {
+            "sampler": "euler",
+            "steps": steps,
+            "guidance": guidance,
+            "flow_shift": float(getattr(backbone, "flow_shift", 0.0)),  # the run's schedule (0: the backbone's)
+            "seed": seed,
+            "videos": len(prompts),
+        },
     }
 
 
@@ -225,9 +233,12 @@ def official_per_video(
 def sampling_line(sampling: dict) -> str:
     """How an evaluation's videos were sampled, in one line (``compare``'s "sampling")."""
     last = sampling["seed"] + sampling["videos"] - 1
+    shift = sampling.get("flow_shift") or 0.0
+    schedule = f"schedule shifted by {shift:g} (the run's)" if shift else "the backbone's schedule"
     return (
         f"sampled: {sampling['videos']} videos each, seeds {sampling['seed']}..{last}, {sampling['steps']} "
-        f"{sampling['sampler'].capitalize()} steps, CFG {sampling['guidance']:g}; base and checkpoint alike."
+        f"{sampling['sampler'].capitalize()} steps on {schedule}, CFG {sampling['guidance']:g}; base and "
+        "checkpoint alike."
     )
 
 

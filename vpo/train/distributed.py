@@ -36,6 +36,7 @@ from vpo.train.config import TrainConfig
 from vpo.train.keys import (
     DPO_GRAD_NORM,
     DPO_PREFIX,
+    GUARD_VETOED,
     PAIRS,
     PERF_PREFIX,
     REWARD_MARGIN,
@@ -144,7 +145,7 @@ def combine(per_rank: list[dict[str, float]]) -> dict[str, float]:
 def reduction(key: str) -> str:
     """How a metric combines over ranks: counts add up, extremes stay extremes, per-pair means are
     weighted by pairs; the time and memory of a step are those of its slowest rank."""
-    if key in (SKIPPED_PROMPTS, PAIRS):
+    if key in (SKIPPED_PROMPTS, PAIRS, GUARD_VETOED):
         return "sum"
     if key == REWARD_MAX or key.startswith(PERF_PREFIX):
         return "max"

@@ -9,6 +9,7 @@ from typing import Any
 # reward of this step's candidates on the trained source and dimension
 REWARD_MEAN, REWARD_MAX, REWARD_MIN = "reward/mean", "reward/max", "reward/min"
 REWARD_MARGIN = "reward/margin"  # winner minus loser, averaged over the step's pairs
+GUARD_VETOED = "guard/vetoed"  # candidates the subject veto moved below the others (reward_guard = subject-veto)
 # Flow-DPO (vpo/train/loss.py)
 DPO_LOSS, DPO_IMPLICIT_ACC = "dpo/loss", "dpo/implicit_acc"
 DPO_MSE_W, DPO_MSE_L, DPO_MSE_REF_W, DPO_MSE_REF_L = "dpo/mse_w", "dpo/mse_l", "dpo/mse_ref_w", "dpo/mse_ref_l"
@@ -106,6 +107,7 @@ DASHBOARD: list[dict[str, Any]] = [
         "section": "Loop",
         "charts": [
             {"key": "skipped", "title": "Skipped prompts (ties)", "lines": [SKIPPED_PROMPTS]},
+            {"key": "vetoed", "title": "Candidates vetoed (subject veto)", "lines": [GUARD_VETOED]},
             {"key": "ref_updated", "title": "Reference updated", "lines": [REF_UPDATED]},
             {
                 "key": "offline",

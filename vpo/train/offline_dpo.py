@@ -36,12 +36,12 @@ def build_pairs(run: Run) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.
             sampler=cfg.sampler,
             images=None if run.images is None else run.images[[i] * n],
         )
-        scores = run.score(videos, [prompt] * n)
-        for _, w, l in pick_pairs(scores[None], cfg.tie_tolerance):
+        scored = run.score(videos, [prompt] * n)
+        for _, w, l in pick_pairs(scored.ranking[None], cfg.tie_tolerance):
             winners.append(latents[w])
             losers.append(latents[l])
             prompts.append(prompt)
-            margins.append(float(scores[w] - scores[l]))
+            margins.append(float(scored.reward[w] - scored.reward[l]))
             sources.append(i)
     if not prompts:
         raise ValueError("offline-dpo found no pair: every prompt's candidates tied within tie_tolerance")

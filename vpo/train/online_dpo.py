@@ -21,6 +21,7 @@ import torch
 
 from vpo.train.keys import (
     DPO_GRAD_NORM,
+    GUARD_VETOED,
     PAIRS,
     PHASE_SAMPLING,
     PHASE_SCORING,
@@ -120,16 +121,36 @@ class Candidates:
     flat_prompts: list[str]  # (P * N,): each prompt N times, in the videos' order
     videos: torch.Tensor  # uint8 (P * N, F, H, W, C)
     latents: torch.Tensor  # (P * N, ...)
-    scores: torch.Tensor  # (P, N) on the chosen dimension
+    scores: torch.Tensor  # (P, N) on the chosen dimension, what winners and losers are picked by (Scored.ranking)
+    reward: torch.Tensor  # (P, N) the same as reported: without the subject veto's shift (Scored.reward)
+    vetoed: torch.Tensor | None  # (P, N) the candidates the subject veto moved below the others, or None
     images: torch.Tensor | None  # image-to-video: the prompts' first frames, uint8 (P, H, W, 3)
     first: int  # the step's index of this rank's first prompt (seeds count prompts across ranks)
     sample_s: float
     score_s: float
 
     def reward_values(self) -> dict[str, float]:
-        """The step's reward over every candidate: mean, max, min."""
-        s = self.scores
-        return {REWARD_MEAN: s.mean().item(), REWARD_MAX: s.max().item(), REWARD_MIN: s.min().item()}
+        """The step's reward over every candidate: mean, max, min (the source's scores: a vetoed
+        candidate counts with its own score, not the veto's shift), and how many were vetoed."""
+        r = self.reward
+        values = {REWARD_MEAN: r.mean().item(), REWARD_MAX: r.max().item(), REWARD_MIN: r.min().item()}
+        if self.vetoed is not None:
+            values[GUARD_VETOED] = int(self.vetoed.sum())
+        return values
+
+    def margin(self, pairs: list[tuple[int, int, int]]) -> float:
+        """Winner minus loser reward, averaged over ``pairs`` (negative where a vetoed loser scored higher)."""
+        return float(sum(self.reward[i, w] - self.reward[i, l] for i, w, l in pairs) / len(pairs))
+
+    def labels(self, chosen: dict[int, str]) -> list[str]:
+        """Each candidate's label on the candidates panel: ``chosen``'s (flat index -> "winner", ...),
+        with "vetoed" added where the subject veto moved it."""
+        vetoed = [] if self.vetoed is None else self.vetoed.flatten().tolist()
+        out = []
+        for i in range(len(self.flat_prompts)):
+            words = [chosen.get(i, "")] + (["vetoed"] if vetoed and vetoed[i] else [])
+            out.append(" ".join(w for w in words if w))
+        return out
 
     def timings(self, t0: float, t_scored: float) -> dict[str, float]:
         """Where the step's time went: sampling, scoring, the update since ``t_scored``, all since
@@ -147,7 +168,7 @@ class Candidates:
                 "candidates",
                 self.videos.numpy(),
                 self.flat_prompts,
-                self.scores.flatten().tolist(),
+                self.reward.flatten().tolist(),
                 labels,
                 run.backbone.spec.fps,
                 images=None if self.images is None else self.images.repeat_interleave(n, 0).numpy(),
@@ -177,9 +198,19 @@ def sample_and_score(run: Run, step: int) -> Candidates:
     )
     t_sample = time.perf_counter()
     run.phase(PHASE_SCORING)
-    scores = run.score(videos, flat_prompts).view(len(prompts), n)
+    scored = run.score(videos, flat_prompts)
     return Candidates(
-        prompts, flat_prompts, videos, latents, scores, images, first, t_sample - t0, time.perf_counter() - t_sample
+        prompts,
+        flat_prompts,
+        videos,
+        latents,
+        scored.ranking.view(len(prompts), n),
+        scored.reward.view(len(prompts), n),
+        None if scored.vetoed is None else scored.vetoed.view(len(prompts), n),
+        images,
+        first,
+        t_sample - t0,
+        time.perf_counter() - t_sample,
     )
 
 
@@ -191,7 +222,7 @@ def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
         t0 = time.perf_counter()
         # 1. sample N candidates per prompt from the current policy; 2. score them
         c = sample_and_score(run, step)
-        prompts, flat_prompts, latents, scores = c.prompts, c.flat_prompts, c.latents, c.scores
+        prompts, latents, scores = c.prompts, c.latents, c.scores
         first = c.first
         t_score = time.perf_counter()
 
@@ -205,7 +236,7 @@ def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
             winners = torch.stack([lat[i, w] for i, w, _ in pairs]) if pairs else latents[:0]
             losers = torch.stack([lat[i, l] for i, _, l in pairs]) if pairs else latents[:0]
             if pairs:
-                values[REWARD_MARGIN] = float(sum(scores[i, w] - scores[i, l] for i, w, l in pairs) / len(pairs))
+                values[REWARD_MARGIN] = c.margin(pairs)
             chosen = [i for i, _, _ in pairs]
             values.update(
                 dpo_update(
@@ -226,10 +257,8 @@ def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
         # 6. (with run.end_step) log, held-out monitor, sample videos, checkpoint; the step's time
         # leaves out writing its videos
         values.update(c.timings(t0, t_score))
-        labels = ["" for _ in flat_prompts]
-        for i, w, l in pairs:
-            labels[i * n + w], labels[i * n + l] = "winner", "loser"
-        c.log(run, done, labels)
+        marked = {i * n + w: "winner" for i, w, _ in pairs} | {i * n + l: "loser" for i, _, l in pairs}
+        c.log(run, done, c.labels(marked))
         return values
 
     return run.loop(run.begin(resume), stop, one_step)

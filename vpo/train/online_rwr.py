@@ -95,8 +95,8 @@ def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
         # 3. reward-weighted flow matching on every candidate
         values = {
             **c.reward_values(),
-            # best minus worst per prompt: the spread the temperature is compared with
-            REWARD_MARGIN: (scores.max(1).values - scores.min(1).values).mean().item(),
+            # best minus worst reward per prompt: the spread the temperature is compared with
+            REWARD_MARGIN: (c.reward.max(1).values - c.reward.min(1).values).mean().item(),
         }
         values.update(
             rwr_update(run, latents.view(len(prompts), n, *latents.shape[1:]), scores, prompts, step, c.images)
@@ -106,7 +106,7 @@ def train_run(run: Run, stop: Callable[[], bool] | None, resume: bool) -> Path:
         # out writing its videos
         values.update(c.timings(t0, t_score))
         best = set((scores.argmax(1) + torch.arange(len(prompts)) * n).tolist())
-        c.log(run, step + 1, ["best" if i in best else "" for i in range(len(c.flat_prompts))])
+        c.log(run, step + 1, c.labels(dict.fromkeys(best, "best")))
         return values
 
     return run.loop(run.begin(resume), stop, one_step)

@@ -25,7 +25,7 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from vpo.backbones.base import Backbone, resize_images, training_arithmetic
 from vpo.backbones.physencoder import HEAD, PhysEncoder, load_head, new_physencoder
 from vpo.data.prompts import read_image_prompts, read_prompts
 from vpo.rewards import load_reward, prompt_problem
-from vpo.rewards.guard import subject_factors, unguardable, veto
+from vpo.rewards.guard import VETO_BELOW, subject_factors, unguardable, veto
 from vpo.train.checkpoints import (
     POLICY,
     REF,
@@ -68,6 +68,17 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(ValueError):
     """A NaN or inf reward or loss: the run stops, the last good checkpoint stays."""
+
+
+class Scored(NamedTuple):
+    """A batch of candidates' scores on the run's dimension. ``ranking``: what winners and losers are
+    picked by, the reward guard applied; ``reward``: what the run reports as its reward, the same but
+    without the veto's shift, which only reorders (``subject``'s product is the reward itself);
+    ``vetoed``: the candidates the ``subject-veto`` guard moved below the others (None without it)."""
+
+    ranking: torch.Tensor
+    reward: torch.Tensor
+    vetoed: torch.Tensor | None
 
 
 class Run:
@@ -230,12 +241,9 @@ class Run:
         return lambda done, total: self.phase(name, done, total, step)
 
     # --- scoring and checks ------------------------------------------------------------------
-    def score(self, videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    def score(self, videos: torch.Tensor, prompts: list[str]) -> Scored:
         result = self.reward.score(videos, prompts)
         scores = result.scores[self.cfg.dimension]
-        if self.cfg.reward_guard != "none":  # vpo/rewards/guard.py: deleting or freezing the subject never wins
-            factors = torch.tensor(subject_factors(videos.numpy(), prompts, result.raw), dtype=scores.dtype)
-            scores = scores * factors if self.cfg.reward_guard == "subject" else veto(scores, factors)
         if not torch.isfinite(scores).all():
             bad = int((~torch.isfinite(scores)).nonzero()[0])
             why = result.unavailable.get(bad, "the reward source returned a non-finite score")
@@ -243,7 +251,13 @@ class Run:
                 f"reward {self.cfg.reward}/{self.cfg.dimension} is {scores[bad].item()} "
                 f"for prompt {prompts[bad]!r} ({why})"
             )
-        return scores
+        if self.cfg.reward_guard == "none":
+            return Scored(scores, scores, None)
+        # vpo/rewards/guard.py: deleting or freezing the subject never wins
+        factors = torch.tensor(subject_factors(videos.numpy(), prompts, result.raw), dtype=scores.dtype)
+        if self.cfg.reward_guard == "subject":
+            return Scored(scores * factors, scores * factors, None)
+        return Scored(veto(scores, factors), scores, factors < VETO_BELOW)
 
     def diverged(self, what: str) -> TrainingDiverged:
         kept = (

@@ -2,11 +2,11 @@
 studies that compared a run, shown on its evaluation view next to the automatic measures.
 
 Leaderboard rows: the newest finished evaluation of each experiment the user sees, per (suite, prompt set,
-sampling steps, CFG); one base row per (backbone, suite, prompt set, steps, CFG), marked: videos sampled with
-other steps or CFG are not the same base and sit in a table of their own. A run's cell is its mean with the 95%
-t-interval of its paired difference from the base moved onto it (mean - diff + [lo, hi]: the interval of the
-run's value given the base's); the base row has no interval of its own. Columns are those of the suite (each
-labelled exact/proxy)."""
+sampling steps, CFG, the run's flow shift); one base row per (backbone, suite, prompt set, steps, CFG, shift),
+marked: videos sampled otherwise are not the same base and sit in a table of their own. A run's cell is its
+mean with the 95% t-interval of its paired difference from the base moved onto it (mean - diff + [lo, hi]: the
+interval of the run's value given the base's); the base row has no interval of its own. Columns are those of
+the suite (each labelled exact/proxy)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from webapp.experiments.models import Evaluation, Experiment, Status
 
 
 def leaderboard(user) -> list[dict]:
-    """Tables, one per (suite, prompts, backbone, steps, guidance): {"suite", "prompts", "backbone", "steps",
-    "guidance", "columns": [(name, label)],
+    """Tables, one per (suite, prompts, backbone, steps, guidance, flow shift): {"suite", "prompts", "backbone",
+    "steps", "guidance", "flow_shift", "columns": [(name, label)],
     "rows": [{"name", "experiment", "checkpoint", "base": bool, "cells": [(value, low, high) or None]}]}."""
     experiments = Experiment.objects.visible_to(user)
     evaluations = (
@@ -35,7 +35,8 @@ def leaderboard(user) -> list[dict]:
             continue
         suite = result.get("suite", ev.suite)
         backbone = ev.experiment.config.get("backbone", "?")
-        key = (suite, ev.prompts, backbone, ev.sampling_steps, ev.guidance)
+        shift = float(ev.experiment.config.get("flow_shift") or 0.0)  # the run's schedule, base and checkpoint
+        key = (suite, ev.prompts, backbone, ev.sampling_steps, ev.guidance, shift)
         if (key, ev.experiment_id) in seen:
             continue  # only the newest evaluation of a run
         seen.add((key, ev.experiment_id))
@@ -48,6 +49,7 @@ def leaderboard(user) -> list[dict]:
                 "backbone": backbone,
                 "steps": ev.sampling_steps,
                 "guidance": ev.guidance,
+                "flow_shift": shift,
                 "columns": [(c, labels.get(c, "")) for c in columns],
                 "rows": [],
                 "_base": None,
@@ -111,6 +113,7 @@ def leaderboard_csv(tables: list[dict]) -> str:
             "backbone",
             "sampling_steps",
             "guidance",
+            "flow_shift",
             "run",
             "checkpoint",
             "is_base",
@@ -132,6 +135,7 @@ def leaderboard_csv(tables: list[dict]) -> str:
                         t["backbone"],
                         t["steps"],
                         t["guidance"],
+                        t["flow_shift"],
                         row["name"],
                         row["checkpoint"],
                         int(row["base"]),

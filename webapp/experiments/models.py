@@ -230,7 +230,8 @@ class Sample(models.Model):
     index = models.IntegerField()
     prompt = models.TextField()
     score = models.FloatField(null=True)
-    label = models.CharField(max_length=10, blank=True)  # "winner" | "loser" | "best" (RWR) | ""
+    # "winner" | "loser" | "best" (RWR) | "", then " vetoed" where the subject veto moved it (vpo/train/online_dpo.py)
+    label = models.CharField(max_length=20, blank=True)
     path = models.CharField(max_length=300, help_text="mp4 path relative to the experiment's folder")
     # image-to-video: the PNG of the first frame the video was conditioned on, as ``path``; "" otherwise
     image = models.CharField(max_length=300, blank=True)
