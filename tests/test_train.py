@@ -201,6 +201,28 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, small):
             assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-6), (ra["step"], key)
 
 
+def test_a_run_resumed_with_more_steps_in_a_moved_folder_trains_what_one_longer_run_trains(tmp_path, small):
+    """Train 2 steps, move the folder, go on to 4 (checking and saving more often): the same steps as
+    4 uninterrupted ones. Fewer steps than trained, or another trajectory setting, is refused."""
+    straight = cfg_for(tmp_path / "a", steps=4, checkpoint_every=2)
+    run_train(straight, small())
+    run_train(cfg_for(tmp_path / "b", steps=2, checkpoint_every=2), small())
+    (tmp_path / "b").rename(tmp_path / "moved")
+    longer = cfg_for(tmp_path / "moved", steps=4, checkpoint_every=1, heldout_every=2)
+    last = run_train(longer, small(), resume=True)
+    assert last.name == "step_000004" and (tmp_path / "moved" / "run" / "checkpoints" / "step_000003").is_dir()
+    a, b = read_metrics(straight.out), read_metrics(longer.out)
+    assert [r["step"] for r in b] == [1, 2, 3, 4] and "heldout/temporal" in b[-1]
+    for ra, rb in zip(a, b):
+        for key in ("reward/mean", "reward/margin", "dpo/loss", "dpo/mse_w", "dpo/mse_ref_l"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-6), (ra["step"], key)
+    with pytest.raises(ConfigError, match="with steps = 3: it has trained 4 steps already") as e:
+        run_train(cfg_for(tmp_path / "moved", steps=3), small(), resume=True)
+    assert e.value.field == "steps"
+    with pytest.raises(ValueError, match=r"other settings \{'beta': \(.*\)\} \(saved, asked\); a resumed run may"):
+        run_train(cfg_for(tmp_path / "moved", steps=6, beta=123.0), small(), resume=True)
+
+
 def test_a_nan_reward_stops_with_a_clear_error_and_the_last_checkpoint_loads(tmp_path, small):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red ball moving left\n")

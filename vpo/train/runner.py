@@ -70,6 +70,12 @@ class TrainingDiverged(ValueError):
     """A NaN or inf reward or loss: the run stops, the last good checkpoint stays."""
 
 
+# What a resumed run may change: where its folder is, how long it goes on, how often it checks and
+# saves. None of them changes a step's prompts, seeds, candidates or update, so a run paused at step k
+# and resumed with more steps trains what one uninterrupted run of that length trains (tests/test_train.py).
+RESUME_MAY_CHANGE = ("out", "steps", "heldout_every", "checkpoint_every")
+
+
 class Scored(NamedTuple):
     """A batch of candidates' scores on the run's dimension. ``ranking``: what winners and losers are
     picked by, the reward guard applied; ``reward``: what the run reports as its reward, the same but
@@ -395,9 +401,19 @@ class Run:
             return 0
         state = load_state(folder / "state.pt")
         saved = check_same_nproc(folder, state["config"], self.cfg.nproc)
-        if saved != self.cfg.to_dict():
-            diff = {k: (v, self.cfg.to_dict()[k]) for k, v in saved.items() if self.cfg.to_dict()[k] != v}
-            raise ValueError(f"cannot resume from {folder}: it was trained with other settings {diff}")
+        now = self.cfg.to_dict()
+        diff = {k: (v, now[k]) for k, v in saved.items() if now.get(k) != v and k not in RESUME_MAY_CHANGE}
+        if diff:
+            raise ValueError(
+                f"cannot resume from {folder}: it was trained with other settings {diff} (saved, asked); "
+                f"a resumed run may change only {', '.join(RESUME_MAY_CHANGE)}"
+            )
+        if self.cfg.steps < state["step"]:
+            raise ConfigError(
+                "steps",
+                f"cannot resume from {folder} with steps = {self.cfg.steps}: it has trained {state['step']} "
+                "steps already; ask for at least as many",
+            )
         tensors = read_safetensors(folder / "adapter.safetensors")
         load_adapters(self.transformer, tensors, folder)
         if self.physencoder is not None:
