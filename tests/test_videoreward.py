@@ -16,8 +16,6 @@ from vpo.data import world
 from vpo.rewards import load_reward
 from vpo.rewards.local import REWARD_TOKENS, weights_status
 from vpo.rewards.videoreward import (
-    CLIP_MEAN,
-    CLIP_STD,
     SETTING,
     VideoRewardSource,
     _model_class,
@@ -25,6 +23,7 @@ from vpo.rewards.videoreward import (
     smart_size,
     video_patches,
 )
+from vpo.video import CLIP_MEAN, CLIP_STD
 
 TEMPLATE = (
     "Rate the video. Visual quality: <|VQ_reward|> Motion quality: <|MQ_reward|> "

@@ -18,6 +18,11 @@ from pathlib import Path
 import ffmpeg
 import numpy as np
 
+# OpenAI CLIP's pixel normalisation (mean, std per RGB channel of [0, 1] pixels; its
+# preprocessor_config.json), which the PhysEncoder's CLIP vision tower and Qwen2-VL (VideoReward) both use
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
 MIN_DISPLAY = 256
 
 

@@ -40,6 +40,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vpo.video import CLIP_MEAN, CLIP_STD
+
 TOKENS = 4  # K: the PhysEncoder's tokens in the conditioning
 HIDDEN = 128  # the head's width
 FEATURE_DEPTH = 2  # tiny-i2v: the denoiser's blocks the frozen features run through
@@ -188,10 +190,6 @@ class VisionFeatures(nn.Module):
         x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         x = ((x - self.mean) / self.std).to(next(self.model.parameters()).dtype)
         return self.model(pixel_values=x).last_hidden_state.float()
-
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def new_physencoder(backbone, tokens: int = TOKENS) -> PhysEncoder:

@@ -46,13 +46,13 @@ from torch import nn
 from vpo.device import pick_device
 from vpo.rewards.base import RewardSource, ScoreResult, check_videos
 from vpo.rewards.local import REWARD_TOKENS, SETTINGS, folder, newest_checkpoint, videoreward_problem
+from vpo.video import CLIP_MEAN, CLIP_STD
 
 SETTING = SETTINGS["videoreward"]
 OUTPUTS = ("VQ", "MQ", "TA")  # in the order of REWARD_TOKENS and of the source's dimensions
 # qwen-vl-utils' video defaults, which VideoAlign's data pipeline uses (its vision_process.py)
 FPS, MAX_FRAME_PIXELS, MIN_FRAME_PIXELS = 2.0, 448 * 448, 128 * 28 * 28
 MIN_FRAMES, MAX_FRAMES = 4, 768
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 OLD_PREFIX = "base_model.model."  # the PEFT wrapper's
 
 
