@@ -9,11 +9,13 @@ import zipfile
 
 import numpy as np
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.test import Client
 
 from vpo.pairs import read_pairs
+from vpo.train.config import TrainConfig
 from webapp.experiments.forms import validated_config
 from webapp.experiments.models import Experiment, MetricPoint
 from webapp.studies.models import (
@@ -151,7 +153,7 @@ def test_the_guided_sampling_page_has_a_slider_per_dimension_and_checks_its_inpu
 
 @pytest.mark.timeout(1800)  # a busy shared CPU: the worker trains, samples and runs 2 steps
 def test_votes_train_a_reward_model_on_a_worker_and_a_run_on_it_is_launched_and_logged(
-    live_stack, transactional_db, tiny_videos
+    live_stack, transactional_db, tiny_videos, tmp_path, monkeypatch
 ):
     owner = get_user_model().objects.create_user("alice")
     study = voted_study(owner, tiny_videos[:24])
@@ -221,3 +223,23 @@ def test_votes_train_a_reward_model_on_a_worker_and_a_run_on_it_is_launched_and_
     points = {p.step: p.values for p in MetricPoint.objects.filter(experiment=experiment)}
     assert sorted(points) == [1, 2]
     assert all(0 <= points[s]["reward/mean"] <= 1 for s in (1, 2))
+
+    # exported, the run names the reward model as the folder its zip unpacks to, next to the TOML
+    exported = client.get(f"/experiments/{experiment.pk}/config.toml").content.decode()
+    assert f'reward_model = "reward-model-{rm.pk}"' in exported and str(settings.MEDIA_ROOT) not in exported
+    assert f"/studies/reward-models/{rm.pk}/download/" in exported
+    (tmp_path / "run.toml").write_text(exported)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=f"no reward model at reward-model-{rm.pk}: not a directory"):
+        TrainConfig.from_toml("run.toml")  # not unzipped yet
+    r = client.get(f"/studies/reward-models/{rm.pk}/download/")
+    assert r.status_code == 200 and r["Content-Type"] == "application/zip"
+    zipfile.ZipFile(io.BytesIO(r.content)).extractall(tmp_path)
+    cfg = TrainConfig.from_toml("run.toml")
+    assert (cfg.reward, cfg.reward_model, cfg.dimension) == ("learned", f"reward-model-{rm.pk}", "overall")
+    assert (
+        logged_in(get_user_model().objects.create_user("mallory"))
+        .get(f"/studies/reward-models/{rm.pk}/download/")
+        .status_code
+        == 404
+    )

@@ -479,11 +479,20 @@ class TrainConfig:
         return asdict(self)
 
     def to_toml(self) -> str:
+        return self.toml_of(self.to_dict())
+
+    @classmethod
+    def toml_of(cls, data: dict) -> str:
+        """``data``'s fields (defaults, a real backbone's own included, where it has none) as the TOML
+        ``from_toml`` reads, each under its help. Unchecked: an exported run may name paths of the
+        machine it goes to, which need not exist here (``webapp.experiments.models.Experiment.export_toml``)."""
+        from vpo.backbones.real import backbone_defaults
+
+        data = {**backbone_defaults(data.get("backbone", "")), **data}
         lines = []
-        for f in fields(self):
-            value = getattr(self, f.name)
+        for f in fields(cls):
             lines.append(f"# {f.metadata['help']}")
-            lines.append(f"{f.name} = {_toml_value(value)}")
+            lines.append(f"{f.name} = {_toml_value(data.get(f.name, f.default))}")
         return "\n".join(lines) + "\n"
 
 

@@ -135,7 +135,23 @@ class Experiment(models.Model):
         header = f"# {name}: exported from VPO Studio experiment #{self.pk}\n"
         if self.prompts_text:
             header += "# prompts.txt: download it from the experiment page, next to this file\n"
-        return header + TrainConfig.from_dict(data).to_toml()
+        reward_model = self.server_reward_model()
+        if reward_model is not None:  # a folder on this server: the zip the studies page offers, unpacked here
+            data["reward_model"] = reward_model.download_name
+            url = reverse("studies:reward_model_download", args=[reward_model.pk])
+            header += f"# {reward_model.download_name}/: download {url} from this server, unzip it next to this file\n"
+        return header + TrainConfig.toml_of(data)
+
+    def server_reward_model(self):
+        """The reward model of this server (``webapp.studies.models.RewardModel``) the run's
+        ``reward_model`` is the folder of, or None (no learned reward, or a folder of the worker's)."""
+        from webapp.studies.models import RewardModel
+
+        folder = self.config.get("reward_model") or ""
+        root = Path(settings.MEDIA_ROOT) / "reward_models"
+        if self.config.get("reward") != "learned" or Path(folder).parent != root or not Path(folder).name.isdigit():
+            return None
+        return RewardModel.objects.filter(pk=int(Path(folder).name)).first()
 
     # --- lifecycle ---------------------------------------------------------------------------
     def request_cancel(self) -> None:

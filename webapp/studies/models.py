@@ -490,6 +490,11 @@ class RewardModel(models.Model):
         return Path(settings.MEDIA_ROOT) / "reward_models" / str(self.pk)
 
     @property
+    def download_name(self) -> str:
+        """The folder its zip unpacks to, which a run exported from this server names as its reward_model."""
+        return f"reward-model-{self.pk}"
+
+    @property
     def label(self) -> str:
         """How the launch form lists it."""
         return f"#{self.pk} {self.name} ({', '.join(self.heads)})"

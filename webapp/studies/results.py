@@ -287,6 +287,15 @@ def study_pairs(study: Study, folder: Path | None = None) -> list[Pair]:
     return pairs
 
 
+def folder_zip(folder: Path, name: str) -> bytes:
+    """Every file under ``folder``, in a zip under ``name/``."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            z.write(path, f"{name}/{path.relative_to(folder).as_posix()}")
+    return out.getvalue()
+
+
 def pairs_zip(study: Study) -> bytes:
     """``pairs.jsonl`` with the clips it names under ``videos/``: a download that
     ``vpo reward-model train --pairs pairs.jsonl`` reads as it is, once unzipped."""

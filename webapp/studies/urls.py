@@ -18,6 +18,7 @@ urlpatterns = [
     path("studies/<int:pk>/pairs.zip", views.export_pairs, name="pairs"),
     path("studies/<int:pk>/reward-models/", views.reward_model_new, name="reward_model_new"),
     path("studies/reward-models/<int:pk>/guide/", views.guided_new, name="guided_new"),
+    path("studies/reward-models/<int:pk>/download/", views.reward_model_download, name="reward_model_download"),
     path("studies/guided/<int:pk>/", views.guided_detail, name="guided"),
     path("studies/guided/<int:pk>/<str:kind>-<int:index>.mp4", views.guided_video, name="guided_video"),
     # volunteers (no account; unguessable tokens)

@@ -23,7 +23,7 @@ from webapp.studies.models import (
     StudyStatus,
     System,
 )
-from webapp.studies.results import pairs_zip, summarise, votes_csv
+from webapp.studies.results import folder_zip, pairs_zip, summarise, votes_csv
 from webapp.studies.tasks import analyse_study_feedback, guided_sample, render_study, train_reward_model
 
 
@@ -184,6 +184,16 @@ def export_pairs(request, pk):
     study = visible_or_404(request, pk)
     response = HttpResponse(pairs_zip(study), content_type="application/zip")
     response["Content-Disposition"] = f'attachment; filename="study-{study.pk}-pairs.zip"'
+    return response
+
+
+@login_required
+def reward_model_download(request, pk):
+    """A finished reward model's folder as a zip (``reward-model-<pk>/``): what ``reward_model`` of
+    a run exported from this server names (``Experiment.export_toml``), and ``vpo`` loads once unzipped."""
+    rm = get_object_or_404(RewardModel.objects.visible_to(request.user), pk=pk, status=RewardModelStatus.FINISHED)
+    response = HttpResponse(folder_zip(rm.directory, rm.download_name), content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="{rm.download_name}.zip"'
     return response
 
 
