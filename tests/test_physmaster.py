@@ -104,6 +104,29 @@ def test_a_copied_folder_is_reused_where_it_is(quick_run, tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
+def test_settings_in_a_toml_file_run_the_same_chain_as_the_flags(quick_run, tmp_path, capsys):
+    """``vpo physmaster --config`` (a web chain's export): the quick run's settings read back from
+    TOML are those it ran with, so every stage is reused; bad files exit 2 naming the problem."""
+    config = tmp_path / "chain.toml"
+    config.write_text(PhysMasterConfig.quick(str(quick_run)).to_toml())
+    assert PhysMasterConfig.from_toml(config) == PhysMasterConfig.quick(str(quick_run))
+    assert main(["--threads", "1", "physmaster", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.count(": reused ") == len(STAGES)
+    for text, message in (
+        ("steps_sft = 2\nsteps_sfd = 3\n", "unknown setting(s) steps_sfd; valid: out, steps_sft"),
+        ('out = "x"\nsteps_sft = "many"\n', "steps_sft must be a TOML int, got 'many'"),
+        ("steps_sft = 2\n", "names no out folder"),
+        ("steps_sft = [\n", "is not valid TOML"),
+    ):
+        config.write_text(text)
+        assert main(["physmaster", "--config", str(config)]) == 2
+        assert message in capsys.readouterr().err, text
+    assert main(["physmaster", "--config", str(config), "--quick", "--out", str(tmp_path)]) == 2
+    assert "--quick and --config: give one" in capsys.readouterr().err
+    assert main(["physmaster", "--steps-sft", "3"]) == 2
+    assert "give --out (or --config with out in it)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -393,6 +393,21 @@ def test_the_physmaster_form_has_the_command_s_defaults_and_says_each_error_on_i
     assert bound.config == QUICK_CHAIN and bound.stage_two["trainable"] == "lora"
 
 
+def test_a_chain_exports_as_the_settings_vpo_physmaster_config_reads(owner, tmp_path, settings):
+    """Its config is stage II's alone: exported as that, vpo train would skip stage I."""
+    from vpo.physmaster import PhysMasterConfig
+
+    settings.MEDIA_ROOT = tmp_path
+    client = logged_in(owner)
+    assert client.post(reverse("experiments:new_physmaster"), {"name": "chain", **QUICK_CHAIN}).status_code == 302
+    experiment = Experiment.objects.get()
+    exported = client.get(reverse("experiments:export", args=[experiment.pk])).content.decode()
+    assert f"vpo physmaster --config experiment-{experiment.pk}.toml" in exported
+    (tmp_path / "chain.toml").write_text(exported)
+    expected = PhysMasterConfig(**QUICK_CHAIN, out=f"runs/experiment-{experiment.pk}")
+    assert PhysMasterConfig.from_toml(tmp_path / "chain.toml") == expected
+
+
 @pytest.mark.timeout(600)
 def test_the_three_stages_run_as_one_job_on_one_step_axis_and_the_page_shows_the_report(live_stack, transactional_db):
     from vpo.physmaster import LABELS

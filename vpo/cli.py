@@ -558,7 +558,11 @@ def _add_physmaster(sub):
         help="PhysMaster's three stages on tiny-i2v (SFT, DPO on LoRA, DPO on the PhysEncoder head), each "
         "evaluated on held-out physics scenes -> OUT/report.md",
     )
-    p.add_argument("--out", required=True, help="folder of the stages' runs and report.md (finished stages are reused)")
+    p.add_argument("--out", help="folder of the stages' runs and report.md (finished stages are reused)")
+    p.add_argument(
+        "--config",
+        help="TOML of the chain's settings (a web run's Export config); the flags here override it",
+    )
     p.add_argument("--steps-sft", type=int, help="stage I's steps (default: 200; --quick: 2)")
     p.add_argument("--steps-dpo", type=int, help="stage II's and stage III's steps each (default: 30; --quick: 1)")
     p.add_argument("--heldout", type=int, help="held-out scenes each model is evaluated on (default: 32; --quick: 2)")
@@ -595,8 +599,16 @@ def cmd_physmaster(args) -> int:
         }.items()
         if v is not None
     }
-    given["ablation"] = args.ablation
-    cfg = PhysMasterConfig.quick(args.out, **given) if args.quick else PhysMasterConfig(out=args.out, **given)
+    if args.ablation:
+        given["ablation"] = True
+    if args.quick and args.config:
+        raise ValueError("--quick and --config: give one (--quick is its own small settings)")
+    if args.config:
+        cfg = PhysMasterConfig.from_toml(args.config, **given, **({"out": args.out} if args.out else {}))
+    elif not args.out:
+        raise ValueError("give --out (or --config with out in it)")
+    else:
+        cfg = PhysMasterConfig.quick(args.out, **given) if args.quick else PhysMasterConfig(out=args.out, **given)
     results = Path(args.results) if args.results else None
     if results is not None and (results.is_dir() or not results.parent.is_dir()):
         raise ValueError(f"results {args.results!r} must be a markdown file in an existing folder")

@@ -37,8 +37,9 @@ from __future__ import annotations
 # torch is imported where it is used: the web form reads PhysMasterConfig for its preset
 import json
 import time
+import tomllib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,7 @@ import numpy as np
 
 from vpo.data import physics
 from vpo.stats import bootstrap_mean_ci
-from vpo.train.config import TrainConfig
+from vpo.train.config import TrainConfig, toml_value
 
 if TYPE_CHECKING:
     from vpo.train.sinks import Sink
@@ -125,6 +126,35 @@ class PhysMasterConfig:
             sampling_steps=2,
         )
         return cls(out=out, **{**small, **overrides})
+
+    def to_toml(self) -> str:
+        """Every setting, as ``vpo physmaster --config`` reads it (``from_toml``)."""
+        return "".join(f"{name} = {toml_value(value)}\n" for name, value in asdict(self).items())
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> PhysMasterConfig:
+        """The settings of a TOML file (``to_toml``'s; the web app's export of a chain), ``overrides``
+        (the command's flags) on top. An unknown setting or a value of the wrong type is a ValueError
+        naming it."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no config file {path}")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise ValueError(f"{path} is not valid TOML: {e}") from None
+        known = {f.name: str if f.default is MISSING else type(f.default) for f in fields(cls)}
+        if unknown := sorted(set(data) - set(known)):
+            raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(known)}")
+        for name, value in data.items():
+            if known[name] is float and type(value) is int:
+                data[name] = float(value)  # TOML's 1 for 1.0
+            elif type(value) is not known[name]:
+                raise ValueError(f"{path}: {name} must be a TOML {known[name].__name__}, got {value!r}")
+        data.update(overrides)
+        if "out" not in data:
+            raise ValueError(f'{path} names no out folder: add out = "..." or give --out')
+        return cls(**data)
 
     @property
     def stages(self) -> tuple[str, ...]:

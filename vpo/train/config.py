@@ -492,7 +492,7 @@ class TrainConfig:
         lines = []
         for f in fields(cls):
             lines.append(f"# {f.metadata['help']}")
-            lines.append(f"{f.name} = {_toml_value(data.get(f.name, f.default))}")
+            lines.append(f"{f.name} = {toml_value(data.get(f.name, f.default))}")
         return "\n".join(lines) + "\n"
 
 
@@ -569,9 +569,11 @@ def _toml_escape(c: str) -> str:
     return f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
     if isinstance(value, str):  # a TOML basic string: backslash, quote and control characters escaped
         return '"' + "".join(_TOML_ESCAPES.get(c, c if c.isprintable() else _toml_escape(c)) for c in value) + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float):
         return repr(value)
     return str(value)

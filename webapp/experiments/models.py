@@ -125,14 +125,22 @@ class Experiment(models.Model):
         return TrainConfig.from_dict(data)
 
     def export_toml(self) -> str:
-        """The config as the TOML ``vpo train --config`` reads."""
+        """The config as the TOML ``vpo train --config`` reads; a PhysMaster chain's settings as
+        ``vpo physmaster --config`` reads them (its ``config`` is stage II's alone)."""
         from vpo.train.config import TrainConfig
 
+        name = "".join(c if c.isprintable() else " " for c in self.name)  # a newline would end the comment
+        header = f"# {name}: exported from VPO Studio experiment #{self.pk}\n"
+        if self.physmaster is not None:
+            from vpo.physmaster import PhysMasterConfig
+
+            header += (
+                f"# PhysMaster's three stages, one after the other: vpo physmaster --config experiment-{self.pk}.toml\n"
+            )
+            return header + PhysMasterConfig(**self.physmaster, out=f"runs/experiment-{self.pk}").to_toml()
         data = dict(self.config, out=f"runs/experiment-{self.pk}")
         if self.prompts_text:
             data["prompts"] = "prompts.txt"
-        name = "".join(c if c.isprintable() else " " for c in self.name)  # a newline would end the comment
-        header = f"# {name}: exported from VPO Studio experiment #{self.pk}\n"
         if self.prompts_text:
             header += "# prompts.txt: download it from the experiment page, next to this file\n"
         reward_model = self.server_reward_model()
