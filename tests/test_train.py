@@ -1,5 +1,6 @@
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -221,6 +222,57 @@ def test_a_run_resumed_with_more_steps_in_a_moved_folder_trains_what_one_longer_
     assert e.value.field == "steps"
     with pytest.raises(ValueError, match=r"other settings \{'beta': \(.*\)\} \(saved, asked\); a resumed run may"):
         run_train(cfg_for(tmp_path / "moved", steps=6, beta=123.0), small(), resume=True)
+
+
+def test_the_held_out_alarm_stops_a_run_whose_subject_is_gone_and_names_the_checkpoint_before(tmp_path):
+    """The shipped model, broken on purpose by one step at lr 0.5: its held-out videos lose their
+    subject, so ``stop_heldout = presence`` stops the run at the first check after the fall."""
+    cfg = TrainConfig.from_dict(
+        {
+            "steps": 3,
+            "num_candidates": 2,
+            "sampling_steps": 6,
+            "flow_shift": 3.0,
+            "heldout_count": 4,
+            "heldout_every": 1,
+            "checkpoint_every": 1,
+            "tie_tolerance": 0.0,
+            "lr": 0.5,
+            "stop_heldout": "presence",
+            "stop_drop": 0.2,
+            "out": str(tmp_path / "run"),
+        }
+    )
+    sink = JsonlSink(cfg.out, cfg.steps, progress=False)
+    try:
+        last = train(cfg, sink)
+    finally:
+        sink.close()
+    metrics = read_metrics(cfg.out)
+    base, after = metrics[0]["heldout/presence"], metrics[-1]["heldout/presence"]
+    assert [m["step"] for m in metrics] == [0, 1] and last.name == "step_000001"
+    assert base >= 0.5 and not after >= base - 0.2  # the fall (or no subject found at all: nan)
+    assert sink.stopped_reason.startswith("held-out alarm at step 1 of 3: presence")
+    assert f"below the base's {base:.4f}" in sink.stopped_reason and sink.stopped_reason.endswith(
+        "none: the base model"
+    )
+    assert (tmp_path / "run" / "stopped.txt").read_text().strip() == sink.stopped_reason
+    # the alarm may be switched off to go on (what a resumed run may change: RESUME_MAY_CHANGE)
+    sink = JsonlSink(cfg.out, cfg.steps, progress=False)
+    try:
+        last = train(replace(cfg, stop_heldout="none", steps=2), sink, resume=True)
+    finally:
+        sink.close()
+    assert last.name == "step_000002" and not sink.stopped_reason
+    for bad, field in (
+        ({"stop_heldout": "presence", "heldout_every": 0}, "stop_heldout"),
+        ({"stop_heldout": "happiness"}, "stop_heldout"),
+        ({"stop_drop": 0.0}, "stop_drop"),
+        ({"stop_drop": float("nan")}, "stop_drop"),
+    ):
+        with pytest.raises(ConfigError) as e:
+            TrainConfig.from_dict(bad)
+        assert e.value.field == field, bad
 
 
 def test_a_nan_reward_stops_with_a_clear_error_and_the_last_checkpoint_loads(tmp_path, small):

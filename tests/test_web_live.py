@@ -3,6 +3,7 @@ and a real Celery worker process training the tiny backbone behind a real Daphne
 
 import json
 import time
+from html import escape
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
@@ -207,3 +208,28 @@ def test_the_phase_is_stored_then_pushed_at_most_once_a_second_within_a_phase_an
 
     status, phase = async_to_sync(reconnect)()
     assert status["type"] == "status" and (phase["type"], phase["name"]) == ("phase", "scoring")
+
+
+def test_the_held_out_alarm_s_reason_is_stored_then_pushed_and_shown_on_the_page(owner, experiment):
+    reason = "held-out alarm at step 20 of 60: presence 0.3100 fell more than 0.1 below the base's 0.6200"
+    sink = DatabaseSink(experiment)
+    cookie = session_cookie(owner)
+
+    async def scenario():
+        comm = communicator(experiment, cookie)
+        assert (await comm.connect(timeout=10))[0]
+        first = await comm.receive_json_from(timeout=10)
+        await sync_to_async(sink.stopped)(20, reason)
+        pushed = await comm.receive_json_from(timeout=10)
+        await comm.disconnect()
+        return first, pushed
+
+    first, pushed = async_to_sync(scenario)()
+    assert first["type"] == "status" and first["stopped_reason"] == ""
+    assert pushed["type"] == "status" and pushed["stopped_reason"] == reason
+    experiment.refresh_from_db()
+    assert experiment.stopped_reason == reason
+    client = Client()
+    client.force_login(owner)
+    html = client.get(f"/experiments/{experiment.pk}/").content.decode()
+    assert f'<p id="stopped" class="note alarm" >{escape(reason)}</p>' in html

@@ -441,6 +441,8 @@ def cmd_train(args) -> int:
         last = train(cfg, sink, resume=args.resume, device=_device())
     finally:
         sink.close()
+    if sink.stopped_reason:
+        print(sink.stopped_reason)
     print(
         f"done in {time.perf_counter() - t0:.0f} s; last checkpoint: {last}; metrics: {Path(cfg.out) / 'metrics.jsonl'}"
     )

@@ -37,11 +37,17 @@ def add_policy_and_ref(transformer: Any, lora: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    out: str | Path, step: int, cfg: TrainConfig, adapters: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer
+    out: str | Path,
+    step: int,
+    cfg: TrainConfig,
+    adapters: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    extra: dict | None = None,
 ) -> Path:
-    """Write step ``step``'s checkpoint under ``out/checkpoints`` and point ``latest`` at it. The
-    folder is written under a temporary name and renamed, and the pointer moves only once the
-    folder is complete: a crash never leaves a bad ``latest``."""
+    """Write step ``step``'s checkpoint under ``out/checkpoints`` and point ``latest`` at it
+    (``extra``: more of the run's state, in ``state.pt``). The folder is written under a temporary
+    name and renamed, and the pointer moves only once the folder is complete: a crash never leaves a
+    bad ``latest``."""
     folder = checkpoint_folder(out, step)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -59,6 +65,7 @@ def save_checkpoint(
             "optimizer": optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": np.random.get_state(),
+            **(extra or {}),
         },
         tmp / "state.pt",
     )

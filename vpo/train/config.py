@@ -20,6 +20,11 @@ from vpo.backbones import ALL_BACKBONES, I2V_BACKBONES, SAMPLERS
 from vpo.data.prompts import BUILTIN, IMAGE_SETS
 from vpo.rewards import DIMENSIONS, GLOBAL, GUARDS, REWARD_SOURCES, Source, dimensions_of
 from vpo.train import ALGORITHMS
+from vpo.train.keys import HELDOUT_RAW
+
+# what the held-out monitor (the ``metrics`` source) logs and ``stop_heldout`` may watch: its dimensions,
+# their mean, and the raw measures that fall while a reward is hacked (the subject gone or frozen)
+STOP_MEASURES = ("none", *REWARD_SOURCES["metrics"].choices, *HELDOUT_RAW)
 
 DPO = ("online-dpo", "offline-dpo")  # the algorithms that train on pairs with the Flow-DPO loss
 ONLINE = ("online-dpo", "online-rwr")  # the algorithms that sample N candidates per prompt every step
@@ -125,6 +130,13 @@ class TrainConfig:
     heldout_every: int = _f(
         10, "E: held-out check and sample videos every E steps (0 = never)", "Held-out check every (E steps)"
     )
+    stop_heldout: str = _f(
+        "none",
+        "the reward-hacking alarm: stop the run when this held-out measure falls more than stop_drop below the "
+        f"base's (step 0) at a held-out check: none, {', '.join(STOP_MEASURES[1:])}",
+        "Stop when held-out falls",
+    )
+    stop_drop: float = _f(0.1, "how far below the base's value stop_heldout may fall", "Stop at a fall of")
     checkpoint_every: int = _f(20, "C: checkpoint every C steps", "Checkpoint every (C steps)")
     out: str = _f("runs/train", "run folder: checkpoints, metrics.jsonl, videos", "Run folder")
     # real backbones (wan, cogvideox, ltx): weights folder, size, memory; tiny has one size and ignores the rest
@@ -321,6 +333,12 @@ class TrainConfig:
         sizes.extend(self._image_problems())
         if self.guidance < 1:
             sizes.append(ConfigError("guidance", f"guidance must be >= 1 (1 = no guidance), got {self.guidance}"))
+        if e := _choice_problem("stop_heldout", self.stop_heldout, STOP_MEASURES):
+            sizes.append(e)
+        elif self.stop_heldout != "none" and not self.heldout_every:
+            sizes.append(ConfigError("stop_heldout", "stop_heldout reads the held-out checks: set heldout_every > 0"))
+        if not 0 < self.stop_drop < math.inf:
+            sizes.append(ConfigError("stop_drop", f"stop_drop must be > 0, got {self.stop_drop}"))
         yield from sizes
         if not any(e.field == "backbone" for e in registries):
             yield from self._fit_problems(memory=not sizes)  # the estimate needs sound sizes

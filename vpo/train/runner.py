@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import resource
 import time
@@ -52,6 +53,7 @@ from vpo.train.config import ConfigError, TrainConfig
 from vpo.train.distributed import FSDP_NOT_YET, FSDP_ON_CPU, Ranks
 from vpo.train.keys import (
     CUDA_PEAK_GB,
+    HELDOUT_PREFIX,
     HELDOUT_RAW,
     PEAK_MEM_MB,
     PHASE_CHECKPOINT,
@@ -73,7 +75,7 @@ class TrainingDiverged(ValueError):
 # What a resumed run may change: where its folder is, how long it goes on, how often it checks and
 # saves. None of them changes a step's prompts, seeds, candidates or update, so a run paused at step k
 # and resumed with more steps trains what one uninterrupted run of that length trains (tests/test_train.py).
-RESUME_MAY_CHANGE = ("out", "steps", "heldout_every", "checkpoint_every")
+RESUME_MAY_CHANGE = ("out", "steps", "heldout_every", "checkpoint_every", "stop_heldout", "stop_drop")
 
 
 class Scored(NamedTuple):
@@ -148,6 +150,8 @@ class Run:
             self.heldout, self.heldout_images = self.image_prompts(cfg.heldout_prompts, cfg.heldout_count)
         self.monitor = self.reward if cfg.reward == "metrics" else load_reward("metrics")
         self.last_checkpoint: Path | None = None
+        self.heldout_base: dict[str, float] | None = None  # the step-0 check's values (the alarm's baseline)
+        self.alarm: str | None = None  # why the held-out alarm stopped the run (stop_heldout), once it has
 
     # --- first frames (image-to-video) -------------------------------------------------------
     def image_prompts(self, name: str, count: int | None = None) -> tuple[list[str], torch.Tensor]:
@@ -298,15 +302,19 @@ class Run:
         algorithm; returns the step's metrics), time it as ``perf/step_s`` unless the step timed
         itself, then step 6 (``end_step``). Returns the folder of the last checkpoint."""
         for step in range(start, self.cfg.steps):
-            # rank 0 alone asks; every rank stops at the same step
-            if self.ranks.agree(self.ranks.main and stop is not None and stop()):
+            # rank 0 alone asks, and holds the held-out alarm; every rank stops at the same step
+            if self.ranks.agree(self.ranks.main and (self.alarm is not None or (stop is not None and stop()))):
                 break
             self.step = step
             t0 = time.perf_counter()
             values = one_step(step)
             values.setdefault(STEP_S, time.perf_counter() - t0)
             self.end_step(step + 1, values)
-        return self.finish()
+        last = self.finish()
+        if self.alarm is not None and self.ranks.main:
+            log.warning("%s", self.alarm)
+            self.sink.stopped(self.step, self.alarm)
+        return last
 
     def begin(self, resume: bool, extra: dict | None = None) -> int:
         """Load the latest checkpoint when resuming; returns the first step to run. A fresh run logs
@@ -317,8 +325,23 @@ class Run:
             values = dict(extra or {})
             if self.cfg.heldout_every and self.ranks.main:
                 values.update(self.heldout_check(0))
+                self.heldout_base = {k: v for k, v in values.items() if k.startswith(HELDOUT_PREFIX)}
             if values:
                 self.sink.metrics(0, values)
+        if self.cfg.stop_heldout != "none" and self.ranks.main:
+            base = (self.heldout_base or {}).get(heldout(self.cfg.stop_heldout))
+            if base is None:
+                raise ConfigError(
+                    "stop_heldout",
+                    f"stop_heldout = {self.cfg.stop_heldout} compares with the base's held-out check, which this "
+                    "run's checkpoint does not hold (written before 2026-12-02, or without a check at step 0)",
+                )
+            if not math.isfinite(base):
+                raise ConfigError(
+                    "stop_heldout",
+                    f"held-out {self.cfg.stop_heldout} is not measured on {self.cfg.heldout_prompts} (the base's is "
+                    f"{base}): watch another measure",
+                )
         return start
 
     def maybe_update_reference(self, done: int, values: dict) -> None:
@@ -335,6 +358,7 @@ class Run:
         values = self.ranks.reduce_metrics(values)  # rank 0 logs the step of all ranks
         if self.cfg.heldout_every and done % self.cfg.heldout_every == 0 and self.ranks.main:
             values.update(self.heldout_check(done))
+            self.alarm = self.alarm or self.heldout_alarm(done, values)
         self.sink.metrics(done, values)
         self.step = done
         if done % self.cfg.checkpoint_every == 0:
@@ -349,6 +373,28 @@ class Run:
         return self.last_checkpoint
 
     # --- held-out monitor: the reward-hacking alarm -----------------------------------------
+    def heldout_alarm(self, done: int, values: dict[str, float]) -> str | None:
+        """Why the run stops after step ``done``'s held-out check, or None: ``stop_heldout`` more than
+        ``stop_drop`` below the base's value (a value no longer measured counts as a fall: the
+        subject of every video gone). Names the last checkpoint before the fall, the newest at or
+        before the previous check (which passed, or the run would have stopped there)."""
+        measure = self.cfg.stop_heldout
+        if measure == "none" or self.heldout_base is None:
+            return None
+        base, value = self.heldout_base[heldout(measure)], values.get(heldout(measure), math.nan)
+        if value >= base - self.cfg.stop_drop:
+            return None
+        previous = max(done - self.cfg.heldout_every, 0)
+        folders = Path(self.out) / "checkpoints"
+        before = [int(p.name[5:]) for p in folders.glob("step_*") if p.name[5:].isdigit() and p.is_dir()]
+        kept = [s for s in before if s <= previous]
+        where = checkpoint_folder(self.out, max(kept)).name if kept else "none: the base model"
+        return (
+            f"held-out alarm at step {done} of {self.cfg.steps}: {measure} {value:.4f} fell more than "
+            f"{self.cfg.stop_drop:g} below the base's {base:.4f} (stop_heldout = {measure}), so the run stopped; "
+            f"the last checkpoint before the fall (at or before step {previous}): {where}"
+        )
+
     def heldout_check(self, step: int) -> dict[str, float]:
         """Fixed held-out prompts and seeds, sampled from the policy and scored with ``metrics`` on
         every dimension — including those not trained on."""
@@ -388,7 +434,8 @@ class Run:
             adapters = {k: p for name in (POLICY, REF) for k, p in self.adapter_params(name).items()}
             if self.physencoder is not None:  # its policy and reference heads
                 adapters.update(self.physencoder.head_tensors())
-            self.last_checkpoint = save_checkpoint(self.out, step, self.cfg, adapters, self.optimizer)
+            extra = {"heldout_base": self.heldout_base}
+            self.last_checkpoint = save_checkpoint(self.out, step, self.cfg, adapters, self.optimizer, extra)
             log.info("checkpoint %s written", self.last_checkpoint)
         else:
             self.last_checkpoint = checkpoint_folder(self.out, step)
@@ -423,6 +470,7 @@ class Run:
         np.random.set_state(state["numpy_rng"])
         self.last_checkpoint = folder
         self.step = state["step"]
+        self.heldout_base = state.get("heldout_base")  # None in checkpoints from before 2026-12-02
         return state["step"]
 
 

@@ -42,6 +42,10 @@ class Sink(Protocol):
         """Videos to show: uint8 (V, F, H, W, C) with their prompts, scores and labels; ``images``
         (image-to-video) the first frame each was conditioned on, uint8 (V, H, W, 3)."""
 
+    def stopped(self, step: int, reason: str) -> None:
+        """The run stopped at step ``step`` before its last for ``reason`` (the held-out alarm,
+        ``stop_heldout``): a sentence naming the measure, its fall and the checkpoint before it."""
+
 
 class JsonlSink:
     def __init__(self, out: str | Path, total_steps: int, progress: bool = True, start_step: int = 0) -> None:
@@ -50,6 +54,7 @@ class JsonlSink:
         self.file = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115 (open for the run; close() closes it)
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not progress, desc="train")
         self.t0 = time.time()
+        self.stopped_reason = ""
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         self.file.write(json.dumps({"step": step, "time": round(time.time() - self.t0, 3), **values}) + "\n")
@@ -81,6 +86,11 @@ class JsonlSink:
                 files["image"] = video_io.write_image(images[i], folder / f"{i:02d}.png").name
             entries.append({"prompt": p, "score": s, "label": label, **files})
         (folder / "samples.json").write_text(json.dumps({"step": step, "kind": kind, "videos": entries}, indent=1))
+
+    def stopped(self, step: int, reason: str) -> None:
+        """Kept for the command to print, and in ``stopped.txt`` beside the metrics."""
+        self.stopped_reason = reason
+        (self.out / "stopped.txt").write_text(reason + "\n")
 
     def close(self) -> None:
         self.bar.close()

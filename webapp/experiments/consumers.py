@@ -95,7 +95,8 @@ class ExperimentConsumer(ClosedOnLogout, AsyncJsonWebsocketConsumer):
         )
 
     async def status_event(self, event):
-        await self.send_json({"type": "status", **{k: event[k] for k in ("status", "error", "cancel_requested")}})
+        keys = ("status", "error", "cancel_requested", "stopped_reason")  # Experiment.status_payload
+        await self.send_json({"type": "status", **{k: event.get(k, "") for k in keys}})
 
     async def phase_event(self, event):
         await self.send_json({"type": "phase", **{k: event[k] for k in ("step", "name", "done", "total", "wall")}})

@@ -15,7 +15,7 @@ from vpo.rewards import DIMENSIONS, GLOBAL, GUARDS, REWARD_SOURCES, prompt_probl
 from vpo.rewards.guard import unguardable
 from vpo.rewards.local import weights_status as reward_weights_status
 from vpo.train import ALGORITHMS
-from vpo.train.config import LIMITS, PARALLEL, SWITCHES, TRAINABLE, ConfigError, TrainConfig
+from vpo.train.config import LIMITS, PARALLEL, STOP_MEASURES, SWITCHES, TRAINABLE, ConfigError, TrainConfig
 from webapp.celery import capacities, ranks_refused
 from webapp.prompt_files import MAX_PROMPT_CHARS, MAX_PROMPTS, read_prompt_file
 
@@ -31,6 +31,7 @@ CHOICES = {
     "reward_model": [""],  # the user's finished reward models are added per form (ExperimentForm)
     "weights_dtype": ["auto", "bf16", "fp32"],
     "reward_guard": list(GUARDS),
+    "stop_heldout": list(STOP_MEASURES),
     "parallel": list(PARALLEL),
     "sampler": list(SAMPLERS),
     "trainable": list(TRAINABLE),
@@ -74,7 +75,10 @@ FIELDSETS = [
     ("Optimiser", ["steps", "prompts_per_step", "lora_rank", "lr", "grad_clip", "seed"]),
     ("Sampling", ["sampling_steps", "sampler", "flow_shift", "guidance"]),
     ("More than one GPU", ["nproc", "parallel"]),
-    ("Monitoring", ["heldout_prompts", "heldout_count", "heldout_every", "checkpoint_every"]),
+    (
+        "Monitoring",
+        ["heldout_prompts", "heldout_count", "heldout_every", "stop_heldout", "stop_drop", "checkpoint_every"],
+    ),
     (
         "Size and memory (real backbones)",
         [

@@ -62,6 +62,8 @@ class Experiment(models.Model):
     prompts_text = models.TextField(blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     error = models.TextField(blank=True)
+    # why the run stopped before its last step by itself: the held-out alarm (TrainConfig.stop_heldout)
+    stopped_reason = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True)
@@ -182,7 +184,12 @@ class Experiment(models.Model):
         return retry_once(lambda: Experiment.objects.filter(pk=self.pk, cancel_requested=True).exists())
 
     def status_payload(self) -> dict:
-        return {"status": self.status, "error": self.error, "cancel_requested": self.cancel_requested}
+        return {
+            "status": self.status,
+            "error": self.error,
+            "cancel_requested": self.cancel_requested,
+            "stopped_reason": self.stopped_reason,
+        }
 
     def set_status(self, status: str, error: str = "") -> None:
         self.status, self.error = status, error

@@ -87,6 +87,12 @@ class DatabaseSink:
         retry_once(lambda: Experiment.objects.filter(pk=self.experiment.pk).update(phase=payload))
         push(self.experiment.group, event)
 
+    def stopped(self, step: int, reason: str) -> None:
+        """The held-out alarm stopped the run: the reason on the run's page (written, then pushed)."""
+        self.experiment.stopped_reason = reason
+        retry_once(lambda: Experiment.objects.filter(pk=self.experiment.pk).update(stopped_reason=reason))
+        push(self.experiment.group, {"type": "status.event", **self.experiment.status_payload()})
+
     def samples(self, step, kind, videos, prompts, scores, labels, fps, images=None) -> None:
         """Each video (and an image-to-video run's first frame, as a PNG beside it) to the run's
         folder, then their rows, then the event (``images``: ``vpo.train.sinks.Sink.samples``)."""

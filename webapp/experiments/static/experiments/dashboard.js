@@ -135,6 +135,8 @@
     $("#cancelling").hidden = done || !msg.cancel_requested;
     $("#error").hidden = !msg.error;
     $("#error").textContent = msg.error || "";
+    $("#stopped").hidden = !msg.stopped_reason;
+    $("#stopped").textContent = msg.stopped_reason || "";
   }
 
   // --- phase: what the step in progress is doing, and when the run should end ---------------
