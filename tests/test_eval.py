@@ -114,10 +114,8 @@ def test_wide_intervals_do_not_run_into_their_neighbours():
 @pytest.mark.parametrize(
     "flag, value, message",
     [
-        ("--steps", "0", "steps must be between 1 and 1000, got 0"),
         ("--steps", "5000", "steps must be between 1 and 1000, got 5000"),
         ("--guidance", "nan", "guidance must be >= 1 (1 = no guidance), got nan"),
-        ("--guidance", "0.5", "guidance must be >= 1 (1 = no guidance), got 0.5"),
     ],
 )
 def test_vpo_eval_refuses_bad_sampling_in_one_line_before_loading_anything(tmp_path, flag, value, message):
