@@ -485,14 +485,14 @@ def cmd_eval(args) -> int:
     from vpo.train.config import TrainConfig
 
     backbone = args.backbone or checkpoint_config(args.checkpoint).get("backbone", "tiny")
-    standard = TrainConfig.from_dict({"backbone": backbone})  # a real backbone's own steps and CFG
+    standard = TrainConfig.defaults_for(backbone)  # a real backbone's own steps and CFG
     result = compare(
         backbone,
         args.checkpoint,
         read_prompts(args.prompts),
         seed=args.seed,
-        steps=standard.sampling_steps if args.steps is None else args.steps,
-        guidance=standard.guidance if args.guidance is None else args.guidance,
+        steps=standard["sampling_steps"] if args.steps is None else args.steps,
+        guidance=standard["guidance"] if args.guidance is None else args.guidance,
         suite=args.suite,
         vbench_device=args.vbench_device,
         vbench_dimensions=args.vbench_dimension,

@@ -500,6 +500,14 @@ class TrainConfig:
         return self.toml_of(self.to_dict())
 
     @classmethod
+    def defaults_for(cls, backbone: str) -> dict[str, Any]:
+        """Every field's default for a run of ``backbone``: a real backbone's own (steps, CFG, LoRA
+        rank...) over the global ones. Unchecked: what a form or ``vpo eval`` starts from, not a run."""
+        from vpo.backbones.real import backbone_defaults
+
+        return {**{f.name: f.default for f in fields(cls)}, "backbone": backbone, **backbone_defaults(backbone)}
+
+    @classmethod
     def toml_of(cls, data: dict) -> str:
         """``data``'s fields (defaults, a real backbone's own included, where it has none) as the TOML
         ``from_toml`` reads, each under its help. Unchecked: an exported run may name paths of the

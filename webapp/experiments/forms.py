@@ -425,6 +425,6 @@ class EvaluationForm(forms.Form):
     def __init__(self, *args, checkpoints: list[str], backbone: str, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["checkpoint"].choices = [(c, c) for c in reversed(checkpoints)]
-        standard = TrainConfig.from_dict({"backbone": backbone})  # a real backbone's own steps and CFG
-        self.fields["sampling_steps"].initial = standard.sampling_steps
-        self.fields["guidance"].initial = standard.guidance
+        standard = TrainConfig.defaults_for(backbone)  # a real backbone's own steps and CFG
+        self.fields["sampling_steps"].initial = standard["sampling_steps"]
+        self.fields["guidance"].initial = standard["guidance"]
