@@ -294,7 +294,7 @@ class Evaluation(models.Model):
     prompts = models.CharField(max_length=40, default="heldout64")
     # vpo.eval.SUITES: "builtin" (weight-free, labelled exact/proxy) or "vbench" (the official package, queue vbench)
     suite = models.CharField(max_length=10, default="builtin")
-    # how base and checkpoint are sampled (Euler on the backbone's schedule, the same seeds): the form's
+    # how base and checkpoint are sampled (Euler on the run's schedule, the same seeds): the form's
     # default is the backbone's standard (TrainConfig's, e.g. 20 steps and CFG 4 for tiny), whatever steps
     # the run's candidates took: a run tuned on 6-step candidates is still judged on standard videos
     sampling_steps = models.PositiveSmallIntegerField(default=20)
