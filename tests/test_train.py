@@ -336,8 +336,20 @@ def test_checkpoints_store_the_config(tmp_path, small):
     assert TrainConfig.from_toml(last / "config.toml") == cfg
 
 
-def test_the_subject_guard_scales_the_candidates_scores(tmp_path, small):
+def guarded_step(tmp_path, small, guard: str):
+    """One step with ``reward_guard = guard``: its candidates as logged (samples.json entries), their
+    frames and prompts, and their unguarded temporal scores."""
     from vpo.rewards import load_reward
+
+    run_train(cfg_for(tmp_path, steps=1, heldout_every=1, reward_guard=guard), small())
+    folder = tmp_path / "run" / "samples" / "step_000001_candidates"
+    videos = json.loads((folder / "samples.json").read_text())["videos"]
+    frames = np.stack([np.load(folder / v["frames"]) for v in videos])
+    prompts = [v["prompt"] for v in videos]
+    return videos, frames, prompts, load_reward("metrics").score(torch.from_numpy(frames), prompts).scores["temporal"]
+
+
+def test_the_subject_guard_scales_the_candidates_scores(tmp_path, small):
     from vpo.rewards.guard import subject_factor
 
     with pytest.raises(ConfigError, match="refl") as e:
@@ -352,13 +364,7 @@ def test_the_subject_guard_scales_the_candidates_scores(tmp_path, small):
         run_train(cfg_for(tmp_path, prompts=str(lake), reward_guard="subject"), small())
     assert e.value.field == "reward_guard"
 
-    cfg = cfg_for(tmp_path, steps=1, heldout_every=1, reward_guard="subject")
-    run_train(cfg, small())
-    folder = tmp_path / "run" / "samples" / "step_000001_candidates"
-    videos = json.loads((folder / "samples.json").read_text())["videos"]
-    frames = np.stack([np.load(folder / v["frames"]) for v in videos])
-    prompts = [v["prompt"] for v in videos]
-    plain = load_reward("metrics").score(torch.from_numpy(frames), prompts).scores["temporal"]
+    videos, frames, prompts, plain = guarded_step(tmp_path, small, "subject")
     factors = torch.tensor([subject_factor(f, p) for f, p in zip(frames, prompts)])
     assert [v["score"] for v in videos] == pytest.approx((plain * factors).tolist(), abs=1e-6)
 
@@ -366,16 +372,9 @@ def test_the_subject_guard_scales_the_candidates_scores(tmp_path, small):
 def test_a_vetoed_candidate_reports_its_own_reward_and_is_counted_and_labelled(tmp_path, small):
     """The subject veto shifts a candidate below the others to rank it; the run's reward metrics, its
     margin and the candidates panel still show the source's scores, and say which were vetoed."""
-    from vpo.rewards import load_reward
     from vpo.rewards.guard import VETO_BELOW, subject_factor
 
-    cfg = cfg_for(tmp_path, steps=1, heldout_every=1, reward_guard="subject-veto")
-    run_train(cfg, small())
-    folder = tmp_path / "run" / "samples" / "step_000001_candidates"
-    videos = json.loads((folder / "samples.json").read_text())["videos"]
-    frames = np.stack([np.load(folder / v["frames"]) for v in videos])
-    prompts = [v["prompt"] for v in videos]
-    plain = load_reward("metrics").score(torch.from_numpy(frames), prompts).scores["temporal"]
+    videos, frames, prompts, plain = guarded_step(tmp_path, small, "subject-veto")
     vetoed = [subject_factor(f, p) < VETO_BELOW for f, p in zip(frames, prompts)]
     assert any(vetoed)  # a random model's candidates lose their subject
     assert [v["score"] for v in videos] == pytest.approx(plain.tolist(), abs=1e-6)
