@@ -512,13 +512,11 @@ class TrainConfig:
         """``data``'s fields (defaults, a real backbone's own included, where it has none) as the TOML
         ``from_toml`` reads, each under its help. Unchecked: an exported run may name paths of the
         machine it goes to, which need not exist here (``webapp.experiments.models.Experiment.export_toml``)."""
-        from vpo.backbones.real import backbone_defaults
-
-        data = {**backbone_defaults(data.get("backbone", "")), **data}
+        data = {**cls.defaults_for(data.get("backbone", cls.backbone)), **data}
         lines = []
         for f in fields(cls):
             lines.append(f"# {f.metadata['help']}")
-            lines.append(f"{f.name} = {toml_value(data.get(f.name, f.default))}")
+            lines.append(f"{f.name} = {toml_value(data[f.name])}")
         return "\n".join(lines) + "\n"
 
 
