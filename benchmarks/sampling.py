@@ -2,7 +2,7 @@
 
     python benchmarks/sampling.py [--candidates 6] [--steps 20] [--candidate-runs euler:10,euler:6:3]
                                   [--repeats 3] [--quality-n 32] [--quality-runs euler:20,euler:6:3,...]
-                                  [--threads N]
+                                  [--threads N] [--no-compile]
 
 A run is SAMPLER:STEPS[:SHIFT], SHIFT the sampling schedule's flow shift (SD3's; 1 = none, tiny's
 default; ``flow_shift`` in the training config). Prints, all measured in this one run:
@@ -17,13 +17,16 @@ default; ``flow_shift`` in the training config). Prints, all measured in this on
    against a matmul peak in the dtype the backbone computes in here
    (``vpo.backbones.base.autocast_dtype``): the faster of torch's matmul and oneDNN's on a
    prepacked weight (what the forward runs on a CPU);
+   With ``VPO_COMPILE=on`` (``--no-compile``: without): the batch at ``--steps``, at the last of
+   ``--candidate-runs`` and from the LoRA policy, through ``torch.compile``, and what the compile
+   cost on an empty inductor cache and from the disk cache a later process reads;
 2. what each change of the forward bought: one forward of the candidates' batch with each change
-   undone alone (interleaved repeats, medians);
+   undone alone, and compiled (interleaved repeats, medians);
 3. steps vs quality: the held-out fidelity check (``vpo/fidelity.py``: colour, motion direction and
    shape found by the ground-truth detector, flickering vs ground truth) for each sampler, step
    count and shift, the velocities each cost, the wall time, and how far each run's videos are from the default
    sampler's (euler, ``--steps``) in mean absolute pixel difference, plus the default sampler with
-   the old forward (equal quality of the new forward).
+   the old forward (equal quality of the new forward) and compiled.
 
 Goals (issue 20): >= 30% of the bf16 peak (>= 50% of the fp32 one); the candidates' batch >= 3x
 faster than before (the old forward at 20 steps) at equal quality (section 3: the same scenes and
@@ -37,6 +40,7 @@ import contextlib
 import functools
 import os
 import statistics
+import tempfile
 import time
 
 import numpy as np
@@ -44,7 +48,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vpo.backbones import SAMPLERS, load_backbone
-from vpo.backbones.base import autocast_dtype
+from vpo.backbones.base import autocast_dtype, compile_sampling
 from vpo.backbones.tiny import Attention, ConvMLP, Linears, TinyBackbone
 from vpo.backbones.tiny_reference import reference
 from vpo.fidelity import heldout_videos, world_fidelity
@@ -143,6 +147,37 @@ def undone(change: str, transformer):
             m.fused_kernel = flag
 
 
+@contextlib.contextmanager
+def compiled(on: bool = True):
+    """Sampling with the transformer compiled (``VPO_COMPILE=on``) or eager, for the duration."""
+    saved = os.environ.get("VPO_COMPILE")
+    os.environ["VPO_COMPILE"] = "on" if on else "off"
+    compile_sampling.cache_clear()
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["VPO_COMPILE"]
+        else:
+            os.environ["VPO_COMPILE"] = saved
+        compile_sampling.cache_clear()
+
+
+def compile_costs(samplers: dict) -> dict[str, tuple[float, float]]:
+    """Each sampler's first compiled call on an empty inductor cache (a fresh temporary directory,
+    left in place for the run) and again after ``torch._dynamo.reset()``, which forgets the process's
+    compiled code as a new process would not have it, so that the second reads the disk cache: what
+    a later process pays. -> {label: (cold s, warm s)}"""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="vpo-inductor-")
+    costs = {}
+    with compiled():
+        for label, fn in samplers.items():
+            cold = timed(fn)
+            torch._dynamo.reset()
+            costs[label] = (cold, timed(fn))
+    return costs
+
+
 def with_policy_adapter(backbone):
     """A second ``tiny`` with training's two LoRA adapters (``add_policy_and_ref``), the policy's
     active and moved off zero as after some training: what online DPO samples candidates from."""
@@ -180,6 +215,22 @@ def speed(backbone, args, flops_step: float, peak: float, dtype_name: str) -> No
         with reference(policy.transformer) if old else contextlib.nullcontext():
             policy.sample([PROMPT] * n, seeds, steps=steps, guidance=args.guidance)
 
+    def compiled_row(fn, *fn_args):
+        def run():
+            with compiled():
+                fn(*fn_args)
+
+        return run
+
+    costs = {}
+    if args.compile:  # compiled before the timed rows: one graph for the backbone, one for the policy
+        costs = compile_costs(
+            {
+                "backbone": lambda: backbone.sample([PROMPT] * n, seeds, steps=1, guidance=args.guidance),
+                "LoRA policy": lambda: policy.sample([PROMPT] * n, seeds, steps=1, guidance=args.guidance),
+            }
+        )
+
     # interleaved so that drift in machine load hits all alike
     rows = {
         f"old forward, batch, {steps} steps": (old_batch, steps),
@@ -193,10 +244,23 @@ def speed(backbone, args, flops_step: float, peak: float, dtype_name: str) -> No
     candidate_rows = list(rows)[3:]
     rows[f"old forward, LoRA policy, batch, {steps} st."] = (functools.partial(policy_batch, True), steps)
     rows[f"new forward, LoRA policy, batch, {steps} st."] = (functools.partial(policy_batch, False), steps)
+    compiled_rows = {}
+    if args.compile:
+        fast = runs(args.candidate_runs, "--candidate-runs")[-1]
+        compiled_rows = {
+            f"compiled, batch, {steps} steps": (compiled_row(batch), steps),
+            f"compiled, batch, {fast[0]} {fast[1]} st., shift {fast[2]:g}": (
+                compiled_row(batch, fast[1], fast[2], fast[0]),
+                fast[1] if fast[0] == "euler" else 2 * fast[1] - 1,
+            ),
+            f"compiled, LoRA policy, batch, {steps} st.": (compiled_row(policy_batch, False), steps),
+        }
+    rows.update(compiled_rows)
     t: dict[str, list[float]] = {k: [] for k in rows}
     for _ in range(args.repeats):
         for k, (fn, _) in rows.items():
-            t[k].append(timed(fn))
+            with compiled(False) if k not in compiled_rows else contextlib.nullcontext():
+                t[k].append(timed(fn))
     med = {k: statistics.median(v) for k, v in t.items()}
     print(f"\n1. speed: {n} candidates with CFG (forward batch {2 * n}), {args.repeats} interleaved repeats each")
     for k, (_, k_steps) in rows.items():
@@ -214,11 +278,24 @@ def speed(backbone, args, flops_step: float, peak: float, dtype_name: str) -> No
             f"(goal >= 3x at the same quality: section 3)"
         )
     print(f"   batch vs one at a time (new forward, {steps} steps): {single / new:.2f}x")
-    lora_old, lora_new = list(med.values())[-2:]
+    lora_old = med[f"old forward, LoRA policy, batch, {steps} st."]
+    lora_new = med[f"new forward, LoRA policy, batch, {steps} st."]
     print(
         f"   training's candidates (the policy with a rank-{LORA_RANK} LoRA adapter, {steps} steps), "
         f"old / new forward: {lora_old / lora_new:.2f}x"
     )
+    if compiled_rows:
+        plain, fast_row, lora_row = list(compiled_rows)
+        print(
+            f"   torch.compile (VPO_COMPILE=on): new / compiled forward (batch, {steps} steps) "
+            f"{new / med[plain]:.2f}x; LoRA policy {lora_new / med[lora_row]:.2f}x; the candidates' batch, old forward "
+            f"at {steps} steps / {fast_row}: {old / med[fast_row]:.2f}x"
+        )
+        for label, (cold, warm) in costs.items():
+            print(
+                f"   compile cost, {label} (batch {2 * n}): {cold:.1f} s on an empty cache, {warm:.1f} s from the "
+                f"disk cache (a later process), each a 1-step sample including its compile"
+            )
     print(
         f"   model FLOPs per denoising step: {flops_step / 1e9:.2f} GFLOP for the batch "
         f"({flops_step / (2 * n) / 1e9:.3f} GFLOP per video forward); {dtype_name} matmul peak "
@@ -238,11 +315,13 @@ def ablation(backbone, args, x, sigma, text) -> None:
         "convolution's residual folded",
         "matmul attention on CPU bf16",
         "all (the old forward)",
-    ]
+    ] + (["none, compiled (VPO_COMPILE=on)"] if args.compile else [])
     times: dict[str, list[float]] = {c: [] for c in changes}
     tr = backbone.transformer
 
     def context(change):
+        if change.startswith("none, compiled"):
+            return compiled()
         return reference(tr) if change.startswith("all") else undone(change, tr)
 
     with torch.no_grad(), backbone.autocast():
@@ -286,15 +365,17 @@ def quality(backbone, args) -> None:
             one("new", sampler, steps, shift, contextlib.nullcontext())
     if not args.no_old_quality:
         one("old", "euler", args.steps, 1.0, reference(backbone.transformer))
+    if args.compile:
+        one("compiled", "euler", args.steps, 1.0, compiled())
     truth = rows[0][6]["flicker_ground_truth"]
     print(f"\n3. steps vs quality: {n} held-out scenes (vpo/fidelity.py), CFG {args.guidance}")
     print(
-        f"   {'forward':7s} {'sampler':7s} {'steps':>5s} {'shift':>5s} {'velocities':>10s} {'wall s':>7s} "
+        f"   {'forward':8s} {'sampler':7s} {'steps':>5s} {'shift':>5s} {'velocities':>10s} {'wall s':>7s} "
         f"{'colour':>7s} {'motion':>7s} {'shape':>7s} {'flicker':>8s} {'gap to GT':>9s} {'|d| to default':>14s}"
     )
     for label, sampler, steps, shift, evals, wall, r, delta in rows:
         print(
-            f"   {label:7s} {sampler:7s} {steps:5d} {shift:5g} {evals:10d} {wall:7.1f} {r['colour_accuracy']:7.1%} "
+            f"   {label:8s} {sampler:7s} {steps:5d} {shift:5g} {evals:10d} {wall:7.1f} {r['colour_accuracy']:7.1%} "
             f"{r['direction_accuracy']:7.1%} {r['shape_accuracy']:7.1%} {r['flicker_generated']:8.4f} "
             f"{truth - r['flicker_generated']:9.4f} {delta:14.2f}"
         )
@@ -320,6 +401,7 @@ def main() -> None:
     ap.add_argument("--quality-runs", default=QUALITY_RUNS, help=f"SAMPLER:STEPS,... (default {QUALITY_RUNS})")
     ap.add_argument("--no-old-quality", action="store_true", help="no quality row for the old forward")
     ap.add_argument("--quality-only", action="store_true", help="only the steps-vs-quality table")
+    ap.add_argument("--no-compile", dest="compile", action="store_false", help="no torch.compile rows")
     args = ap.parse_args()
     try:  # a bad list fails before minutes of measuring
         runs(args.quality_runs)

@@ -32,7 +32,9 @@ import contextlib
 import contextvars
 import ctypes
 import functools
+import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -45,6 +47,8 @@ from vpo.backbones import SAMPLERS
 
 if TYPE_CHECKING:
     from vpo.backbones.physencoder import PhysEncoder
+
+log = logging.getLogger(__name__)
 
 
 def keep_freed_memory(keep: bool = True) -> None:
@@ -83,7 +87,11 @@ def training_arithmetic() -> Iterator[None]:
 
 def sampling_shortcuts() -> bool:
     """Whether a forward may take the shortcuts ``training_arithmetic`` describes: outside autograd
-    and outside that block (sampling, held-out videos, evaluation)."""
+    and outside that block (sampling, held-out videos, evaluation). Inside a compiled forward: yes,
+    since only sampling is compiled (``Backbone.denoiser``), and dynamo cannot trace a ContextVar
+    (it would split the graph at every layer)."""
+    if torch.compiler.is_compiling():
+        return True
     return not torch.is_grad_enabled() and not _TRAINING_ARITHMETIC.get()
 
 
@@ -107,6 +115,64 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
     if choice == "bf16" or device_type == "cuda":
         return torch.bfloat16
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+COMPILE_CHOICES = ("off", "on")
+
+
+@functools.cache
+def compile_sampling() -> bool:
+    """Whether sampling runs the transformer through ``torch.compile`` (inductor), from ``VPO_COMPILE``:
+    ``off`` (default) or ``on``. Outside autograd only (``sampling_shortcuts``: candidates, held-out
+    videos, evaluations); training's forwards stay eager. It fuses the element-wise work between the
+    matmuls (layer norms, adaLN, GELU, residual adds, casts), which is most of what is left of the tiny
+    backbone's forward on a CPU (``docs/tiny-backbone.md``, "torch.compile for sampling"). The cost:
+    a compile on the first call for each batch size in each process, about a minute on a 2-core CPU
+    with an empty cache, seconds with a filled one (``compile_cache_dir``); each is logged."""
+    choice = os.environ.get("VPO_COMPILE", "off").strip().lower() or "off"
+    if choice not in COMPILE_CHOICES:
+        raise ValueError(f"VPO_COMPILE={choice!r} is not valid; valid: {', '.join(COMPILE_CHOICES)}")
+    return choice == "on"
+
+
+def compile_cache_dir() -> str:
+    """Where inductor keeps its compiled kernels for the next process: ``TORCHINDUCTOR_CACHE_DIR``,
+    by default ``/tmp/torchinductor_<user>`` (torch's), which a worker's later tasks find until the
+    machine reboots; point it at a lasting volume to keep it longer."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return cache_dir()
+
+
+class CompiledForward:
+    """A module's ``torch.compile``'d forward for sampling, which logs what each first call costs.
+
+    One graph per input shape (``dynamic=False``: sampling meets a few batch sizes, 2 N with CFG, and a
+    graph specialised to each ran faster than a dynamic one could). The parameters are the graph's
+    inputs, not constants (no inductor "freezing"), so an optimiser step or a loaded checkpoint is seen
+    on the next call; changing the module's structure (attaching a LoRA adapter) recompiles."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+        self.compiled = torch.compile(module, dynamic=False)
+        self.shapes: set[tuple] = set()
+
+    def __call__(self, *args, **kwargs):
+        shapes = tuple(tuple(a.shape) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor))
+        if shapes in self.shapes:
+            return self.compiled(*args, **kwargs)
+        start = time.perf_counter()
+        out = self.compiled(*args, **kwargs)
+        self.shapes.add(shapes)
+        log.warning(
+            "VPO_COMPILE=on: the first sampling forward of %s on inputs %s took %.1f s, its compile included "
+            "(inductor's cache: %s)",
+            type(self.module).__name__,
+            ", ".join("x".join(map(str, s)) for s in shapes),
+            time.perf_counter() - start,
+            compile_cache_dir(),
+        )
+        return out
 
 
 keep_freed_memory()
@@ -219,6 +285,17 @@ class Backbone(torch.nn.Module):
         return text if images is None else torch.cat([text, self.image_condition(images).to(text)], 1)
 
     # --- shared -------------------------------------------------------------------------------
+    def denoiser(self) -> Callable[..., torch.Tensor]:
+        """What ``predict_velocity`` calls to run the transformer: the module itself, or, with
+        ``VPO_COMPILE=on`` outside autograd (``sampling_shortcuts``), its compiled forward
+        (``CompiledForward``, made once per backbone and transformer)."""
+        if not (compile_sampling() and sampling_shortcuts()):
+            return self.transformer
+        compiled = getattr(self, "_compiled_forward", None)
+        if compiled is None or compiled.module is not self.transformer:
+            compiled = self._compiled_forward = CompiledForward(self.transformer)
+        return compiled
+
     @property
     def device(self) -> torch.device:
         return next(self.transformer.parameters()).device

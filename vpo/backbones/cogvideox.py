@@ -84,7 +84,7 @@ class CogVideoXBackbone(DiffusersVideoBackbone):
             rotary = self.pipe._prepare_rotary_positional_embeddings(
                 self.spec.height, self.spec.width, x.shape[2], x.device
             )
-        v = self.transformer(
+        v = self.denoiser()(
             hidden_states=x.permute(0, 2, 1, 3, 4).to(dtype),
             encoder_hidden_states=text.to(dtype),
             timestep=self.timestep_of(sigma).to(dtype if dtype == torch.float64 else torch.float32),

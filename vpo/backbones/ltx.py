@@ -62,7 +62,7 @@ class LTXBackbone(DiffusersVideoBackbone):
         packed = LTXPipeline._pack_latents(x_t, config.patch_size, config.patch_size_t)
         dtype = self.transformer.dtype
         mask = (text.abs().sum(-1) > 0).to(dtype)  # encode_prompts zeroes the padding
-        out = self.transformer(
+        out = self.denoiser()(
             hidden_states=packed.to(dtype),
             encoder_hidden_states=text.to(dtype),
             timestep=sigma.float() * 1000,

@@ -168,8 +168,9 @@ class Linears:
     on every call in bf16; oneDNN's matmul on a weight reordered once into its blocked layout ran this
     model's shapes (6,144 rows, K = 128 or 512) faster: 1.2-1.5x on the MLP's shapes in fp32 on an AMD
     EPYC with AVX2, 5-15% in bf16 on one with avx512_bf16 (``docs/tiny-backbone.md``, "Forward pass").
-    It applies where torch has oneDNN, outside autograd (the op has no backward) and a DPO loss's
-    reference (``vpo.backbones.base.training_arithmetic``), on CPU tensors computing in fp32
+    It applies where torch has oneDNN, outside autograd (the op has no backward), outside a DPO loss's
+    reference (``vpo.backbones.base.training_arithmetic``) and a compiled forward (``VPO_COMPILE``:
+    inductor chooses its own kernels and cannot trace this cache), on CPU tensors computing in fp32
     or bf16 (autocast's dtype: the input is cast as autocast would, the weight is packed in it);
     elsewhere (training, GPUs) this is ``F.linear``. Reordering a weight costs about a millisecond, so
     the packed copy is kept, keyed by the storage and version counter of every tensor it was made
@@ -195,6 +196,7 @@ class Linears:
         dtype = compute_dtype(x)
         if not (
             cls.prepacked
+            and not torch.compiler.is_compiling()  # first: dynamo cannot trace is_inference()
             and x.device.type == "cpu"
             and x.dtype in (torch.float32, dtype)
             and dtype in (torch.float32, torch.bfloat16)
@@ -593,7 +595,7 @@ class TinyBackbone(Backbone):
     def predict_velocity(self, x_t, sigma, text):
         # x_t: (B, C, F, H, W) pixels in [-1, 1]
         c_in, c_skip, c_out = self.preconditioning(sigma)
-        out = self.transformer(x_t * c_in, sigma, text)
+        out = self.denoiser()(x_t * c_in, sigma, text)
         return c_skip * x_t + c_out * out.float()
 
     def latent_shape(self):

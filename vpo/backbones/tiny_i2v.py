@@ -88,7 +88,7 @@ class TinyI2VBackbone(TinyBackbone):
     def predict_velocity(self, x_t, sigma, text):
         context, frame, extra = self.split_conditioning(text)
         c_in, c_skip, c_out = self.preconditioning(sigma)
-        out = self.transformer(x_t * c_in, sigma, context, first_frame=frame, extra=extra)
+        out = self.denoiser()(x_t * c_in, sigma, context, first_frame=frame, extra=extra)
         v = c_skip * x_t + c_out * out.float()
         # frame 0 is given: its exact velocity on the straight path to it (module docstring, 2.)
         s = sigma.float().view(-1, 1, 1, 1).clamp_min(MIN_SIGMA)

@@ -42,7 +42,7 @@ class WanBackbone(DiffusersVideoBackbone):
 
     def predict_velocity(self, x_t, sigma, text):
         dtype = self.transformer.dtype
-        return self.transformer(
+        return self.denoiser()(
             hidden_states=x_t.to(dtype),
             timestep=sigma.float() * 1000,
             encoder_hidden_states=text.to(dtype),

@@ -139,7 +139,7 @@ class WanI2VBackbone(WanBackbone):
     def predict_velocity(self, x_t, sigma, text):
         text, states, latent = self.split_conditioning(text)
         dtype = self.transformer.dtype
-        return self.transformer(
+        return self.denoiser()(
             hidden_states=torch.cat([x_t, latent.to(x_t)], 1).to(dtype),
             timestep=sigma.float() * 1000,
             encoder_hidden_states=text.to(dtype),
