@@ -126,9 +126,9 @@ def compile_sampling() -> bool:
     ``off`` (default) or ``on``. Outside autograd only (``sampling_shortcuts``: candidates, held-out
     videos, evaluations); training's forwards stay eager. It fuses the element-wise work between the
     matmuls (layer norms, adaLN, GELU, residual adds, casts), which is most of what is left of the tiny
-    backbone's forward on a CPU (``docs/tiny-backbone.md``, "torch.compile for sampling"). The cost:
-    a compile on the first call for each batch size in each process, about a minute on a 2-core CPU
-    with an empty cache, seconds with a filled one (``compile_cache_dir``); each is logged."""
+    backbone's forward on a CPU. The cost: a compile on the first call for each batch size in each
+    process, much shorter where inductor's disk cache has its kernels (``compile_cache_dir``); each
+    is logged. What it buys and costs: ``docs/tiny-backbone.md``, "torch.compile for sampling"."""
     choice = os.environ.get("VPO_COMPILE", "off").strip().lower() or "off"
     if choice not in COMPILE_CHOICES:
         raise ValueError(f"VPO_COMPILE={choice!r} is not valid; valid: {', '.join(COMPILE_CHOICES)}")
@@ -147,8 +147,8 @@ def compile_cache_dir() -> str:
 class CompiledForward:
     """A module's ``torch.compile``'d forward for sampling, which logs what each first call costs.
 
-    One graph per input shape (``dynamic=False``: sampling meets a few batch sizes, 2 N with CFG, and a
-    graph specialised to each ran faster than a dynamic one could). The parameters are the graph's
+    One graph per input shape (``dynamic=False``: sampling meets a few batch sizes, 2 N with CFG; a
+    dynamic-shape graph was not measured). The parameters are the graph's
     inputs, not constants (no inductor "freezing"), so an optimiser step or a loaded checkpoint is seen
     on the next call; changing the module's structure (attaching a LoRA adapter) recompiles."""
 
