@@ -1,6 +1,7 @@
 """The experiments app on the real database: access control, forms, exports, media."""
 
 import io
+import re
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -56,7 +57,11 @@ def test_anonymous_users_are_sent_to_login_from_every_experiment_url(client, exp
             assert r.status_code == 401 and r.json()["error"] == "log in first", url
             continue
         assert r.status_code == 302 and r["Location"].startswith(reverse("login")), url
-    for url in (reverse("experiments:cancel", args=[experiment.pk]), reverse("experiments:demo")):
+    for url in (
+        reverse("experiments:cancel", args=[experiment.pk]),
+        reverse("experiments:continue", args=[experiment.pk]),
+        reverse("experiments:demo"),
+    ):
         assert client.post(url)["Location"].startswith(reverse("login"))
 
 
@@ -65,6 +70,7 @@ def test_another_user_gets_404_on_every_url_of_an_experiment_and_cannot_cancel_i
     for url in urls_of(experiment):
         assert client.get(url).status_code == 404, url
     assert client.post(reverse("experiments:cancel", args=[experiment.pk])).status_code == 404
+    assert client.post(reverse("experiments:continue", args=[experiment.pk])).status_code == 404
     experiment.refresh_from_db()
     assert not experiment.cancel_requested
     assert b"a run" not in client.get(reverse("experiments:list")).content
@@ -170,6 +176,23 @@ def test_compare_shows_only_the_fields_that_differ(owner, experiment):
     r = logged_in(owner).get(reverse("experiments:compare") + f"?ids={experiment.pk}&ids={other.pk}")
     assert r.status_code == 200
     assert [k for k, _ in r.context["differing"]] == ["beta"]
+
+
+def test_only_a_finished_run_the_alarm_stopped_may_continue(owner, experiment):
+    """Continue switches the held-out alarm off and sends the run again: refused (400, nothing changed)
+    for a queued run, a finished one without an alarm, and the GET a link would send."""
+    client = logged_in(owner)
+    url = reverse("experiments:continue", args=[experiment.pk])
+    config = dict(experiment.config)
+    assert client.get(url).status_code == 405
+    assert client.post(url).status_code == 400  # queued
+    experiment.set_status("finished")
+    r = client.post(url)
+    assert r.status_code == 400 and b"held-out alarm stopped can continue" in r.content
+    experiment.refresh_from_db()
+    assert experiment.status == "finished" and experiment.config == config
+    page = client.get(reverse("experiments:detail", args=[experiment.pk])).content.decode()
+    assert "hidden" in re.search(r'<form[^>]*id="continue-form"[^>]*>', page).group(0)
 
 
 def test_cancelling_a_queued_experiment_cancels_it_at_once(owner, experiment):

@@ -15,6 +15,7 @@ urlpatterns = [
     path("<int:pk>/metrics.json", views.metrics_json, name="metrics"),
     path("<int:pk>/samples.json", views.samples_json, name="samples"),
     path("<int:pk>/cancel/", views.cancel, name="cancel"),
+    path("<int:pk>/continue/", views.continue_run, name="continue"),
     path("<int:pk>/edit/", views.edit, name="edit"),
     path("<int:pk>/archive/", views.archive, name="archive"),
     path("<int:pk>/delete/", views.delete, name="delete"),

@@ -317,6 +317,30 @@ def cancel(request, pk):
 
 
 @login_required
+@require_POST
+def continue_run(request, pk):
+    """Go on with a run its held-out alarm stopped, the alarm switched off (``stop_heldout`` is among
+    what a resumed run may change, ``RESUME_MAY_CHANGE``): the run goes back to the queue as paused and
+    resumes from its last checkpoint to its planned steps. Anything else is refused with a 400."""
+    experiment = visible_or_404(request, pk)
+    if experiment.physmaster is not None:
+        return HttpResponse("a PhysMaster chain has no held-out alarm to switch off", status=400)
+    # one conditional update: two clicks (or two tabs) send the run once
+    config = {**experiment.config, "stop_heldout": "none"}
+    taken = (
+        Experiment.objects.filter(pk=experiment.pk, status=Status.FINISHED)
+        .exclude(stopped_reason="")
+        .update(config=config, stopped_reason="", finished=None)
+    )
+    if not taken:
+        return HttpResponse("only a finished run that its held-out alarm stopped can continue", status=400)
+    experiment.refresh_from_db()
+    experiment.set_status(Status.PAUSED)  # saved and pushed: the page shows it waiting for a worker
+    enqueue_on_commit(experiment)
+    return redirect(experiment)
+
+
+@login_required
 def export_config(request, pk):
     experiment = visible_or_404(request, pk)
     response = HttpResponse(experiment.export_toml(), content_type="application/toml; charset=utf-8")

@@ -137,6 +137,7 @@
     $("#error").textContent = msg.error || "";
     $("#stopped").hidden = !msg.stopped_reason;
     $("#stopped").textContent = msg.stopped_reason || "";
+    $("#continue-form").hidden = !(msg.stopped_reason && msg.status === "finished");
   }
 
   // --- phase: what the step in progress is doing, and when the run should end ---------------
