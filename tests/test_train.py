@@ -224,25 +224,27 @@ def test_a_run_resumed_with_more_steps_in_a_moved_folder_trains_what_one_longer_
         run_train(cfg_for(tmp_path / "moved", steps=6, beta=123.0), small(), resume=True)
 
 
+# the shipped model broken on purpose: one step at lr 0.5 takes the subject out of its held-out videos,
+# and the alarm on presence stops the run at step 1 of 3 (also tests/test_web_continue.py)
+ALARMED_RUN = {
+    "steps": 3,
+    "num_candidates": 2,
+    "sampling_steps": 6,
+    "flow_shift": 3.0,
+    "heldout_count": 4,
+    "heldout_every": 1,
+    "checkpoint_every": 1,
+    "tie_tolerance": 0.0,
+    "lr": 0.5,
+    "stop_heldout": "presence",
+    "stop_drop": 0.2,
+}
+
+
 def test_the_held_out_alarm_stops_a_run_whose_subject_is_gone_and_names_the_checkpoint_before(tmp_path):
     """The shipped model, broken on purpose by one step at lr 0.5: its held-out videos lose their
     subject, so ``stop_heldout = presence`` stops the run at the first check after the fall."""
-    cfg = TrainConfig.from_dict(
-        {
-            "steps": 3,
-            "num_candidates": 2,
-            "sampling_steps": 6,
-            "flow_shift": 3.0,
-            "heldout_count": 4,
-            "heldout_every": 1,
-            "checkpoint_every": 1,
-            "tie_tolerance": 0.0,
-            "lr": 0.5,
-            "stop_heldout": "presence",
-            "stop_drop": 0.2,
-            "out": str(tmp_path / "run"),
-        }
-    )
+    cfg = TrainConfig.from_dict({**ALARMED_RUN, "out": str(tmp_path / "run")})
     sink = JsonlSink(cfg.out, cfg.steps, progress=False)
     try:
         last = train(cfg, sink)

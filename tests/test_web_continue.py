@@ -1,7 +1,8 @@
 """A run its held-out alarm stopped goes on from its page, the alarm switched off, on a real Celery
-worker: launched from the form with the shipped model broken on purpose (one step at lr 0.5 makes
-its held-out videos lose their subject, as in ``tests/test_train.py``), stopped by ``stop_heldout =
-presence`` after step 1, then continued to its 3 planned steps from the step-1 checkpoint."""
+worker: launched from the form with the shipped model broken on purpose (``tests/test_train.py``'s
+``ALARMED_RUN``: one step at lr 0.5 makes its held-out videos lose their subject), stopped by
+``stop_heldout = presence`` after step 1, then continued to its 3 planned steps from the step-1
+checkpoint."""
 
 import re
 import time
@@ -10,22 +11,9 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.urls import reverse
 
+from tests.test_train import ALARMED_RUN
 from tests.test_web_experiments import form_data, logged_in
 from webapp.experiments.models import Experiment
-
-ALARMED = {
-    "steps": 3,
-    "num_candidates": 2,
-    "sampling_steps": 6,
-    "flow_shift": 3.0,
-    "heldout_count": 4,
-    "heldout_every": 1,
-    "checkpoint_every": 1,
-    "tie_tolerance": 0.0,
-    "lr": 0.5,
-    "stop_heldout": "presence",
-    "stop_drop": 0.2,
-}
 
 
 def until_done(experiment: Experiment, seconds: float = 400) -> Experiment:
@@ -42,7 +30,7 @@ def until_done(experiment: Experiment, seconds: float = 400) -> Experiment:
 def test_a_run_the_alarm_stopped_continues_from_its_page_without_the_alarm(live_stack, transactional_db):
     owner = get_user_model().objects.create_user("olga", password="pw-olga-long")
     client = logged_in(owner)
-    r = client.post(reverse("experiments:new"), form_data(**ALARMED))
+    r = client.post(reverse("experiments:new"), form_data(**ALARMED_RUN))
     assert r.status_code == 302, r.content.decode()[:2000]
     experiment = until_done(Experiment.objects.get())
     assert experiment.status == "finished", experiment.error
