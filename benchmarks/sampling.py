@@ -413,6 +413,11 @@ def main() -> None:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    with compiled(False):  # eager unless a row says compiled, whatever VPO_COMPILE is set to
+        measure(args)
+
+
+def measure(args) -> None:
     t0 = time.perf_counter()
     n = args.candidates
     backbone = load_backbone("tiny")
