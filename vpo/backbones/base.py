@@ -148,9 +148,9 @@ class CompiledForward:
     """A module's ``torch.compile``'d forward for sampling, which logs what each first call costs.
 
     One graph per input shape (``dynamic=False``: sampling meets a few batch sizes, 2 N with CFG; a
-    dynamic-shape graph was not measured). The parameters are the graph's
-    inputs, not constants (no inductor "freezing"), so an optimiser step or a loaded checkpoint is seen
-    on the next call; changing the module's structure (attaching a LoRA adapter) recompiles."""
+    dynamic-shape graph was not measured). The parameters are the graph's inputs, not constants (no
+    inductor "freezing"), so an optimiser step or a loaded checkpoint is seen on the next call;
+    changing the module's structure (attaching a LoRA adapter) recompiles."""
 
     def __init__(self, module: torch.nn.Module):
         self.module = module
