@@ -175,6 +175,8 @@ def compile_costs(samplers: dict) -> dict[str, tuple[float, float]]:
             cold = timed(fn)
             torch._dynamo.reset()
             costs[label] = (cold, timed(fn))
+        for fn in samplers.values():  # a reset dropped the earlier ones' code: load it before the timed rows
+            fn()
     return costs
 
 
@@ -259,8 +261,7 @@ def speed(backbone, args, flops_step: float, peak: float, dtype_name: str) -> No
     t: dict[str, list[float]] = {k: [] for k in rows}
     for _ in range(args.repeats):
         for k, (fn, _) in rows.items():
-            with compiled(False) if k not in compiled_rows else contextlib.nullcontext():
-                t[k].append(timed(fn))
+            t[k].append(timed(fn))  # eager, as all of measure() is, unless the row is compiled_row's
     med = {k: statistics.median(v) for k, v in t.items()}
     print(f"\n1. speed: {n} candidates with CFG (forward batch {2 * n}), {args.repeats} interleaved repeats each")
     for k, (_, k_steps) in rows.items():
