@@ -2,7 +2,7 @@
 
     python benchmarks/sampling.py [--candidates 6] [--steps 20] [--candidate-runs euler:10,euler:6:3]
                                   [--repeats 3] [--quality-n 32] [--quality-runs euler:20,euler:6:3,...]
-                                  [--threads N] [--no-compile]
+                                  [--threads N] [--no-compile] [--ceiling]
 
 A run is SAMPLER:STEPS[:SHIFT], SHIFT the sampling schedule's flow shift (SD3's; 1 = none, tiny's
 default; ``flow_shift`` in the training config). Prints, all measured in this one run:
@@ -21,7 +21,9 @@ default; ``flow_shift`` in the training config). Prints, all measured in this on
    ``--candidate-runs`` and from the LoRA policy, through ``torch.compile``, and what the compile
    cost on an empty inductor cache and from the disk cache a later process reads;
 2. what each change of the forward bought: one forward of the candidates' batch with each change
-   undone alone, and compiled (interleaved repeats, medians);
+   undone alone, and compiled (interleaved repeats, medians), each with its share of the peak; with
+   ``--ceiling`` also inductor's best on this CPU (weights frozen into the graph, max-autotune), a
+   ceiling for any compiled forward that ``VPO_COMPILE`` cannot ship (frozen weights go stale);
 3. steps vs quality: the held-out fidelity check (``vpo/fidelity.py``: colour, motion direction and
    shape found by the ground-truth detector, flickering vs ground truth) for each sampler, step
    count and shift, the velocities each cost, the wall time, and how far each run's videos are from the default
@@ -60,6 +62,7 @@ CANDIDATE_RUNS = "euler:10,euler:6:3"
 QUALITY_RUNS = "euler:20,euler:10,euler:6:3,euler:20:3,heun:10"
 LORA_RANK = TrainConfig().lora_rank  # training's default
 PREPACKED = Linears.prepacked  # whether this torch has oneDNN's matmul on packed weights
+CPU_BF16_MATMULS = Attention.cpu_bf16_matmuls  # this CPU's choice: matmuls where it has no AMX, else the fused kernel
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 20) -> dict[str, float]:
@@ -136,13 +139,15 @@ def undone(change: str, transformer):
             Attention.fold_cross = False
         elif change == "convolution's residual folded":
             ConvMLP.fold_residual = False
-        elif change == "matmul attention on CPU bf16":
-            Attention.cpu_bf16_matmuls = False
+        elif change == "CPU bf16 attention choice":
+            Attention.cpu_bf16_matmuls = not CPU_BF16_MATMULS
+        elif change == "fp32 softmax of 8 keys":
+            Attention.few_keys_in_fp32 = False
         yield
     finally:
         Attention.fuse_projections, ConvMLP.approximate = True, "none"
         Attention.fold_cross, ConvMLP.fold_residual, Linears.prepacked = True, True, PREPACKED
-        Attention.cpu_bf16_matmuls = True
+        Attention.cpu_bf16_matmuls, Attention.few_keys_in_fp32 = CPU_BF16_MATMULS, True
         for m, flag in zip(attentions, saved):
             m.fused_kernel = flag
 
@@ -304,7 +309,25 @@ def speed(backbone, args, flops_step: float, peak: float, dtype_name: str) -> No
     )
 
 
-def ablation(backbone, args, x, sigma, text) -> None:
+@contextlib.contextmanager
+def frozen_and_autotuned(backbone, compiled_forward: list):
+    """Sampling through inductor's best on this CPU, as a ceiling for the compiled forward: the
+    weights frozen into the graph as constants (``freezing``: prepacked for oneDNN, folded with what
+    follows them) and ``mode="max-autotune"`` (inductor's own C++ GEMM templates, AMX where the CPU has
+    it). Not what ``VPO_COMPILE`` can ship: a frozen graph does not see a changed weight, so a policy
+    under training would sample from stale weights. Compiled on first use (``compiled_forward``)."""
+    if not compiled_forward:
+        compiled_forward.append(torch.compile(backbone.transformer, dynamic=False, mode="max-autotune"))
+    backbone.denoiser = lambda: compiled_forward[0]  # the instance attribute shadows the method
+    quiet = {"autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}  # no per-GEMM tables
+    try:
+        with torch._inductor.config.patch(freezing=True, **quiet):  # read when the first call compiles
+            yield
+    finally:
+        del backbone.denoiser
+
+
+def ablation(backbone, args, x, sigma, text, flops_step: float, peak: float) -> None:
     changes = [
         "none (today's forward)",
         "fused QKV",
@@ -314,32 +337,42 @@ def ablation(backbone, args, x, sigma, text) -> None:
         "oneDNN prepacked matmuls",
         "folded cross-attention",
         "convolution's residual folded",
-        "matmul attention on CPU bf16",
+        "CPU bf16 attention choice",
+        "fp32 softmax of 8 keys",
         "all (the old forward)",
     ] + (["none, compiled (VPO_COMPILE=on)"] if args.compile else [])
+    changes += ["none, frozen + max-autotune"] if args.ceiling else []
+    frozen: list = []
     times: dict[str, list[float]] = {c: [] for c in changes}
     tr = backbone.transformer
 
     def context(change):
         if change.startswith("none, compiled"):
             return compiled()
+        if change.startswith("none, frozen"):
+            return frozen_and_autotuned(backbone, frozen)
         return reference(tr) if change.startswith("all") else undone(change, tr)
 
     with torch.no_grad(), backbone.autocast():
-        for _ in range(2):
+        for warm_up in range(2):
             for change in changes:
+                start = time.perf_counter()
                 with context(change):
                     backbone.predict_velocity(x, sigma, text)
+                if change.startswith("none, frozen") and warm_up == 0:
+                    took = time.perf_counter() - start
+                    print(f"   (frozen + max-autotune: the first call, its compile included, took {took:.1f} s)")
         for _ in range(args.repeats * 3):
             for change in changes:
                 with context(change):
                     times[change].append(timed(lambda: backbone.predict_velocity(x, sigma, text)))
     base = statistics.median(times[changes[0]])
     print(f"\n2. one forward of batch {x.shape[0]}, each change undone alone ({args.repeats * 3} repeats, medians)")
-    print(f"   {'undone':32s} {'median':>9s} {'vs today':>9s}")
+    print(f"   {'undone':32s} {'median':>9s} {'vs today':>9s} {'GFLOP/s':>8s} {'of peak':>8s}")
     for change in changes:
         m = statistics.median(times[change])
-        print(f"   {change:32s} {m * 1e3:6.0f} ms {m / base:8.2f}x")
+        rate = flops_step / m / 1e9
+        print(f"   {change:32s} {m * 1e3:6.0f} ms {m / base:8.2f}x {rate:8.0f} {rate / peak:8.0%}")
 
 
 def quality(backbone, args) -> None:
@@ -403,6 +436,11 @@ def main() -> None:
     ap.add_argument("--no-old-quality", action="store_true", help="no quality row for the old forward")
     ap.add_argument("--quality-only", action="store_true", help="only the steps-vs-quality table")
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="no torch.compile rows")
+    ap.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="section 2 also times inductor's best: weights frozen, max-autotune (a ceiling; minutes to compile)",
+    )
     args = ap.parse_args()
     try:  # a bad list fails before minutes of measuring
         runs(args.quality_runs)
@@ -443,7 +481,7 @@ def measure(args) -> None:
         kernels = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
         print(f"{dtype_name} matmul peak (2048^3, best of 20): {kernels}; the faster is the peak below")
         speed(backbone, args, flops_step, peak, dtype_name)
-        ablation(backbone, args, x, sigma, text)
+        ablation(backbone, args, x, sigma, text, flops_step, peak)
     if args.quality_n:
         quality(backbone, args)
     load = os.getloadavg()

@@ -10,7 +10,7 @@ from peft import LoraConfig
 
 from vpo.backbones import SAMPLERS
 from vpo.backbones.base import heun_step
-from vpo.backbones.tiny import Linears, TinyBackbone
+from vpo.backbones.tiny import Linears, TinyBackbone, softmax_of_few
 from vpo.backbones.tiny_reference import reference
 from vpo.train.config import ConfigError, TrainConfig
 
@@ -51,6 +51,22 @@ def test_fast_forward_in_bf16_is_as_close_to_fp32_as_the_old_one_was(tiny):
     new_error = rms(velocities(tiny, bf16=True) - exact)
     assert 0 < old_error < 2e-2
     assert new_error < 1.25 * old_error, (new_error, old_error)
+
+
+def test_the_softmax_of_few_keys_is_torchs_and_stable():
+    """Temporal attention's softmax over 8 keys when sampling on a CPU (``softmax_of_few``): torch's
+    softmax within fp32 rounding, for bf16 and fp32 logits, with logits large enough that exp alone
+    would overflow, and its input left as it was (it works in place on a copy)."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(96, 4, 8, 8, generator=g) * 3
+    logits[0, 0, 0] += 1000  # exp(1000) is inf in fp32: only a max-subtracted softmax survives it
+    for dtype in (torch.float32, torch.bfloat16):
+        x = logits.to(dtype)
+        kept = x.clone()
+        ours = softmax_of_few(x)
+        assert ours.dtype == torch.float32 and torch.isfinite(ours).all()
+        assert (ours - x.float().softmax(-1)).abs().max() < 1e-6
+        assert torch.equal(x, kept)
 
 
 def test_a_lora_adapter_applies_in_the_fast_forward(tiny):

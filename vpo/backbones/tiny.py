@@ -99,6 +99,23 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return torch.addcmul(shift[:, None], x, 1 + scale[:, None])
 
 
+def softmax_of_few(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over a last axis of a few elements (temporal attention's 8 keys), in fp32, as
+    ``exp(l - max) / sum``: each pass runs over the whole tensor, where torch's CPU softmax vectorises
+    along the softmax axis and leaves most of a vector register idle on rows of 8 (measured on the
+    (768, 4, 8, 8) logits of a batch of 12: 1.0 ms in bf16 and 1.5 ms in fp32 against 0.25 ms;
+    ``docs/tiny-backbone.md``). Outside autograd only: the passes run in place."""
+    logits = logits.float()
+    exp = (logits - logits.amax(-1, keepdim=True)).exp_()
+    return exp.div_(exp.sum(-1, keepdim=True))
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has Intel's AMX tiles, which torch's CPU attention kernel uses for bf16."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe is not None and probe())
+
+
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype the next matmul on ``x`` runs in: autocast's where it is on, else ``x``'s."""
     device = x.device.type
@@ -226,16 +243,18 @@ class Attention(nn.Module):
     projections through strided views, so neither the heads nor the tokens are copied into another
     layout. For the 8-token sequences of temporal attention two matmuls around a softmax measured
     faster alone (``fused_kernel=False``), and so did they for all attention on a CPU
-    computing in bf16 (``cpu_bf16_matmuls``). Cross-attention folds its query and output
+    computing in bf16 without AMX (``cpu_bf16_matmuls``). Cross-attention folds its query and output
     projections into the text's keys and values (``folded_cross_attention``). Figures in
     ``docs/tiny-backbone.md``, "Forward pass"."""
 
     fuse_projections = True  # False: one matmul per projection (benchmarks/sampling.py measures both)
     fold_cross = True  # False: cross-attention as the other attentions (benchmarks/sampling.py)
     # On a CPU in bf16 the fused kernel made the whole forward about 10% slower than two matmuls on
-    # an AMD EPYC with avx512_bf16 (four runs) and was level on a Xeon with AMX; in fp32 (AVX2) it
-    # was 2-9% faster, and on GPUs it is the flash kernel. False: the kernel wherever fused_kernel.
-    cpu_bf16_matmuls = True
+    # an AMD EPYC with avx512_bf16 (four runs); on a Xeon with AMX, whose tiles torch's kernel runs its
+    # bf16 products on, it was level under load and 3-6% faster quiet; in fp32 (AVX2) it was 2-9%
+    # faster, and on GPUs it is the flash kernel. False: the kernel wherever fused_kernel.
+    cpu_bf16_matmuls = not cpu_has_amx()
+    few_keys_in_fp32 = True  # False: torch's softmax for temporal attention too (benchmarks/sampling.py)
 
     def __init__(self, dim: int, heads: int, context_dim: int | None = None, fused_kernel: bool = True):
         super().__init__()
@@ -280,11 +299,17 @@ class Attention(nn.Module):
         else:
             # the same as two batched matmuls: faster alone than the fused kernel for the 8-token
             # sequences of temporal attention (3,072 in a batch of 12), and for all of them on a CPU
-            # in bf16. The softmax reads bf16 logits as they are: torch's kernel computes in fp32 and
+            # in bf16 without AMX. The softmax reads bf16 logits as they are: torch's kernel computes in fp32 and
             # rounds its output to bf16, as casting the logits to fp32 and the result back did (within
-            # one bf16 rounding), without the two casts (1.4-1.8x faster on a CPU, docs/tiny-backbone.md)
+            # one bf16 rounding), without the two casts (1.4-1.8x faster on a CPU, docs/tiny-backbone.md).
+            # Rows of a few keys (temporal attention) go through softmax_of_few when sampling on a CPU.
             logits = (q.contiguous() @ k.transpose(-1, -2).contiguous()) * q.shape[-1] ** -0.5
-            out = logits.softmax(-1).to(v.dtype) @ v.contiguous()
+            few_keys = logits.shape[-1] <= 8 and logits.device.type == "cpu"
+            if few_keys and self.few_keys_in_fp32 and sampling_shortcuts():
+                weights = softmax_of_few(logits)
+            else:
+                weights = logits.softmax(-1)
+            out = weights.to(v.dtype) @ v.contiguous()
         return dense(self.to_out, out.transpose(1, 2).reshape(b, n, d))
 
     def folded_cross_attention(self, x: torch.Tensor, keys: torch.Tensor, query: Effective, output: Effective):
