@@ -62,7 +62,7 @@ CANDIDATE_RUNS = "euler:10,euler:6:3"
 QUALITY_RUNS = "euler:20,euler:10,euler:6:3,euler:20:3,heun:10"
 LORA_RANK = TrainConfig().lora_rank  # training's default
 PREPACKED = Linears.prepacked  # whether this torch has oneDNN's matmul on packed weights
-CPU_BF16_MATMULS = Attention.cpu_bf16_matmuls  # this CPU's choice: matmuls where it has no AMX, else the fused kernel
+AMX_KERNEL = Attention.amx_kernel_for_sampling  # this CPU's choice: the fused kernel where it has AMX, else matmuls
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 20) -> dict[str, float]:
@@ -140,14 +140,14 @@ def undone(change: str, transformer):
         elif change == "convolution's residual folded":
             ConvMLP.fold_residual = False
         elif change == "CPU bf16 attention choice":
-            Attention.cpu_bf16_matmuls = not CPU_BF16_MATMULS
+            Attention.amx_kernel_for_sampling = not AMX_KERNEL
         elif change == "fp32 softmax of 8 keys":
             Attention.few_keys_in_fp32 = False
         yield
     finally:
         Attention.fuse_projections, ConvMLP.approximate = True, "none"
         Attention.fold_cross, ConvMLP.fold_residual, Linears.prepacked = True, True, PREPACKED
-        Attention.cpu_bf16_matmuls, Attention.few_keys_in_fp32 = CPU_BF16_MATMULS, True
+        Attention.amx_kernel_for_sampling, Attention.few_keys_in_fp32 = AMX_KERNEL, True
         for m, flag in zip(attentions, saved):
             m.fused_kernel = flag
 

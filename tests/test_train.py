@@ -224,8 +224,11 @@ def test_a_run_resumed_with_more_steps_in_a_moved_folder_trains_what_one_longer_
         run_train(cfg_for(tmp_path / "moved", steps=6, beta=123.0), small(), resume=True)
 
 
-# the shipped model broken on purpose: one step at lr 0.5 takes the subject out of its held-out videos,
-# and the alarm on presence stops the run at step 1 of 3 (also tests/test_web_continue.py)
+# the shipped model broken on purpose: one step at lr 0.5 makes its held-out videos fall apart over time,
+# and the alarm on the held-out temporal score stops the run at step 1 of 3 (also tests/test_web_continue.py).
+# Measured on an AMX Xeon in bf16 with three variants of the sampling arithmetic: temporal 0.948 -> 0.79-0.82
+# after the step, 0.13-0.16 down, each time; presence, watched before, went up or down with the rounding
+# (0.75 -> 0.5 or 1.0), since the step's pairs depend on it.
 ALARMED_RUN = {
     "steps": 3,
     "num_candidates": 2,
@@ -236,14 +239,14 @@ ALARMED_RUN = {
     "checkpoint_every": 1,
     "tie_tolerance": 0.0,
     "lr": 0.5,
-    "stop_heldout": "presence",
-    "stop_drop": 0.2,
+    "stop_heldout": "temporal",
+    "stop_drop": 0.05,
 }
 
 
-def test_the_held_out_alarm_stops_a_run_whose_subject_is_gone_and_names_the_checkpoint_before(tmp_path):
-    """The shipped model, broken on purpose by one step at lr 0.5: its held-out videos lose their
-    subject, so ``stop_heldout = presence`` stops the run at the first check after the fall."""
+def test_the_held_out_alarm_stops_a_run_whose_videos_fall_apart_and_names_the_checkpoint_before(tmp_path):
+    """The shipped model, broken on purpose by one step at lr 0.5: its held-out videos fall apart over
+    time, so ``stop_heldout = temporal`` stops the run at the first check after the fall."""
     cfg = TrainConfig.from_dict({**ALARMED_RUN, "out": str(tmp_path / "run")})
     sink = JsonlSink(cfg.out, cfg.steps, progress=False)
     try:
@@ -251,10 +254,10 @@ def test_the_held_out_alarm_stops_a_run_whose_subject_is_gone_and_names_the_chec
     finally:
         sink.close()
     metrics = read_metrics(cfg.out)
-    base, after = metrics[0]["heldout/presence"], metrics[-1]["heldout/presence"]
+    base, after = metrics[0]["heldout/temporal"], metrics[-1]["heldout/temporal"]
     assert [m["step"] for m in metrics] == [0, 1] and last.name == "step_000001"
-    assert base >= 0.5 and not after >= base - 0.2  # the fall (or no subject found at all: nan)
-    assert sink.stopped_reason.startswith("held-out alarm at step 1 of 3: presence")
+    assert base >= 0.5 and after < base - 0.05
+    assert sink.stopped_reason.startswith("held-out alarm at step 1 of 3: temporal")
     assert f"below the base's {base:.4f}" in sink.stopped_reason and sink.stopped_reason.endswith(
         "none: the base model"
     )

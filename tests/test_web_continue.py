@@ -1,7 +1,7 @@
 """A run its held-out alarm stopped goes on from its page, the alarm switched off, on a real Celery
 worker: launched from the form with the shipped model broken on purpose (``tests/test_train.py``'s
-``ALARMED_RUN``: one step at lr 0.5 makes its held-out videos lose their subject), stopped by
-``stop_heldout = presence`` after step 1, then continued to its 3 planned steps from the step-1
+``ALARMED_RUN``: one step at lr 0.5 makes its held-out videos fall apart over time), stopped by
+``stop_heldout = temporal`` after step 1, then continued to its 3 planned steps from the step-1
 checkpoint."""
 
 import re
@@ -34,7 +34,7 @@ def test_a_run_the_alarm_stopped_continues_from_its_page_without_the_alarm(live_
     assert r.status_code == 302, r.content.decode()[:2000]
     experiment = until_done(Experiment.objects.get())
     assert experiment.status == "finished", experiment.error
-    assert experiment.stopped_reason.startswith("held-out alarm at step 1 of 3: presence")
+    assert experiment.stopped_reason.startswith("held-out alarm at step 1 of 3: temporal")
     assert experiment.last_step == 1 and experiment.checkpoints() == ["step_000001"]
     url = reverse("experiments:continue", args=[experiment.pk])
     page = client.get(experiment.get_absolute_url()).content.decode()

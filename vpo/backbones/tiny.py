@@ -243,17 +243,21 @@ class Attention(nn.Module):
     projections through strided views, so neither the heads nor the tokens are copied into another
     layout. For the 8-token sequences of temporal attention two matmuls around a softmax measured
     faster alone (``fused_kernel=False``), and so did they for all attention on a CPU
-    computing in bf16 without AMX (``cpu_bf16_matmuls``). Cross-attention folds its query and output
+    computing in bf16, except when sampling on one with AMX (``cpu_bf16_matmuls``,
+    ``amx_kernel_for_sampling``). Cross-attention folds its query and output
     projections into the text's keys and values (``folded_cross_attention``). Figures in
     ``docs/tiny-backbone.md``, "Forward pass"."""
 
     fuse_projections = True  # False: one matmul per projection (benchmarks/sampling.py measures both)
     fold_cross = True  # False: cross-attention as the other attentions (benchmarks/sampling.py)
     # On a CPU in bf16 the fused kernel made the whole forward about 10% slower than two matmuls on
-    # an AMD EPYC with avx512_bf16 (four runs); on a Xeon with AMX, whose tiles torch's kernel runs its
-    # bf16 products on, it was level under load and 3-6% faster quiet; in fp32 (AVX2) it was 2-9%
-    # faster, and on GPUs it is the flash kernel. False: the kernel wherever fused_kernel.
-    cpu_bf16_matmuls = not cpu_has_amx()
+    # an AMD EPYC with avx512_bf16 (four runs); in fp32 (AVX2) it was 2-9% faster, and on GPUs it is
+    # the flash kernel. False: the kernel wherever fused_kernel.
+    cpu_bf16_matmuls = True
+    # ... except when sampling on a CPU with AMX, whose tiles torch's kernel runs its bf16 products on:
+    # there the sampling forward was 3-6% faster with it, and a training forward and backward 1.6x
+    # slower (480 vs 756 ms, a LoRA policy's batch of 16), so training keeps the matmuls.
+    amx_kernel_for_sampling = cpu_has_amx()
     few_keys_in_fp32 = True  # False: torch's softmax for temporal attention too (benchmarks/sampling.py)
 
     def __init__(self, dim: int, heads: int, context_dim: int | None = None, fused_kernel: bool = True):
@@ -292,16 +296,19 @@ class Attention(nn.Module):
         else:
             (q,) = self.project(x, (self.to_q,))
             k, v = self.project(context, (self.to_k, self.to_v))
-        on_cpu_bf16 = self.cpu_bf16_matmuls and q.device.type == "cpu" and q.dtype == torch.bfloat16
-        if self.fused_kernel and not on_cpu_bf16:
+        matmuls = self.cpu_bf16_matmuls and q.device.type == "cpu" and q.dtype == torch.bfloat16
+        if matmuls and self.amx_kernel_for_sampling and sampling_shortcuts():
+            matmuls = False
+        if self.fused_kernel and not matmuls:
             # softmax(q k^T / sqrt(d/heads)) v; the kernel accumulates and normalises in fp32
             out = F.scaled_dot_product_attention(q, k, v)
         else:
             # the same as two batched matmuls: faster alone than the fused kernel for the 8-token
             # sequences of temporal attention (3,072 in a batch of 12), and for all of them on a CPU
-            # in bf16 without AMX. The softmax reads bf16 logits as they are: torch's kernel computes in fp32 and
-            # rounds its output to bf16, as casting the logits to fp32 and the result back did (within
-            # one bf16 rounding), without the two casts (1.4-1.8x faster on a CPU, docs/tiny-backbone.md).
+            # in bf16 (sampling on AMX aside). The softmax reads bf16 logits as they are: torch's
+            # kernel computes in fp32 and rounds its output to bf16, as casting the logits to fp32 and
+            # the result back did (within one bf16 rounding), without the two casts (1.4-1.8x faster
+            # on a CPU, docs/tiny-backbone.md).
             # Rows of a few keys (temporal attention) go through softmax_of_few when sampling on a CPU.
             logits = (q.contiguous() @ k.transpose(-1, -2).contiguous()) * q.shape[-1] ** -0.5
             few_keys = logits.shape[-1] <= 8 and logits.device.type == "cpu"
