@@ -63,6 +63,8 @@ def test_vpo_eval_prints_base_checkpoint_and_their_paired_difference(tmp_path, q
             str(prompts),
             "--steps",
             "2",
+            "--flow-shift",
+            "2",
             "--json",
         ],
         capture_output=True,
@@ -76,10 +78,12 @@ def test_vpo_eval_prints_base_checkpoint_and_their_paired_difference(tmp_path, q
         "sampler": "euler",
         "steps": 2,
         "guidance": 4.0,
-        "flow_shift": 0.0,
+        "flow_shift": 2.0,  # chosen here; the run's was 0 (tiny's own schedule)
+        "flow_shift_chosen": True,
         "seed": 0,
         "videos": 3,
     }
+    assert "2 Euler steps on schedule shifted by 2 (chosen for this evaluation)" in format_table(result)
     assert set(COLUMNS) <= set(result["base"]) and result["base"]["videos"] == 3
     assert result["labels"]["imaging_quality"].startswith("proxy (") and result["labels"][
         "temporal_flickering_all"
@@ -116,6 +120,8 @@ def test_wide_intervals_do_not_run_into_their_neighbours():
     [
         ("--steps", "5000", "steps must be between 1 and 1000, got 5000"),
         ("--guidance", "nan", "guidance must be >= 1 (1 = no guidance), got nan"),
+        ("--flow-shift", "-1", "flow_shift must be >= 0 (0 = the backbone's default), got -1.0"),
+        ("--flow-shift", "nan", "flow_shift must be >= 0 (0 = the backbone's default), got nan"),
     ],
 )
 def test_vpo_eval_refuses_bad_sampling_in_one_line_before_loading_anything(tmp_path, flag, value, message):

@@ -222,7 +222,7 @@ def test_an_evaluation_shows_base_checkpoint_and_their_paired_difference(owner, 
     # on the run's schedule (shifted by 3), base and checkpoint alike
     n = len(read_prompts("demo"))
     sampling = {"sampler": "euler", "steps": 2, "guidance": 3.0, "flow_shift": 3.0, "seed": 0, "videos": n}
-    assert ev.result["sampling"] == sampling
+    assert ev.result["sampling"] == {**sampling, "flow_shift_chosen": False}
     checkpoint = e.run_dir / "run" / "checkpoints" / "step_000001"
     alone = compare("tiny", checkpoint, read_prompts("demo"), steps=2, guidance=3.0)
     assert ev.result["checkpoint"][1] == pytest.approx(alone["checkpoint"]["temporal_flickering_all"], abs=1e-9)
@@ -240,6 +240,18 @@ def test_an_evaluation_shows_base_checkpoint_and_their_paired_difference(owner, 
     assert "not VBench&#x27;s score" in html and f"base {ev.result['static']['base'][0]}/{n}" in html
     assert "(builtin, 2 steps, CFG 3.0)" in html and f"Sampled: {n} videos each" in html
     assert "2 Euler steps on the run's schedule (flow shift 3.0)" in html
+
+    # a schedule chosen for the evaluation (0: tiny's own, unshifted) instead of the run's: other videos
+    unshifted = Evaluation.objects.create(
+        experiment=e, checkpoint="step_000001", prompts="demo", sampling_steps=2, guidance=3.0, flow_shift=0.0
+    )
+    jobs.evaluate(unshifted.pk)
+    unshifted.refresh_from_db()
+    assert unshifted.status == "finished", unshifted.error
+    assert unshifted.result["sampling"] == {**sampling, "flow_shift": 0.0, "flow_shift_chosen": True}
+    assert unshifted.result["base"] != ev.result["base"]
+    html = logged_in(owner).get(reverse("experiments:detail", args=[e.pk])).content.decode()
+    assert "(builtin, 2 steps, CFG 3.0, flow shift 0.0)" in html and "2 Euler steps on the backbone's schedule" in html
 
 
 def test_the_evaluation_form_starts_at_the_backbone_s_standard_sampling_and_refuses_bad_values(owner, experiment):
@@ -264,13 +276,17 @@ def test_the_evaluation_form_starts_at_the_backbone_s_standard_sampling_and_refu
         ("guidance", 0.5, "greater than or equal to 1"),
         ("guidance", "nan", "Enter a number"),
         ("sampling_steps", "", "required"),
+        ("flow_shift", -1, "greater than or equal to 0"),
+        ("flow_shift", "nan", "Enter a number"),
     ):
         r = client.post(url, {**good, field: value})
         assert r.status_code == 400 and field in r.content.decode() and message in r.content.decode(), (field, value)
     assert not Evaluation.objects.exists()
     assert client.post(url, {**good, "sampling_steps": 12, "guidance": 2.5}).status_code == 302
     ev = Evaluation.objects.get()
-    assert (ev.sampling_steps, ev.guidance) == (12, 2.5)
+    assert (ev.sampling_steps, ev.guidance, ev.flow_shift) == (12, 2.5, None)  # None: the run's schedule
+    assert client.post(url, {**good, "flow_shift": "1.5"}).status_code == 302
+    assert Evaluation.objects.latest("created").flow_shift == 1.5
 
 
 def test_data_endpoints_answer_json_not_the_login_page(owner, experiment, settings):

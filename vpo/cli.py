@@ -463,6 +463,12 @@ def _add_eval(sub):
     )
     p.add_argument("--guidance", type=float, help="CFG scale (default: the backbone's standard, 4 for tiny)")
     p.add_argument(
+        "--flow-shift",
+        type=float,
+        help="sigma shift of base and checkpoint's sampling schedule (0 = the backbone's: tiny 1, wan 5, ltx by "
+        "resolution; default: the run's), so that runs trained on different schedules are judged on one",
+    )
+    p.add_argument(
         "--suite",
         default="builtin",
         help="builtin (weight-free measures, each labelled exact/proxy) or "
@@ -496,6 +502,7 @@ def cmd_eval(args) -> int:
         suite=args.suite,
         vbench_device=args.vbench_device,
         vbench_dimensions=args.vbench_dimension,
+        flow_shift=args.flow_shift,
     )
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0

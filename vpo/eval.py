@@ -153,11 +153,14 @@ def compare(
     vbench_device: str | None = None,
     vbench_dimensions: tuple[str, ...] | list[str] | None = None,
     work_dir: Path | None = None,
+    flow_shift: float | None = None,
 ) -> dict:
     """{"base": row, "checkpoint": row, "difference": ``paired_difference`` of the two, "suite", "labels":
     {column: "exact" / "proxy (...)" / ...}, "quality": ``QualityScore.as_dict``, "sampling": how both
     were sampled} on the same prompts and seeds (prompt i: seed + i), Euler steps on the schedule the
-    checkpoint's run sampled on (its ``flow_shift``; ``load_for_checkpoint``). Both rows' quality scores
+    checkpoint's run sampled on (its ``flow_shift``; ``load_for_checkpoint``), or on the one ``flow_shift``
+    names (0: the backbone's default), so that runs trained on different schedules are judged on the
+    same one. Both rows' quality scores
     are over the dimensions both have. ``vbench_dimensions``: the official suite's dimensions (default:
     VBench's 7 quality dimensions)."""
     from vpo.backbones import load_for_checkpoint
@@ -172,7 +175,7 @@ def compare(
     dims = tuple(vbench_dimensions or vbench.SUITE_DIMENSIONS)
     if suite == "vbench":  # refuse before sampling anything when the official package cannot run
         vbench.check_runnable(dims)
-    backbone = load_for_checkpoint(backbone_name, checkpoint, device)
+    backbone = load_for_checkpoint(backbone_name, checkpoint, device, flow_shift)
     fps = backbone.spec.fps
     base_videos = sample_all(backbone, prompts, seed, steps, guidance)
     load_policy(backbone, checkpoint)
@@ -201,7 +204,8 @@ def compare(
             "sampler": "euler",
             "steps": steps,
             "guidance": guidance,
-            "flow_shift": float(getattr(backbone, "flow_shift", 0.0)),  # the run's schedule (0: the backbone's)
+            "flow_shift": float(getattr(backbone, "flow_shift", 0.0)),  # 0: the backbone's schedule
+            "flow_shift_chosen": flow_shift is not None,  # False: the run's
             "seed": seed,
             "videos": len(prompts),
         },
@@ -234,7 +238,8 @@ def sampling_line(sampling: dict) -> str:
     """How an evaluation's videos were sampled, in one line (``compare``'s "sampling")."""
     last = sampling["seed"] + sampling["videos"] - 1
     shift = sampling.get("flow_shift") or 0.0
-    schedule = f"schedule shifted by {shift:g} (the run's)" if shift else "the backbone's schedule"
+    whose = "chosen for this evaluation" if sampling.get("flow_shift_chosen") else "the run's"
+    schedule = f"schedule shifted by {shift:g} ({whose})" if shift else "the backbone's schedule"
     return (
         f"sampled: {sampling['videos']} videos each, seeds {sampling['seed']}..{last}, {sampling['steps']} "
         f"{sampling['sampler'].capitalize()} steps on {schedule}, CFG {sampling['guidance']:g}; base and "

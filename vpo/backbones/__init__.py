@@ -121,14 +121,19 @@ def checkpoint_config(checkpoint) -> dict:
     return json.loads(read_safetensors(path, metadata_only=True).get("config", "{}"))
 
 
-def load_for_checkpoint(name: str, checkpoint=None, device: str = "cpu"):
+def load_for_checkpoint(name: str, checkpoint=None, device: str = "cpu", flow_shift: float | None = None):
     """The backbone ``name`` as a training checkpoint of it was trained (a real backbone's weights
-    folder, size and memory options come from the checkpoint's config); the plain base otherwise."""
+    folder, size and memory options come from the checkpoint's config); the plain base otherwise.
+    ``flow_shift``: the sampling schedule's shift instead of the run's (0 = the backbone's default;
+    None = the run's)."""
+    if flow_shift is not None and not flow_shift >= 0:  # also refuses NaN
+        raise ValueError(f"flow_shift must be >= 0 (0 = the backbone's default), got {flow_shift}")
     trained = checkpoint_config(checkpoint) if checkpoint else {}
     if trained.get("backbone") != name:
-        return load_backbone(name, device=device)
+        return load_backbone(name, device=device, **({} if flow_shift is None else {"flow_shift": flow_shift}))
+    shift = trained.get("flow_shift", 0.0) if flow_shift is None else flow_shift
     if name in TINY:  # its one size and weights; the run's sampling schedule
-        return load_backbone(name, device=device, flow_shift=trained.get("flow_shift", 0.0))
+        return load_backbone(name, device=device, flow_shift=shift)
     from vpo.train.config import TrainConfig
 
-    return load_for_config(TrainConfig.from_dict(trained), device)
+    return load_for_config(TrainConfig.from_dict({**trained, "flow_shift": shift}), device)

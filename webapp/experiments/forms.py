@@ -418,6 +418,13 @@ class EvaluationForm(forms.Form):
     # Euler on the run's schedule; initially the backbone's standard, not the run's candidates' steps
     sampling_steps = forms.IntegerField(min_value=1, max_value=LIMITS["sampling_steps"], label="Sampling steps")
     guidance = forms.FloatField(min_value=1, label="Guidance scale")
+    # empty: the run's schedule; 0: the backbone's default (tiny: none)
+    flow_shift = forms.FloatField(
+        min_value=0,
+        required=False,
+        label="Flow shift",
+        widget=forms.NumberInput(attrs={"placeholder": "the run's", "step": "any", "min": "0"}),
+    )
 
     def clean_suite(self) -> str:
         return self.cleaned_data.get("suite") or "builtin"

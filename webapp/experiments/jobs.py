@@ -207,6 +207,7 @@ def evaluation_result(evaluation: Evaluation) -> dict[str, Any]:
         guidance=evaluation.guidance,
         device=pick_device(),
         suite=evaluation.suite,
+        flow_shift=evaluation.flow_shift,
     )
     columns = columns_of(rows)
     # jsonb does not keep key order: store the columns' order with the values

@@ -35,7 +35,8 @@ def leaderboard(user) -> list[dict]:
             continue
         suite = result.get("suite", ev.suite)
         backbone = ev.experiment.config.get("backbone", "?")
-        shift = float(ev.experiment.config.get("flow_shift") or 0.0)  # the run's schedule, base and checkpoint
+        # the schedule base and checkpoint were sampled on: the evaluation's own, else the run's
+        shift = float(ev.experiment.config.get("flow_shift") or 0.0) if ev.flow_shift is None else ev.flow_shift
         key = (suite, ev.prompts, backbone, ev.sampling_steps, ev.guidance, shift)
         if (key, ev.experiment_id) in seen:
             continue  # only the newest evaluation of a run

@@ -299,6 +299,9 @@ class Evaluation(models.Model):
     # the run's candidates took: a run tuned on 6-step candidates is still judged on standard videos
     sampling_steps = models.PositiveSmallIntegerField(default=20)
     guidance = models.FloatField(default=4.0)
+    # the sampling schedule's shift for base and checkpoint: null = the run's, 0 = the backbone's default;
+    # a shift chosen here judges runs trained on different schedules on one
+    flow_shift = models.FloatField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
