@@ -160,9 +160,8 @@ def compare(
     were sampled} on the same prompts and seeds (prompt i: seed + i), Euler steps on the schedule the
     checkpoint's run sampled on (its ``flow_shift``; ``load_for_checkpoint``), or on the one ``flow_shift``
     names (0: the backbone's default), so that runs trained on different schedules are judged on the
-    same one. Both rows' quality scores
-    are over the dimensions both have. ``vbench_dimensions``: the official suite's dimensions (default:
-    VBench's 7 quality dimensions)."""
+    same one. Both rows' quality scores are over the dimensions both have. ``vbench_dimensions``: the
+    official suite's dimensions (default: VBench's 7 quality dimensions)."""
     from vpo.backbones import load_for_checkpoint
     from vpo.train.checkpoints import load_policy
 

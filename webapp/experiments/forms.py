@@ -415,7 +415,7 @@ class EvaluationForm(forms.Form):
         required=False,
     )
 
-    # Euler on the run's schedule; initially the backbone's standard, not the run's candidates' steps
+    # Euler on the run's schedule (or flow_shift's); initially the backbone's standard, not the candidates' steps
     sampling_steps = forms.IntegerField(min_value=1, max_value=LIMITS["sampling_steps"], label="Sampling steps")
     guidance = forms.FloatField(min_value=1, label="Guidance scale")
     # empty: the run's schedule; 0: the backbone's default (tiny: none)
