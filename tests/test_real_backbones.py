@@ -372,6 +372,19 @@ def test_config_takes_the_backbones_defaults_and_checks_its_new_fields():
         TrainConfig(vae_tiling="maybe")
     with pytest.raises(ConfigError, match="frames must be >= 0"):
         TrainConfig(frames=-1)
+    # CogVideoX samples on the VP schedule it was trained on: a flow shift is refused before loading anything
+    with pytest.raises(ConfigError, match="cogvideox has no flow shift") as e:
+        TrainConfig(backbone="cogvideox", flow_shift=3.0)
+    assert e.value.field == "flow_shift" and TrainConfig(backbone="cogvideox", flow_shift=0.0).flow_shift == 0
+    from vpo.backbones import load_for_checkpoint
+    from webapp.experiments.forms import EvaluationForm
+
+    with pytest.raises(ValueError, match="cogvideox has no flow shift"):
+        load_for_checkpoint("cogvideox", None, flow_shift=2.0)  # vpo eval --flow-shift 2 on a cogvideox run
+    good = {"checkpoint": "step_000001", "prompts": "demo", "suite": "builtin", "sampling_steps": 50, "guidance": 6}
+    form = EvaluationForm({**good, "flow_shift": 2}, checkpoints=["step_000001"], backbone="cogvideox")
+    assert not form.is_valid() and "cogvideox has no flow shift" in form.errors["flow_shift"][0]
+    assert EvaluationForm({**good, "flow_shift": 0}, checkpoints=["step_000001"], backbone="cogvideox").is_valid()
 
 
 def test_the_registry_and_the_weights_check_import_no_torch(tmp_path):

@@ -26,6 +26,9 @@ I2V_BACKBONES = {
 }
 ALL_BACKBONES = {**BACKBONES, **I2V_BACKBONES}
 TINY = ("tiny", "tiny-i2v")  # shipped with the package: one size, weights in vpo/backbones/weights/
+# backbones whose sampling schedule takes no flow shift (CogVideoX's is the VP one it was trained on):
+# a non-zero ``flow_shift`` is refused where it is given (TrainConfig, ``vpo eval``, the web forms)
+NO_FLOW_SHIFT = ("cogvideox",)
 
 # the ODE solvers ``Backbone.sample`` offers (``vpo/backbones/base.py``: ``euler_step``,
 # ``heun_step``); torch-free, like the registry. "euler" is the default every measured figure used.
@@ -121,6 +124,10 @@ def checkpoint_config(checkpoint) -> dict:
     return json.loads(read_safetensors(path, metadata_only=True).get("config", "{}"))
 
 
+def no_flow_shift(name: str) -> str:
+    return f"{name} has no flow shift (its schedule is the trained VP one): leave flow_shift at 0"
+
+
 def load_for_checkpoint(name: str, checkpoint=None, device: str = "cpu", flow_shift: float | None = None):
     """The backbone ``name`` as a training checkpoint of it was trained (a real backbone's weights
     folder, size and memory options come from the checkpoint's config); the plain base otherwise.
@@ -128,6 +135,8 @@ def load_for_checkpoint(name: str, checkpoint=None, device: str = "cpu", flow_sh
     None = the run's)."""
     if flow_shift is not None and not flow_shift >= 0:  # also refuses NaN
         raise ValueError(f"flow_shift must be >= 0 (0 = the backbone's default), got {flow_shift}")
+    if flow_shift and name in NO_FLOW_SHIFT:
+        raise ValueError(no_flow_shift(name))
     trained = checkpoint_config(checkpoint) if checkpoint else {}
     if trained.get("backbone") != name:
         return load_backbone(name, device=device, **({} if flow_shift is None else {"flow_shift": flow_shift}))

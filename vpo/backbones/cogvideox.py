@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from diffusers import CogVideoXDDIMScheduler, FlowMatchEulerDiscreteScheduler
 
+from vpo.backbones import no_flow_shift
 from vpo.backbones.diffusers_video import DiffusersVideoBackbone
 
 
@@ -55,7 +56,7 @@ class CogVideoXBackbone(DiffusersVideoBackbone):
 
     def __init__(self, pipe, frames=0, height=0, width=0, memory=None, flow_shift: float = 0.0):
         if flow_shift:
-            raise ValueError("cogvideox has no flow shift (its schedule is the trained VP one): leave flow_shift at 0")
+            raise ValueError(no_flow_shift(self.name))
         self.text_len = int(pipe.transformer.config.max_text_seq_length)  # 226: its positional table covers them
         super().__init__(pipe, frames, height, width, memory)
         self.ddim_config = dict(pipe.scheduler.config)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 # the registries import nothing heavy: the web process validates with this same code
-from vpo.backbones import ALL_BACKBONES, I2V_BACKBONES, SAMPLERS
+from vpo.backbones import ALL_BACKBONES, I2V_BACKBONES, NO_FLOW_SHIFT, SAMPLERS, no_flow_shift
 from vpo.data.prompts import BUILTIN, IMAGE_SETS
 from vpo.rewards import DIMENSIONS, GLOBAL, GUARDS, REWARD_SOURCES, Source, dimensions_of
 from vpo.train import ALGORITHMS
@@ -321,6 +321,8 @@ class TrainConfig:
                     "flow_shift", f"flow_shift must be >= 0 (0 = the backbone's default), got {self.flow_shift}"
                 )
             )
+        elif self.flow_shift and self.backbone in NO_FLOW_SHIFT:
+            sizes.append(ConfigError("flow_shift", no_flow_shift(self.backbone)))
         for e in (
             _choice_problem("weights_dtype", self.weights_dtype, ("auto", "bf16", "fp32")),
             _choice_problem("reward_guard", self.reward_guard, GUARDS),

@@ -8,7 +8,7 @@ from dataclasses import fields
 
 from django import forms
 
-from vpo.backbones import ALL_BACKBONES, BACKBONES, I2V_BACKBONES, SAMPLERS
+from vpo.backbones import ALL_BACKBONES, BACKBONES, I2V_BACKBONES, NO_FLOW_SHIFT, SAMPLERS, no_flow_shift
 from vpo.backbones.real import weights_status
 from vpo.data.prompts import BUILTIN, IMAGE_SETS, parse_prompts, read_prompts
 from vpo.rewards import DIMENSIONS, GLOBAL, GUARDS, REWARD_SOURCES, prompt_problem
@@ -429,8 +429,15 @@ class EvaluationForm(forms.Form):
     def clean_suite(self) -> str:
         return self.cleaned_data.get("suite") or "builtin"
 
+    def clean_flow_shift(self) -> float | None:
+        shift = self.cleaned_data.get("flow_shift")
+        if shift and self.backbone in NO_FLOW_SHIFT:
+            raise forms.ValidationError(no_flow_shift(self.backbone))
+        return shift
+
     def __init__(self, *args, checkpoints: list[str], backbone: str, **kwargs):
         super().__init__(*args, **kwargs)
+        self.backbone = backbone
         self.fields["checkpoint"].choices = [(c, c) for c in reversed(checkpoints)]
         standard = TrainConfig.defaults_for(backbone)  # a real backbone's own steps and CFG
         self.fields["sampling_steps"].initial = standard["sampling_steps"]
