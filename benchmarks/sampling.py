@@ -310,15 +310,14 @@ def speed(backbone, args, flops_step: float, peak: float, dtype_name: str) -> No
 
 
 @contextlib.contextmanager
-def frozen_and_autotuned(backbone, compiled_forward: list):
+def frozen_and_autotuned(backbone, frozen):
     """Sampling through inductor's best on this CPU, as a ceiling for the compiled forward: the
     weights frozen into the graph as constants (``freezing``: prepacked for oneDNN, folded with what
     follows them) and ``mode="max-autotune"`` (inductor's own C++ GEMM templates, AMX where the CPU has
     it). Not what ``VPO_COMPILE`` can ship: a frozen graph does not see a changed weight, so a policy
-    under training would sample from stale weights. Compiled on first use (``compiled_forward``)."""
-    if not compiled_forward:
-        compiled_forward.append(torch.compile(backbone.transformer, dynamic=False, mode="max-autotune"))
-    backbone.denoiser = lambda: compiled_forward[0]  # the instance attribute shadows the method
+    under training would sample from stale weights. ``frozen``: the transformer through ``torch.compile``
+    with that mode; it compiles on its first call, inside this block."""
+    backbone.denoiser = lambda: frozen  # the instance attribute shadows the method
     quiet = {"autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}  # no per-GEMM tables
     try:
         with torch._inductor.config.patch(freezing=True, **quiet):  # read when the first call compiles
@@ -342,7 +341,7 @@ def ablation(backbone, args, x, sigma, text, flops_step: float, peak: float) -> 
         "all (the old forward)",
     ] + (["none, compiled (VPO_COMPILE=on)"] if args.compile else [])
     changes += ["none, frozen + max-autotune"] if args.ceiling else []
-    frozen: list = []
+    frozen = torch.compile(backbone.transformer, dynamic=False, mode="max-autotune")  # lazy: --ceiling's row
     times: dict[str, list[float]] = {c: [] for c in changes}
     tr = backbone.transformer
 
